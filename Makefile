@@ -1,0 +1,29 @@
+# gcouchbase: the two commands a fresh clone needs are `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: venv memcached demo test bench lint clean
+
+venv:
+	@PYTHON=$(PYTHON) VENV=$(VENV) ./scripts/ensure-venv
+
+memcached:
+	@./scripts/ensure-memcached
+
+demo: venv memcached
+	$(PY) -m gcouchbase.demo
+
+test: venv memcached
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: venv memcached
+	$(PY) -m bench
+
+lint: venv
+	$(PY) -m ruff check couchbase_core gcouchbase tests bench
+	$(PY) -m mypy couchbase_core/_engine couchbase_core/iops
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
