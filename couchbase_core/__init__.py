@@ -1,0 +1,54 @@
+"""couchbase_core: the loop-agnostic heart of gcouchbase.
+
+This package holds the public API shared by every flavour of bucket (the
+blocking :class:`couchbase_core.bucket.Bucket`, the callback-based
+:class:`couchbase_core.asynchronous.bucket.AsyncBucket`, and, in the separate
+``gcouchbase`` package, the gevent bucket), the value formats, the exception
+tree, and the private evented engine (``couchbase_core._engine``) that speaks
+the memcached binary protocol through a pluggable I/O layer (IOPS).
+
+Code written for the 2.x Couchbase Python SDK moves here by changing imports:
+``couchbase.X`` becomes ``couchbase_core.X``.
+"""
+
+from couchbase_core._formats import (
+    FMT_AUTO,
+    FMT_BYTES,
+    FMT_COMMON_MASK,
+    FMT_JSON,
+    FMT_LEGACY_MASK,
+    FMT_PICKLE,
+    FMT_UTF8,
+    LOCKMODE_EXC,
+    LOCKMODE_NONE,
+    LOCKMODE_WAIT,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FMT_AUTO", "FMT_BYTES", "FMT_COMMON_MASK", "FMT_JSON", "FMT_LEGACY_MASK",
+    "FMT_PICKLE", "FMT_UTF8", "LOCKMODE_EXC", "LOCKMODE_NONE", "LOCKMODE_WAIT",
+    "set_json_converters", "set_pickle_converters", "__version__",
+]
+
+
+def set_json_converters(encode, decode):
+    """Replace the functions used to encode and decode ``FMT_JSON`` values.
+
+    ``encode(obj)`` must return ``str`` or ``bytes``; ``decode(text)``
+    receives the stored value as ``str`` and returns the object. They apply
+    to every bucket in the process (like the 2.x SDK). Returns the previous
+    ``(encode, decode)`` pair so a caller can restore it.
+    """
+    from couchbase_core import transcoder
+
+    return transcoder.set_json_converters(encode, decode)
+
+
+def set_pickle_converters(encode, decode):
+    """Replace the functions used for ``FMT_PICKLE`` values (``pickle.dumps``/
+    ``pickle.loads`` by default). Returns the previous pair."""
+    from couchbase_core import transcoder
+
+    return transcoder.set_pickle_converters(encode, decode)

@@ -1,0 +1,255 @@
+"""Result objects returned by bucket operations.
+
+* :class:`Result` — every outcome: ``rc``, ``success``, ``errstr``, ``key``.
+* :class:`OperationResult` — mutations, ``touch``, ``unlock``: adds ``cas``
+  and ``mutation_token``.
+* :class:`ValueResult` — reads and counters: adds ``value`` and ``flags``.
+* :class:`MultiResult` — a ``dict`` of key -> result for ``_multi`` calls,
+  with ``all_ok``.
+* :class:`AsyncResult` — a :class:`MultiResult` that fills later, for
+  :class:`~couchbase_core.asynchronous.bucket.AsyncBucket`; set ``callback``
+  and ``errback`` on it after the call returns.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Callable, NamedTuple, Optional
+
+from couchbase_core.exceptions import RC, CouchbaseError, exc_from_rc, rc_description
+
+__all__ = [
+    "Result", "OperationResult", "ValueResult", "MultiResult", "AsyncResult",
+    "MutationToken",
+]
+
+
+class MutationToken(NamedTuple):
+    """Identifies one mutation: the vBucket, its UUID and the sequence number."""
+
+    vbucket: int
+    vbucket_uuid: int
+    seqno: int
+    bucket: str = ""
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class Result:
+    """The outcome of one operation on one key.
+
+    Attributes:
+        key: the key as the caller gave it.
+        rc: result code; 0 on success (see :mod:`couchbase_core.exceptions`).
+    """
+
+    __slots__ = ("key", "rc", "_message", "_exc")
+
+    def __init__(self, key: Any = None, rc: int = 0) -> None:
+        self.key = key
+        self.rc = rc
+        self._message: Optional[str] = None
+        self._exc: Optional[CouchbaseError] = None
+
+    @property
+    def success(self) -> bool:
+        """True when the operation succeeded (``rc == 0``)."""
+        return self.rc == 0
+
+    @property
+    def errstr(self) -> str:
+        """A description of the outcome ("Success" when it succeeded)."""
+        if self._message:
+            return self._message
+        return rc_description(self.rc)
+
+    def _set_error(self, rc: int, message: Optional[str] = None, exc: Optional[CouchbaseError] = None) -> None:
+        self.rc = rc
+        self._message = message
+        self._exc = exc
+
+    def _make_exception(self) -> CouchbaseError:
+        """The exception describing this failed result (not raised here)."""
+        exc = self._exc
+        if exc is None:
+            exc = exc_from_rc(self.rc, self._message)
+        if exc.key is None:
+            exc.key = self.key
+        if exc.result is None:
+            exc.result = self
+        return exc
+
+    def _repr_fields(self) -> str:
+        fields = "rc=0x%X, key=%s" % (self.rc, _short(self.key))
+        if self.rc:
+            fields += ", errstr=%r" % self.errstr
+        return fields
+
+    def __repr__(self) -> str:
+        return "%s<%s>" % (type(self).__name__, self._repr_fields())
+
+
+class OperationResult(Result):
+    """Result of an operation that returns no value: a mutation, ``touch``,
+    ``unlock``.
+
+    Attributes:
+        cas: the document's new CAS (0 when the operation failed).
+        mutation_token: a :class:`MutationToken` when the server sent one.
+    """
+
+    __slots__ = ("cas", "mutation_token")
+
+    def __init__(self, key: Any = None, rc: int = 0, cas: int = 0) -> None:
+        Result.__init__(self, key, rc)
+        self.cas = cas
+        self.mutation_token: Optional[MutationToken] = None
+
+    def _repr_fields(self) -> str:
+        return Result._repr_fields(self) + ", cas=0x%X" % self.cas
+
+
+class ValueResult(OperationResult):
+    """Result of a read or a counter.
+
+    Attributes:
+        value: the decoded value (``None`` when the key was not found).
+        flags: the stored item flags.
+    """
+
+    __slots__ = ("value", "flags")
+
+    def __init__(self, key: Any = None, rc: int = 0, cas: int = 0, value: Any = None, flags: int = 0) -> None:
+        OperationResult.__init__(self, key, rc, cas)
+        self.value = value
+        self.flags = flags
+
+    def _repr_fields(self) -> str:
+        return OperationResult._repr_fields(self) + ", value=%s, flags=0x%X" % (_short(self.value), self.flags)
+
+
+class MultiResult(dict):
+    """Results of a ``_multi`` call: a ``dict`` mapping each key to its result.
+
+    ``all_ok`` is True when no key failed (a not-found read under
+    ``quiet=True`` does not count as a failure).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._quiet = False
+
+    @property
+    def all_ok(self) -> bool:
+        """True when every operation succeeded (quiet misses allowed)."""
+        quiet = self._quiet
+        for res in self.values():
+            rc = res.rc
+            if rc and not (quiet and rc == RC.KEY_ENOENT):
+                return False
+        return True
+
+    def _first_failure(self) -> Optional[Result]:
+        quiet = self._quiet
+        for res in self.values():
+            rc = res.rc
+            if rc and not (quiet and rc == RC.KEY_ENOENT):
+                return res
+        return None
+
+    def _make_exception(self) -> Optional[CouchbaseError]:
+        """The exception for the first failure, carrying ``all_results``."""
+        bad = self._first_failure()
+        if bad is None:
+            return None
+        exc = bad._make_exception()
+        exc.all_results = self
+        return exc
+
+    def __repr__(self) -> str:
+        return "%s(%s)" % (type(self).__name__, dict.__repr__(self))
+
+
+class AsyncResult(MultiResult):
+    """A result that fills in later (returned by every AsyncBucket operation).
+
+    Set ``callback`` and ``errback`` after the call returns; exactly one of
+    them is called once every key's operation has completed:
+
+    * ``callback(result)`` on success;
+    * ``errback(result, exc_type, exc_value, traceback)`` on failure, where
+      ``exc_value`` is the same exception the blocking API would have raised
+      (with ``all_results`` for ``_multi`` calls).
+
+    For single-key calls ``result`` is that key's :class:`Result`; for
+    ``_multi`` calls it is this object. ``quiet`` is honoured as in the
+    blocking API. If the operation finished before the handlers were set,
+    setting them calls the right one at once.
+    """
+
+    def __init__(self, single: bool = False) -> None:
+        super().__init__()
+        self._single = single
+        self._callback: Optional[Callable[..., Any]] = None
+        self._errback: Optional[Callable[..., Any]] = None
+        self._done = False
+        self._fired = False
+
+    @property
+    def done(self) -> bool:
+        """True once every operation of the call has completed."""
+        return self._done
+
+    @property
+    def callback(self) -> Optional[Callable[..., Any]]:
+        """Called with the result on success."""
+        return self._callback
+
+    @callback.setter
+    def callback(self, fn: Optional[Callable[..., Any]]) -> None:
+        self._callback = fn
+        self._maybe_fire()
+
+    @property
+    def errback(self) -> Optional[Callable[..., Any]]:
+        """Called with ``(result, exc_type, exc_value, traceback)`` on failure."""
+        return self._errback
+
+    @errback.setter
+    def errback(self, fn: Optional[Callable[..., Any]]) -> None:
+        self._errback = fn
+        self._maybe_fire()
+
+    def _the_result(self) -> Any:
+        if self._single:
+            for res in self.values():
+                return res
+        return self
+
+    def _complete(self) -> None:
+        self._done = True
+        self._maybe_fire()
+
+    def _maybe_fire(self) -> None:
+        if not self._done or self._fired:
+            return
+        exc = self._make_exception()
+        if exc is None:
+            if self._callback is None:
+                return
+            self._fired = True
+            self._callback(self._the_result())
+            return
+        if self._errback is None:
+            return
+        self._fired = True
+        if self._single:
+            exc.all_results = None
+        try:
+            raise exc
+        except CouchbaseError:
+            etype, evalue, tb = sys.exc_info()
+        self._errback(self._the_result(), etype, evalue, tb)
