@@ -138,6 +138,9 @@ class MultiResult(dict):
     ``quiet=True`` does not count as a failure).
     """
 
+    #: Set for reports (``ping``): failed entries are data, not errors.
+    _report = False
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._quiet = False
@@ -162,6 +165,8 @@ class MultiResult(dict):
 
     def _make_exception(self) -> Optional[CouchbaseError]:
         """The exception for the first failure, carrying ``all_results``."""
+        if self._report:
+            return None
         bad = self._first_failure()
         if bad is None:
             return None

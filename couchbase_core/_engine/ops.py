@@ -24,7 +24,7 @@ class KVOp:
     """One request on a KV connection, and the promise of one outcome."""
 
     __slots__ = ("opcode", "kb", "extras", "value", "cas", "datatype", "vbucket",
-                 "opaque", "deadline", "timeout", "done", "conn", "__weakref__")
+                 "opaque", "deadline", "timeout", "done", "conn", "target", "__weakref__")
 
     #: True for commands answered by several frames (STAT): the engine then
     #: feeds each frame to :meth:`on_part` until it returns True.
@@ -44,6 +44,8 @@ class KVOp:
         self.deadline = 0.0
         self.done = False
         self.conn: Optional["KVConnection"] = None
+        #: Set for keyless commands aimed at one node (STAT, NOOP, FLUSH).
+        self.target: Optional["KVConnection"] = None
 
     def on_part(self, frame: Frame) -> bool:
         """Multi-reply commands: take one frame; return True after the last."""

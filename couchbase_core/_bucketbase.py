@@ -1,0 +1,1057 @@
+"""The bucket API, written once.
+
+:class:`BaseBucket` holds every public operation: it checks the arguments,
+encodes keys and values, builds the engine operations and hands them to a
+*waiting strategy*, which is all the three bucket flavours differ in:
+
+* :class:`couchbase_core.bucket.Bucket` runs a private select loop until the
+  operations are done;
+* :class:`couchbase_core.asynchronous.bucket.AsyncBucket` returns an
+  :class:`~couchbase_core.result.AsyncResult` at once;
+* :class:`gcouchbase.bucket.Bucket` parks the calling greenlet on a waiter
+  that the operation's completion switches back to.
+
+A strategy implements :meth:`BaseBucket._run_one` (one operation; return its
+result or raise), :meth:`BaseBucket._run_many` (a ``_multi`` call) and
+:meth:`BaseBucket._wait_latch` (wait until a :class:`Latch` reaches zero).
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+
+from couchbase_core import _formats
+from couchbase_core import transcoder as _tc
+from couchbase_core._engine.instance import Engine
+from couchbase_core._engine.protocol import Opcode
+from couchbase_core._engine.settings import Settings
+from couchbase_core._kvops import CounterOp, FlushOp, GetOp, NoopOp, RemoveOp, StatOp, StoreOp, TouchOp
+from couchbase_core.exceptions import (
+    RC,
+    ArgumentError,
+    CouchbaseError,
+    NotSupportedError,
+    ObjectDestroyedError,
+    PipelineError,
+    TooBigError,
+    ValueFormatError,
+)
+from couchbase_core.items import Item, ItemCollection
+from couchbase_core.result import MultiResult, OperationResult, Result, ValueResult
+
+__all__ = ["BaseBucket", "Latch", "Pipeline", "PingStatus"]
+
+_FMT_AUTO = _formats.FMT_AUTO
+_FMT_BYTES = _formats.FMT_BYTES
+_FMT_UTF8 = _formats.FMT_UTF8
+_FMT_JSON = _formats.FMT_JSON
+_STORE_EXTRAS = struct.Struct(">II")
+_TTL = struct.Struct(">I")
+_COUNTER_EXTRAS = struct.Struct(">QQI")
+_MAX_KEY = 250
+_U32 = 0xFFFFFFFF
+_U64 = 0xFFFFFFFFFFFFFFFF
+_KEY_ENOENT = RC.KEY_ENOENT
+
+#: Options every bucket constructor accepts besides connection-string options.
+_CTOR_OPTIONS = ("quiet", "transcoder", "lockmode", "unlock_gil", "default_format", "data_passthrough")
+
+
+class PingStatus:
+    """Status values in a :meth:`BaseBucket.ping` report."""
+
+    OK = "ok"
+    TIMEOUT = "timeout"
+    ERROR = "error"
+
+
+class Latch:
+    """Counts outstanding operations; calls ``on_zero`` when the last ends."""
+
+    __slots__ = ("count", "on_zero")
+
+    def __init__(self, count: int = 0) -> None:
+        self.count = count
+        self.on_zero: Optional[Callable[[], None]] = None
+
+    def add(self, n: int = 1) -> None:
+        """Expect ``n`` more completions."""
+        self.count += n
+
+    def done(self, _result: Any = None) -> None:
+        """One operation ended."""
+        self.count -= 1
+        if self.count == 0 and self.on_zero is not None:
+            self.on_zero()
+
+
+class _Collector:
+    """Sink for the operations of one ``_multi`` call."""
+
+    __slots__ = ("mres", "latch")
+
+    def __init__(self, mres: MultiResult, latch: Latch) -> None:
+        self.mres = mres
+        self.latch = latch
+
+    def __call__(self, result: Result) -> None:
+        self.mres[result.key] = result
+        latch = self.latch
+        latch.count -= 1
+        if latch.count == 0 and latch.on_zero is not None:
+            latch.on_zero()
+
+
+def _check_int(value: Any, name: str, low: int, high: int) -> int:
+    if type(value) is not int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ArgumentError("%s must be an integer, not %s" % (name, type(value).__name__))
+        value = int(value)
+    if value < low or value > high:
+        raise ArgumentError("%s must be between %d and %d (got %d)" % (name, low, high, value))
+    return value
+
+
+def _ttl(ttl: Any) -> int:
+    if type(ttl) is int and 0 <= ttl <= _U32:
+        return ttl
+    return _check_int(ttl, "ttl", 0, _U32)
+
+
+def _cas(cas: Any) -> int:
+    if type(cas) is int and 0 <= cas <= _U64:
+        return cas
+    return _check_int(cas, "cas", 0, _U64)
+
+
+def _per_key_failure(key: Any, exc: CouchbaseError, item: Optional[Item], value_result: bool) -> Result:
+    res: Result
+    if item is not None:
+        res = item
+    elif value_result:
+        res = ValueResult(key)
+    else:
+        res = OperationResult(key)
+    res.rc = exc.rc
+    res._message = exc.message
+    res._exc = exc
+    if exc.key is None:
+        exc.key = key
+    return res
+
+
+class Pipeline:
+    """Batches operations: inside ``with bucket.pipeline():`` every operation
+    is queued and sent together when the block ends.
+
+    Operations inside the block return ``None`` (on blocking and gevent
+    buckets); their results are in :attr:`results`, in call order, once the
+    block has ended. If any operation failed, leaving the block raises the
+    first failure's exception, whose ``all_results`` maps every key to its
+    result. Pipelines do not nest.
+    """
+
+    def __init__(self, bucket: "BaseBucket") -> None:
+        self._bucket = bucket
+        self._results: List[Any] = []
+        self._latch = Latch()
+        self._quiet: List[bool] = []
+        self._active = False
+
+    @property
+    def results(self) -> List[Any]:
+        """Results of the operations of the last block, in call order: a
+        :class:`Result` per single-key call, a
+        :class:`~couchbase_core.result.MultiResult` per ``_multi`` call."""
+        if self._active:
+            raise PipelineError("pipeline results are available once the block ends")
+        return list(self._results)
+
+    def __enter__(self) -> "Pipeline":
+        bucket = self._bucket
+        if bucket._pipeline is not None:
+            raise PipelineError("a pipeline is already active on this bucket")
+        bucket._check_open()
+        self._results = []
+        self._quiet = []
+        self._latch = Latch()
+        self._active = True
+        bucket._pipeline = self
+        bucket._engine.sched_enter()
+        return self
+
+    def _slot(self, quiet: bool) -> Callable[[Any], None]:
+        index = len(self._results)
+        self._results.append(None)
+        self._quiet.append(quiet)
+        results = self._results
+        latch = self._latch
+        latch.count += 1
+
+        def fill(result: Any) -> None:
+            results[index] = result
+            latch.done()
+
+        return fill
+
+    def add_one(self, op: Any, quiet: bool) -> None:
+        op.sink = self._slot(quiet)
+        try:
+            self._bucket._engine.submit(op)
+        except BaseException:
+            self._latch.count -= 1
+            self._results.pop()
+            self._quiet.pop()
+            raise
+
+    def add_many(self, ops: List[Any], mres: MultiResult) -> MultiResult:
+        fill = self._slot(mres._quiet)
+        inner = Latch(len(ops))
+        inner.on_zero = lambda: fill(mres)
+        sink = _Collector(mres, inner)
+        for op in ops:
+            op.sink = sink
+            self._bucket._engine.submit(op)
+        if not ops:
+            fill(mres)
+        return mres
+
+    def __exit__(self, etype: Any, evalue: Any, tb: Any) -> None:
+        bucket = self._bucket
+        bucket._pipeline = None
+        try:
+            bucket._engine.sched_leave()
+            if self._latch.count:
+                bucket._wait_latch(self._latch)
+        finally:
+            self._active = False
+        if etype is not None:
+            return None
+        self._raise_first_failure()
+        return None
+
+    def _raise_first_failure(self) -> None:
+        everything = MultiResult()
+        first: Optional[CouchbaseError] = None
+        for res, quiet in zip(self._results, self._quiet):
+            if isinstance(res, MultiResult):
+                everything.update(res)
+                if first is None:
+                    first = res._make_exception()
+            elif res is not None:
+                everything[res.key] = res
+                if first is None and res.rc and not (quiet and res.rc == _KEY_ENOENT):
+                    first = res._make_exception()
+        if first is not None:
+            first.all_results = everything
+            raise first
+
+
+class BaseBucket:
+    """Every bucket operation (see the module docs). Not used directly."""
+
+    #: ``True`` for the async bucket, whose calls never wait.
+    _is_async = False
+
+    def __init__(self, connection_string: Any = None, username: Optional[str] = None,
+                 password: Optional[str] = None, quiet: bool = False, transcoder: Any = None,
+                 lockmode: int = _formats.LOCKMODE_EXC, **kwargs: Any) -> None:
+        if connection_string is None:
+            connection_string = kwargs.pop("connstr", None)
+        if connection_string is None:
+            raise ArgumentError("a connection string is required, e.g. 'memcached://localhost:11211'")
+        unlock_gil = kwargs.pop("unlock_gil", None)
+        del unlock_gil  # accepted for 2.x compatibility; there is no GIL to release here
+        default_format = kwargs.pop("default_format", _FMT_JSON)
+        data_passthrough = kwargs.pop("data_passthrough", False)
+        self._settings = Settings.from_connstr(connection_string, username, password, **kwargs)
+        if self._settings.scheme == "memcached" and (self._settings.username or self._settings.password):
+            raise NotSupportedError(
+                "memcached:// connections are unauthenticated: SASL is not offered for plain memcached "
+                "(drop the username/password, or use couchbase:// for a Couchbase cluster)")
+        self._quiet = bool(quiet)
+        self._transcoder = None
+        self.transcoder = transcoder
+        self._lockmode = lockmode
+        if lockmode not in (_formats.LOCKMODE_EXC, _formats.LOCKMODE_WAIT, _formats.LOCKMODE_NONE):
+            raise ArgumentError("lockmode must be LOCKMODE_EXC, LOCKMODE_WAIT or LOCKMODE_NONE")
+        self.default_format = default_format
+        self.data_passthrough = data_passthrough
+        self._timeout = self._settings.operation_timeout
+        self._pipeline: Optional[Pipeline] = None
+        self._iops = self._make_iops(kwargs)
+        self._engine = Engine(self._iops, self._settings)
+        self._start()
+
+    # ------------------------------------------------------------ strategy
+
+    def _make_iops(self, kwargs: Dict[str, Any]) -> Any:
+        raise NotImplementedError
+
+    def _start(self) -> None:
+        """Begin bootstrapping (and, for blocking flavours, wait for it)."""
+        raise NotImplementedError
+
+    def _run_one(self, op: Any, quiet: bool) -> Any:
+        """Submit one operation; return its result or raise its error."""
+        raise NotImplementedError
+
+    def _wait_latch(self, latch: Latch) -> None:
+        """Return once ``latch.count`` is zero (must set ``latch.on_zero``)."""
+        raise NotImplementedError
+
+    def _collect(self, ops: List[Any], mres: MultiResult, finish: Callable[[MultiResult], Any]) -> Any:
+        """Submit ``ops``, wait until each has put its result in ``mres``,
+        and return ``finish(mres)`` (which may raise)."""
+        latch = Latch()
+        sink = _Collector(mres, latch)
+        submit = self._engine.submit
+        for op in ops:
+            op.sink = sink
+            latch.count += 1
+            try:
+                submit(op)
+            except BaseException:
+                latch.count -= 1
+                raise
+        if latch.count:
+            self._wait_latch(latch)
+        return finish(mres)
+
+    def _run_many(self, ops: List[Any], mres: MultiResult) -> Any:
+        """Run the operations of a ``_multi`` call (raise on failure)."""
+        return self._collect(ops, mres, _raise_or_return)
+
+    def _new_multi(self) -> MultiResult:
+        return MultiResult()
+
+    def _one(self, op: Any, quiet: bool = False) -> Any:
+        pipeline = self._pipeline
+        if pipeline is not None:
+            return pipeline.add_one(op, quiet)
+        return self._run_one(op, quiet)
+
+    def _many(self, ops: List[Any], mres: MultiResult) -> Any:
+        pipeline = self._pipeline
+        if pipeline is not None:
+            return pipeline.add_many(ops, mres)
+        return self._run_many(ops, mres)
+
+    def _check_open(self) -> None:
+        if self._engine.closed:
+            raise ObjectDestroyedError("the bucket is closed")
+
+    # ------------------------------------------------------------ properties
+
+    @property
+    def timeout(self) -> float:
+        """Key-value operation timeout in seconds (``operation_timeout``)."""
+        return self._timeout
+
+    @timeout.setter
+    def timeout(self, value: float) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ArgumentError("timeout must be a positive number of seconds")
+        self._timeout = float(value)
+        self._settings.operation_timeout = float(value)
+
+    @property
+    def views_timeout(self) -> float:
+        """View query timeout in seconds."""
+        return self._settings.views_timeout
+
+    @views_timeout.setter
+    def views_timeout(self, value: float) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ArgumentError("views_timeout must be a positive number of seconds")
+        self._settings.views_timeout = float(value)
+
+    @property
+    def n1ql_timeout(self) -> float:
+        """N1QL query timeout in seconds."""
+        return self._settings.n1ql_timeout
+
+    @n1ql_timeout.setter
+    def n1ql_timeout(self, value: float) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ArgumentError("n1ql_timeout must be a positive number of seconds")
+        self._settings.n1ql_timeout = float(value)
+
+    @property
+    def quiet(self) -> bool:
+        """Default for ``quiet`` on reads: a miss returns a failed result
+        instead of raising NotFoundError."""
+        return self._quiet
+
+    @quiet.setter
+    def quiet(self, value: bool) -> None:
+        self._quiet = bool(value)
+
+    @property
+    def default_format(self) -> int:
+        """Format used by stores when ``format`` is not given (``FMT_JSON``)."""
+        return self._default_format
+
+    @default_format.setter
+    def default_format(self, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ArgumentError("default_format must be one of the FMT_* constants")
+        self._default_format = value
+
+    @property
+    def data_passthrough(self) -> bool:
+        """When True, reads return raw bytes and stores take bytes as they are."""
+        return self._data_passthrough
+
+    @data_passthrough.setter
+    def data_passthrough(self, value: bool) -> None:
+        self._data_passthrough = bool(value)
+
+    @property
+    def transcoder(self) -> Any:
+        """The custom :class:`~couchbase_core.transcoder.Transcoder`, or None
+        for the built-in conversions."""
+        return self._transcoder
+
+    @transcoder.setter
+    def transcoder(self, value: Any) -> None:
+        if value is not None:
+            for name in ("encode_key", "decode_key", "encode_value", "decode_value"):
+                if not callable(getattr(value, name, None)):
+                    raise ArgumentError("a transcoder needs an %s method" % name)
+        self._transcoder = value
+
+    @property
+    def lockmode(self) -> int:
+        """How a blocking bucket reacts to use by several threads."""
+        return self._lockmode
+
+    @property
+    def bucket(self) -> str:
+        """The bucket name (``'default'`` when the connection string has none)."""
+        return self._settings.bucket or "default"
+
+    @property
+    def server_nodes(self) -> List[str]:
+        """``host:port`` of every key-value node."""
+        return [c.authority for c in self._engine.connections]
+
+    @property
+    def connected(self) -> bool:
+        """True while at least one node connection is up."""
+        return self._engine.connected
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._engine.closed
+
+    @property
+    def is_ssl(self) -> bool:
+        """True for TLS connections (``couchbases://``)."""
+        return self._settings.scheme == "couchbases"
+
+    @property
+    def is_memcached(self) -> bool:
+        """True for ``memcached://`` buckets (plain memcached, no Couchbase features)."""
+        return self._settings.scheme == "memcached"
+
+    def close(self) -> None:
+        """Close every connection. Pending operations fail with
+        ObjectDestroyedError; later calls raise it."""
+        self._engine.close()
+
+    def __enter__(self) -> "BaseBucket":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else ("connected" if self.connected else "connecting")
+        return "<%s.%s %s://%s bucket=%r %s>" % (
+            type(self).__module__, type(self).__name__, self._settings.scheme,
+            ",".join(self.server_nodes), self.bucket, state)
+
+    # ----------------------------------------------------- argument helpers
+
+    def _kb(self, key: Any) -> bytes:
+        tc = self._transcoder
+        if tc is None:
+            tp = type(key)
+            if tp is str:
+                kb = key.encode()
+            elif tp is bytes:
+                kb = key
+            else:
+                kb = _tc.encode_key(key)
+        else:
+            try:
+                kb = tc.encode_key(key)
+            except CouchbaseError:
+                raise
+            except Exception as exc:
+                raise ArgumentError({"message": "transcoder could not encode key: %r" % (exc,),
+                                     "key": key, "inner_cause": exc}) from exc
+            if not isinstance(kb, bytes):
+                raise ArgumentError({"message": "transcoder.encode_key must return bytes", "key": key})
+        size = len(kb)
+        if size == 0 or size > _MAX_KEY:
+            if size == 0:
+                raise ArgumentError({"message": "empty key", "key": key})
+            raise ArgumentError({"message": "key is %d bytes long; the limit is %d" % (size, _MAX_KEY),
+                                 "key": key})
+        return kb
+
+    def _encode(self, key: Any, value: Any, fmt: Any) -> Tuple[bytes, int]:
+        if fmt is None:
+            fmt = self._default_format
+        elif isinstance(fmt, bool) or not isinstance(fmt, int):
+            raise ArgumentError({"message": "format must be one of the FMT_* constants", "key": key})
+        if self._data_passthrough:
+            if not isinstance(value, (bytes, bytearray, memoryview)):
+                raise ValueFormatError({"message": "data_passthrough stores need bytes, not %s"
+                                        % type(value).__name__, "key": key})
+            data, flags = bytes(value), (fmt if fmt != _FMT_AUTO else _FMT_BYTES)
+        else:
+            tc = self._transcoder
+            try:
+                if tc is None:
+                    data, flags = _tc.encode_value(value, fmt)
+                else:
+                    data, flags = tc.encode_value(value, fmt)
+                    if not isinstance(data, (bytes, bytearray, memoryview)):
+                        raise ValueFormatError("transcoder.encode_value must return (bytes, flags)")
+                    data = bytes(data)
+            except CouchbaseError as exc:
+                if exc.key is None:
+                    exc.key = key
+                raise
+            except Exception as exc:
+                raise ValueFormatError({"message": "transcoder could not encode the value: %r" % (exc,),
+                                        "key": key, "inner_cause": exc}) from exc
+        if len(data) > self._settings.max_value_size:
+            raise TooBigError({"rc": RC.CLIENT_TOO_BIG, "key": key,
+                               "message": "value is %d bytes; the limit for this bucket is %d"
+                               % (len(data), self._settings.max_value_size)})
+        return data, flags & _U32
+
+    def _fragment(self, key: Any, value: Any, fmt: Any) -> bytes:
+        """Bytes for append/prepend: the server concatenates raw bytes."""
+        if fmt is None or fmt == _FMT_AUTO:
+            if isinstance(value, str):
+                data = value.encode("utf-8")
+            elif isinstance(value, (bytes, bytearray, memoryview)):
+                data = bytes(value)
+            else:
+                raise ValueFormatError({"message": "append/prepend need str or bytes, not %s"
+                                        % type(value).__name__, "key": key})
+        elif fmt == _FMT_UTF8:
+            if not isinstance(value, str):
+                raise ValueFormatError({"message": "FMT_UTF8 needs str, not %s" % type(value).__name__, "key": key})
+            data = value.encode("utf-8")
+        elif fmt == _FMT_BYTES:
+            if not isinstance(value, (bytes, bytearray, memoryview)):
+                raise ValueFormatError({"message": "FMT_BYTES needs bytes, not %s" % type(value).__name__,
+                                        "key": key})
+            data = bytes(value)
+        else:
+            raise ArgumentError({"message": "append/prepend accept FMT_UTF8 or FMT_BYTES only: the server "
+                                 "concatenates raw bytes", "key": key})
+        if len(data) > self._settings.max_value_size:
+            raise TooBigError({"rc": RC.CLIENT_TOO_BIG, "key": key,
+                               "message": "value is %d bytes; the limit for this bucket is %d"
+                               % (len(data), self._settings.max_value_size)})
+        return data
+
+    def _no_durability(self, persist_to: Any, replicate_to: Any) -> None:
+        if persist_to or replicate_to:
+            if self.is_memcached:
+                raise NotSupportedError(
+                    "persist_to/replicate_to need a Couchbase bucket: plain memcached neither persists "
+                    "nor replicates")
+            raise NotSupportedError("persist_to/replicate_to are not supported yet")
+
+    def _needs_couchbase(self, what: str, why: str) -> NotSupportedError:
+        self._check_open()
+        return NotSupportedError({"rc": RC.CLIENT_NOT_SUPPORTED,
+                                  "message": "%s needs a Couchbase bucket: %s" % (what, why)})
+
+    # ------------------------------------------------------- single-key ops
+
+    def _store_op(self, opcode: int, key: Any, value: Any, cas: Any, ttl: Any, fmt: Any,
+                  item: Optional[Item] = None) -> StoreOp:
+        kb = self._kb(key)
+        data, flags = self._encode(key, value, fmt)
+        return StoreOp(key, opcode, kb, _STORE_EXTRAS.pack(flags, _ttl(ttl)), data, _cas(cas),
+                       self._timeout, item)
+
+    def upsert(self, key: Any, value: Any, cas: int = 0, ttl: int = 0, format: Optional[int] = None,  # noqa: A002
+               persist_to: int = 0, replicate_to: int = 0) -> Any:
+        """Store ``value`` under ``key``, creating or replacing it.
+
+        Args:
+            key: ``str`` or ``bytes``, 1 to 250 bytes once encoded.
+            value: the value, encoded according to ``format``.
+            cas: if non-zero, store only if the document's CAS still equals it.
+            ttl: expiry: 0 = never; up to 30 days = seconds from now; more
+                = an absolute Unix time.
+            format: one of the ``FMT_*`` constants (default: the bucket's
+                ``default_format``, ``FMT_JSON``).
+            persist_to, replicate_to: durability (Couchbase buckets only).
+
+        Returns:
+            :class:`~couchbase_core.result.OperationResult` with the new CAS.
+
+        Raises:
+            KeyExistsError: ``cas`` did not match.
+            ValueFormatError: the value cannot be encoded in ``format``.
+            TooBigError: the encoded value is over the size limit.
+            ArgumentError: a bad key, ttl, cas or format.
+        """
+        if persist_to or replicate_to:
+            self._no_durability(persist_to, replicate_to)
+        return self._one(self._store_op(Opcode.SET, key, value, cas, ttl, format))
+
+    def insert(self, key: Any, value: Any, ttl: int = 0, format: Optional[int] = None,  # noqa: A002
+               persist_to: int = 0, replicate_to: int = 0) -> Any:
+        """Store ``value`` only if ``key`` does not exist yet
+        (:class:`KeyExistsError` otherwise). Arguments as :meth:`upsert`."""
+        if persist_to or replicate_to:
+            self._no_durability(persist_to, replicate_to)
+        return self._one(self._store_op(Opcode.ADD, key, value, 0, ttl, format))
+
+    def replace(self, key: Any, value: Any, cas: int = 0, ttl: int = 0, format: Optional[int] = None,  # noqa: A002
+                persist_to: int = 0, replicate_to: int = 0) -> Any:
+        """Store ``value`` only if ``key`` exists (:class:`NotFoundError`
+        otherwise). Arguments as :meth:`upsert`."""
+        if persist_to or replicate_to:
+            self._no_durability(persist_to, replicate_to)
+        return self._one(self._store_op(Opcode.REPLACE, key, value, cas, ttl, format))
+
+    def _concat_op(self, opcode: int, key: Any, value: Any, cas: Any, fmt: Any,
+                   item: Optional[Item] = None) -> StoreOp:
+        kb = self._kb(key)
+        data = self._fragment(key, value, fmt)
+        return StoreOp(key, opcode, kb, b"", data, _cas(cas), self._timeout, item)
+
+    def append(self, key: Any, value: Any, cas: int = 0, format: Optional[int] = None,  # noqa: A002
+               persist_to: int = 0, replicate_to: int = 0) -> Any:
+        """Append ``value`` (``str`` or ``bytes``) to the stored bytes of an
+        existing key (:class:`NotStoredError` if it does not exist)."""
+        if persist_to or replicate_to:
+            self._no_durability(persist_to, replicate_to)
+        return self._one(self._concat_op(Opcode.APPEND, key, value, cas, format))
+
+    def prepend(self, key: Any, value: Any, cas: int = 0, format: Optional[int] = None,  # noqa: A002
+                persist_to: int = 0, replicate_to: int = 0) -> Any:
+        """Prepend ``value`` to the stored bytes of an existing key."""
+        if persist_to or replicate_to:
+            self._no_durability(persist_to, replicate_to)
+        return self._one(self._concat_op(Opcode.PREPEND, key, value, cas, format))
+
+    def _get_op(self, key: Any, ttl: Any, no_format: bool, item: Optional[Item] = None) -> GetOp:
+        kb = self._kb(key)
+        if ttl:
+            ttl = _ttl(ttl)
+        return GetOp(key, kb, ttl, self._timeout, self._transcoder,
+                     bool(no_format) or self._data_passthrough, item)
+
+    def get(self, key: Any, ttl: int = 0, quiet: Optional[bool] = None, replica: bool = False,
+            no_format: bool = False) -> Any:
+        """Read ``key``.
+
+        Args:
+            ttl: if non-zero, also set the expiry (get-and-touch).
+            quiet: if true, a missing key returns a result with
+                ``success == False`` instead of raising NotFoundError
+                (default: the bucket's ``quiet``).
+            replica: read from a replica (Couchbase buckets only).
+            no_format: return the stored bytes undecoded.
+
+        Returns:
+            :class:`~couchbase_core.result.ValueResult`.
+        """
+        if replica:
+            raise self._needs_couchbase("get(replica=True)", "plain memcached keeps no replicas")
+        op = self._get_op(key, ttl, no_format)
+        return self._one(op, self._quiet if quiet is None else quiet)
+
+    def touch(self, key: Any, ttl: int = 0) -> Any:
+        """Set the expiry of ``key`` without reading it."""
+        kb = self._kb(key)
+        op = TouchOp(key, Opcode.TOUCH, kb, _TTL.pack(_ttl(ttl)), b"", 0, self._timeout)
+        return self._one(op)
+
+    def remove(self, key: Any, cas: int = 0, quiet: Optional[bool] = None,
+               persist_to: int = 0, replicate_to: int = 0) -> Any:
+        """Delete ``key`` (only if its CAS equals ``cas`` when given). With
+        ``quiet`` a missing key is not an error."""
+        if persist_to or replicate_to:
+            self._no_durability(persist_to, replicate_to)
+        kb = self._kb(key)
+        op = RemoveOp(key, Opcode.DELETE, kb, b"", b"", _cas(cas), self._timeout)
+        return self._one(op, self._quiet if quiet is None else quiet)
+
+    def _counter_op(self, key: Any, delta: Any, initial: Any, ttl: Any, item: Optional[Item] = None) -> CounterOp:
+        kb = self._kb(key)
+        if isinstance(delta, bool) or not isinstance(delta, int):
+            raise ArgumentError({"message": "delta must be an integer, not %s" % type(delta).__name__, "key": key})
+        if not -_U64 <= delta <= _U64:
+            raise ArgumentError({"message": "delta is out of the 64-bit range", "key": key})
+        if initial is None:
+            expiry = _U32  # the key must exist
+            start = 0
+        else:
+            start = _check_int(initial, "initial", 0, _U64)
+            expiry = _ttl(ttl)
+            if expiry == _U32:
+                raise ArgumentError({"message": "ttl 0xFFFFFFFF is reserved by the protocol", "key": key})
+        opcode = Opcode.INCREMENT if delta >= 0 else Opcode.DECREMENT
+        extras = _COUNTER_EXTRAS.pack(abs(delta), start, expiry)
+        return CounterOp(key, opcode, kb, extras, b"", 0, self._timeout, item)
+
+    def counter(self, key: Any, delta: int = 1, initial: Optional[int] = None, ttl: int = 0) -> Any:
+        """Add ``delta`` (negative: subtract; the server floors at 0) to the
+        decimal number stored at ``key``.
+
+        Args:
+            initial: if given, create the key with this value when it does
+                not exist (and ``ttl`` then applies); if None, a missing key
+                raises NotFoundError.
+
+        Returns:
+            :class:`~couchbase_core.result.ValueResult` whose ``value`` is
+            the new count (an ``int``).
+        """
+        return self._one(self._counter_op(key, delta, initial, ttl))
+
+    def incr(self, key: Any, amount: int = 1, initial: Optional[int] = None, ttl: int = 0) -> Any:
+        """``counter(key, amount, ...)`` (2.x alias)."""
+        return self.counter(key, amount, initial, ttl)
+
+    def decr(self, key: Any, amount: int = 1, initial: Optional[int] = None, ttl: int = 0) -> Any:
+        """``counter(key, -amount, ...)`` (2.x alias)."""
+        return self.counter(key, -amount, initial, ttl)
+
+    # --- operations plain memcached cannot serve ------------------------------
+
+    def rget(self, key: Any, replica_index: Optional[int] = None, quiet: Optional[bool] = None) -> Any:
+        """Read ``key`` from a replica (Couchbase buckets only)."""
+        raise self._needs_couchbase("rget", "plain memcached keeps no replicas")
+
+    def lock(self, key: Any, ttl: int = 0) -> Any:
+        """Read and lock ``key`` for ``ttl`` seconds (Couchbase buckets only)."""
+        raise self._needs_couchbase("lock", "plain memcached has no document locking (GET_LOCKED)")
+
+    def unlock(self, key: Any, cas: int) -> Any:
+        """Release a lock taken with :meth:`lock` (Couchbase buckets only)."""
+        raise self._needs_couchbase("unlock", "plain memcached has no document locking (UNLOCK_KEY)")
+
+    def observe(self, key: Any, master_only: bool = False) -> Any:
+        """Report the persistence and replication state of ``key`` (Couchbase
+        buckets only)."""
+        raise self._needs_couchbase("observe", "plain memcached neither persists nor replicates (no OBSERVE)")
+
+    def endure(self, key: Any, persist_to: int = -1, replicate_to: int = -1, cas: int = 0,
+               check_removed: bool = False, timeout: float = 5.0, interval: float = 0.010) -> Any:
+        """Wait until a mutation is persisted/replicated (Couchbase buckets only)."""
+        raise self._needs_couchbase("endure", "plain memcached neither persists nor replicates (no OBSERVE)")
+
+    def lookup_in(self, key: Any, *specs: Any, **kwargs: Any) -> Any:
+        """Read paths inside a JSON document (Couchbase buckets only)."""
+        raise self._needs_couchbase("lookup_in", "plain memcached has no sub-document API")
+
+    def mutate_in(self, key: Any, *specs: Any, **kwargs: Any) -> Any:
+        """Change paths inside a JSON document (Couchbase buckets only)."""
+        raise self._needs_couchbase("mutate_in", "plain memcached has no sub-document API")
+
+    def retrieve_in(self, key: Any, *paths: Any) -> Any:
+        """Read several paths of a JSON document (Couchbase buckets only)."""
+        raise self._needs_couchbase("retrieve_in", "plain memcached has no sub-document API")
+
+    # ------------------------------------------------------------- _multi ops
+
+    def _run_entries(self, entries: Iterable[Tuple[Any, Any, Optional[Item], Dict[str, Any]]],
+                     build: Callable[[Any, Any, Optional[Item], Dict[str, Any]], Any],
+                     quiet: bool, value_results: bool) -> Any:
+        self._check_open()
+        mres = self._new_multi()
+        mres._quiet = quiet
+        ops = []
+        for key, arg, item, options in entries:
+            try:
+                ops.append(build(key, arg, item, options))
+            except CouchbaseError as exc:
+                mres[key] = _per_key_failure(key, exc, item, value_results)
+        return self._many(ops, mres)
+
+    @staticmethod
+    def _entries_with_values(kvs: Any, what: str) -> List[Tuple[Any, Any, Optional[Item], Dict[str, Any]]]:
+        if isinstance(kvs, ItemCollection):
+            return [(item.key, item.value, item, dict(opts)) for item, opts in kvs]
+        if isinstance(kvs, dict):
+            return [(k, v, None, {}) for k, v in kvs.items()]
+        raise ArgumentError("%s needs a dict of key -> value or an item collection, not %s"
+                            % (what, type(kvs).__name__))
+
+    @staticmethod
+    def _entries_keys(keys: Any, what: str, scalar: Optional[str] = None) -> List[Tuple[Any, Any, Optional[Item], Dict[str, Any]]]:
+        if isinstance(keys, ItemCollection):
+            return [(item.key, None, item, dict(opts)) for item, opts in keys]
+        if isinstance(keys, (str, bytes)):
+            raise ArgumentError("%s needs a collection of keys, not a single %s" % (what, type(keys).__name__))
+        if isinstance(keys, dict):
+            out = []
+            for k, v in keys.items():
+                if isinstance(v, dict):
+                    out.append((k, None, None, dict(v)))
+                elif scalar is not None and v is not None:
+                    out.append((k, None, None, {scalar: v}))
+                else:
+                    out.append((k, None, None, {}))
+            return out
+        try:
+            return [(k, None, None, {}) for k in keys]
+        except TypeError:
+            raise ArgumentError("%s needs an iterable of keys, not %s" % (what, type(keys).__name__)) from None
+
+    def _store_multi(self, opcode: int, kvs: Any, ttl: Any, fmt: Any, persist_to: Any, replicate_to: Any,
+                     what: str, use_item_cas: bool) -> Any:
+        if persist_to or replicate_to:
+            self._no_durability(persist_to, replicate_to)
+        ttl = _ttl(ttl)
+        entries = self._entries_with_values(kvs, what)
+
+        def build(key: Any, value: Any, item: Optional[Item], options: Dict[str, Any]) -> StoreOp:
+            if options.get("persist_to") or options.get("replicate_to"):
+                self._no_durability(options.get("persist_to"), options.get("replicate_to"))
+            cas = options.get("cas", item.cas if (item is not None and use_item_cas) else 0)
+            return self._store_op(opcode, key, value, cas, options.get("ttl", ttl), options.get("format", fmt), item)
+
+        return self._run_entries(entries, build, False, False)
+
+    def upsert_multi(self, keys: Any, ttl: int = 0, format: Optional[int] = None,  # noqa: A002
+                     persist_to: int = 0, replicate_to: int = 0) -> Any:
+        """:meth:`upsert` for many keys: ``keys`` is a dict of key -> value or
+        an item collection (per-item options allowed). Returns a
+        :class:`~couchbase_core.result.MultiResult`; if any key failed, raises
+        that key's exception with ``all_results`` holding every key's result."""
+        return self._store_multi(Opcode.SET, keys, ttl, format, persist_to, replicate_to, "upsert_multi", False)
+
+    def insert_multi(self, keys: Any, ttl: int = 0, format: Optional[int] = None,  # noqa: A002
+                     persist_to: int = 0, replicate_to: int = 0) -> Any:
+        """:meth:`insert` for many keys (see :meth:`upsert_multi`)."""
+        return self._store_multi(Opcode.ADD, keys, ttl, format, persist_to, replicate_to, "insert_multi", False)
+
+    def replace_multi(self, keys: Any, ttl: int = 0, format: Optional[int] = None,  # noqa: A002
+                      persist_to: int = 0, replicate_to: int = 0) -> Any:
+        """:meth:`replace` for many keys; items use their own CAS."""
+        return self._store_multi(Opcode.REPLACE, keys, ttl, format, persist_to, replicate_to, "replace_multi", True)
+
+    def _concat_multi(self, opcode: int, kvs: Any, fmt: Any, persist_to: Any, replicate_to: Any, what: str) -> Any:
+        if persist_to or replicate_to:
+            self._no_durability(persist_to, replicate_to)
+        entries = self._entries_with_values(kvs, what)
+
+        def build(key: Any, value: Any, item: Optional[Item], options: Dict[str, Any]) -> StoreOp:
+            cas = options.get("cas", item.cas if item is not None else 0)
+            return self._concat_op(opcode, key, value, cas, options.get("format", fmt), item)
+
+        return self._run_entries(entries, build, False, False)
+
+    def append_multi(self, keys: Any, format: Optional[int] = None,  # noqa: A002
+                     persist_to: int = 0, replicate_to: int = 0) -> Any:
+        """:meth:`append` for many keys (dict of key -> fragment)."""
+        return self._concat_multi(Opcode.APPEND, keys, format, persist_to, replicate_to, "append_multi")
+
+    def prepend_multi(self, keys: Any, format: Optional[int] = None,  # noqa: A002
+                      persist_to: int = 0, replicate_to: int = 0) -> Any:
+        """:meth:`prepend` for many keys (dict of key -> fragment)."""
+        return self._concat_multi(Opcode.PREPEND, keys, format, persist_to, replicate_to, "prepend_multi")
+
+    def get_multi(self, keys: Any, ttl: int = 0, quiet: Optional[bool] = None, replica: bool = False,
+                  no_format: bool = False) -> Any:
+        """:meth:`get` for many keys: an iterable of keys, a dict whose values
+        are per-key ttls (or option dicts), or an item collection (whose
+        items receive the values). Returns a MultiResult."""
+        if replica:
+            raise self._needs_couchbase("get_multi(replica=True)", "plain memcached keeps no replicas")
+        ttl = _ttl(ttl)
+        entries = self._entries_keys(keys, "get_multi", "ttl")
+
+        def build(key: Any, _arg: Any, item: Optional[Item], options: Dict[str, Any]) -> GetOp:
+            return self._get_op(key, options.get("ttl", ttl), options.get("no_format", no_format), item)
+
+        return self._run_entries(entries, build, self._quiet if quiet is None else bool(quiet), True)
+
+    def touch_multi(self, keys: Any, ttl: int = 0) -> Any:
+        """:meth:`touch` for many keys (a dict gives per-key ttls)."""
+        ttl = _ttl(ttl)
+        entries = self._entries_keys(keys, "touch_multi", "ttl")
+
+        def build(key: Any, _arg: Any, item: Optional[Item], options: Dict[str, Any]) -> TouchOp:
+            kb = self._kb(key)
+            return TouchOp(key, Opcode.TOUCH, kb, _TTL.pack(_ttl(options.get("ttl", ttl))), b"", 0,
+                           self._timeout, item)
+
+        return self._run_entries(entries, build, False, False)
+
+    def remove_multi(self, keys: Any, quiet: Optional[bool] = None, persist_to: int = 0,
+                     replicate_to: int = 0) -> Any:
+        """:meth:`remove` for many keys (a dict gives per-key CAS values;
+        items use their own CAS)."""
+        if persist_to or replicate_to:
+            self._no_durability(persist_to, replicate_to)
+        entries = self._entries_keys(keys, "remove_multi", "cas")
+
+        def build(key: Any, _arg: Any, item: Optional[Item], options: Dict[str, Any]) -> RemoveOp:
+            kb = self._kb(key)
+            cas = options.get("cas", item.cas if item is not None else 0)
+            return RemoveOp(key, Opcode.DELETE, kb, b"", b"", _cas(cas), self._timeout, item)
+
+        return self._run_entries(entries, build, self._quiet if quiet is None else bool(quiet), False)
+
+    def counter_multi(self, kvs: Any, delta: int = 1, initial: Optional[int] = None, ttl: int = 0) -> Any:
+        """:meth:`counter` for many keys (a dict gives per-key deltas or
+        option dicts with ``delta``/``initial``/``ttl``)."""
+        entries = self._entries_keys(kvs, "counter_multi", "delta")
+
+        def build(key: Any, _arg: Any, item: Optional[Item], options: Dict[str, Any]) -> CounterOp:
+            return self._counter_op(key, options.get("delta", delta), options.get("initial", initial),
+                                    options.get("ttl", ttl), item)
+
+        return self._run_entries(entries, build, False, True)
+
+    def incr_multi(self, keys: Any, amount: int = 1, initial: Optional[int] = None, ttl: int = 0) -> Any:
+        """``counter_multi`` with a positive ``amount`` (2.x alias)."""
+        return self.counter_multi(keys, amount, initial, ttl)
+
+    def decr_multi(self, keys: Any, amount: int = 1, initial: Optional[int] = None, ttl: int = 0) -> Any:
+        """``counter_multi`` with ``-amount`` (2.x alias)."""
+        return self.counter_multi(keys, -amount, initial, ttl)
+
+    def rget_multi(self, keys: Any, replica_index: Optional[int] = None, quiet: Optional[bool] = None) -> Any:
+        """:meth:`rget` for many keys (Couchbase buckets only)."""
+        raise self._needs_couchbase("rget_multi", "plain memcached keeps no replicas")
+
+    def lock_multi(self, keys: Any, ttl: int = 0) -> Any:
+        """:meth:`lock` for many keys (Couchbase buckets only)."""
+        raise self._needs_couchbase("lock_multi", "plain memcached has no document locking (GET_LOCKED)")
+
+    def unlock_multi(self, keys: Any) -> Any:
+        """:meth:`unlock` for many keys (Couchbase buckets only)."""
+        raise self._needs_couchbase("unlock_multi", "plain memcached has no document locking (UNLOCK_KEY)")
+
+    def observe_multi(self, keys: Any, master_only: bool = False) -> Any:
+        """:meth:`observe` for many keys (Couchbase buckets only)."""
+        raise self._needs_couchbase("observe_multi", "plain memcached neither persists nor replicates")
+
+    def endure_multi(self, keys: Any, persist_to: int = -1, replicate_to: int = -1, timeout: float = 5.0,
+                     interval: float = 0.010, check_removed: bool = False) -> Any:
+        """:meth:`endure` for many keys (Couchbase buckets only)."""
+        raise self._needs_couchbase("endure_multi", "plain memcached neither persists nor replicates")
+
+    # ------------------------------------------------------- whole-cluster ops
+
+    def _broadcast(self, make_op: Callable[[str], Any]) -> List[Any]:
+        self._check_open()
+        if self._pipeline is not None:
+            raise PipelineError("stats, ping and flush cannot run inside a pipeline")
+        ops = []
+        for conn in self._engine.connections:
+            op = make_op(conn.authority)
+            op.target = conn
+            ops.append(op)
+        return ops
+
+    def stats(self, keys: Any = None) -> Any:
+        """Server statistics: ``{stat_name: {"host:port": value}}``.
+
+        Args:
+            keys: a stat group name (``"settings"``, ``"slabs"``...) or a list
+                of them; None for the general group.
+        """
+        if keys is None:
+            groups = [b""]
+        elif isinstance(keys, (str, bytes)):
+            groups = [keys.encode("utf-8") if isinstance(keys, str) else keys]
+        else:
+            try:
+                groups = [k.encode("utf-8") if isinstance(k, str) else bytes(k) for k in keys]
+            except TypeError:
+                raise ArgumentError("stats keys must be a group name or a list of them") from None
+        timeout = self._timeout
+        ops: List[Any] = []
+        for group in groups:
+            ops.extend(self._broadcast(lambda node, g=group: StatOp(node, g, timeout)))
+        if len(groups) > 1:
+            for i, op in enumerate(ops):
+                op.key = (op.key, i)  # one result per (node, group)
+        return self._collect(ops, self._new_multi(), self._finish_stats)
+
+    @staticmethod
+    def _finish_stats(mres: Any) -> Any:
+        _raise_or_return(mres)
+        out: Dict[str, Dict[str, str]] = {}
+        for key, res in mres.items():
+            node = key[0] if isinstance(key, tuple) else key
+            for name, value in res.value.items():
+                out.setdefault(name, {})[node] = value
+        return out
+
+    def ping(self) -> Any:
+        """Send a NOOP to every key-value node and report each round trip::
+
+            {"id": ..., "sdk": ..., "version": 1,
+             "services": {"kv": [{"id": ..., "remote": "host:port",
+                                  "local": "host:port", "latency_us": 210,
+                                  "status": "ok"}, ...]}}
+
+        ``status`` is :class:`PingStatus` ``OK``, ``TIMEOUT`` or ``ERROR``
+        (then ``details`` says why). A node being down is reported, not raised.
+        """
+        timeout = self._timeout
+        ops = self._broadcast(lambda node: NoopOp(node, timeout))
+        mres = self._new_multi()
+        mres._report = True
+        return self._collect(ops, mres, self._finish_ping)
+
+    def _finish_ping(self, mres: Any) -> Dict[str, Any]:
+        engine = self._engine
+        entries = []
+        by_name = {c.authority: c for c in engine.connections}
+        for node, res in mres.items():
+            conn = by_name.get(node)
+            entry: Dict[str, Any] = {"id": "%s/%d" % (engine.client_id, conn.index if conn else -1),
+                                     "remote": node, "latency_us": res.latency_us}
+            if conn is not None and conn.local_address:
+                host, port = conn.local_address[0], conn.local_address[1]
+                entry["local"] = ("[%s]:%d" if ":" in host else "%s:%d") % (host, port)
+            if res.rc == 0:
+                entry["status"] = PingStatus.OK
+            else:
+                entry["status"] = PingStatus.TIMEOUT if res.rc == RC.TIMEOUT else PingStatus.ERROR
+                entry["details"] = res.errstr
+            entries.append(entry)
+        entries.sort(key=lambda e: e["remote"])
+        return {"version": 1, "id": engine.client_id, "sdk": self._settings.client_string,
+                "services": {"kv": entries}}
+
+    def flush(self) -> Any:
+        """Remove every item of the bucket (plain memcached: FLUSH on every node)."""
+        timeout = self._timeout
+        ops = self._broadcast(lambda node: FlushOp(node, timeout))
+        return self._collect(ops, self._new_multi(), _raise_or_return)
+
+    def pipeline(self) -> Pipeline:
+        """Return a :class:`Pipeline`: ``with bucket.pipeline() as pipe: ...``."""
+        return Pipeline(self)
+
+
+def _raise_or_return(mres: MultiResult) -> MultiResult:
+    exc = mres._make_exception()
+    if exc is not None:
+        raise exc
+    return mres

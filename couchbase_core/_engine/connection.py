@@ -1,0 +1,556 @@
+"""One KV connection: the engine's link to one node.
+
+Theory of operation
+-------------------
+
+A :class:`KVConnection` stands for "the connection to node *host:port*" for
+the engine's whole life; the socket behind it comes and goes. Its states::
+
+    IDLE --connect()--> CONNECTING --connected--> NEGOTIATING --handshake done--> READY
+      ^                      |                         |                          |
+      +------ failure -------+------------ failure ----+-------- failure ---------+
+    any --close()--> CLOSED (terminal)
+
+Operations routed here are given an opaque and stored in :attr:`pending`
+(opaque -> op) at once, whatever the state. In READY their request bytes go
+to the write buffer; before that they wait, already encoded, in the backlog,
+which is appended to the write buffer when the handshake ends. Replies are
+matched to operations by opaque only, so any number of requests may be in
+flight (pipelining); a reply whose opaque is unknown belongs to an operation
+that timed out or was abandoned and is dropped.
+
+Writes are coalesced: enqueuing only appends bytes and asks the IOPS for
+write readiness; everything buffered goes out in one ``send`` when the loop
+reports the socket writable. Reads take whatever the socket has and hand it
+to the sans-I/O :class:`~couchbase_core._engine.protocol.FrameDecoder`.
+
+The handshake tolerates servers that are not Couchbase. HELLO is sent alone
+and nothing follows it until its reply is in: plain memcached answers an
+unknown command that has a key with UNKNOWN_COMMAND and then swallows as many
+*further* bytes as the key was long (memcached 1.6 does; the test suite
+proves it), so anything pipelined behind HELLO would be corrupted. When
+HELLO is refused, answered with silence, or answered by closing the socket,
+the connection reconnects and skips HELLO from then on; nothing is set by
+the user and no queued operation is lost in the process.
+
+Failures never reach a caller inside its own call into the engine: an error
+found while the caller is still on the stack (e.g. a refused ``connect``) is
+reported from a zero-delay timer.
+"""
+
+from __future__ import annotations
+
+import _socket
+import errno
+import json
+import logging
+import math
+import os
+import struct
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
+
+from couchbase_core._engine.ops import KVOp
+from couchbase_core._engine.protocol import (
+    HEADER,
+    Feature,
+    FrameDecoder,
+    FrameError,
+    Magic,
+    Opcode,
+    Status,
+    encode_request,
+)
+from couchbase_core.exceptions import RC
+from couchbase_core.iops.base import (
+    LCB_READ_EVENT,
+    LCB_RW_EVENT,
+    LCB_WRITE_EVENT,
+    PYCBC_EVACTION_CLEANUP,
+    PYCBC_EVACTION_UNWATCH,
+    PYCBC_EVACTION_WATCH,
+    IOEvent,
+    TimerEvent,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from couchbase_core._engine.instance import Engine
+
+__all__ = ["KVConnection", "IDLE", "CONNECTING", "NEGOTIATING", "READY", "CLOSED"]
+
+log = logging.getLogger("couchbase_core.engine")
+
+IDLE = "idle"
+CONNECTING = "connecting"
+NEGOTIATING = "negotiating"
+READY = "ready"
+CLOSED = "closed"
+
+#: Bytes asked of ``recv`` at a time.
+READ_SIZE = 256 * 1024
+
+_pack_header = HEADER.pack
+_CONNECT_PENDING = {errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN, errno.EALREADY}
+_HELLO_REFUSED = {Status.UNKNOWN_COMMAND, Status.NOT_SUPPORTED, Status.EACCESS}
+
+Address = Tuple[int, Any]  # (family, sockaddr)
+
+
+class KVConnection:
+    """The engine's connection to the KV service of one node."""
+
+    def __init__(self, engine: "Engine", host: str, port: int, index: int) -> None:
+        self.engine = engine
+        self.iops = engine.iops
+        self.host = host
+        self.port = port
+        self.index = index
+        self.state = IDLE
+        #: opaque -> operation, for every operation routed here and not done.
+        self.pending: Dict[int, KVOp] = {}
+        #: HELLO features the server granted on the current socket.
+        self.features: frozenset = frozenset()
+        #: Why the last connection attempt or socket failed (rc, message).
+        self.last_error: Optional[Tuple[int, str]] = None
+        #: Set once the node has shown it does not speak HELLO.
+        self.hello_disabled = False
+        self.local_address: Optional[Tuple[Any, ...]] = None
+        self._wbuf: List[Any] = []
+        self._backlog: List[bytes] = []
+        self._want_write = False
+        self._sock: Any = None
+        self._event: Optional[IOEvent] = None
+        self._decoder: Optional[FrameDecoder] = None
+        self._addresses: List[Address] = []
+        self._connect_started = 0.0
+        self._listeners: List[Callable[["KVConnection", Optional[Tuple[int, str]]], None]] = []
+        self._hs_opaque = 0
+        self._hs_handler: Optional[Callable[[Any], None]] = None
+        self._hs_silence_ok = False
+        self._connect_timer: Optional[TimerEvent] = None
+        self._resolving = False
+
+    # ------------------------------------------------------------------ info
+
+    @property
+    def authority(self) -> str:
+        """``host:port`` of the node."""
+        if ":" in self.host:
+            return "[%s]:%d" % (self.host, self.port)
+        return "%s:%d" % (self.host, self.port)
+
+    def __repr__(self) -> str:
+        return "<KVConnection %s state=%s pending=%d>" % (self.authority, self.state, len(self.pending))
+
+    # ------------------------------------------------------------ scheduling
+
+    def enqueue(self, op: KVOp) -> None:
+        """Take ``op`` (its opaque already stamped) and send it when possible."""
+        op.conn = self
+        kb = op.kb
+        extras = op.extras
+        value = op.value
+        self.pending[op.opaque] = op
+        header = _pack_header(0x80, op.opcode, len(kb), len(extras), op.datatype, op.vbucket,
+                              len(kb) + len(extras) + len(value), op.opaque, op.cas)
+        if self.state is READY:
+            wbuf = self._wbuf
+            wbuf.append(header + extras + kb)
+            if value:
+                wbuf.append(value)
+            if not self._want_write:
+                self._request_write()
+        else:
+            self._backlog.append(header + extras + kb + value)
+            if self.state is IDLE:
+                self.connect()
+
+    def _request_write(self) -> None:
+        engine = self.engine
+        if engine.batch_depth:
+            engine.dirty.add(self)
+            return
+        self._want_write = True
+        self.iops.update_event(self._event, PYCBC_EVACTION_WATCH, LCB_RW_EVENT)  # type: ignore[arg-type]
+
+    def flush_soon(self) -> None:
+        """Ask for write readiness if there is something to write (end of a batch)."""
+        if self.state is READY and self._wbuf and not self._want_write:
+            self._want_write = True
+            self.iops.update_event(self._event, PYCBC_EVACTION_WATCH, LCB_RW_EVENT)  # type: ignore[arg-type]
+
+    def forget(self, op: KVOp) -> None:
+        """Drop ``op`` from the pending table (it timed out or was cancelled);
+        its reply, if one comes, will be ignored."""
+        self.pending.pop(op.opaque, None)
+
+    # ------------------------------------------------------------- connecting
+
+    def add_listener(self, fn: Callable[["KVConnection", Optional[Tuple[int, str]]], None]) -> None:
+        """Call ``fn(conn, error)`` once, when the current connection attempt
+        ends (``error`` is None on success). Starts connecting if idle."""
+        if self.state is READY:
+            fn(self, None)
+            return
+        self._listeners.append(fn)
+        if self.state is IDLE:
+            self.connect()
+
+    def connect(self) -> None:
+        """Start connecting (idle connections only)."""
+        if self.state is not IDLE:
+            return
+        self.state = CONNECTING
+        self._connect_started = self.engine.clock()
+        self._arm_connect_timer(self.engine.settings.connect_timeout)
+        self._resolve()
+
+    def _arm_connect_timer(self, seconds: float) -> None:
+        if self._connect_timer is None:
+            self._connect_timer = self.iops.timer_event_factory()
+            self._connect_timer._handler = self._on_connect_timeout
+        self.iops.update_timer(self._connect_timer, PYCBC_EVACTION_WATCH, int(math.ceil(seconds * 1e6)))
+
+    def _disarm_connect_timer(self) -> None:
+        if self._connect_timer is not None:
+            self.iops.update_timer(self._connect_timer, PYCBC_EVACTION_UNWATCH, 0)
+
+    def _resolve(self) -> None:
+        host, port = self.host, self.port
+        try:
+            infos = _socket.getaddrinfo(host, port, 0, _socket.SOCK_STREAM, 0, _socket.AI_NUMERICHOST)
+        except _socket.gaierror:
+            infos = None
+        if infos:
+            self._on_resolved(infos, None)
+            return
+        resolver = getattr(self.iops, "resolve", None)
+        if resolver is not None:
+            self._resolving = True
+            resolver(host, port, self._on_resolved)
+            return
+        # No asynchronous resolver: a blocking lookup (documented). Report the
+        # outcome from a timer so no failure reaches the caller's own stack.
+        try:
+            infos = _socket.getaddrinfo(host, port, 0, _socket.SOCK_STREAM)
+            error: Optional[BaseException] = None
+        except OSError as exc:
+            infos, error = None, exc
+        self._resolving = True
+        self._defer(lambda: self._on_resolved(infos, error))
+
+    def _on_resolved(self, infos: Any, error: Optional[BaseException]) -> None:
+        self._resolving = False
+        if self.state is not CONNECTING:
+            return
+        if error is not None or not infos:
+            self._fail_soon(RC.UNKNOWN_HOST, "cannot resolve host %r: %s" % (self.host, error or "no address"))
+            return
+        self._addresses = [(family, sockaddr) for family, _t, _p, _c, sockaddr in infos]
+        self._try_next_address(None)
+
+    def _try_next_address(self, previous_error: Optional[str]) -> None:
+        if not self._addresses:
+            self._fail_soon(RC.CONNECT, "cannot connect to %s: %s" % (self.authority, previous_error or "no address"))
+            return
+        family, sockaddr = self._addresses.pop(0)
+        try:
+            sock = _socket.socket(family, _socket.SOCK_STREAM)
+        except OSError as exc:
+            self._try_next_address(str(exc))
+            return
+        sock.setblocking(False)
+        settings = self.engine.settings
+        try:
+            if settings.tcp_nodelay:
+                sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+            if settings.tcp_keepalive:
+                sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_KEEPALIVE, 1)
+        except OSError:
+            pass
+        err = sock.connect_ex(sockaddr)
+        self._attach(sock)
+        if err == 0:
+            self._on_connected()
+        elif err in _CONNECT_PENDING:
+            self.iops.update_event(self._event, PYCBC_EVACTION_WATCH, LCB_WRITE_EVENT)  # type: ignore[arg-type]
+        else:
+            self._detach()
+            self._try_next_address("%s (%s)" % (os.strerror(err), errno.errorcode.get(err, err)))
+
+    def _attach(self, sock: Any) -> None:
+        self._sock = sock
+        event = self._event = self.iops.io_event_factory()
+        event.fd = sock.fileno()
+        event._handler = self._on_io
+        self._decoder = FrameDecoder()
+
+    def _detach(self) -> None:
+        """Close the socket and free its event; keep pending operations."""
+        event, sock = self._event, self._sock
+        self._event = None
+        self._sock = None
+        self._want_write = False
+        self._wbuf = []
+        if event is not None:
+            self.iops.update_event(event, PYCBC_EVACTION_UNWATCH, 0)
+            self.iops.update_event(event, PYCBC_EVACTION_CLEANUP, 0)
+            event._handler = _dead_handler
+        if sock is not None:
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+    def _on_connect_timeout(self, _flags: int) -> None:
+        if self.state is CONNECTING:
+            self._fail(RC.CONNECT, "timed out connecting to %s after %.1fs"
+                       % (self.authority, self.engine.settings.connect_timeout))
+        elif self.state is NEGOTIATING:
+            if self._hs_silence_ok:
+                # The server swallowed HELLO without a word: carry on without it.
+                log.info("%s did not answer HELLO; reconnecting without it", self.authority)
+                self._restart_without_hello()
+            else:
+                self._fail(RC.CONNECT, "timed out negotiating with %s after %.1fs"
+                           % (self.authority, self.engine.settings.connect_timeout))
+
+    def _on_connected(self) -> None:
+        self.state = NEGOTIATING
+        try:
+            self.local_address = self._sock.getsockname()
+        except OSError:
+            self.local_address = None
+        self.iops.update_event(self._event, PYCBC_EVACTION_WATCH, LCB_READ_EVENT)  # type: ignore[arg-type]
+        self._start_handshake()
+
+    # -------------------------------------------------------------- handshake
+
+    def _start_handshake(self) -> None:
+        if self.hello_disabled:
+            self.features = frozenset()
+            self._handshake_done()
+            return
+        agent = json.dumps({"a": self.engine.settings.client_string, "i": self.engine.client_id},
+                           separators=(",", ":")).encode("utf-8")
+        wanted = self.engine.settings.hello_features
+        value = b"".join(struct.pack(">H", f) for f in wanted)
+        self._hs_silence_ok = True
+        # Silence is only tolerated for part of the connect timeout.
+        elapsed = self.engine.clock() - self._connect_started
+        budget = max(0.05, self.engine.settings.connect_timeout - elapsed)
+        self._arm_connect_timer(budget / 2)
+        self._send_handshake(Opcode.HELLO, agent, b"", value, self._on_hello)
+
+    def _send_handshake(self, opcode: int, key: bytes, extras: bytes, value: bytes,
+                        handler: Callable[[Any], None]) -> None:
+        self._hs_opaque = self.engine.next_opaque()
+        self._hs_handler = handler
+        self._wbuf.append(encode_request(opcode, key, extras, value, opaque=self._hs_opaque))
+        self._want_write = True
+        self.iops.update_event(self._event, PYCBC_EVACTION_WATCH, LCB_RW_EVENT)  # type: ignore[arg-type]
+
+    def _on_hello(self, frame: Any) -> None:
+        status = frame[2]
+        self._hs_silence_ok = False
+        if status == Status.SUCCESS:
+            value = frame[8]
+            granted = {struct.unpack_from(">H", value, i)[0] for i in range(0, len(value) - 1, 2)}
+            self.features = frozenset(granted)
+            self._handshake_done()
+        elif status in _HELLO_REFUSED:
+            # Not a Couchbase server. Plain memcached may now be out of step
+            # with us (see the module docs): start over on a fresh socket.
+            log.info("%s refused HELLO (status 0x%02x); reconnecting without it", self.authority, status)
+            self._restart_without_hello()
+        else:
+            self._fail(RC.PROTOCOL, "%s answered HELLO with status 0x%02x" % (self.authority, status))
+
+    def _restart_without_hello(self) -> None:
+        self.hello_disabled = True
+        self._detach()
+        self.state = IDLE
+        self._hs_handler = None
+        self.connect()
+
+    def _handshake_done(self) -> None:
+        self._hs_handler = None
+        self._disarm_connect_timer()
+        self.state = READY
+        self.last_error = None
+        if self._backlog:
+            self._wbuf.extend(self._backlog)
+            self._backlog = []
+        if self._wbuf:
+            self._want_write = False
+            self._request_write()
+        listeners, self._listeners = self._listeners, []
+        for fn in listeners:
+            fn(self, None)
+        self.engine.on_connection_ready(self)
+
+    # ------------------------------------------------------------------- I/O
+
+    def _on_io(self, flags: int) -> None:
+        state = self.state
+        if state is READY:
+            if flags & LCB_WRITE_EVENT:
+                self._write()
+            if flags & LCB_READ_EVENT and self.state is READY:
+                self._read()
+        elif state is CONNECTING:
+            if flags & (LCB_WRITE_EVENT | LCB_READ_EVENT):
+                self._finish_connect()
+        elif state is NEGOTIATING:
+            if flags & LCB_WRITE_EVENT:
+                self._write()
+            if flags & LCB_READ_EVENT and self.state is NEGOTIATING:
+                self._read_handshake()
+
+    def _finish_connect(self) -> None:
+        err = self._sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_ERROR)
+        if err == 0:
+            self._on_connected()
+            return
+        self._detach()
+        self._try_next_address("%s (%s)" % (os.strerror(err), errno.errorcode.get(err, err)))
+
+    def _write(self) -> None:
+        wbuf = self._wbuf
+        if not wbuf:
+            self._want_write = False
+            self.iops.update_event(self._event, PYCBC_EVACTION_WATCH, LCB_READ_EVENT)  # type: ignore[arg-type]
+            return
+        data = wbuf[0] if len(wbuf) == 1 else b"".join(wbuf)
+        try:
+            sent = self._sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._fail(RC.NETWORK, "error writing to %s: %s" % (self.authority, exc))
+            return
+        if sent == len(data):
+            self._wbuf = []
+            self._want_write = False
+            self.iops.update_event(self._event, PYCBC_EVACTION_WATCH, LCB_READ_EVENT)  # type: ignore[arg-type]
+        else:
+            self._wbuf = [memoryview(data)[sent:]]
+
+    def _recv(self) -> Optional[bytes]:
+        """Read what the socket has. None means nothing now or the connection
+        failed (already handled)."""
+        try:
+            data = self._sock.recv(READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError as exc:
+            self._fail(RC.NETWORK, "error reading from %s: %s" % (self.authority, exc))
+            return None
+        if not data:
+            self._on_eof()
+            return None
+        return data
+
+    def _on_eof(self) -> None:
+        if self.state is NEGOTIATING and self._hs_silence_ok and not self.hello_disabled:
+            log.info("%s closed the connection on HELLO; reconnecting without it", self.authority)
+            self._restart_without_hello()
+            return
+        self._fail(RC.NETWORK, "connection to %s closed by the server" % self.authority)
+
+    def _read(self) -> None:
+        data = self._recv()
+        if data is None:
+            return
+        try:
+            frames = self._decoder.feed(data)  # type: ignore[union-attr]
+        except FrameError as exc:
+            self._fail(RC.PROTOCOL, "invalid data from %s: %s" % (self.authority, exc))
+            return
+        pending = self.pending
+        for frame in frames:
+            op = pending.pop(frame[4], None)
+            if op is None:
+                if frame[0] == Magic.SERVER_REQUEST:
+                    self.engine.on_server_request(self, frame)
+                continue  # the operation timed out or was abandoned
+            if op.multi_reply and not op.on_part(frame):
+                pending[frame[4]] = op
+                continue
+            op.done = True
+            try:
+                op.on_response(frame)
+            except Exception:  # never let a result handler break the stream
+                log.exception("completing %s failed", op.describe())
+        self.engine.deadlines.trim()
+
+    def _read_handshake(self) -> None:
+        data = self._recv()
+        if data is None:
+            return
+        try:
+            frames = self._decoder.feed(data)  # type: ignore[union-attr]
+        except FrameError as exc:
+            self._fail(RC.PROTOCOL, "invalid data from %s during the handshake: %s" % (self.authority, exc))
+            return
+        for frame in frames:
+            if self.state is not NEGOTIATING:
+                return
+            if frame[4] != self._hs_opaque or self._hs_handler is None:
+                self._fail(RC.PROTOCOL, "unexpected reply (opcode 0x%02x) from %s during the handshake"
+                           % (frame[1], self.authority))
+                return
+            self._hs_handler(frame)
+
+    # ---------------------------------------------------------------- failure
+
+    def _defer(self, fn: Callable[[], None]) -> None:
+        self.engine.defer(fn)
+
+    def _fail_soon(self, rc: int, message: str) -> None:
+        """Fail from a zero-delay timer (we may be inside a caller's call)."""
+        self._defer(lambda: self._fail(rc, message) if self.state in (CONNECTING, NEGOTIATING) else None)
+
+    def _fail(self, rc: int, message: str) -> None:
+        """The socket (or the attempt to get one) failed: fail every operation
+        routed here and go back to IDLE; the next operation reconnects."""
+        if self.state is CLOSED:
+            return
+        was_ready = self.state is READY
+        log.debug("%s: %s", self.authority, message)
+        self.last_error = (rc, message)
+        self._disarm_connect_timer()
+        self._detach()
+        self.state = IDLE
+        self._hs_handler = None
+        self._backlog = []
+        ops = list(self.pending.values())
+        self.pending.clear()
+        listeners, self._listeners = self._listeners, []
+        for fn in listeners:
+            fn(self, (rc, message))
+        if not was_ready and rc == RC.NETWORK:
+            rc = RC.CONNECT
+        self.engine.fail_ops(ops, rc, message)
+        self.engine.on_connection_failed(self, rc, message)
+
+    def close(self, rc: int = RC.OBJECT_DESTROYED, message: str = "the bucket was closed") -> List[KVOp]:
+        """Close for good; return the operations that were still pending."""
+        if self.state is CLOSED:
+            return []
+        self._disarm_connect_timer()
+        if self._connect_timer is not None:
+            self.iops.update_timer(self._connect_timer, PYCBC_EVACTION_CLEANUP, 0)
+            self._connect_timer = None
+        self._detach()
+        self.state = CLOSED
+        self._backlog = []
+        ops = list(self.pending.values())
+        self.pending.clear()
+        listeners, self._listeners = self._listeners, []
+        for fn in listeners:
+            fn(self, (rc, message))
+        return ops
+
+
+def _dead_handler(_flags: int) -> None:
+    """Installed on freed events so a late callback from the loop is harmless."""

@@ -1,0 +1,107 @@
+"""Engine settings, read once from the connection string and keyword options."""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+from couchbase_core._engine.protocol import Feature
+from couchbase_core.connstr import ConnectionString, parse_bool, parse_duration, parse_int
+from couchbase_core.exceptions import ArgumentError
+
+__all__ = ["Settings", "DEFAULT_MAX_VALUE_MEMCACHED", "DEFAULT_MAX_VALUE_COUCHBASE"]
+
+#: Largest value sent to plain memcached (its default item size limit).
+DEFAULT_MAX_VALUE_MEMCACHED = 1024 * 1024
+#: Largest value sent to Couchbase Server.
+DEFAULT_MAX_VALUE_COUCHBASE = 20 * 1024 * 1024
+
+
+def _client_string() -> str:
+    from couchbase_core import __version__
+
+    return "gcouchbase/%s (Python %s)" % (__version__, platform.python_version())
+
+
+@dataclass
+class Settings:
+    """Everything the engine needs to know about how to connect and behave.
+
+    Times are in seconds.
+    """
+
+    scheme: str = "memcached"
+    hosts: List[Tuple[str, int]] = field(default_factory=lambda: [("localhost", 11211)])
+    bucket: Optional[str] = None
+    username: Optional[str] = None
+    password: Optional[str] = field(default=None, repr=False)
+    operation_timeout: float = 2.5
+    config_total_timeout: float = 5.0
+    config_node_timeout: float = 2.0
+    connect_timeout: float = 2.0
+    views_timeout: float = 75.0
+    n1ql_timeout: float = 75.0
+    http_timeout: float = 75.0
+    max_value_size: int = DEFAULT_MAX_VALUE_MEMCACHED
+    tcp_nodelay: bool = True
+    tcp_keepalive: bool = True
+    client_string: str = field(default_factory=_client_string)
+    #: HELLO features requested: only those the engine really handles.
+    hello_features: Tuple[int, ...] = (Feature.TCPNODELAY, Feature.XERROR, Feature.SELECT_BUCKET)
+    #: Every option as given (also unknown ones), for inspection.
+    options: Dict[str, str] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_connstr(cls, connstr: Any, username: Optional[str] = None, password: Optional[str] = None,
+                     **overrides: Any) -> "Settings":
+        """Build settings from a connection string (``str`` or
+        :class:`ConnectionString`) plus keyword options, which win over the
+        string's options (e.g. ``operation_timeout=1.0``)."""
+        if isinstance(connstr, ConnectionString):
+            cs = connstr.copy()
+        elif isinstance(connstr, str):
+            cs = ConnectionString.parse(connstr)
+        else:
+            raise ArgumentError("connection_string must be a str, not %s" % type(connstr).__name__)
+        for name, value in overrides.items():
+            if value is not None:
+                cs.set_option(name, value)
+        opts = dict(cs.options)
+        s = cls(scheme=cs.scheme, options=opts)
+        s.hosts = cs.kv_endpoints()
+        if not s.hosts:
+            raise ArgumentError("the connection string names no host")
+        s.bucket = cs.bucket
+        s.username = username if username is not None else opts.get("username")
+        s.password = password if password is not None else opts.get("password")
+
+        timeout = opts.get("operation_timeout", opts.get("timeout"))
+        if timeout is not None:
+            s.operation_timeout = _positive(parse_duration(timeout, "operation_timeout"), "operation_timeout")
+        for name in ("config_total_timeout", "config_node_timeout", "views_timeout", "http_timeout"):
+            if name in opts:
+                setattr(s, name, _positive(parse_duration(opts[name], name), name))
+        n1ql = opts.get("n1ql_timeout", opts.get("query_timeout"))
+        if n1ql is not None:
+            s.n1ql_timeout = _positive(parse_duration(n1ql, "n1ql_timeout"), "n1ql_timeout")
+        s.connect_timeout = s.config_node_timeout
+        if "connect_timeout" in opts:
+            s.connect_timeout = _positive(parse_duration(opts["connect_timeout"], "connect_timeout"), "connect_timeout")
+        if cs.scheme != "memcached":
+            s.max_value_size = DEFAULT_MAX_VALUE_COUCHBASE
+        if "max_value_size" in opts:
+            s.max_value_size = parse_int(opts["max_value_size"], "max_value_size", minimum=1)
+        if "tcp_nodelay" in opts:
+            s.tcp_nodelay = parse_bool(opts["tcp_nodelay"], "tcp_nodelay")
+        if "tcp_keepalive" in opts:
+            s.tcp_keepalive = parse_bool(opts["tcp_keepalive"], "tcp_keepalive")
+        if opts.get("client_string"):
+            s.client_string = "%s %s" % (s.client_string, opts["client_string"])
+        return s
+
+
+def _positive(value: float, name: str) -> float:
+    if value <= 0:
+        raise ArgumentError("%s must be greater than 0 (got %r)" % (name, value))
+    return value

@@ -1,0 +1,309 @@
+"""Key-value operations: turn engine replies into result objects.
+
+Each class is an engine :class:`~couchbase_core._engine.ops.KVOp` that knows
+how to build its result from the reply frame (or from an error code) and
+hands it to ``sink``, a one-argument callable set by whoever waits: a
+greenlet's waiter, a blocking loop, an :class:`AsyncResult`, a collector for
+``_multi`` calls. ``sink`` is called exactly once per operation, always from
+a loop callback.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from typing import Any, Callable, Dict, Optional
+
+from couchbase_core import transcoder as _tc
+from couchbase_core._engine.ops import KVOp
+from couchbase_core._engine.protocol import Opcode
+from couchbase_core.exceptions import RC, RC_TABLE, CouchbaseError
+from couchbase_core.result import OperationResult, Result, ValueResult
+
+__all__ = ["GetOp", "StoreOp", "RemoveOp", "CounterOp", "TouchOp", "StatOp", "NoopOp", "FlushOp", "discard"]
+
+_FLAGS = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
+
+
+def discard(_result: Any) -> None:
+    """A sink for operations nobody waits for any more."""
+
+
+def _server_message(rc: int, value: bytes) -> Optional[str]:
+    """The message to attach to a failed reply: ours for known codes, the
+    server's text for codes we do not know."""
+    if rc in RC_TABLE or not value:
+        return None
+    try:
+        return "server status 0x%02X: %s" % (rc, value[:200].decode("utf-8", "replace"))
+    except Exception:  # pragma: no cover - decode with 'replace' does not raise
+        return None
+
+
+class _KeyOp(KVOp):
+    """An operation on one key."""
+
+    __slots__ = ("key", "sink", "item")
+
+    def __init__(self, key: Any, opcode: int, kb: bytes, extras: bytes = b"", value: bytes = b"",
+                 cas: int = 0, timeout: float = 2.5, item: Any = None) -> None:
+        KVOp.__init__(self, opcode, kb, extras, value, cas, 0, timeout)
+        self.key = key
+        self.item = item
+        self.sink: Callable[[Any], None] = discard
+
+    def _result(self) -> OperationResult:
+        item = self.item
+        if item is not None:
+            item.rc = 0
+            item._message = None
+            item._exc = None
+            return item
+        return OperationResult(self.key)
+
+    def on_response(self, frame: Any) -> None:
+        status = frame[2]
+        res = self._result()
+        if status:
+            res.rc = status
+            res._message = _server_message(status, frame[8])
+        else:
+            res.cas = frame[5]
+        self.sink(res)
+
+    def on_error(self, rc: int, message: str) -> None:
+        res = self._result()
+        res.rc = rc
+        res._message = message
+        self.sink(res)
+
+    def describe(self) -> str:
+        from couchbase_core._engine.protocol import opcode_name
+
+        return "%s %r" % (opcode_name(self.opcode), self.key)
+
+
+class GetOp(_KeyOp):
+    """GET, or GAT when a ttl is given."""
+
+    __slots__ = ("decoder", "no_format")
+
+    def __init__(self, key: Any, kb: bytes, ttl: int, timeout: float, decoder: Optional[Any],
+                 no_format: bool, item: Any = None) -> None:
+        if ttl:
+            _KeyOp.__init__(self, key, Opcode.GAT, kb, _FLAGS.pack(ttl), b"", 0, timeout, item)
+        else:
+            _KeyOp.__init__(self, key, Opcode.GET, kb, b"", b"", 0, timeout, item)
+        self.decoder = decoder
+        self.no_format = no_format
+
+    def _result(self) -> ValueResult:
+        item = self.item
+        if item is not None:
+            item.rc = 0
+            item._message = None
+            item._exc = None
+            return item
+        return ValueResult(self.key)
+
+    def on_response(self, frame: Any) -> None:
+        status = frame[2]
+        if status:
+            res = self._result()
+            res.rc = status
+            res._message = _server_message(status, frame[8])
+            self.sink(res)
+            return
+        extras = frame[6]
+        flags = _FLAGS.unpack_from(extras)[0] if len(extras) >= 4 else 0
+        data = frame[8]
+        if self.item is None and self.decoder is None and not self.no_format:
+            try:
+                value = _tc.decode_value(data, flags)
+            except CouchbaseError as exc:
+                res = ValueResult(self.key, RC.VALUE_FORMAT, frame[5], data, flags)
+                res._message = exc.message
+                res._exc = exc
+                self.sink(res)
+                return
+            self.sink(ValueResult(self.key, 0, frame[5], value, flags))
+            return
+        res = self._result()
+        res.cas = frame[5]
+        res.flags = flags
+        if self.no_format:
+            res.value = data
+        else:
+            try:
+                if self.decoder is not None:
+                    res.value = self.decoder.decode_value(data, flags)
+                else:
+                    res.value = _tc.decode_value(data, flags)
+            except CouchbaseError as exc:
+                res.rc = RC.VALUE_FORMAT
+                res.value = data
+                res._message = exc.message
+                res._exc = exc
+            except Exception as exc:  # a custom transcoder failed
+                res.rc = RC.VALUE_FORMAT
+                res.value = data
+                res._message = "transcoder failed to decode the value: %r" % (exc,)
+        self.sink(res)
+
+
+class StoreOp(_KeyOp):
+    """SET, ADD, REPLACE (with flags and expiry) and APPEND, PREPEND."""
+
+    __slots__ = ()
+
+
+class RemoveOp(_KeyOp):
+    """DELETE."""
+
+    __slots__ = ()
+
+
+class TouchOp(_KeyOp):
+    """TOUCH."""
+
+    __slots__ = ()
+
+
+class CounterOp(_KeyOp):
+    """INCREMENT / DECREMENT; the result's value is the new count."""
+
+    __slots__ = ()
+
+    def _result(self) -> ValueResult:
+        item = self.item
+        if item is not None:
+            item.rc = 0
+            item._message = None
+            item._exc = None
+            return item
+        return ValueResult(self.key)
+
+    def on_response(self, frame: Any) -> None:
+        status = frame[2]
+        res = self._result()
+        if status:
+            res.rc = status
+            res._message = _server_message(status, frame[8])
+        else:
+            res.cas = frame[5]
+            value = frame[8]
+            res.value = _U64.unpack(value)[0] if len(value) == 8 else int(value or b"0")
+        self.sink(res)
+
+
+class _NodeOp(KVOp):
+    """A keyless command sent to one node; results are keyed by the node."""
+
+    __slots__ = ("key", "sink", "started")
+
+    def __init__(self, node: str, opcode: int, kb: bytes = b"", extras: bytes = b"", timeout: float = 2.5) -> None:
+        KVOp.__init__(self, opcode, kb, extras, b"", 0, 0, timeout)
+        self.key = node
+        self.sink: Callable[[Any], None] = discard
+        self.started = time.perf_counter()
+
+    def on_response(self, frame: Any) -> None:
+        res = Result(self.key, frame[2])
+        if frame[2]:
+            res._message = _server_message(frame[2], frame[8])
+        self.sink(res)
+
+    def on_error(self, rc: int, message: str) -> None:
+        res = self._error_result()
+        res.rc = rc
+        res._message = message
+        self.sink(res)
+
+    def _error_result(self) -> Result:
+        return Result(self.key)
+
+    def describe(self) -> str:
+        from couchbase_core._engine.protocol import opcode_name
+
+        return "%s on %s" % (opcode_name(self.opcode), self.key)
+
+
+class StatsResult(Result):
+    """STAT outcome for one node: ``value`` maps stat name -> value (str)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, key: Any = None, rc: int = 0) -> None:
+        Result.__init__(self, key, rc)
+        self.value: Dict[str, str] = {}
+
+
+class StatOp(_NodeOp):
+    """STAT [group]: one frame per statistic, then an empty terminator."""
+
+    __slots__ = ("stats", "status")
+    multi_reply = True
+
+    def __init__(self, node: str, group: bytes, timeout: float) -> None:
+        _NodeOp.__init__(self, node, Opcode.STAT, group, b"", timeout)
+        self.stats: Dict[str, str] = {}
+        self.status = 0
+
+    def on_part(self, frame: Any) -> bool:
+        if frame[2]:
+            self.status = frame[2]
+            return True
+        key = frame[7]
+        if not key and not frame[8]:
+            return True
+        self.stats[key.decode("utf-8", "replace")] = frame[8].decode("utf-8", "replace")
+        return False
+
+    def on_response(self, frame: Any) -> None:
+        res = StatsResult(self.key, self.status)
+        if self.status:
+            res._message = _server_message(self.status, frame[8])
+        res.value = self.stats
+        self.sink(res)
+
+    def _error_result(self) -> Result:
+        res = StatsResult(self.key)
+        res.value = self.stats
+        return res
+
+
+class PingResult(Result):
+    """NOOP outcome for one node: ``latency_us`` is the round trip."""
+
+    __slots__ = ("latency_us",)
+
+    def __init__(self, key: Any = None, rc: int = 0, latency_us: int = 0) -> None:
+        Result.__init__(self, key, rc)
+        self.latency_us = latency_us
+
+
+class NoopOp(_NodeOp):
+    """NOOP, timed (for ``ping``)."""
+
+    __slots__ = ()
+
+    def __init__(self, node: str, timeout: float) -> None:
+        _NodeOp.__init__(self, node, Opcode.NOOP, b"", b"", timeout)
+
+    def on_response(self, frame: Any) -> None:
+        elapsed = int((time.perf_counter() - self.started) * 1e6)
+        res = PingResult(self.key, frame[2], elapsed)
+        self.sink(res)
+
+    def _error_result(self) -> Result:
+        return PingResult(self.key, 0, int((time.perf_counter() - self.started) * 1e6))
+
+
+class FlushOp(_NodeOp):
+    """FLUSH (plain memcached: removes every item on the node)."""
+
+    __slots__ = ()
+
+    def __init__(self, node: str, timeout: float) -> None:
+        _NodeOp.__init__(self, node, Opcode.FLUSH, b"", b"", timeout)

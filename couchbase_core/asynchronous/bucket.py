@@ -1,0 +1,178 @@
+"""AsyncBucket: every operation returns an AsyncResult at once.
+
+The bucket runs on an IOPS the caller supplies (any event loop that
+implements :mod:`couchbase_core.iops.base`) and never waits. Each key-value
+method takes the same arguments as the blocking API and returns an
+:class:`~couchbase_core.result.AsyncResult`; set its ``callback`` and
+``errback`` after the call returns::
+
+    def on_ok(result): ...
+    def on_err(result, exc_type, exc_value, traceback): ...
+
+    ar = bucket.get("key")
+    ar.callback, ar.errback = on_ok, on_err
+
+Single-key calls give the callback that key's result; ``_multi`` calls give
+it the AsyncResult itself (a dict of key -> result). ``quiet`` works as in
+the blocking API. ``stats``, ``ping`` and ``flush`` return an AsyncResult
+whose ``value`` holds the report once it is done.
+
+Connecting starts in the constructor without blocking; operations issued
+before the bootstrap ends wait inside the engine. To learn when it ends,
+use :meth:`AsyncBucket.on_connect`, or set ``_conncb`` (the hook 2.x
+integrations used): ``callback(err)`` with ``err`` None on success.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Optional
+
+from couchbase_core._bucketbase import BaseBucket, Latch, _Collector
+from couchbase_core.exceptions import ArgumentError, CouchbaseError, PipelineError
+from couchbase_core.iops.base import IOPS
+from couchbase_core.result import AsyncResult, MultiResult
+
+__all__ = ["AsyncBucket"]
+
+
+class _SingleSink:
+    __slots__ = ("ar",)
+
+    def __init__(self, ar: AsyncResult) -> None:
+        self.ar = ar
+
+    def __call__(self, result: Any) -> None:
+        ar = self.ar
+        ar[result.key] = result
+        ar._complete()
+
+
+class _AsyncPipeline:
+    """``with bucket.pipeline():`` on an AsyncBucket: the operations inside
+    return their AsyncResults as usual but are written together when the
+    block ends."""
+
+    def __init__(self, bucket: "AsyncBucket") -> None:
+        self._bucket = bucket
+
+    def __enter__(self) -> "_AsyncPipeline":
+        if self._bucket._pipeline_depth:
+            raise PipelineError("a pipeline is already active on this bucket")
+        self._bucket._check_open()
+        self._bucket._pipeline_depth += 1
+        self._bucket._engine.sched_enter()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._bucket._pipeline_depth -= 1
+        self._bucket._engine.sched_leave()
+
+
+class AsyncBucket(BaseBucket):
+    """A bucket whose operations return :class:`AsyncResult` objects.
+
+    Args:
+        iops: the IOPS driving this bucket (required).
+        connection_string, and every other argument: as the blocking
+            :class:`couchbase_core.bucket.Bucket`.
+    """
+
+    _is_async = True
+
+    def __init__(self, iops: Optional[IOPS] = None, *args: Any, **kwargs: Any) -> None:
+        if iops is None:
+            raise ArgumentError("AsyncBucket needs an IOPS (e.g. couchbase_core.iops.select.SelectIOPS())")
+        self._given_iops = iops
+        self._pipeline_depth = 0
+        self._connect_listeners: List[Callable[[Optional[CouchbaseError]], None]] = []
+        self._connect_result: Any = _PENDING
+        #: 2.x hook: called with the bootstrap error (None on success).
+        self._conncb: Optional[Callable[[Optional[CouchbaseError]], None]] = None
+        super().__init__(*args, **kwargs)
+
+    def _make_iops(self, kwargs: Dict[str, Any]) -> IOPS:
+        return self._given_iops
+
+    def _start(self) -> None:
+        self._engine.start(self._on_bootstrap)
+
+    def _on_bootstrap(self, err: Optional[CouchbaseError]) -> None:
+        self._connect_result = err
+        hook = self._conncb
+        if hook is not None:
+            hook(err)
+        listeners, self._connect_listeners = self._connect_listeners, []
+        for fn in listeners:
+            fn(err)
+
+    def on_connect(self, callback: Callable[[Optional[CouchbaseError]], None]) -> None:
+        """Call ``callback(err)`` once the bootstrap has ended (``err`` is None
+        on success, the exception otherwise). If it has already ended,
+        ``callback`` runs at once."""
+        if self._connect_result is _PENDING:
+            self._connect_listeners.append(callback)
+        else:
+            callback(self._connect_result)
+
+    @property
+    def connect_error(self) -> Optional[CouchbaseError]:
+        """The bootstrap's error once it failed, else None."""
+        return None if self._connect_result is _PENDING else self._connect_result
+
+    # -- strategy ------------------------------------------------------------
+
+    def _new_multi(self) -> MultiResult:
+        return AsyncResult()
+
+    def _one(self, op: Any, quiet: bool = False) -> Any:
+        return self._run_one(op, quiet)
+
+    def _many(self, ops: List[Any], mres: MultiResult) -> Any:
+        return self._run_many(ops, mres)
+
+    def _run_one(self, op: Any, quiet: bool) -> AsyncResult:
+        ar = AsyncResult(single=True)
+        ar._quiet = quiet
+        op.sink = _SingleSink(ar)
+        self._engine.submit(op)
+        return ar
+
+    def _collect(self, ops: List[Any], mres: MultiResult, finish: Callable[[MultiResult], Any]) -> AsyncResult:
+        ar: AsyncResult = mres  # type: ignore[assignment]
+        latch = Latch()
+
+        def all_done() -> None:
+            try:
+                ar.value = finish(ar)
+            except CouchbaseError:
+                pass  # the errback reports it from the results
+            ar._complete()
+
+        latch.on_zero = all_done
+        sink = _Collector(ar, latch)
+        submit = self._engine.submit
+        for op in ops:
+            op.sink = sink
+            latch.count += 1
+            submit(op)
+        if not latch.count:
+            all_done()
+        return ar
+
+    def _run_many(self, ops: List[Any], mres: MultiResult) -> AsyncResult:
+        return self._collect(ops, mres, lambda r: r)
+
+    def _wait_latch(self, latch: Latch) -> None:  # pragma: no cover - never waits
+        raise PipelineError("an AsyncBucket never waits")
+
+    def pipeline(self) -> Any:  # type: ignore[override]
+        """Batch the writes of the operations issued inside the block."""
+        return _AsyncPipeline(self)
+
+    def close(self) -> None:
+        """Close every connection; pending operations' errbacks receive
+        ObjectDestroyedError from the loop."""
+        self._engine.close()
+
+
+_PENDING = object()

@@ -1,0 +1,119 @@
+"""Items: documents that carry their own key, value, CAS and options.
+
+An :class:`Item` is a :class:`~couchbase_core.result.ValueResult` the
+application creates itself. Passed to a ``_multi`` call inside an item
+collection, it supplies the key and value (and CAS, for CAS-checked
+operations), and the call fills the *same object* with the outcome: ``rc``,
+``cas``, and for reads ``value`` and ``flags``. The call's
+:class:`~couchbase_core.result.MultiResult` maps each key to its item.
+
+Two collections exist:
+
+* :class:`ItemOptionDict` — items with per-item options
+  (``format``, ``ttl``, ``persist_to``, ... as keyword arguments);
+* :class:`ItemSequence` — a plain sequence of items, no options.
+
+Example::
+
+    itmdict = ItemOptionDict()
+    itmdict.create_and_add("user:1", {"name": "Ann"}, ttl=60)
+    itmdict.add(Item("blob", b"\\x00\\x01"), format=FMT_BYTES)
+    bucket.upsert_multi(itmdict)
+    bucket.replace_multi(itmdict)   # CAS-checked against the CAS just stored
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Iterable, Iterator, Tuple
+
+from couchbase_core.exceptions import ArgumentError
+from couchbase_core.result import ValueResult
+
+__all__ = ["Item", "ItemCollection", "ItemOptionDict", "ItemSequence"]
+
+
+class Item(ValueResult):
+    """A document the application owns: ``key``, ``value``, ``cas``, ``flags``.
+
+    After an operation, ``rc``/``success`` tell the outcome for this item.
+    Arbitrary attributes may be set on it.
+    """
+
+    def __init__(self, key: Any = None, value: Any = None) -> None:
+        ValueResult.__init__(self, key, 0, 0, value, 0)
+
+    def as_itcoll(self, **options: Any) -> "ItemCollection":
+        """Return a collection holding just this item (with ``options``)."""
+        if options:
+            coll = ItemOptionDict()
+            coll.add(self, **options)
+            return coll
+        return ItemSequence([self])
+
+
+class ItemCollection:
+    """Base of the item collections: iterating yields ``(item, options)``."""
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[Tuple[Item, Dict[str, Any]]]:
+        raise NotImplementedError
+
+    def _check(self, item: Any) -> Item:
+        if not isinstance(item, Item):
+            raise ArgumentError({"message": "item collections hold Item objects, not %s" % type(item).__name__,
+                                 "objextra": item})
+        if item.key is None:
+            raise ArgumentError({"message": "an Item needs a key", "objextra": item})
+        return item
+
+
+class ItemOptionDict(ItemCollection):
+    """Items with per-item options: ``{item: {option: value}}``."""
+
+    def __init__(self, d: Dict[Item, Dict[str, Any]] = None) -> None:
+        self._d: Dict[Item, Dict[str, Any]] = {}
+        for item, options in (d or {}).items():
+            self.add(item, **(options or {}))
+
+    @property
+    def dict(self) -> Dict[Item, Dict[str, Any]]:
+        """The underlying ``{item: options}`` dict."""
+        return self._d
+
+    def add(self, itm: Item, **options: Any) -> "ItemOptionDict":
+        """Add ``itm`` with ``options`` (e.g. ``format=FMT_BYTES, ttl=10``)."""
+        self._d[self._check(itm)] = options
+        return self
+
+    def create_and_add(self, key: Any, value: Any = None, cas: int = 0, **options: Any) -> Item:
+        """Create an :class:`Item`, add it with ``options`` and return it."""
+        itm = Item(key, value)
+        itm.cas = cas
+        self.add(itm, **options)
+        return itm
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def __iter__(self) -> Iterator[Tuple[Item, Dict[str, Any]]]:
+        return iter(self._d.items())
+
+
+class ItemSequence(ItemCollection):
+    """A sequence of items without options."""
+
+    def __init__(self, obj: Iterable[Item]) -> None:
+        self._seq = [self._check(item) for item in obj]
+
+    @property
+    def sequence(self) -> list:
+        """The items, in order."""
+        return self._seq
+
+    def __len__(self) -> int:
+        return len(self._seq)
+
+    def __iter__(self) -> Iterator[Tuple[Item, Dict[str, Any]]]:
+        return ((item, {}) for item in self._seq)

@@ -1,0 +1,86 @@
+"""The gevent Bucket: the blocking API, cooperative.
+
+Every call parks the calling greenlet on a :class:`gevent.hub.Waiter`; the
+hub runs other greenlets meanwhile, and the operation's completion (a
+callback from the hub's loop) switches straight back to it with the result
+or the error. Any number of greenlets may share one Bucket: their requests
+go out pipelined on one socket per node, coalesced into as few writes as the
+loop allows, and replies are matched back by opaque.
+
+A greenlet killed, or interrupted by ``gevent.Timeout``, while it waits
+detaches from its operations first: their replies are still read (the
+connection stays in step for everyone else) and then dropped, never handed
+to another greenlet. A server that stops answering parks no greenlet past
+the operation timeout, which is an engine timer, not a gevent timeout.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, Dict
+
+from gevent.hub import Waiter, get_hub
+
+from couchbase_core._bucketbase import BaseBucket, Latch, Pipeline, PingStatus
+from couchbase_core._kvops import discard
+from gcouchbase.iops import IOPS
+
+__all__ = ["Bucket", "Pipeline", "PingStatus"]
+
+
+class Bucket(BaseBucket):
+    """A bucket for gevent programs; see :class:`couchbase_core.bucket.Bucket`
+    for the arguments and ``couchbase_core._bucketbase.BaseBucket`` for the
+    operations. The constructor waits (cooperatively) for the bootstrap."""
+
+    def _make_iops(self, kwargs: Dict[str, Any]) -> IOPS:
+        self._hub = get_hub()
+        return IOPS(self._hub)
+
+    def _start(self) -> None:
+        waiter = Waiter(self._hub)
+        self._engine.start(waiter.switch)
+        try:
+            err = waiter.get()
+        except BaseException:
+            self._engine.close()
+            raise
+        if err is not None:
+            self._engine.close()
+            raise err
+
+    def _run_one(self, op: Any, quiet: bool) -> Any:
+        waiter = Waiter(self._hub)
+        op.sink = waiter.switch
+        self._engine.submit(op)
+        try:
+            res = waiter.get()
+        except BaseException:
+            op.sink = discard  # killed or timed out: never wake anyone later
+            raise
+        if res.rc and not (quiet and res.rc == 1):
+            raise res._make_exception()
+        return res
+
+    def _wait_latch(self, latch: Latch) -> None:
+        waiter = Waiter(self._hub)
+        latch.on_zero = partial(waiter.switch, None)
+        try:
+            waiter.get()
+        except BaseException:
+            latch.on_zero = None
+            raise
+
+    def __del__(self) -> None:
+        try:
+            engine = self._engine
+        except AttributeError:
+            return
+        if not engine.closed:
+            try:
+                engine.close()
+            except Exception:
+                pass
+
+
+
