@@ -103,6 +103,10 @@ class IOPS(base.IOPS):
             watcher.close()
             timer.pydata = None
         if action in (PYCBC_EVACTION_WATCH, PYCBC_EVACTION_RESUME):
+            # The loop caches "now" at each iteration; if the hub has not run
+            # for a while (the process blocked), a timer started from the stale
+            # value would fire early. Delays count from this call.
+            self.loop.update_now()
             watcher = timer.pydata = self.loop.timer(max(0, usecs) / 1e6)
             watcher.start(self._fire, timer, watcher)
             timer.state = PYCBC_EVSTATE_ACTIVE

@@ -24,14 +24,22 @@ write readiness; everything buffered goes out in one ``send`` when the loop
 reports the socket writable. Reads take whatever the socket has and hand it
 to the sans-I/O :class:`~couchbase_core._engine.protocol.FrameDecoder`.
 
-The handshake tolerates servers that are not Couchbase. HELLO is sent alone
-and nothing follows it until its reply is in: plain memcached answers an
-unknown command that has a key with UNKNOWN_COMMAND and then swallows as many
-*further* bytes as the key was long (memcached 1.6 does; the test suite
-proves it), so anything pipelined behind HELLO would be corrupted. When
-HELLO is refused, answered with silence, or answered by closing the socket,
-the connection reconnects and skips HELLO from then on; nothing is set by
-the user and no queued operation is lost in the process.
+The handshake tolerates servers that are not Couchbase. Plain memcached
+(1.6, measured by the test suite) handles an unknown command that carries a
+key by reading the key and then discarding *body length* more bytes, i.e.
+``key length`` bytes too many: a lone HELLO with an agent name gets no
+answer at all until that many further bytes arrive, and anything pipelined
+behind it is cut short, which desynchronises the stream (how the original C
+client came to hang). Hence:
+
+* HELLO goes out alone and nothing follows it until its reply is in;
+* on ``memcached://`` the HELLO carries no agent name (an empty key), which
+  plain memcached answers at once with UNKNOWN_COMMAND and stays in step;
+  Couchbase servers get the agent name;
+* whatever the server does with HELLO (refuse it, say nothing, close the
+  socket), the connection reconnects if the stream may be out of step,
+  skips HELLO from then on, and carries on without features. Nothing is
+  set by the user and no queued operation is lost in the process.
 
 Failures never reach a caller inside its own call into the engine: an error
 found while the caller is still on the stack (e.g. a refused ``connect``) is
@@ -126,6 +134,7 @@ class KVConnection:
         self._hs_opaque = 0
         self._hs_handler: Optional[Callable[[Any], None]] = None
         self._hs_silence_ok = False
+        self._hs_keyed = False
         self._connect_timer: Optional[TimerEvent] = None
         self._resolving = False
 
@@ -330,8 +339,12 @@ class KVConnection:
             self.features = frozenset()
             self._handshake_done()
             return
-        agent = json.dumps({"a": self.engine.settings.client_string, "i": self.engine.client_id},
-                           separators=(",", ":")).encode("utf-8")
+        settings = self.engine.settings
+        if settings.hello_agent:
+            agent = json.dumps({"a": settings.client_string[:150], "i": self.engine.client_id},
+                               separators=(",", ":")).encode("utf-8")
+        else:
+            agent = b""
         wanted = self.engine.settings.hello_features
         value = b"".join(struct.pack(">H", f) for f in wanted)
         self._hs_silence_ok = True
@@ -339,6 +352,7 @@ class KVConnection:
         elapsed = self.engine.clock() - self._connect_started
         budget = max(0.05, self.engine.settings.connect_timeout - elapsed)
         self._arm_connect_timer(budget / 2)
+        self._hs_keyed = bool(agent)
         self._send_handshake(Opcode.HELLO, agent, b"", value, self._on_hello)
 
     def _send_handshake(self, opcode: int, key: bytes, extras: bytes, value: bytes,
@@ -358,10 +372,16 @@ class KVConnection:
             self.features = frozenset(granted)
             self._handshake_done()
         elif status in _HELLO_REFUSED:
-            # Not a Couchbase server. Plain memcached may now be out of step
-            # with us (see the module docs): start over on a fresh socket.
-            log.info("%s refused HELLO (status 0x%02x); reconnecting without it", self.authority, status)
-            self._restart_without_hello()
+            # Not a Couchbase server. After a keyed HELLO plain memcached may
+            # be out of step with us (see the module docs): start over on a
+            # fresh socket. After a keyless one the stream is intact.
+            self.hello_disabled = True
+            if self._hs_keyed:
+                log.info("%s refused HELLO (status 0x%02x); reconnecting without it", self.authority, status)
+                self._restart_without_hello()
+            else:
+                self.features = frozenset()
+                self._handshake_done()
         else:
             self._fail(RC.PROTOCOL, "%s answered HELLO with status 0x%02x" % (self.authority, status))
 

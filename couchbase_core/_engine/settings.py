@@ -47,6 +47,8 @@ class Settings:
     tcp_nodelay: bool = True
     tcp_keepalive: bool = True
     client_string: str = field(default_factory=_client_string)
+    #: Send the agent name as HELLO's key (not on memcached://: see connection.py).
+    hello_agent: bool = False
     #: HELLO features requested: only those the engine really handles.
     hello_features: Tuple[int, ...] = (Feature.TCPNODELAY, Feature.XERROR, Feature.SELECT_BUCKET)
     #: Every option as given (also unknown ones), for inspection.
@@ -70,6 +72,7 @@ class Settings:
         opts = dict(cs.options)
         s = cls(scheme=cs.scheme, options=opts)
         s.hosts = cs.kv_endpoints()
+        s.hello_agent = cs.scheme != "memcached"
         if not s.hosts:
             raise ArgumentError("the connection string names no host")
         s.bucket = cs.bucket

@@ -1,0 +1,183 @@
+"""Start a real ``memcached`` on a free loopback port, for tests and demos.
+
+    with MemcachedServer() as server:
+        bucket = Bucket(server.connstr)
+
+The server listens on 127.0.0.1 only, is stopped when the ``with`` block (or
+:meth:`MemcachedServer.stop`) ends, and on Linux also dies with the process
+that started it, so an interrupted test run leaves nothing behind. It can be
+frozen and thawed (SIGSTOP / SIGCONT) to simulate a hung server.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import List, Optional
+
+__all__ = ["MemcachedServer", "find_memcached", "MemcachedMissing"]
+
+_CANDIDATES = ("/usr/bin/memcached", "/usr/sbin/memcached", "/usr/local/bin/memcached",
+               "/opt/homebrew/bin/memcached")
+
+
+class MemcachedMissing(RuntimeError):
+    """No memcached binary could be found."""
+
+
+def find_memcached() -> str:
+    """Path of the memcached binary: ``$MEMCACHED``, then ``PATH``, then the
+    usual install locations. Raises :class:`MemcachedMissing` with a message
+    saying how to install it."""
+    env = os.environ.get("MEMCACHED")
+    if env:
+        if os.access(env, os.X_OK):
+            return env
+        raise MemcachedMissing("MEMCACHED=%s is not an executable file" % env)
+    found = shutil.which("memcached")
+    if found:
+        return found
+    for path in _CANDIDATES:
+        if os.access(path, os.X_OK):
+            return path
+    raise MemcachedMissing(
+        "memcached is not installed. The key-value tests need a real memcached: run `make test` "
+        "(it installs the Debian package when run as root), or install it yourself "
+        "(sudo apt-get install memcached / brew install memcached), or set MEMCACHED=/path/to/memcached.")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL("libc.so.6", use_errno=True)
+            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+
+
+class MemcachedServer:
+    """A memcached process on 127.0.0.1 and a free port.
+
+    Args:
+        memory_mb: cache size (``-m``).
+        threads: worker threads (``-t``).
+        extra_args: more command-line arguments.
+    """
+
+    def __init__(self, memory_mb: int = 64, threads: int = 2, extra_args: Optional[List[str]] = None,
+                 port: Optional[int] = None) -> None:
+        self.binary = find_memcached()
+        self.memory_mb = memory_mb
+        self.threads = threads
+        self.extra_args = list(extra_args or [])
+        self.host = "127.0.0.1"
+        self.port = port or 0
+        self.proc: Optional[subprocess.Popen] = None
+        self.paused = False
+
+    @property
+    def address(self) -> str:
+        """``host:port``."""
+        return "%s:%d" % (self.host, self.port)
+
+    @property
+    def connstr(self) -> str:
+        """``memcached://host:port``."""
+        return "memcached://%s" % self.address
+
+    def _command(self) -> List[str]:
+        cmd = [self.binary, "-l", self.host, "-p", str(self.port), "-U", "0",
+               "-m", str(self.memory_mb), "-t", str(self.threads), "-c", "4096"]
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
+            cmd += ["-u", "root"]
+        return cmd + self.extra_args
+
+    def start(self, timeout: float = 10.0) -> "MemcachedServer":
+        """Start the server and wait until it accepts connections."""
+        attempts = 0
+        while True:
+            attempts += 1
+            if not self.port or attempts > 1:
+                self.port = _free_port()
+            self.proc = subprocess.Popen(self._command(), stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                         preexec_fn=_die_with_parent)
+            if self._wait_ready(timeout):
+                return self
+            err = b""
+            if self.proc.poll() is not None and self.proc.stderr is not None:
+                err = self.proc.stderr.read() or b""
+            self._kill()
+            if attempts >= 5:
+                raise RuntimeError("memcached did not start on %s: %s" % (self.address, err.decode(errors="replace")))
+
+    def _wait_ready(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is None or self.proc.poll() is not None:
+                return False
+            try:
+                with socket.create_connection((self.host, self.port), timeout=0.5):
+                    return True
+            except OSError:
+                time.sleep(0.02)
+        return False
+
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP): it keeps its sockets but answers nothing."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+        self.paused = True
+
+    def resume(self) -> None:
+        """Thaw a paused server (SIGCONT)."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+        self.paused = False
+
+    def restart(self) -> None:
+        """Stop and start again on the same port (all data is lost)."""
+        self.stop()
+        self.start()
+
+    def _kill(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        if self.paused:
+            try:
+                proc.send_signal(signal.SIGCONT)
+            except OSError:
+                pass
+            self.paused = False
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+    def stop(self) -> None:
+        """Stop the server."""
+        self._kill()
+
+    def __enter__(self) -> "MemcachedServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

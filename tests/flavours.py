@@ -1,0 +1,98 @@
+"""The three bucket flavours behind one synchronous test interface.
+
+The blocking and gevent buckets are used as they are. The AsyncBucket is
+wrapped by :class:`AsyncDriver`: each call returns an AsyncResult, the driver
+sets its ``callback`` and ``errback``, runs the bucket's select loop until
+exactly one of them fired, and then returns the callback's result or raises
+the errback's exception. So the shared tests exercise the async API through
+its documented callbacks, not around them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, List
+
+from couchbase_core.asynchronous.bucket import AsyncBucket
+from couchbase_core.bucket import Bucket as BlockingBucket
+from couchbase_core.iops.select import SelectIOPS
+from couchbase_core.result import AsyncResult
+
+FLAVOURS = ["blocking", "async", "gevent"]
+
+
+class AsyncDriver:
+    """Drives an AsyncBucket synchronously through callback/errback."""
+
+    def __init__(self, connstr: str, **kwargs: Any) -> None:
+        self.iops = SelectIOPS()
+        self.raw = AsyncBucket(self.iops, connstr, **kwargs)
+        outcome: List[Any] = []
+        self.raw.on_connect(outcome.append)
+        self._run_until(lambda: outcome, 30)
+        if outcome[0] is not None:
+            self.raw.close()
+            raise outcome[0]
+
+    def _run_until(self, done, timeout: float) -> None:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while not done():
+            if time.monotonic() > deadline:
+                raise AssertionError("async operation never completed")
+            self.iops.run_once(0.5)
+
+    def wait(self, ar: AsyncResult) -> Any:
+        """Wait for an AsyncResult through its callback/errback."""
+        fired: List[Any] = []
+        ar.callback = lambda res: fired.append(("ok", res))
+        ar.errback = lambda res, et, ev, tb: fired.append(("err", ev, res, et, tb))
+        self._run_until(lambda: fired, 60)
+        # exactly one of them, exactly once
+        self.iops.run_once(0)
+        assert len(fired) == 1, fired
+        if fired[0][0] == "ok":
+            res = fired[0][1]
+            # stats()/ping()/flush() put their report in the AsyncResult's value
+            if isinstance(res, AsyncResult) and "value" in vars(res):
+                return res.value
+            return res
+        _, exc, res, etype, tb = fired[0]
+        assert isinstance(exc, etype) and tb is not None
+        raise exc
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.raw, name)
+        if not callable(attr) or name in ("pipeline", "close", "on_connect"):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            out = attr(*args, **kwargs)
+            if isinstance(out, AsyncResult):
+                return self.wait(out)
+            return out
+
+        return call
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in ("iops", "raw"):
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self.raw, name, value)
+
+    def close(self) -> None:
+        self.raw.close()
+        self.iops.run_once(0)
+
+
+def open_bucket(flavour: str, connstr: str, **kwargs: Any) -> Any:
+    """Open a bucket of ``flavour`` on ``connstr``."""
+    if flavour == "blocking":
+        return BlockingBucket(connstr, **kwargs)
+    if flavour == "async":
+        return AsyncDriver(connstr, **kwargs)
+    if flavour == "gevent":
+        from gcouchbase.bucket import Bucket as GBucket
+
+        return GBucket(connstr, **kwargs)
+    raise ValueError(flavour)

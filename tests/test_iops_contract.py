@@ -1,0 +1,92 @@
+"""Both shipped IOPS pass the shared IOPS contract suite."""
+
+from __future__ import annotations
+
+import time
+
+import gevent
+import pytest
+
+from couchbase_core.iops.base import IOPS as BaseIOPS
+from couchbase_core.iops.select import SelectIOPS
+from couchbase_core.iops.testkit import IOPSContract
+from gcouchbase.iops import IOPS as GeventIOPS
+
+
+class TestSelectIOPS(IOPSContract):
+    def make_iops(self):
+        return SelectIOPS()
+
+    def run_loop(self, iops, until, timeout):
+        deadline = time.monotonic() + timeout
+        while not until() and time.monotonic() < deadline:
+            iops.run_once(0.01)
+
+    def close_iops(self, iops):
+        iops.close()
+
+
+class TestGeventIOPS(IOPSContract):
+    def make_iops(self):
+        return GeventIOPS()
+
+    def run_loop(self, iops, until, timeout):
+        deadline = time.monotonic() + timeout
+        while not until() and time.monotonic() < deadline:
+            gevent.sleep(0.001)
+
+
+def test_base_iops_methods_must_be_implemented():
+    iops = BaseIOPS()
+    with pytest.raises(NotImplementedError):
+        iops.update_event(iops.io_event_factory(), 1, 2)
+    with pytest.raises(NotImplementedError):
+        iops.update_timer(iops.timer_event_factory(), 1, 0)
+
+
+def test_select_start_watching_runs_until_stop_watching():
+    iops = SelectIOPS()
+    timer = iops.timer_event_factory()
+    stamps = []
+
+    def fire(_flags):
+        stamps.append(time.monotonic())
+        if len(stamps) < 3:
+            iops.update_timer(timer, 1, 10_000)
+        else:
+            iops.stop_watching()
+
+    timer._handler = fire
+    iops.update_timer(timer, 1, 10_000)
+    iops.start_watching()
+    assert len(stamps) == 3
+    iops.close()
+
+
+def test_select_start_watching_returns_when_nothing_is_watched():
+    iops = SelectIOPS()
+    start = time.monotonic()
+    iops.start_watching()
+    assert time.monotonic() - start < 1.0
+    iops.close()
+
+
+def test_select_survives_a_raising_callback(caplog):
+    iops = SelectIOPS()
+    bad = iops.timer_event_factory()
+    good = iops.timer_event_factory()
+    seen = []
+
+    def boom(_flags):
+        raise RuntimeError("boom")
+
+    bad._handler = boom
+    good._handler = seen.append
+    iops.update_timer(bad, 1, 0)
+    iops.update_timer(good, 1, 1000)
+    deadline = time.monotonic() + 2
+    while not seen and time.monotonic() < deadline:
+        iops.run_once(0.01)
+    assert seen == [0]
+    assert "boom" in caplog.text
+    iops.close()
