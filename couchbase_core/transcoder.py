@@ -132,6 +132,8 @@ def encode_value(value: Any, fmt: int) -> Tuple[bytes, int]:
             return value, FMT_BYTES
         if isinstance(value, _BYTES_TYPES):
             return bytes(value), FMT_BYTES
+        if isinstance(value, str):
+            return str.encode(value, "utf-8"), FMT_UTF8
         if isinstance(value, _JSON_TYPES):
             fmt = FMT_JSON
         else:

@@ -393,8 +393,6 @@ def test_encode_key_rejects_other_types(key):
         Transcoder().encode_key(key)
 
 
-@pytest.mark.xfail(strict=True, reason="FMT_AUTO checks `type(value) is str`, so a str subclass is pickled, "
-                                       "while bytes/dict/int subclasses follow their base type")
 def test_fmt_auto_str_subclass_is_text():
     class Name(str):
         pass

@@ -210,7 +210,6 @@ F_KEY = 7
 F_VALUE = 8
 F_FRAMING = 9
 
-_EMPTY: List[Frame] = []
 _ACCEPTED_MAGIC = (Magic.RESPONSE, Magic.ALT_RESPONSE, Magic.SERVER_REQUEST)
 
 
@@ -246,7 +245,7 @@ class FrameDecoder:
         if partial is not None:
             partial += data
             if len(partial) < self._need:
-                return _EMPTY
+                return []
             buf = bytes(partial)
             self._partial = None
         else:
