@@ -1,0 +1,237 @@
+"""Servers that hang, die, drop connections or send garbage: every operation
+gets a specific error within its timeout, and the bucket recovers."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+
+from couchbase_core.bucket import Bucket
+from couchbase_core.exceptions import (
+    ConnectError,
+    CouchbaseNetworkError,
+    NetworkError,
+    ProtocolError,
+    TimeoutError,
+    UnknownHostError,
+)
+from couchbase_core.testing.memcached import MemcachedServer
+from tests.flavours import open_bucket
+from tests.proxy import FaultProxy
+
+
+def test_frozen_server_times_out_then_recovers(flavour, fresh_memcached):
+    b = open_bucket(flavour, fresh_memcached.connstr, operation_timeout=0.5)
+    try:
+        b.upsert("frozen", "before")
+        fresh_memcached.pause()
+        try:
+            start = time.monotonic()
+            with pytest.raises(TimeoutError) as info:
+                b.get("frozen")
+            elapsed = time.monotonic() - start
+            assert 0.45 <= elapsed < 1.5
+            assert "timed out" in str(info.value)
+            with pytest.raises(TimeoutError):
+                b.upsert("frozen", "during")
+            with pytest.raises(TimeoutError) as info:
+                b.get_multi(["frozen", "other"])
+            assert len(info.value.all_results) == 2
+            assert all(r.rc == TimeoutError.CODE for r in info.value.all_results.values())
+        finally:
+            fresh_memcached.resume()
+        # The late replies to the timed-out requests must be dropped, never
+        # handed to later operations.
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                b.upsert("frozen", "after")
+                break
+            except TimeoutError:
+                assert time.monotonic() < deadline, "no recovery after SIGCONT"
+        for _ in range(20):
+            assert b.get("frozen").value == "after"
+        assert b.counter("frozen-ctr", initial=7).value == 7
+    finally:
+        b.close()
+
+
+def _later(seconds, fn):
+    t = threading.Timer(seconds, fn)
+    t.daemon = True
+    t.start()
+    return t
+
+
+def test_dropped_connection_fails_in_flight_ops_then_reconnects(flavour, memcached_server):
+    with FaultProxy("127.0.0.1", memcached_server.port) as proxy:
+        b = open_bucket(flavour, proxy.connstr, operation_timeout=5)
+        try:
+            b.upsert("drop", 1)
+            proxy.forward_replies.clear()  # requests go through, replies are held
+            _later(0.3, proxy.drop_connections)
+            start = time.monotonic()
+            with pytest.raises(NetworkError) as info:
+                b.get("drop")
+            assert time.monotonic() - start < 2.0
+            assert "closed" in str(info.value) or "error" in str(info.value)
+            proxy.forward_replies.set()
+            assert b.get("drop").value == 1  # reconnected on demand
+            assert proxy.accepted == 2
+        finally:
+            b.close()
+
+
+def test_node_dying_mid_batch_accounts_for_every_key(flavour, fresh_memcached):
+    b = open_bucket(flavour, fresh_memcached.connstr, operation_timeout=5)
+    try:
+        keys = ["batch%d" % i for i in range(1000)]
+        b.upsert_multi({k: i for i, k in enumerate(keys)})
+        fresh_memcached.pause()  # the batch goes out; no reply comes back
+        _later(0.3, fresh_memcached.kill)
+        start = time.monotonic()
+        with pytest.raises(CouchbaseNetworkError) as info:
+            b.get_multi(keys)
+        assert time.monotonic() - start < 3.0
+        results = info.value.all_results
+        assert set(results) == set(keys)
+        assert all(r.rc == NetworkError.CODE for r in results.values())
+        with pytest.raises(CouchbaseNetworkError):
+            b.get(keys[0])  # the node is gone: a prompt connection error
+    finally:
+        b.close()
+
+
+def test_garbage_from_the_server_is_a_protocol_error(flavour, memcached_server):
+    with FaultProxy("127.0.0.1", memcached_server.port) as proxy:
+        b = open_bucket(flavour, proxy.connstr, operation_timeout=5)
+        try:
+            b.upsert("garbage", 1)
+            proxy.forward_replies.clear()
+            _later(0.3, lambda: proxy.inject(b"\xde\xad\xbe\xef" * 8))
+            with pytest.raises(ProtocolError) as info:
+                b.get("garbage")
+            assert "magic" in str(info.value)
+            proxy.forward_replies.set()
+            assert b.get("garbage").value == 1
+        finally:
+            b.close()
+
+
+def test_connection_refused_is_a_prompt_connect_error(flavour):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    start = time.monotonic()
+    with pytest.raises(ConnectError) as info:
+        open_bucket(flavour, "memcached://127.0.0.1:%d" % port)
+    assert time.monotonic() - start < 1.0
+    assert "127.0.0.1:%d" % port in str(info.value)
+
+
+def test_unresponsive_listener_gives_connect_timeout(flavour):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    try:
+        # Fill the accept queue so further handshakes stall in SYN.
+        for _ in range(4):
+            f = socket.socket()
+            f.setblocking(False)
+            f.connect_ex(("127.0.0.1", port))
+            fillers.append(f)
+        time.sleep(0.1)
+        start = time.monotonic()
+        with pytest.raises(ConnectError) as info:
+            open_bucket(flavour, "memcached://127.0.0.1:%d" % port, connect_timeout=0.5)
+        elapsed = time.monotonic() - start
+        assert elapsed < 3.0
+        assert "timed out" in str(info.value) or "negotiat" in str(info.value)
+    finally:
+        for f in fillers:
+            f.close()
+        listener.close()
+
+
+def test_unknown_host(flavour):
+    with pytest.raises(UnknownHostError) as info:
+        open_bucket(flavour, "memcached://no-such-host.invalid:11211")
+    assert "no-such-host.invalid" in str(info.value)
+
+
+# ------------------------------------------------------------- several nodes
+
+
+@pytest.fixture
+def three_servers():
+    servers = [MemcachedServer().start() for _ in range(3)]
+    yield servers
+    for s in servers:
+        s.stop()
+
+
+def test_keys_are_spread_by_ketama(flavour, three_servers):
+    from couchbase_core._engine.config import Ketama
+
+    connstr = "memcached://" + ",".join(s.address for s in three_servers)
+    b = open_bucket(flavour, connstr)
+    singles = {s.address: Bucket(s.connstr) for s in three_servers}
+    try:
+        keys = ["spread%d" % i for i in range(300)]
+        b.upsert_multi({k: k for k in keys})
+        ring = Ketama([s.address for s in three_servers])
+        per_server = {a: 0 for a in singles}
+        for k in keys:
+            owner = ring.servers[ring.server_for(k.encode())]
+            per_server[owner] += 1
+            assert singles[owner].get(k).value == k
+            for other, single in singles.items():
+                if other != owner:
+                    assert single.get(k, quiet=True).success is False
+        assert all(n > 30 for n in per_server.values()), per_server
+        stats = b.stats()
+        assert set(stats["pid"]) == set(singles)
+        assert {e["remote"] for e in b.ping()["services"]["kv"]} == set(singles)
+    finally:
+        b.close()
+        for s in singles.values():
+            s.close()
+
+
+def test_one_node_down(flavour, three_servers):
+    from couchbase_core._engine.config import Ketama
+
+    connstr = "memcached://" + ",".join(s.address for s in three_servers)
+    dead = three_servers[1]
+    dead.stop()
+    b = open_bucket(flavour, connstr, operation_timeout=1)
+    try:
+        ring = Ketama([s.address for s in three_servers])
+        keys = ["down%d" % i for i in range(60)]
+        owners = {k: ring.servers[ring.server_for(k.encode())] for k in keys}
+        with pytest.raises(CouchbaseNetworkError) as info:
+            b.upsert_multi({k: 1 for k in keys})
+        results = info.value.all_results
+        assert set(results) == set(keys)
+        for k in keys:
+            assert results[k].success == (owners[k] != dead.address), k
+        report = b.ping()["services"]["kv"]
+        status = {e["remote"]: e["status"] for e in report}
+        assert status[dead.address] == "error"
+        assert sum(1 for v in status.values() if v == "ok") == 2
+        dead.start()
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                assert b.upsert_multi({k: 2 for k in keys}).all_ok
+                break
+            except CouchbaseNetworkError:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+    finally:
+        b.close()
