@@ -47,6 +47,9 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                    help="only the 100-greenlet 90/10 100-byte cell and get_multi")
     p.add_argument("--clients", default=",".join(CLIENT_NAMES),
                    help="comma-separated subset of: %s (default: all)" % ", ".join(CLIENT_NAMES))
+    p.add_argument("--repeat", type=int, default=1,
+                   help="run the whole sequence N times, clients interleaved, and report for each cell "
+                        "the run with the median rate (default 1)")
     p.add_argument("--json", metavar="PATH", help="also write the raw results to PATH")
     args = p.parse_args(argv)
     names = [c.strip() for c in args.clients.split(",") if c.strip()]
@@ -54,8 +57,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     if unknown or not names:
         p.error("unknown client(s) %s; choose from %s" % (", ".join(unknown) or "(none)", ", ".join(CLIENT_NAMES)))
     args.clients = [c for c in CLIENT_NAMES if c in names]
-    if args.seconds <= 0 or args.warmup < 0:
-        p.error("--seconds must be > 0 and --warmup >= 0")
+    if args.seconds <= 0 or args.warmup < 0 or args.repeat < 1:
+        p.error("--seconds must be > 0, --warmup >= 0 and --repeat >= 1")
     return args
 
 
@@ -134,6 +137,30 @@ def run_client(client: str, host: str, port: int, cells: List[Dict[str, Any]],
     return result
 
 
+def merge_runs(runs: List[Dict[str, Any]], cells: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """Fold the repeated runs of one client into one result: per cell, the
+    run with the median rate (its latencies come along), plus every rate."""
+    if len(runs) == 1:
+        return runs[0]
+    merged: Dict[str, Any] = {"client": runs[0]["client"], "cells": [], "runs": runs,
+                              "error": next((r["error"] for r in runs if r.get("error")), None)}
+    for key in ("traceback", "stderr"):
+        for r in runs:
+            if r.get(key):
+                merged[key] = r[key]
+                break
+    for cell in cells:
+        found = [c for c in (_find(r, cell) for r in runs) if c is not None]
+        if not found:
+            continue
+        found.sort(key=_rate)
+        pick = dict(found[(len(found) - 1) // 2])
+        pick["rates"] = [_rate(c) for c in found]
+        pick["errors"] = sum(c["errors"] for c in found)
+        merged["cells"].append(pick)
+    return merged
+
+
 # -- report --------------------------------------------------------------------
 
 def _find(result: Dict[str, Any], cell: Dict[str, Any]) -> Optional[Dict[str, Any]]:
@@ -155,6 +182,7 @@ def _size(n: int) -> str:
 
 def print_tables(results: Dict[str, Dict[str, Any]], cells: List[Dict[str, Any]]) -> None:
     base = results.get("gcouchbase")
+    repeated = any(len(c.get("rates", ())) > 1 for r in results.values() for c in r.get("cells", []))
     for workload, title in WORKLOADS.items():
         rows = [c for c in cells if c["workload"] == workload]
         if not rows:
@@ -162,8 +190,9 @@ def print_tables(results: Dict[str, Dict[str, Any]], cells: List[Dict[str, Any]]
         unit = "keys/s" if workload == "multi" else "ops/s"
         print()
         print("== %s" % title)
-        print("%9s  %-6s  %-11s %12s %9s %9s  %s" % ("greenlets", "value", "client", unit, "p50 µs", "p99 µs",
-                                                    "vs gcouchbase"))
+        print("%9s  %-6s  %-11s %12s %9s %9s  %-18s%s" % ("greenlets", "value", "client", unit, "p50 µs",
+                                                          "p99 µs", "vs gcouchbase",
+                                                          "  runs min..max" if repeated else ""))
         for cell in rows:
             first = True
             ref = _rate(_find(base, cell)) if base else None
@@ -178,10 +207,14 @@ def print_tables(results: Dict[str, Dict[str, Any]], cells: List[Dict[str, Any]]
                 ratio = "%.2fx" % (rate / ref) if ref and rate is not None else "-"
                 if name == "gcouchbase":
                     ratio = "1.00x" if ref else "-"
-                note = "   !! %d wrong/missing values" % c["errors"] if c["errors"] else ""
-                print("%s  %-11s %12s %9.0f %9.0f  %s%s" % (lead, name, "{:,.0f}".format(rate), c["p50_us"],
-                                                           c["p99_us"], ratio if name == "gcouchbase"
-                                                           else "%s %s" % (name, ratio), note))
+                note = ""
+                if repeated and c.get("rates"):
+                    note += "  %s..%s" % ("{:,.0f}".format(min(c["rates"])), "{:,.0f}".format(max(c["rates"])))
+                if c["errors"]:
+                    note += "   !! %d wrong/missing values" % c["errors"]
+                label = ratio if name == "gcouchbase" else "%s %s" % (name, ratio)
+                print("%s  %-11s %12s %9.0f %9.0f  %-18s%s" % (lead, name, "{:,.0f}".format(rate), c["p50_us"],
+                                                              c["p99_us"], label, note))
         if workload == "multi":
             print("%28s(latency is per get_multi call of 1,000 keys)" % "")
 
@@ -232,7 +265,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     from couchbase_core.testing.memcached import MemcachedServer
 
     threads = 4
-    results: Dict[str, Dict[str, Any]] = {}
     with MemcachedServer(threads=threads, memory_mb=256) as srv:
         meta = machine_info(srv.binary, threads)
         print("gcouchbase benchmark, %s" % meta["date"])
@@ -242,13 +274,18 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("  memcached: %s on %s (shares the CPUs with the client)" % (meta["memcached"], srv.address))
         print("  peers:     pymemcache %s, python-binary-memcached %s" % (meta["pymemcache"],
                                                                         meta["python-binary-memcached"]))
-        print("  cells:     %d per client, %.1f s measured + %.1f s warm-up each" % (len(cells), args.seconds,
-                                                                                  args.warmup))
-        for client in args.clients:
-            print("  running %-11s ..." % client, end=" ", flush=True)
-            res = run_client(client, srv.host, srv.port, cells, args.seconds, args.warmup)
-            results[client] = res
-            print("crashed" if res.get("error") else "done", flush=True)
+        print("  cells:     %d per client, %.1f s measured + %.1f s warm-up each%s"
+              % (len(cells), args.seconds, args.warmup,
+                 ", %d interleaved runs (median shown)" % args.repeat if args.repeat > 1 else ""))
+        runs: Dict[str, List[Dict[str, Any]]] = {c: [] for c in args.clients}
+        for round_no in range(args.repeat):
+            for client in args.clients:
+                tag = " (run %d/%d)" % (round_no + 1, args.repeat) if args.repeat > 1 else ""
+                print("  running %-11s%s ..." % (client, tag), end=" ", flush=True)
+                res = run_client(client, srv.host, srv.port, cells, args.seconds, args.warmup)
+                runs[client].append(res)
+                print("crashed" if res.get("error") else "done", flush=True)
+        results = {c: merge_runs(r, cells) for c, r in runs.items()}
     print_tables(results, cells)
     ratios = headline(results)
     checks(ratios)
