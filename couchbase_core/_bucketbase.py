@@ -26,7 +26,16 @@ from couchbase_core import transcoder as _tc
 from couchbase_core._engine.instance import Engine
 from couchbase_core._engine.protocol import Opcode
 from couchbase_core._engine.settings import Settings
-from couchbase_core._kvops import CounterOp, FlushOp, GetOp, NoopOp, RemoveOp, StatOp, StoreOp, TouchOp
+from couchbase_core._kvops import (
+    CounterOp,
+    FlushOp,
+    GetOp,
+    NoopOp,
+    RemoveOp,
+    StatOp,
+    StoreOp,
+    TouchOp,
+)
 from couchbase_core.exceptions import (
     RC,
     ArgumentError,

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import json
 import pickle
-from typing import Any, Callable, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 from couchbase_core._formats import (
     FMT_AUTO,
@@ -114,7 +114,7 @@ def encode_key(key: Any) -> bytes:
     raise ArgumentError({"message": "keys must be str or bytes, not %s" % type(key).__name__, "key": key})
 
 
-def _fail(fmt_name: str, value: Any, why: str, cause: BaseException = None) -> ValueFormatError:
+def _fail(fmt_name: str, value: Any, why: str, cause: Optional[BaseException] = None) -> ValueFormatError:
     return ValueFormatError({
         "message": "cannot encode %s value as %s: %s" % (type(value).__name__, fmt_name, why),
         "inner_cause": cause,

@@ -21,7 +21,7 @@ from typing import Any, Dict
 
 from gevent.hub import Waiter, get_hub
 
-from couchbase_core._bucketbase import BaseBucket, Latch, Pipeline, PingStatus
+from couchbase_core._bucketbase import BaseBucket, Latch, PingStatus, Pipeline
 from couchbase_core._kvops import discard
 from gcouchbase.iops import IOPS
 

@@ -252,3 +252,15 @@ def test_bootstrap_failure_reaches_on_connect():
     b.on_connect(late.append)
     assert late == seen
     b.close()
+
+
+def test_closing_during_bootstrap_reports_from_the_loop(memcached_server):
+    iops = HandDrivenIOPS()
+    b = AsyncBucket(iops, memcached_server.connstr)
+    seen = []
+    b.on_connect(seen.append)
+    b.close()
+    assert seen == [], "close must not call back inside the caller's stack"
+    iops.pump_until(lambda: seen)
+    assert isinstance(seen[0], ObjectDestroyedError)
+    assert iops.watched == {}

@@ -60,7 +60,6 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 from couchbase_core._engine.ops import KVOp
 from couchbase_core._engine.protocol import (
     HEADER,
-    Feature,
     FrameDecoder,
     FrameError,
     Magic,
@@ -278,9 +277,9 @@ class KVConnection:
             pass
         err = sock.connect_ex(sockaddr)
         self._attach(sock)
-        if err == 0:
-            self._on_connected()
-        elif err in _CONNECT_PENDING:
+        if err == 0 or err in _CONNECT_PENDING:
+            # Even an immediate success is taken up from the loop (writable),
+            # so nothing downstream runs inside a caller's own call.
             self.iops.update_event(self._event, PYCBC_EVACTION_WATCH, LCB_WRITE_EVENT)  # type: ignore[arg-type]
         else:
             self._detach()

@@ -125,10 +125,14 @@ class Engine:
             self._bootstrap_timer = None
         callbacks, self._bootstrap_callbacks = self._bootstrap_callbacks, []
         for fn in callbacks:
-            try:
-                fn(error)
-            except Exception:
-                log.exception("bootstrap callback raised")
+            self._call_bootstrap_callback(fn, error)
+
+    @staticmethod
+    def _call_bootstrap_callback(fn: BootstrapCallback, error: Optional[CouchbaseError]) -> None:
+        try:
+            fn(error)
+        except Exception:
+            log.exception("bootstrap callback raised")
 
     # ------------------------------------------------------------ operations
 
@@ -220,15 +224,21 @@ class Engine:
         if self.closed:
             return
         self.closed = True
-        ops: List[KVOp] = []
-        for conn in self.connections:
-            ops.extend(conn.close())
-        ops.extend(self.deadlines.close())
         if self._bootstrap_timer is not None:
             self.iops.update_timer(self._bootstrap_timer, PYCBC_EVACTION_CLEANUP, 0)
             self._bootstrap_timer = None
         if not self.bootstrapped and self.bootstrap_error is None:
-            self._finish_bootstrap(exc_from_rc(RC.OBJECT_DESTROYED, "the bucket was closed during bootstrap"))
+            # Settle the bootstrap first (closing connections below must not
+            # finish it inside this call); waiters hear about it from the loop.
+            error = exc_from_rc(RC.OBJECT_DESTROYED, "the bucket was closed during bootstrap")
+            self.bootstrap_error = error
+            callbacks, self._bootstrap_callbacks = self._bootstrap_callbacks, []
+            if callbacks:
+                self.defer(lambda: [self._call_bootstrap_callback(fn, error) for fn in callbacks])
+        ops: List[KVOp] = []
+        for conn in self.connections:
+            ops.extend(conn.close())
+        ops.extend(self.deadlines.close())
         seen: Set[int] = set()
         unique = []
         for op in ops:

@@ -171,7 +171,7 @@ class SelectIOPS(IOPS):
             if wait:
                 time.sleep(wait)
         for key, mask in ready:
-            event = key.data
+            event: IOEvent = key.data
             # An earlier callback of this round may have unwatched the socket
             # or narrowed its mask: deliver only what is still wanted.
             if self._events.get(key.fd) is not event:
