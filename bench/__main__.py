@@ -190,9 +190,9 @@ def print_tables(results: Dict[str, Dict[str, Any]], cells: List[Dict[str, Any]]
         unit = "keys/s" if workload == "multi" else "ops/s"
         print()
         print("== %s" % title)
-        print("%9s  %-6s  %-11s %12s %9s %9s  %-18s%s" % ("greenlets", "value", "client", unit, "p50 µs",
-                                                          "p99 µs", "vs gcouchbase",
-                                                          "  runs min..max" if repeated else ""))
+        print(("%9s  %-6s  %-11s %12s %9s %9s  %-18s%s" % ("greenlets", "value", "client", unit, "p50 µs",
+                                                           "p99 µs", "vs gcouchbase",
+                                                           "  runs min..max" if repeated else "")).rstrip())
         for cell in rows:
             first = True
             ref = _rate(_find(base, cell)) if base else None
@@ -213,8 +213,8 @@ def print_tables(results: Dict[str, Dict[str, Any]], cells: List[Dict[str, Any]]
                 if c["errors"]:
                     note += "   !! %d wrong/missing values" % c["errors"]
                 label = ratio if name == "gcouchbase" else "%s %s" % (name, ratio)
-                print("%s  %-11s %12s %9.0f %9.0f  %-18s%s" % (lead, name, "{:,.0f}".format(rate), c["p50_us"],
-                                                              c["p99_us"], label, note))
+                print(("%s  %-11s %12s %9.0f %9.0f  %-18s%s" % (lead, name, "{:,.0f}".format(rate), c["p50_us"],
+                                                               c["p99_us"], label, note)).rstrip())
         if workload == "multi":
             print("%28s(latency is per get_multi call of 1,000 keys)" % "")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import random
 from time import perf_counter
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import gevent
 
@@ -44,7 +44,7 @@ def multi_keys() -> List[str]:
 class Cell:
     """Shared state of one measured cell."""
 
-    __slots__ = ("recording", "stopped", "count", "samples", "bad")
+    __slots__ = ("recording", "stopped", "count", "samples", "bad", "error")
 
     def __init__(self) -> None:
         self.recording = False
@@ -52,6 +52,17 @@ class Cell:
         self.count = 0
         self.samples: List[float] = []
         self.bad = 0
+        self.error: Optional[BaseException] = None
+
+    def guard(self, target: Any, *args: Any) -> None:
+        """Run a loop; the first exception stops the cell and is kept for
+        the driver to raise (rather than printed by the hub)."""
+        try:
+            target(self, *args)
+        except Exception as exc:  # noqa: BLE001 - re-raised by _run
+            if self.error is None:
+                self.error = exc
+            self.stopped = True
 
     def note(self, dt: float) -> None:
         n = self.count
@@ -130,13 +141,13 @@ def _percentile(sorted_samples: List[float], q: float) -> float:
 
 def _run(target: Any, args: List[tuple], seconds: float, warmup: float) -> Dict[str, Any]:
     cell = Cell()
-    greenlets = [gevent.spawn(target, cell, *a) for a in args]
+    greenlets = [gevent.spawn(cell.guard, target, *a) for a in args]
 
     def check() -> None:
-        for g in greenlets:
-            if g.dead and g.exception is not None:
-                cell.stopped = True
-                raise g.exception
+        if cell.error is not None:
+            cell.stopped = True
+            gevent.joinall(greenlets, timeout=5)
+            raise cell.error
 
     gevent.sleep(warmup)
     check()
@@ -169,15 +180,19 @@ def preload(adapter: Adapter, keys: Sequence[str], value: bytes) -> None:
     client reads back values stored with its own flags), from a few
     greenlets at once. Not timed."""
     ops = adapter.ops(PRELOAD_GREENLETS)
+    cell = Cell()
 
-    def store(i: int) -> None:
+    def store(cell: Cell, i: int) -> None:
         put = ops[i][1]
         for key in keys[i::PRELOAD_GREENLETS]:
+            if cell.stopped:
+                return
             put(key, value)
 
-    greenlets = [gevent.spawn(store, i) for i in range(PRELOAD_GREENLETS)]
-    gevent.joinall(greenlets, raise_error=True)
+    gevent.joinall([gevent.spawn(cell.guard, store, i) for i in range(PRELOAD_GREENLETS)])
     adapter.release()
+    if cell.error is not None:
+        raise cell.error
 
 
 def run_cell(adapter: Adapter, spec: Dict[str, Any], seconds: float, warmup: float,
