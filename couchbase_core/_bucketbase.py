@@ -27,9 +27,13 @@ from couchbase_core._engine.instance import Engine
 from couchbase_core._engine.protocol import Opcode
 from couchbase_core._engine.settings import Settings
 from couchbase_core._kvops import (
+    KIND_COUNTER,
+    KIND_GET,
+    KIND_MUTATION,
     CounterOp,
     FlushOp,
     GetOp,
+    KeyBatch,
     NoopOp,
     RemoveOp,
     StatOp,
@@ -62,6 +66,8 @@ _MAX_KEY = 250
 _U32 = 0xFFFFFFFF
 _U64 = 0xFFFFFFFFFFFFFFFF
 _KEY_ENOENT = RC.KEY_ENOENT
+
+_NO_OPTIONS: Dict[str, Any] = {}
 
 #: Options every bucket constructor accepts besides connection-string options.
 _CTOR_OPTIONS = ("quiet", "transcoder", "lockmode", "unlock_gil", "default_format", "data_passthrough")
@@ -104,8 +110,9 @@ class _Collector:
         self.mres = mres
         self.latch = latch
 
-    def __call__(self, result: Result) -> None:
-        self.mres[result.key] = result
+    def __call__(self, result: Optional[Result]) -> None:
+        if result is not None:  # batches put their results in mres themselves
+            self.mres[result.key] = result
         latch = self.latch
         latch.count -= 1
         if latch.count == 0 and latch.on_zero is not None:
@@ -219,9 +226,13 @@ class Pipeline:
         inner = Latch(len(ops))
         inner.on_zero = lambda: fill(mres)
         sink = _Collector(mres, inner)
+        engine = self._bucket._engine
         for op in ops:
             op.sink = sink
-            self._bucket._engine.submit(op)
+            if op.multi_key:
+                engine.submit_batch(op)
+            else:
+                engine.submit(op)
         if not ops:
             fill(mres)
         return mres
@@ -315,12 +326,15 @@ class BaseBucket:
         and return ``finish(mres)`` (which may raise)."""
         latch = Latch()
         sink = _Collector(mres, latch)
-        submit = self._engine.submit
+        engine = self._engine
         for op in ops:
             op.sink = sink
             latch.count += 1
             try:
-                submit(op)
+                if op.multi_key:
+                    engine.submit_batch(op)
+                else:
+                    engine.submit(op)
             except BaseException:
                 latch.count -= 1
                 raise
@@ -589,12 +603,14 @@ class BaseBucket:
 
     # ------------------------------------------------------- single-key ops
 
-    def _store_op(self, opcode: int, key: Any, value: Any, cas: Any, ttl: Any, fmt: Any,
-                  item: Optional[Item] = None) -> StoreOp:
+    def _store_parts(self, opcode: int, key: Any, value: Any, cas: Any, ttl: Any, fmt: Any) -> tuple:
         kb = self._kb(key)
         data, flags = self._encode(key, value, fmt)
-        return StoreOp(key, opcode, kb, _STORE_EXTRAS.pack(flags, _ttl(ttl)), data, _cas(cas),
-                       self._timeout, item)
+        return opcode, kb, _STORE_EXTRAS.pack(flags, _ttl(ttl)), data, _cas(cas)
+
+    def _store_op(self, opcode: int, key: Any, value: Any, cas: Any, ttl: Any, fmt: Any) -> StoreOp:
+        opcode, kb, extras, data, cas = self._store_parts(opcode, key, value, cas, ttl, fmt)
+        return StoreOp(key, opcode, kb, extras, data, cas, self._timeout)
 
     def upsert(self, key: Any, value: Any, cas: int = 0, ttl: int = 0, format: Optional[int] = None,  # noqa: A002
                persist_to: int = 0, replicate_to: int = 0) -> Any:
@@ -639,11 +655,13 @@ class BaseBucket:
             self._no_durability(persist_to, replicate_to)
         return self._one(self._store_op(Opcode.REPLACE, key, value, cas, ttl, format))
 
-    def _concat_op(self, opcode: int, key: Any, value: Any, cas: Any, fmt: Any,
-                   item: Optional[Item] = None) -> StoreOp:
+    def _concat_parts(self, opcode: int, key: Any, value: Any, cas: Any, fmt: Any) -> tuple:
         kb = self._kb(key)
-        data = self._fragment(key, value, fmt)
-        return StoreOp(key, opcode, kb, b"", data, _cas(cas), self._timeout, item)
+        return opcode, kb, b"", self._fragment(key, value, fmt), _cas(cas)
+
+    def _concat_op(self, opcode: int, key: Any, value: Any, cas: Any, fmt: Any) -> StoreOp:
+        opcode, kb, extras, data, cas = self._concat_parts(opcode, key, value, cas, fmt)
+        return StoreOp(key, opcode, kb, extras, data, cas, self._timeout)
 
     def append(self, key: Any, value: Any, cas: int = 0, format: Optional[int] = None,  # noqa: A002
                persist_to: int = 0, replicate_to: int = 0) -> Any:
@@ -660,12 +678,11 @@ class BaseBucket:
             self._no_durability(persist_to, replicate_to)
         return self._one(self._concat_op(Opcode.PREPEND, key, value, cas, format))
 
-    def _get_op(self, key: Any, ttl: Any, no_format: bool, item: Optional[Item] = None) -> GetOp:
+    def _get_op(self, key: Any, ttl: Any, no_format: bool) -> GetOp:
         kb = self._kb(key)
         if ttl:
             ttl = _ttl(ttl)
-        return GetOp(key, kb, ttl, self._timeout, self._transcoder,
-                     bool(no_format) or self._data_passthrough, item)
+        return GetOp(key, kb, ttl, self._timeout, self._transcoder, bool(no_format) or self._data_passthrough)
 
     def get(self, key: Any, ttl: int = 0, quiet: Optional[bool] = None, replica: bool = False,
             no_format: bool = False) -> Any:
@@ -703,7 +720,7 @@ class BaseBucket:
         op = RemoveOp(key, Opcode.DELETE, kb, b"", b"", _cas(cas), self._timeout)
         return self._one(op, self._quiet if quiet is None else quiet)
 
-    def _counter_op(self, key: Any, delta: Any, initial: Any, ttl: Any, item: Optional[Item] = None) -> CounterOp:
+    def _counter_parts(self, key: Any, delta: Any, initial: Any, ttl: Any) -> tuple:
         kb = self._kb(key)
         if isinstance(delta, bool) or not isinstance(delta, int):
             raise ArgumentError({"message": "delta must be an integer, not %s" % type(delta).__name__, "key": key})
@@ -718,8 +735,11 @@ class BaseBucket:
             if expiry == _U32:
                 raise ArgumentError({"message": "ttl 0xFFFFFFFF is reserved by the protocol", "key": key})
         opcode = Opcode.INCREMENT if delta >= 0 else Opcode.DECREMENT
-        extras = _COUNTER_EXTRAS.pack(abs(delta), start, expiry)
-        return CounterOp(key, opcode, kb, extras, b"", 0, self._timeout, item)
+        return opcode, kb, _COUNTER_EXTRAS.pack(abs(delta), start, expiry), b"", 0
+
+    def _counter_op(self, key: Any, delta: Any, initial: Any, ttl: Any) -> CounterOp:
+        opcode, kb, extras, _value, _cas0 = self._counter_parts(key, delta, initial, ttl)
+        return CounterOp(key, opcode, kb, extras, b"", 0, self._timeout)
 
     def counter(self, key: Any, delta: int = 1, initial: Optional[int] = None, ttl: int = 0) -> Any:
         """Add ``delta`` (negative: subtract; the server floors at 0) to the
@@ -783,25 +803,40 @@ class BaseBucket:
     # ------------------------------------------------------------- _multi ops
 
     def _run_entries(self, entries: Iterable[Tuple[Any, Any, Optional[Item], Dict[str, Any]]],
-                     build: Callable[[Any, Any, Optional[Item], Dict[str, Any]], Any],
-                     quiet: bool, value_results: bool) -> Any:
+                     build: Callable[[Any, Any, Optional[Item], Dict[str, Any]], tuple],
+                     quiet: bool, kind: int, no_format: bool = False) -> Any:
+        """Build one request per entry (``build`` returns ``(opcode, kb,
+        extras, value, cas)`` or raises for that key alone), batch them per
+        node and run them."""
         self._check_open()
         mres = self._new_multi()
         mres._quiet = quiet
-        ops = []
+        batch = KeyBatch(kind, self._timeout, mres, self._transcoder, no_format or self._data_passthrough)
+        add = batch.add
+        value_results = kind != KIND_MUTATION
         for key, arg, item, options in entries:
             try:
-                ops.append(build(key, arg, item, options))
+                opcode, kb, extras, value, cas = build(key, arg, item, options)
             except CouchbaseError as exc:
                 mres[key] = _per_key_failure(key, exc, item, value_results)
-        return self._many(ops, mres)
+                continue
+            add(key, kb, opcode, extras, value, cas, item)
+        return self._many(self._split(batch), mres)
+
+    def _split(self, batch: KeyBatch) -> List[KeyBatch]:
+        if not len(batch):
+            return []
+        engine = self._engine
+        if engine._single is not None:
+            return [batch]
+        return batch.split(engine.node_for)
 
     @staticmethod
     def _entries_with_values(kvs: Any, what: str) -> List[Tuple[Any, Any, Optional[Item], Dict[str, Any]]]:
         if isinstance(kvs, ItemCollection):
             return [(item.key, item.value, item, dict(opts)) for item, opts in kvs]
         if isinstance(kvs, dict):
-            return [(k, v, None, {}) for k, v in kvs.items()]
+            return [(k, v, None, _NO_OPTIONS) for k, v in kvs.items()]
         raise ArgumentError("%s needs a dict of key -> value or an item collection, not %s"
                             % (what, type(kvs).__name__))
 
@@ -819,10 +854,10 @@ class BaseBucket:
                 elif scalar is not None and v is not None:
                     out.append((k, None, None, {scalar: v}))
                 else:
-                    out.append((k, None, None, {}))
+                    out.append((k, None, None, _NO_OPTIONS))
             return out
         try:
-            return [(k, None, None, {}) for k in keys]
+            return [(k, None, None, _NO_OPTIONS) for k in keys]
         except TypeError:
             raise ArgumentError("%s needs an iterable of keys, not %s" % (what, type(keys).__name__)) from None
 
@@ -832,14 +867,22 @@ class BaseBucket:
             self._no_durability(persist_to, replicate_to)
         ttl = _ttl(ttl)
         entries = self._entries_with_values(kvs, what)
+        store_parts = self._store_parts
 
-        def build(key: Any, value: Any, item: Optional[Item], options: Dict[str, Any]) -> StoreOp:
+        def build(key: Any, value: Any, item: Optional[Item], options: Dict[str, Any]) -> tuple:
+            if not options:
+                return store_parts(opcode, key, value, 0, ttl, fmt)
             if options.get("persist_to") or options.get("replicate_to"):
                 self._no_durability(options.get("persist_to"), options.get("replicate_to"))
             cas = options.get("cas", item.cas if (item is not None and use_item_cas) else 0)
-            return self._store_op(opcode, key, value, cas, options.get("ttl", ttl), options.get("format", fmt), item)
+            return store_parts(opcode, key, value, cas, options.get("ttl", ttl), options.get("format", fmt))
 
-        return self._run_entries(entries, build, False, False)
+        def build_items(key: Any, value: Any, item: Optional[Item], options: Dict[str, Any]) -> tuple:
+            if item is not None and use_item_cas and "cas" not in options:
+                options = dict(options, cas=item.cas)
+            return build(key, value, item, options)
+
+        return self._run_entries(entries, build_items if use_item_cas else build, False, KIND_MUTATION)
 
     def upsert_multi(self, keys: Any, ttl: int = 0, format: Optional[int] = None,  # noqa: A002
                      persist_to: int = 0, replicate_to: int = 0) -> Any:
@@ -864,11 +907,11 @@ class BaseBucket:
             self._no_durability(persist_to, replicate_to)
         entries = self._entries_with_values(kvs, what)
 
-        def build(key: Any, value: Any, item: Optional[Item], options: Dict[str, Any]) -> StoreOp:
+        def build(key: Any, value: Any, item: Optional[Item], options: Dict[str, Any]) -> tuple:
             cas = options.get("cas", item.cas if item is not None else 0)
-            return self._concat_op(opcode, key, value, cas, options.get("format", fmt), item)
+            return self._concat_parts(opcode, key, value, cas, options.get("format", fmt))
 
-        return self._run_entries(entries, build, False, False)
+        return self._run_entries(entries, build, False, KIND_MUTATION)
 
     def append_multi(self, keys: Any, format: Optional[int] = None,  # noqa: A002
                      persist_to: int = 0, replicate_to: int = 0) -> Any:
@@ -883,29 +926,36 @@ class BaseBucket:
     def get_multi(self, keys: Any, ttl: int = 0, quiet: Optional[bool] = None, replica: bool = False,
                   no_format: bool = False) -> Any:
         """:meth:`get` for many keys: an iterable of keys, a dict whose values
-        are per-key ttls (or option dicts), or an item collection (whose
-        items receive the values). Returns a MultiResult."""
+        are per-key ttls (or option dicts with ``ttl``), or an item collection
+        (whose items receive the values). Returns a MultiResult."""
         if replica:
             raise self._needs_couchbase("get_multi(replica=True)", "plain memcached keeps no replicas")
         ttl = _ttl(ttl)
         entries = self._entries_keys(keys, "get_multi", "ttl")
+        kb_of = self._kb
+        plain = (Opcode.GAT, _TTL.pack(ttl)) if ttl else (Opcode.GET, b"")
 
-        def build(key: Any, _arg: Any, item: Optional[Item], options: Dict[str, Any]) -> GetOp:
-            return self._get_op(key, options.get("ttl", ttl), options.get("no_format", no_format), item)
+        def build(key: Any, _arg: Any, item: Optional[Item], options: Dict[str, Any]) -> tuple:
+            kb = kb_of(key)
+            if options:
+                key_ttl = _ttl(options.get("ttl", ttl))
+                if key_ttl:
+                    return Opcode.GAT, kb, _TTL.pack(key_ttl), b"", 0
+                return Opcode.GET, kb, b"", b"", 0
+            return plain[0], kb, plain[1], b"", 0
 
-        return self._run_entries(entries, build, self._quiet if quiet is None else bool(quiet), True)
+        return self._run_entries(entries, build, self._quiet if quiet is None else bool(quiet), KIND_GET,
+                                 bool(no_format))
 
     def touch_multi(self, keys: Any, ttl: int = 0) -> Any:
         """:meth:`touch` for many keys (a dict gives per-key ttls)."""
         ttl = _ttl(ttl)
         entries = self._entries_keys(keys, "touch_multi", "ttl")
 
-        def build(key: Any, _arg: Any, item: Optional[Item], options: Dict[str, Any]) -> TouchOp:
-            kb = self._kb(key)
-            return TouchOp(key, Opcode.TOUCH, kb, _TTL.pack(_ttl(options.get("ttl", ttl))), b"", 0,
-                           self._timeout, item)
+        def build(key: Any, _arg: Any, item: Optional[Item], options: Dict[str, Any]) -> tuple:
+            return Opcode.TOUCH, self._kb(key), _TTL.pack(_ttl(options.get("ttl", ttl))), b"", 0
 
-        return self._run_entries(entries, build, False, False)
+        return self._run_entries(entries, build, False, KIND_MUTATION)
 
     def remove_multi(self, keys: Any, quiet: Optional[bool] = None, persist_to: int = 0,
                      replicate_to: int = 0) -> Any:
@@ -915,23 +965,22 @@ class BaseBucket:
             self._no_durability(persist_to, replicate_to)
         entries = self._entries_keys(keys, "remove_multi", "cas")
 
-        def build(key: Any, _arg: Any, item: Optional[Item], options: Dict[str, Any]) -> RemoveOp:
-            kb = self._kb(key)
+        def build(key: Any, _arg: Any, item: Optional[Item], options: Dict[str, Any]) -> tuple:
             cas = options.get("cas", item.cas if item is not None else 0)
-            return RemoveOp(key, Opcode.DELETE, kb, b"", b"", _cas(cas), self._timeout, item)
+            return Opcode.DELETE, self._kb(key), b"", b"", _cas(cas)
 
-        return self._run_entries(entries, build, self._quiet if quiet is None else bool(quiet), False)
+        return self._run_entries(entries, build, self._quiet if quiet is None else bool(quiet), KIND_MUTATION)
 
     def counter_multi(self, kvs: Any, delta: int = 1, initial: Optional[int] = None, ttl: int = 0) -> Any:
         """:meth:`counter` for many keys (a dict gives per-key deltas or
         option dicts with ``delta``/``initial``/``ttl``)."""
         entries = self._entries_keys(kvs, "counter_multi", "delta")
 
-        def build(key: Any, _arg: Any, item: Optional[Item], options: Dict[str, Any]) -> CounterOp:
-            return self._counter_op(key, options.get("delta", delta), options.get("initial", initial),
-                                    options.get("ttl", ttl), item)
+        def build(key: Any, _arg: Any, item: Optional[Item], options: Dict[str, Any]) -> tuple:
+            return self._counter_parts(key, options.get("delta", delta), options.get("initial", initial),
+                                       options.get("ttl", ttl))
 
-        return self._run_entries(entries, build, False, True)
+        return self._run_entries(entries, build, False, KIND_COUNTER)
 
     def incr_multi(self, keys: Any, amount: int = 1, initial: Optional[int] = None, ttl: int = 0) -> Any:
         """``counter_multi`` with a positive ``amount`` (2.x alias)."""

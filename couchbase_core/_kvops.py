@@ -20,7 +20,7 @@ from couchbase_core._engine.protocol import Opcode
 from couchbase_core.exceptions import RC, RC_TABLE, CouchbaseError
 from couchbase_core.result import OperationResult, Result, ValueResult
 
-__all__ = ["GetOp", "StoreOp", "RemoveOp", "CounterOp", "TouchOp", "StatOp", "NoopOp", "FlushOp", "discard"]
+__all__ = ["GetOp", "StoreOp", "RemoveOp", "CounterOp", "TouchOp", "StatOp", "NoopOp", "FlushOp", "KeyBatch", "discard"]
 
 _FLAGS = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
@@ -251,21 +251,20 @@ class StatOp(_NodeOp):
         self.status = 0
 
     def on_part(self, frame: Any) -> bool:
-        if frame[2]:
-            self.status = frame[2]
-            return True
-        key = frame[7]
-        if not key and not frame[8]:
-            return True
-        self.stats[key.decode("utf-8", "replace")] = frame[8].decode("utf-8", "replace")
-        return False
-
-    def on_response(self, frame: Any) -> None:
-        res = StatsResult(self.key, self.status)
-        if self.status:
-            res._message = _server_message(self.status, frame[8])
+        status = frame[2]
+        if not status:
+            key = frame[7]
+            if key or frame[8]:
+                self.stats[key.decode("utf-8", "replace")] = frame[8].decode("utf-8", "replace")
+                return False  # more frames come with this opaque
+        # the empty terminator, or an error
+        self.done = True
+        res = StatsResult(self.key, status)
+        if status:
+            res._message = _server_message(status, frame[8])
         res.value = self.stats
         self.sink(res)
+        return True
 
     def _error_result(self) -> Result:
         res = StatsResult(self.key)
@@ -307,3 +306,167 @@ class FlushOp(_NodeOp):
 
     def __init__(self, node: str, timeout: float) -> None:
         _NodeOp.__init__(self, node, Opcode.FLUSH, b"", b"", timeout)
+
+
+# --------------------------------------------------------------------------
+# Batches: the keys of one ``_multi`` call on one node
+# --------------------------------------------------------------------------
+
+#: Batch kinds: reads (ValueResult with the decoded value), mutations
+#: (OperationResult with the new CAS), counters (ValueResult with the count).
+KIND_GET = 0
+KIND_MUTATION = 1
+KIND_COUNTER = 2
+
+
+class KeyBatch(KVOp):
+    """Many single-key requests of one ``_multi`` call, bound for one node.
+
+    The engine gives the batch a run of consecutive opaques (``base`` ..
+    ``base + n - 1``), one per key, writes every request in one go and
+    routes each reply back here; the key is ``keys[opaque - base]``. Per key
+    this saves an operation object, a deadline entry and the calls around
+    them, which is most of a ``_multi`` call's cost. Results go straight into
+    ``mres``; ``sink(None)`` is called once, when every key has its result.
+    """
+
+    __slots__ = ("kind", "keys", "kbs", "opcodes", "extras_list", "values", "cases", "items",
+                 "mres", "sink", "base", "remaining", "waiting", "decoder", "no_format", "key")
+    multi_reply = True
+    multi_key = True
+
+    def __init__(self, kind: int, timeout: float, mres: Any, decoder: Any = None, no_format: bool = False) -> None:
+        KVOp.__init__(self, 0, b"", b"", b"", 0, 0, timeout)
+        self.kind = kind
+        self.keys: list = []
+        self.kbs: list = []
+        self.opcodes: list = []
+        self.extras_list: list = []
+        self.values: list = []
+        self.cases: list = []
+        self.items: list = []
+        self.mres = mres
+        self.sink: Callable[[Any], None] = discard
+        self.base = 0
+        self.remaining = 0
+        self.waiting = bytearray()
+        self.decoder = decoder
+        self.no_format = no_format
+        self.key = None
+
+    def add(self, key: Any, kb: bytes, opcode: int, extras: bytes, value: bytes, cas: int, item: Any) -> None:
+        """Add one key's request."""
+        self.keys.append(key)
+        self.kbs.append(kb)
+        self.opcodes.append(opcode)
+        self.extras_list.append(extras)
+        self.values.append(value)
+        self.cases.append(cas)
+        self.items.append(item)
+
+    def __len__(self) -> int:
+        return len(self.kbs)
+
+    def split(self, node_for: Callable[[bytes], Any]) -> list:
+        """Split into one batch per node (``node_for(kb)`` names the node);
+        each part's ``target`` is set."""
+        parts: Dict[Any, "KeyBatch"] = {}
+        for i, kb in enumerate(self.kbs):
+            node = node_for(kb)
+            part = parts.get(node)
+            if part is None:
+                part = parts[node] = KeyBatch(self.kind, self.timeout, self.mres, self.decoder, self.no_format)
+                part.target = node
+            part.add(self.keys[i], kb, self.opcodes[i], self.extras_list[i], self.values[i],
+                     self.cases[i], self.items[i])
+        return list(parts.values())
+
+    def opaques(self) -> list:
+        """Opaques still waiting for a reply."""
+        base = self.base
+        return [base + i for i, w in enumerate(self.waiting) if w]
+
+    def on_part(self, frame: Any) -> bool:
+        i = frame[4] - self.base
+        waiting = self.waiting
+        if not 0 <= i < len(waiting) or not waiting[i]:
+            return True  # not ours (cannot happen) or already answered
+        waiting[i] = 0
+        status = frame[2]
+        key = self.keys[i]
+        item = self.items[i]
+        kind = self.kind
+        if kind == KIND_GET:
+            if status:
+                res = item if item is not None else ValueResult(key)
+                res.rc = status
+                res._message = _server_message(status, frame[8])
+            else:
+                extras = frame[6]
+                flags = _FLAGS.unpack_from(extras)[0] if len(extras) >= 4 else 0
+                data = frame[8]
+                res = item if item is not None else ValueResult(key)
+                res.rc = 0
+                res.cas = frame[5]
+                res.flags = flags
+                if self.no_format:
+                    res.value = data
+                else:
+                    try:
+                        decoder = self.decoder
+                        res.value = (_tc.decode_value(data, flags) if decoder is None
+                                     else decoder.decode_value(data, flags))
+                    except CouchbaseError as exc:
+                        res.rc = RC.VALUE_FORMAT
+                        res.value = data
+                        res._message = exc.message
+                        res._exc = exc
+                    except Exception as exc:  # a custom transcoder failed
+                        res.rc = RC.VALUE_FORMAT
+                        res.value = data
+                        res._message = "transcoder failed to decode the value: %r" % (exc,)
+        elif kind == KIND_MUTATION:
+            res = item if item is not None else OperationResult(key)
+            res.rc = status
+            if status:
+                res._message = _server_message(status, frame[8])
+            else:
+                res.cas = frame[5]
+        else:
+            res = item if item is not None else ValueResult(key)
+            res.rc = status
+            if status:
+                res._message = _server_message(status, frame[8])
+            else:
+                res.cas = frame[5]
+                value = frame[8]
+                res.value = _U64.unpack(value)[0] if len(value) == 8 else int(value or b"0")
+        self.mres[key] = res
+        self.remaining -= 1
+        if self.remaining == 0:
+            self.done = True
+            self.sink(None)
+        return True
+
+    def on_response(self, frame: Any) -> None:  # pragma: no cover - batches use on_part
+        self.on_part(frame)
+
+    def on_error(self, rc: int, message: str) -> None:
+        waiting = self.waiting
+        value_kind = self.kind != KIND_MUTATION
+        for i, w in enumerate(waiting):
+            if not w:
+                continue
+            waiting[i] = 0
+            key = self.keys[i]
+            item = self.items[i]
+            res = item if item is not None else (ValueResult(key) if value_kind else OperationResult(key))
+            res.rc = rc
+            res._message = message
+            self.mres[key] = res
+        self.remaining = 0
+        self.done = True
+        self.sink(None)
+
+    def describe(self) -> str:
+        return "a batch of %d keys" % len(self.kbs)

@@ -614,3 +614,12 @@ def test_errors_are_couchbase_errors_with_results(bucket, unique_key):
     with pytest.raises(CouchbaseError) as info:
         bucket.get(unique_key + "missing-again")
     assert info.value.result is not None and info.value.result.rc == 0x01
+
+
+def test_multi_with_repeated_keys_completes(bucket, unique_key):
+    k = unique_key + "dup"
+    bucket.upsert(k, "once")
+    res = bucket.get_multi([k, k, k])
+    assert list(res) == [k] and res[k].value == "once"
+    res = bucket.counter_multi([k + "c", k + "c"], initial=1)
+    assert res[k + "c"].value == 2  # both increments ran

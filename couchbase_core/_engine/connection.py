@@ -172,6 +172,37 @@ class KVConnection:
             if self.state is IDLE:
                 self.connect()
 
+    def enqueue_batch(self, batch: Any) -> None:
+        """Take a batch of keys whose opaques run from ``batch.base``."""
+        batch.conn = self
+        base = batch.base
+        n = len(batch.kbs)
+        parts: List[Any] = []
+        append = parts.append
+        pack = _pack_header
+        kbs, opcodes, extras_list, values, cases = (batch.kbs, batch.opcodes, batch.extras_list,
+                                                     batch.values, batch.cases)
+        for i in range(n):
+            kb = kbs[i]
+            extras = extras_list[i]
+            value = values[i]
+            append(pack(0x80, opcodes[i], len(kb), len(extras), 0, 0,
+                        len(kb) + len(extras) + len(value), base + i, cases[i]))
+            if extras:
+                append(extras)
+            append(kb)
+            if value:
+                append(value)
+        self.pending.update(dict.fromkeys(range(base, base + n), batch))
+        if self.state is READY:
+            self._wbuf.extend(parts)
+            if not self._want_write:
+                self._request_write()
+        else:
+            self._backlog.append(b"".join(parts))
+            if self.state is IDLE:
+                self.connect()
+
     def _request_write(self) -> None:
         engine = self.engine
         if engine.batch_depth:
@@ -189,7 +220,9 @@ class KVConnection:
     def forget(self, op: KVOp) -> None:
         """Drop ``op`` from the pending table (it timed out or was cancelled);
         its reply, if one comes, will be ignored."""
-        self.pending.pop(op.opaque, None)
+        pending = self.pending
+        for opaque in op.opaques():
+            pending.pop(opaque, None)
 
     # ------------------------------------------------------------- connecting
 
@@ -492,11 +525,12 @@ class KVConnection:
                 if frame[0] == Magic.SERVER_REQUEST:
                     self.engine.on_server_request(self, frame)
                 continue  # the operation timed out or was abandoned
-            if op.multi_reply and not op.on_part(frame):
-                pending[frame[4]] = op
-                continue
-            op.done = True
             try:
+                if op.multi_reply:
+                    if not op.on_part(frame):
+                        pending[frame[4]] = op
+                    continue
+                op.done = True
                 op.on_response(frame)
             except Exception:  # never let a result handler break the stream
                 log.exception("completing %s failed", op.describe())

@@ -158,6 +158,26 @@ class Engine:
         self.deadlines.add(op)
         conn.enqueue(op)
 
+    def submit_batch(self, batch: Any) -> None:
+        """Send a batch of keys (``batch.kbs``...) to ``batch.target`` (or the
+        only node), with one opaque per key from a consecutive run."""
+        if self.closed:
+            raise ObjectDestroyedError("the bucket is closed")
+        conn = batch.target or self._single
+        if conn is None:
+            raise ValueError("a batch for several nodes must be split first")
+        n = len(batch.kbs)
+        base = self._opaque + 1
+        if base + n > 0xFFFFFFFF:
+            base = 1
+        self._opaque = base + n - 1
+        batch.base = batch.opaque = base
+        batch.remaining = n
+        batch.waiting = bytearray(b"\x01") * n
+        batch.deadline = self.clock() + batch.timeout
+        self.deadlines.add(batch)
+        conn.enqueue_batch(batch)
+
     def node_for(self, kb: bytes) -> KVConnection:
         """The connection that owns key bytes ``kb``."""
         if self._single is not None:

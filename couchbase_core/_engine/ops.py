@@ -26,9 +26,13 @@ class KVOp:
     __slots__ = ("opcode", "kb", "extras", "value", "cas", "datatype", "vbucket",
                  "opaque", "deadline", "timeout", "done", "conn", "target", "__weakref__")
 
-    #: True for commands answered by several frames (STAT): the engine then
-    #: feeds each frame to :meth:`on_part` until it returns True.
+    #: True for operations that take their replies frame by frame (STAT,
+    #: batches): the engine hands each reply to :meth:`on_part` and never
+    #: calls :meth:`on_response`; the operation completes itself (sets
+    #: ``done``) when it has all it waits for.
     multi_reply = False
+    #: True for batches of keys, submitted with ``Engine.submit_batch``.
+    multi_key = False
 
     def __init__(self, opcode: int, kb: bytes = b"", extras: bytes = b"", value: bytes = b"",
                  cas: int = 0, datatype: int = 0, timeout: float = 2.5) -> None:
@@ -48,8 +52,13 @@ class KVOp:
         self.target: Optional["KVConnection"] = None
 
     def on_part(self, frame: Frame) -> bool:
-        """Multi-reply commands: take one frame; return True after the last."""
+        """Multi-reply operations: take one frame. Return False to keep its
+        opaque pending (more frames will carry it), True when it is used up."""
         return True
+
+    def opaques(self) -> list:
+        """The opaques this operation still waits on."""
+        return [self.opaque]
 
     def on_response(self, frame: Frame) -> None:
         """The server answered (any status)."""

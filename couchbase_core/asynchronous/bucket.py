@@ -150,11 +150,14 @@ class AsyncBucket(BaseBucket):
 
         latch.on_zero = all_done
         sink = _Collector(ar, latch)
-        submit = self._engine.submit
+        engine = self._engine
         for op in ops:
             op.sink = sink
             latch.count += 1
-            submit(op)
+            if op.multi_key:
+                engine.submit_batch(op)
+            else:
+                engine.submit(op)
         if not latch.count:
             all_done()
         return ar
