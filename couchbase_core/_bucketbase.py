@@ -678,12 +678,6 @@ class BaseBucket:
             self._no_durability(persist_to, replicate_to)
         return self._one(self._concat_op(Opcode.PREPEND, key, value, cas, format))
 
-    def _get_op(self, key: Any, ttl: Any, no_format: bool) -> GetOp:
-        kb = self._kb(key)
-        if ttl:
-            ttl = _ttl(ttl)
-        return GetOp(key, kb, ttl, self._timeout, self._transcoder, bool(no_format) or self._data_passthrough)
-
     def get(self, key: Any, ttl: int = 0, quiet: Optional[bool] = None, replica: bool = False,
             no_format: bool = False) -> Any:
         """Read ``key``.
@@ -701,8 +695,13 @@ class BaseBucket:
         """
         if replica:
             raise self._needs_couchbase("get(replica=True)", "plain memcached keeps no replicas")
-        op = self._get_op(key, ttl, no_format)
-        return self._one(op, self._quiet if quiet is None else quiet)
+        kb = self._kb(key)
+        if ttl:
+            ttl = _ttl(ttl)
+        op = GetOp(key, kb, ttl, self._timeout, self._transcoder, no_format or self._data_passthrough)
+        if self._pipeline is not None:
+            return self._pipeline.add_one(op, self._quiet if quiet is None else quiet)
+        return self._run_one(op, self._quiet if quiet is None else quiet)
 
     def touch(self, key: Any, ttl: int = 0) -> Any:
         """Set the expiry of ``key`` without reading it."""

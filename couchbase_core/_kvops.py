@@ -48,7 +48,20 @@ class _KeyOp(KVOp):
 
     def __init__(self, key: Any, opcode: int, kb: bytes, extras: bytes = b"", value: bytes = b"",
                  cas: int = 0, timeout: float = 2.5, item: Any = None) -> None:
-        KVOp.__init__(self, opcode, kb, extras, value, cas, 0, timeout)
+        # KVOp's fields, assigned here directly: this runs once per operation.
+        self.opcode = opcode
+        self.kb = kb
+        self.extras = extras
+        self.value = value
+        self.cas = cas
+        self.datatype = 0
+        self.timeout = timeout
+        self.vbucket = 0
+        self.opaque = 0
+        self.deadline = 0.0
+        self.done = False
+        self.conn = None
+        self.target = None
         self.key = key
         self.item = item
         self.sink: Callable[[Any], None] = discard
@@ -64,12 +77,18 @@ class _KeyOp(KVOp):
 
     def on_response(self, frame: Any) -> None:
         status = frame[2]
-        res = self._result()
-        if status:
-            res.rc = status
-            res._message = _server_message(status, frame[8])
+        if self.item is None:
+            if not status:
+                self.sink(OperationResult(self.key, 0, frame[5]))
+                return
+            res = OperationResult(self.key, status)
         else:
-            res.cas = frame[5]
+            res = self._result()
+            res.rc = status
+            if not status:
+                res.cas = frame[5]
+        if status:
+            res._message = _server_message(status, frame[8])
         self.sink(res)
 
     def on_error(self, rc: int, message: str) -> None:
@@ -85,71 +104,66 @@ class _KeyOp(KVOp):
 
 
 class GetOp(_KeyOp):
-    """GET, or GAT when a ttl is given."""
+    """GET, or GAT when a ttl is given (the hottest path: kept flat)."""
 
     __slots__ = ("decoder", "no_format")
 
     def __init__(self, key: Any, kb: bytes, ttl: int, timeout: float, decoder: Optional[Any],
-                 no_format: bool, item: Any = None) -> None:
+                 no_format: bool) -> None:
         if ttl:
-            _KeyOp.__init__(self, key, Opcode.GAT, kb, _FLAGS.pack(ttl), b"", 0, timeout, item)
+            self.opcode = Opcode.GAT
+            self.extras = _FLAGS.pack(ttl)
         else:
-            _KeyOp.__init__(self, key, Opcode.GET, kb, b"", b"", 0, timeout, item)
+            self.opcode = Opcode.GET
+            self.extras = b""
+        self.kb = kb
+        self.value = b""
+        self.cas = 0
+        self.datatype = 0
+        self.timeout = timeout
+        self.vbucket = 0
+        self.opaque = 0
+        self.deadline = 0.0
+        self.done = False
+        self.conn = None
+        self.target = None
+        self.key = key
+        self.item = None
+        self.sink = discard
         self.decoder = decoder
         self.no_format = no_format
-
-    def _result(self) -> ValueResult:
-        item = self.item
-        if item is not None:
-            item.rc = 0
-            item._message = None
-            item._exc = None
-            return item
-        return ValueResult(self.key)
 
     def on_response(self, frame: Any) -> None:
         status = frame[2]
         if status:
-            res = self._result()
-            res.rc = status
+            res = ValueResult(self.key, status)
             res._message = _server_message(status, frame[8])
             self.sink(res)
             return
         extras = frame[6]
         flags = _FLAGS.unpack_from(extras)[0] if len(extras) >= 4 else 0
         data = frame[8]
-        if self.item is None and self.decoder is None and not self.no_format:
-            try:
-                value = _tc.decode_value(data, flags)
-            except CouchbaseError as exc:
-                res = ValueResult(self.key, RC.VALUE_FORMAT, frame[5], data, flags)
-                res._message = exc.message
-                res._exc = exc
-                self.sink(res)
-                return
-            self.sink(ValueResult(self.key, 0, frame[5], value, flags))
-            return
-        res = self._result()
-        res.cas = frame[5]
-        res.flags = flags
         if self.no_format:
-            res.value = data
-        else:
-            try:
-                if self.decoder is not None:
-                    res.value = self.decoder.decode_value(data, flags)
-                else:
-                    res.value = _tc.decode_value(data, flags)
-            except CouchbaseError as exc:
-                res.rc = RC.VALUE_FORMAT
-                res.value = data
-                res._message = exc.message
-                res._exc = exc
-            except Exception as exc:  # a custom transcoder failed
-                res.rc = RC.VALUE_FORMAT
-                res.value = data
-                res._message = "transcoder failed to decode the value: %r" % (exc,)
-        self.sink(res)
+            self.sink(ValueResult(self.key, 0, frame[5], data, flags))
+            return
+        decoder = self.decoder
+        try:
+            if decoder is None:
+                value = _tc.decode_value(data, flags)
+            else:
+                value = decoder.decode_value(data, flags)
+        except CouchbaseError as exc:
+            res = ValueResult(self.key, RC.VALUE_FORMAT, frame[5], data, flags)
+            res._message = exc.message
+            res._exc = exc
+            self.sink(res)
+            return
+        except Exception as exc:  # a custom transcoder failed
+            res = ValueResult(self.key, RC.VALUE_FORMAT, frame[5], data, flags)
+            res._message = "transcoder failed to decode the value: %r" % (exc,)
+            self.sink(res)
+            return
+        self.sink(ValueResult(self.key, 0, frame[5], value, flags))
 
 
 class StoreOp(_KeyOp):

@@ -104,7 +104,10 @@ class OperationResult(Result):
     __slots__ = ("cas", "mutation_token")
 
     def __init__(self, key: Any = None, rc: int = 0, cas: int = 0) -> None:
-        Result.__init__(self, key, rc)
+        self.key = key
+        self.rc = rc
+        self._message = None
+        self._exc = None
         self.cas = cas
         self.mutation_token: Optional[MutationToken] = None
 
@@ -123,7 +126,13 @@ class ValueResult(OperationResult):
     __slots__ = ("value", "flags")
 
     def __init__(self, key: Any = None, rc: int = 0, cas: int = 0, value: Any = None, flags: int = 0) -> None:
-        OperationResult.__init__(self, key, rc, cas)
+        # Flat on purpose: one of these is made per read.
+        self.key = key
+        self.rc = rc
+        self._message = None
+        self._exc = None
+        self.cas = cas
+        self.mutation_token = None
         self.value = value
         self.flags = flags
 
