@@ -811,7 +811,7 @@ class BaseBucket:
         mres = self._new_multi()
         mres._quiet = quiet
         batch = KeyBatch(kind, self._timeout, mres, self._transcoder, no_format or self._data_passthrough)
-        add = batch.add
+        add = batch.entries.append
         value_results = kind != KIND_MUTATION
         for key, arg, item, options in entries:
             try:
@@ -819,7 +819,7 @@ class BaseBucket:
             except CouchbaseError as exc:
                 mres[key] = _per_key_failure(key, exc, item, value_results)
                 continue
-            add(key, kb, opcode, extras, value, cas, item)
+            add((key, kb, opcode, extras, value, cas, item))
         return self._many(self._split(batch), mres)
 
     def _split(self, batch: KeyBatch) -> List[KeyBatch]:

@@ -23,6 +23,7 @@ from couchbase_core.result import OperationResult, Result, ValueResult
 __all__ = ["GetOp", "StoreOp", "RemoveOp", "CounterOp", "TouchOp", "StatOp", "NoopOp", "FlushOp", "KeyBatch", "discard"]
 
 _FLAGS = struct.Struct(">I")
+_FMT_BYTES = 0x03000002
 _U64 = struct.Struct(">Q")
 
 
@@ -336,29 +337,25 @@ KIND_COUNTER = 2
 class KeyBatch(KVOp):
     """Many single-key requests of one ``_multi`` call, bound for one node.
 
-    The engine gives the batch a run of consecutive opaques (``base`` ..
-    ``base + n - 1``), one per key, writes every request in one go and
-    routes each reply back here; the key is ``keys[opaque - base]``. Per key
-    this saves an operation object, a deadline entry and the calls around
-    them, which is most of a ``_multi`` call's cost. Results go straight into
-    ``mres``; ``sink(None)`` is called once, when every key has its result.
+    ``entries`` holds one tuple per key: ``(key, kb, opcode, extras, value,
+    cas, item)``. The engine gives the batch a run of consecutive opaques
+    (``base`` .. ``base + n - 1``), one per entry, writes every request in one
+    go and routes each reply back here; the entry is ``entries[opaque -
+    base]``. Per key this saves an operation object, a deadline entry and the
+    calls around them, which is most of a ``_multi`` call's cost. Results go
+    straight into ``mres``; ``sink(None)`` is called once, when every key has
+    its result.
     """
 
-    __slots__ = ("kind", "keys", "kbs", "opcodes", "extras_list", "values", "cases", "items",
-                 "mres", "sink", "base", "remaining", "waiting", "decoder", "no_format", "key")
+    __slots__ = ("kind", "entries", "mres", "sink", "base", "remaining", "waiting", "decoder",
+                 "no_format", "key")
     multi_reply = True
     multi_key = True
 
     def __init__(self, kind: int, timeout: float, mres: Any, decoder: Any = None, no_format: bool = False) -> None:
         KVOp.__init__(self, 0, b"", b"", b"", 0, 0, timeout)
         self.kind = kind
-        self.keys: list = []
-        self.kbs: list = []
-        self.opcodes: list = []
-        self.extras_list: list = []
-        self.values: list = []
-        self.cases: list = []
-        self.items: list = []
+        self.entries: list = []
         self.mres = mres
         self.sink: Callable[[Any], None] = discard
         self.base = 0
@@ -368,31 +365,20 @@ class KeyBatch(KVOp):
         self.no_format = no_format
         self.key = None
 
-    def add(self, key: Any, kb: bytes, opcode: int, extras: bytes, value: bytes, cas: int, item: Any) -> None:
-        """Add one key's request."""
-        self.keys.append(key)
-        self.kbs.append(kb)
-        self.opcodes.append(opcode)
-        self.extras_list.append(extras)
-        self.values.append(value)
-        self.cases.append(cas)
-        self.items.append(item)
-
     def __len__(self) -> int:
-        return len(self.kbs)
+        return len(self.entries)
 
     def split(self, node_for: Callable[[bytes], Any]) -> list:
         """Split into one batch per node (``node_for(kb)`` names the node);
         each part's ``target`` is set."""
         parts: Dict[Any, "KeyBatch"] = {}
-        for i, kb in enumerate(self.kbs):
-            node = node_for(kb)
+        for entry in self.entries:
+            node = node_for(entry[1])
             part = parts.get(node)
             if part is None:
                 part = parts[node] = KeyBatch(self.kind, self.timeout, self.mres, self.decoder, self.no_format)
                 part.target = node
-            part.add(self.keys[i], kb, self.opcodes[i], self.extras_list[i], self.values[i],
-                     self.cases[i], self.items[i])
+            part.entries.append(entry)
         return list(parts.values())
 
     def opaques(self) -> list:
@@ -403,12 +389,11 @@ class KeyBatch(KVOp):
     def on_part(self, frame: Any) -> bool:
         i = frame[4] - self.base
         waiting = self.waiting
-        if not 0 <= i < len(waiting) or not waiting[i]:
+        if i < 0 or i >= len(waiting) or not waiting[i]:
             return True  # not ours (cannot happen) or already answered
         waiting[i] = 0
         status = frame[2]
-        key = self.keys[i]
-        item = self.items[i]
+        key, _kb, _op, _ex, _val, _cas, item = self.entries[i]
         kind = self.kind
         if kind == KIND_GET:
             if status:
@@ -419,33 +404,39 @@ class KeyBatch(KVOp):
                 extras = frame[6]
                 flags = _FLAGS.unpack_from(extras)[0] if len(extras) >= 4 else 0
                 data = frame[8]
-                res = item if item is not None else ValueResult(key)
-                res.rc = 0
-                res.cas = frame[5]
-                res.flags = flags
-                if self.no_format:
-                    res.value = data
+                if item is None and (self.no_format or flags == _FMT_BYTES):
+                    res = ValueResult(key, 0, frame[5], data, flags)
                 else:
-                    try:
-                        decoder = self.decoder
-                        res.value = (_tc.decode_value(data, flags) if decoder is None
-                                     else decoder.decode_value(data, flags))
-                    except CouchbaseError as exc:
-                        res.rc = RC.VALUE_FORMAT
+                    res = item if item is not None else ValueResult(key)
+                    res.rc = 0
+                    res.cas = frame[5]
+                    res.flags = flags
+                    if self.no_format:
                         res.value = data
-                        res._message = exc.message
-                        res._exc = exc
-                    except Exception as exc:  # a custom transcoder failed
-                        res.rc = RC.VALUE_FORMAT
-                        res.value = data
-                        res._message = "transcoder failed to decode the value: %r" % (exc,)
+                    else:
+                        try:
+                            decoder = self.decoder
+                            res.value = (_tc.decode_value(data, flags) if decoder is None
+                                         else decoder.decode_value(data, flags))
+                        except CouchbaseError as exc:
+                            res.rc = RC.VALUE_FORMAT
+                            res.value = data
+                            res._message = exc.message
+                            res._exc = exc
+                        except Exception as exc:  # a custom transcoder failed
+                            res.rc = RC.VALUE_FORMAT
+                            res.value = data
+                            res._message = "transcoder failed to decode the value: %r" % (exc,)
         elif kind == KIND_MUTATION:
-            res = item if item is not None else OperationResult(key)
-            res.rc = status
-            if status:
-                res._message = _server_message(status, frame[8])
+            if item is None and not status:
+                res = OperationResult(key, 0, frame[5])
             else:
-                res.cas = frame[5]
+                res = item if item is not None else OperationResult(key)
+                res.rc = status
+                if status:
+                    res._message = _server_message(status, frame[8])
+                else:
+                    res.cas = frame[5]
         else:
             res = item if item is not None else ValueResult(key)
             res.rc = status
@@ -472,8 +463,8 @@ class KeyBatch(KVOp):
             if not w:
                 continue
             waiting[i] = 0
-            key = self.keys[i]
-            item = self.items[i]
+            key = self.entries[i][0]
+            item = self.entries[i][6]
             res = item if item is not None else (ValueResult(key) if value_kind else OperationResult(key))
             res.rc = rc
             res._message = message
@@ -483,4 +474,4 @@ class KeyBatch(KVOp):
         self.sink(None)
 
     def describe(self) -> str:
-        return "a batch of %d keys" % len(self.kbs)
+        return "a batch of %d keys" % len(self.entries)

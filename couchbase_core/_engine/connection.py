@@ -176,24 +176,21 @@ class KVConnection:
         """Take a batch of keys whose opaques run from ``batch.base``."""
         batch.conn = self
         base = batch.base
-        n = len(batch.kbs)
+        entries = batch.entries
         parts: List[Any] = []
         append = parts.append
         pack = _pack_header
-        kbs, opcodes, extras_list, values, cases = (batch.kbs, batch.opcodes, batch.extras_list,
-                                                     batch.values, batch.cases)
-        for i in range(n):
-            kb = kbs[i]
-            extras = extras_list[i]
-            value = values[i]
-            append(pack(0x80, opcodes[i], len(kb), len(extras), 0, 0,
-                        len(kb) + len(extras) + len(value), base + i, cases[i]))
+        opaque = base
+        for _key, kb, opcode, extras, value, cas, _item in entries:
+            append(pack(0x80, opcode, len(kb), len(extras), 0, 0, len(kb) + len(extras) + len(value),
+                        opaque, cas))
             if extras:
                 append(extras)
             append(kb)
             if value:
                 append(value)
-        self.pending.update(dict.fromkeys(range(base, base + n), batch))
+            opaque += 1
+        self.pending.update(dict.fromkeys(range(base, opaque), batch))
         if self.state is READY:
             self._wbuf.extend(parts)
             if not self._want_write:

@@ -154,19 +154,27 @@ class Engine:
                 conn = self.connections[self._ketama.server_for(op.kb)]  # type: ignore[union-attr]
         self._opaque = opaque = (self._opaque + 1) & 0xFFFFFFFF
         op.opaque = opaque
-        op.deadline = self.clock() + op.timeout
-        self.deadlines.add(op)
+        op.deadline = deadline = self.clock() + op.timeout
+        # Deadlines.add, inlined for the common case (a queue for this timeout
+        # exists and the timer is armed no later than this deadline).
+        deadlines = self.deadlines
+        queue = deadlines._queues.get(op.timeout)
+        armed = deadlines._armed_for
+        if queue is not None and armed is not None and armed <= deadline:
+            queue.append(op)
+        else:
+            deadlines.add(op)
         conn.enqueue(op)
 
     def submit_batch(self, batch: Any) -> None:
-        """Send a batch of keys (``batch.kbs``...) to ``batch.target`` (or the
-        only node), with one opaque per key from a consecutive run."""
+        """Send a batch of keys (``batch.entries``) to ``batch.target`` (or
+        the only node), with one opaque per key from a consecutive run."""
         if self.closed:
             raise ObjectDestroyedError("the bucket is closed")
         conn = batch.target or self._single
         if conn is None:
             raise ValueError("a batch for several nodes must be split first")
-        n = len(batch.kbs)
+        n = len(batch.entries)
         base = self._opaque + 1
         if base + n > 0xFFFFFFFF:
             base = 1
