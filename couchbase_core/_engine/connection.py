@@ -162,6 +162,20 @@ class KVConnection:
                               len(kb) + len(extras) + len(value), op.opaque, op.cas)
         if self.state is READY:
             wbuf = self._wbuf
+            if not wbuf and len(self.pending) == 1 and not self.engine.batch_depth:
+                # An idle connection: nothing to coalesce with, so send now
+                # rather than after a trip through the loop (halves the
+                # latency of a lone caller). Errors are left to the loop.
+                data = header + extras + kb + value
+                try:
+                    sent = self._sock.send(data)
+                except OSError:
+                    sent = 0
+                if sent == len(data):
+                    return
+                wbuf.append(memoryview(data)[sent:])
+                self._request_write()
+                return
             wbuf.append(header + extras + kb)
             if value:
                 wbuf.append(value)
