@@ -141,9 +141,16 @@ def test_operations_complete_only_from_loop_callbacks(memcached_server):
         ar.errback = lambda *a: fired.append(a)
         assert fired == [] and not ar.done
         ev = iops.events[-1]
-        assert iops.watched[ev] & LCB_WRITE_EVENT, "the request should wait for writability"
+        # On an idle connection the request is sent at once: no write watch.
+        assert iops.watched[ev] == LCB_READ_EVENT
         iops.pump_until(lambda: fired)
         assert fired[0].success and fired[0].cas
+
+        # With a request already in flight, the next ones wait for writability
+        # and write interest is dropped once they are flushed.
+        first, second = b.upsert("fake:2", 2), b.upsert("fake:3", 3)
+        assert iops.watched[ev] & LCB_WRITE_EVENT, "queued requests should wait for writability"
+        iops.pump_until(lambda: first.done and second.done)
         assert iops.watched[ev] == LCB_READ_EVENT, "write interest must be dropped once flushed"
 
         got = []
