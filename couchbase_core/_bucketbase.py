@@ -485,6 +485,16 @@ class BaseBucket:
         ObjectDestroyedError; later calls raise it."""
         self._engine.close()
 
+    def __del__(self) -> None:
+        # A bucket dropped without close() must not leave sockets and loop
+        # watchers behind (the engine never refers back to the bucket).
+        engine = self.__dict__.get("_engine")
+        if engine is not None and not engine.closed:
+            try:
+                self.close()
+            except Exception:
+                pass
+
     def __enter__(self) -> "BaseBucket":
         return self
 
@@ -930,6 +940,16 @@ class BaseBucket:
         if replica:
             raise self._needs_couchbase("get_multi(replica=True)", "plain memcached keeps no replicas")
         ttl = _ttl(ttl)
+        quiet = self._quiet if quiet is None else bool(quiet)
+        if not ttl and self._transcoder is None and type(keys) in (list, tuple):
+            batch_entries = _plain_get_entries(keys)
+            if batch_entries is not None:  # every key is a valid str/bytes key
+                self._check_open()
+                mres = self._new_multi()
+                mres._quiet = quiet
+                batch = KeyBatch(KIND_GET, self._timeout, mres, None, bool(no_format) or self._data_passthrough)
+                batch.entries = batch_entries
+                return self._many(self._split(batch), mres)
         entries = self._entries_keys(keys, "get_multi", "ttl")
         kb_of = self._kb
         plain = (Opcode.GAT, _TTL.pack(ttl)) if ttl else (Opcode.GET, b"")
@@ -943,8 +963,7 @@ class BaseBucket:
                 return Opcode.GET, kb, b"", b"", 0
             return plain[0], kb, plain[1], b"", 0
 
-        return self._run_entries(entries, build, self._quiet if quiet is None else bool(quiet), KIND_GET,
-                                 bool(no_format))
+        return self._run_entries(entries, build, quiet, KIND_GET, bool(no_format))
 
     def touch_multi(self, keys: Any, ttl: int = 0) -> Any:
         """:meth:`touch` for many keys (a dict gives per-key ttls)."""
@@ -1105,6 +1124,26 @@ class BaseBucket:
     def pipeline(self) -> Pipeline:
         """Return a :class:`Pipeline`: ``with bucket.pipeline() as pipe: ...``."""
         return Pipeline(self)
+
+
+def _plain_get_entries(keys: Any) -> Optional[List[tuple]]:
+    """Batch entries for a list of plain keys, or None if any key needs the
+    general path (not str/bytes, empty, too long)."""
+    out = []
+    append = out.append
+    get = Opcode.GET
+    for key in keys:
+        tp = type(key)
+        if tp is str:
+            kb = key.encode()
+        elif tp is bytes:
+            kb = key
+        else:
+            return None
+        if not 0 < len(kb) <= _MAX_KEY:
+            return None
+        append((key, kb, get, b"", b"", 0, None))
+    return out
 
 
 def _raise_or_return(mres: MultiResult) -> MultiResult:

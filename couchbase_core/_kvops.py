@@ -43,12 +43,15 @@ def _server_message(rc: int, value: bytes) -> Optional[str]:
 
 
 class _KeyOp(KVOp):
-    """An operation on one key."""
+    """An operation on one key (``_multi`` calls use :class:`KeyBatch`)."""
 
-    __slots__ = ("key", "sink", "item")
+    __slots__ = ("key", "sink")
+
+    #: The result class: OperationResult for mutations, ValueResult for reads.
+    result_class: Any = OperationResult
 
     def __init__(self, key: Any, opcode: int, kb: bytes, extras: bytes = b"", value: bytes = b"",
-                 cas: int = 0, timeout: float = 2.5, item: Any = None) -> None:
+                 cas: int = 0, timeout: float = 2.5) -> None:
         # KVOp's fields, assigned here directly: this runs once per operation.
         self.opcode = opcode
         self.kb = kb
@@ -64,37 +67,19 @@ class _KeyOp(KVOp):
         self.conn = None
         self.target = None
         self.key = key
-        self.item = item
         self.sink: Callable[[Any], None] = discard
-
-    def _result(self) -> OperationResult:
-        item = self.item
-        if item is not None:
-            item.rc = 0
-            item._message = None
-            item._exc = None
-            return item
-        return OperationResult(self.key)
 
     def on_response(self, frame: Any) -> None:
         status = frame[2]
-        if self.item is None:
-            if not status:
-                self.sink(OperationResult(self.key, 0, frame[5]))
-                return
-            res = OperationResult(self.key, status)
-        else:
-            res = self._result()
-            res.rc = status
-            if not status:
-                res.cas = frame[5]
-        if status:
-            res._message = _server_message(status, frame[8])
+        if not status:
+            self.sink(self.result_class(self.key, 0, frame[5]))
+            return
+        res = self.result_class(self.key, status)
+        res._message = _server_message(status, frame[8])
         self.sink(res)
 
     def on_error(self, rc: int, message: str) -> None:
-        res = self._result()
-        res.rc = rc
+        res = self.result_class(self.key, rc)
         res._message = message
         self.sink(res)
 
@@ -108,6 +93,7 @@ class GetOp(_KeyOp):
     """GET, or GAT when a ttl is given (the hottest path: kept flat)."""
 
     __slots__ = ("decoder", "no_format")
+    result_class = ValueResult
 
     def __init__(self, key: Any, kb: bytes, ttl: int, timeout: float, decoder: Optional[Any],
                  no_format: bool) -> None:
@@ -129,7 +115,6 @@ class GetOp(_KeyOp):
         self.conn = None
         self.target = None
         self.key = key
-        self.item = None
         self.sink = discard
         self.decoder = decoder
         self.no_format = no_format
@@ -189,21 +174,12 @@ class CounterOp(_KeyOp):
     """INCREMENT / DECREMENT; the result's value is the new count."""
 
     __slots__ = ()
-
-    def _result(self) -> ValueResult:
-        item = self.item
-        if item is not None:
-            item.rc = 0
-            item._message = None
-            item._exc = None
-            return item
-        return ValueResult(self.key)
+    result_class = ValueResult
 
     def on_response(self, frame: Any) -> None:
         status = frame[2]
-        res = self._result()
+        res = ValueResult(self.key, status)
         if status:
-            res.rc = status
             res._message = _server_message(status, frame[8])
         else:
             res.cas = frame[5]

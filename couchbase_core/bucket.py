@@ -134,15 +134,3 @@ class Bucket(BaseBucket):
         # Deliver the failures of anything still pending (pipelines left open).
         self._iops.run_once(0)
         self._iops.close()
-
-    def __del__(self) -> None:
-        try:
-            engine = self._engine
-        except AttributeError:
-            return
-        if not engine.closed:
-            try:
-                self.close()
-            except Exception:
-                pass
-

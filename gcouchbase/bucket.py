@@ -70,17 +70,3 @@ class Bucket(BaseBucket):
         except BaseException:
             latch.on_zero = None
             raise
-
-    def __del__(self) -> None:
-        try:
-            engine = self._engine
-        except AttributeError:
-            return
-        if not engine.closed:
-            try:
-                engine.close()
-            except Exception:
-                pass
-
-
-

@@ -623,3 +623,29 @@ def test_multi_with_repeated_keys_completes(bucket, unique_key):
     assert list(res) == [k] and res[k].value == "once"
     res = bucket.counter_multi([k + "c", k + "c"], initial=1)
     assert res[k + "c"].value == 2  # both increments ran
+
+
+def test_dropped_bucket_closes_its_connection(flavour, memcached_server):
+    import gc
+
+    from couchbase_core.bucket import Bucket as Probe
+    from tests.flavours import open_bucket
+
+    probe = Probe(memcached_server.connstr)
+
+    def current():
+        return int(next(iter(probe.stats()["curr_connections"].values())))
+
+    try:
+        before = current()
+        b = open_bucket(flavour, memcached_server.connstr)
+        b.upsert("gc-close", 1)
+        assert current() == before + 1
+        del b
+        gc.collect()
+        deadline = time.monotonic() + 5
+        while current() != before:
+            assert time.monotonic() < deadline, "the dropped bucket kept its socket open"
+            time.sleep(0.05)
+    finally:
+        probe.close()

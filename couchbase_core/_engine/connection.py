@@ -520,14 +520,21 @@ class KVConnection:
             return
         self._fail(RC.NETWORK, "connection to %s closed by the server" % self.authority)
 
-    def _read(self) -> None:
+    def _frames(self, during: str) -> Optional[List[Any]]:
+        """Read and decode what the socket has; None when there is nothing or
+        the connection failed (already handled)."""
         data = self._recv()
         if data is None:
-            return
+            return None
         try:
-            frames = self._decoder.feed(data)  # type: ignore[union-attr]
+            return self._decoder.feed(data)  # type: ignore[union-attr]
         except FrameError as exc:
-            self._fail(RC.PROTOCOL, "invalid data from %s: %s" % (self.authority, exc))
+            self._fail(RC.PROTOCOL, "invalid data from %s%s: %s" % (self.authority, during, exc))
+            return None
+
+    def _read(self) -> None:
+        frames = self._frames("")
+        if not frames:
             return
         pending = self.pending
         for frame in frames:
@@ -548,13 +555,8 @@ class KVConnection:
         self.engine.deadlines.trim()
 
     def _read_handshake(self) -> None:
-        data = self._recv()
-        if data is None:
-            return
-        try:
-            frames = self._decoder.feed(data)  # type: ignore[union-attr]
-        except FrameError as exc:
-            self._fail(RC.PROTOCOL, "invalid data from %s during the handshake: %s" % (self.authority, exc))
+        frames = self._frames(" during the handshake")
+        if not frames:
             return
         for frame in frames:
             if self.state is not NEGOTIATING:
