@@ -496,9 +496,8 @@ def test_flush_removes_everything(flavour, fresh_memcached):
 # ---------------------------------------------------------------- pipeline
 
 
+@pytest.mark.parametrize("flavour", ["blocking", "gevent"])  # async: test_async_and_threads.py
 def test_pipeline_batches_and_collects_results(flavour, memcached_server, unique_key):
-    if flavour == "async":
-        pytest.skip("the async pipeline returns AsyncResults: see test_async.py")
     from tests.flavours import open_bucket
 
     b = open_bucket(flavour, memcached_server.connstr)
