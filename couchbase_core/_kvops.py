@@ -98,24 +98,9 @@ class GetOp(_KeyOp):
     def __init__(self, key: Any, kb: bytes, ttl: int, timeout: float, decoder: Optional[Any],
                  no_format: bool) -> None:
         if ttl:
-            self.opcode = Opcode.GAT
-            self.extras = _FLAGS.pack(ttl)
+            _KeyOp.__init__(self, key, Opcode.GAT, kb, _FLAGS.pack(ttl), b"", 0, timeout)
         else:
-            self.opcode = Opcode.GET
-            self.extras = b""
-        self.kb = kb
-        self.value = b""
-        self.cas = 0
-        self.datatype = 0
-        self.timeout = timeout
-        self.vbucket = 0
-        self.opaque = 0
-        self.deadline = 0.0
-        self.done = False
-        self.conn = None
-        self.target = None
-        self.key = key
-        self.sink = discard
+            _KeyOp.__init__(self, key, Opcode.GET, kb, b"", b"", 0, timeout)
         self.decoder = decoder
         self.no_format = no_format
 
