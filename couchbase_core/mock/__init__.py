@@ -1,0 +1,1 @@
+"""couchbase_core.mock: a Couchbase cluster emulator (work in progress)."""
