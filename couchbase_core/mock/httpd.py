@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import http
 import json
 import re
 from typing import (
@@ -196,16 +197,21 @@ class _Connection:
 
     async def _respond(self, response: HTTPResponse) -> None:
         headers = [(k.encode("latin-1"), str(v).encode("latin-1")) for k, v in response.headers.items()]
+        headers.append((b"Server", b"Couchbase Server (emulated)"))
+        try:
+            reason = http.HTTPStatus(response.status).phrase.encode("latin-1")
+        except ValueError:
+            reason = b""
         body = response.body
         if isinstance(body, (bytes, bytearray)):
             headers.append((b"Content-Length", str(len(body)).encode()))
-            await self._send(h11.Response(status_code=response.status, headers=headers))
+            await self._send(h11.Response(status_code=response.status, headers=headers, reason=reason))
             if body:
                 await self._send(h11.Data(data=bytes(body)))
             await self._send(h11.EndOfMessage())
             return
         headers.append((b"Transfer-Encoding", b"chunked"))
-        await self._send(h11.Response(status_code=response.status, headers=headers))
+        await self._send(h11.Response(status_code=response.status, headers=headers, reason=reason))
         if hasattr(body, "__aiter__"):
             async for chunk in body:  # type: ignore[union-attr]
                 if chunk:
