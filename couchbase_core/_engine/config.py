@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import json as _json
 import struct
-from typing import List, Sequence, Tuple
+import zlib as _zlib
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-__all__ = ["Ketama", "authority"]
+__all__ = ["Ketama", "authority", "BucketConfig", "ServiceNode", "ConfigError"]
 
 _FOUR_LE = struct.Struct("<IIII")
 _ONE_LE = struct.Struct("<I")
@@ -70,3 +72,169 @@ class Ketama:
         if i == len(self._points):
             i = 0
         return self._owners[i]
+
+
+# --------------------------------------------------------------------------
+# Cluster configs (spec/cluster-config.md §2, §6)
+# --------------------------------------------------------------------------
+
+
+
+class ConfigError(ValueError):
+    """A config document that cannot be used."""
+
+
+class ServiceNode:
+    """One cluster node and the ports of its services (``nodesExt``)."""
+
+    __slots__ = ("host", "services")
+
+    def __init__(self, host: str, services: Dict[str, int]) -> None:
+        self.host = host
+        self.services = services
+
+    def endpoint(self, service: str, tls: bool = False) -> Optional[Tuple[str, int]]:
+        """(host, port) of ``service`` (``kv``, ``mgmt``, ``capi``, ``n1ql``), or None."""
+        port = self.services.get(service + "SSL" if tls else service)
+        return (self.host, port) if port else None
+
+
+def _replace_host(value: Any, host: str) -> Any:
+    if isinstance(value, str):
+        return value.replace("$HOST", host)
+    if isinstance(value, list):
+        return [_replace_host(v, host) for v in value]
+    if isinstance(value, dict):
+        return {k: _replace_host(v, host) for k, v in value.items()}
+    return value
+
+
+def _split_hostport(text: str) -> Tuple[str, int]:
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        return host, int(rest.lstrip(":"))
+    host, _, port = text.rpartition(":")
+    return host, int(port)
+
+
+class BucketConfig:
+    """A parsed bucket config.
+
+    Attributes:
+        rev, rev_epoch: the version (-1 when absent).
+        name, uuid, locator: bucket name, UUID, ``"vbucket"`` or ``"ketama"``.
+        servers: KV endpoints ``(host, port)`` in server-list order (TLS
+            ports when the config was parsed for TLS).
+        vbmap: per vBucket ``[active, replica1, ...]`` indexes into ``servers``.
+        num_replicas: replicas per vBucket.
+        nodes: every cluster node with its service ports.
+        capabilities: bucket capabilities.
+        cluster_capabilities: ``clusterCapabilities`` object.
+        raw: the config as a dict (``$HOST`` replaced).
+    """
+
+    def __init__(self) -> None:
+        self.rev = -1
+        self.rev_epoch = -1
+        self.name = ""
+        self.uuid = ""
+        self.locator = "vbucket"
+        self.servers: List[Tuple[str, int]] = []
+        self.vbmap: List[List[int]] = []
+        self.vbmap_forward: Optional[List[List[int]]] = None
+        self.num_replicas = 0
+        self.nodes: List[ServiceNode] = []
+        self.capabilities: List[str] = []
+        self.cluster_capabilities: Dict[str, Any] = {}
+        self.raw: Dict[str, Any] = {}
+
+    @property
+    def version(self) -> Tuple[int, int]:
+        """(revEpoch, rev) for comparisons."""
+        return (self.rev_epoch, self.rev)
+
+    def is_newer_than(self, other: Optional["BucketConfig"]) -> bool:
+        """True if this config should replace ``other`` (spec §6)."""
+        if other is None:
+            return True
+        if self.rev < 0 <= other.rev:
+            return False
+        if self.name and not other.name:
+            return True
+        return self.version > other.version
+
+    @property
+    def num_vbuckets(self) -> int:
+        """Number of vBuckets (0 for ketama buckets)."""
+        return len(self.vbmap)
+
+    def vbucket_of(self, key: bytes) -> int:
+        """The key's vBucket (CRC32, spec §3)."""
+        return ((_zlib.crc32(key) >> 16) & 0x7FFF) % len(self.vbmap)
+
+    def service_endpoints(self, service: str, tls: bool = False) -> List[Tuple[str, int]]:
+        """Every node's (host, port) for a service (``mgmt``, ``capi``, ``n1ql``)."""
+        out = []
+        for node in self.nodes:
+            ep = node.endpoint(service, tls)
+            if ep is not None:
+                out.append(ep)
+        return out
+
+    @classmethod
+    def parse(cls, data: Any, source_host: str, tls: bool = False) -> "BucketConfig":
+        """Parse config JSON (text, bytes or dict) received from ``source_host``."""
+        if isinstance(data, (bytes, bytearray)):
+            data = data.decode("utf-8")
+        if isinstance(data, str):
+            try:
+                data = _json.loads(data)
+            except ValueError as exc:
+                raise ConfigError("the config is not JSON: %s" % exc) from exc
+        if not isinstance(data, dict):
+            raise ConfigError("the config is not a JSON object")
+        host = "[%s]" % source_host if ":" in source_host and not source_host.startswith("[") else source_host
+        raw = _replace_host(data, host)
+        cfg = cls()
+        cfg.raw = raw
+        try:
+            cfg.rev = int(raw.get("rev", -1))
+            cfg.rev_epoch = int(raw.get("revEpoch", -1))
+            cfg.name = str(raw.get("name", ""))
+            cfg.uuid = str(raw.get("uuid", ""))
+            cfg.locator = str(raw.get("nodeLocator", "vbucket"))
+            cfg.capabilities = list(raw.get("bucketCapabilities", []))
+            cfg.cluster_capabilities = dict(raw.get("clusterCapabilities", {}) or {})
+            for ext in raw.get("nodesExt", []) or []:
+                node_host = ext.get("hostname") or source_host
+                cfg.nodes.append(ServiceNode(node_host.strip("[]"), dict(ext.get("services", {}))))
+            if cfg.locator == "vbucket" and "vBucketServerMap" in raw:
+                smap = raw["vBucketServerMap"]
+                plain = [_split_hostport(s) for s in smap.get("serverList", [])]
+                cfg.vbmap = [list(row) for row in smap.get("vBucketMap", [])]
+                if smap.get("vBucketMapForward"):
+                    cfg.vbmap_forward = [list(row) for row in smap["vBucketMapForward"]]
+                cfg.num_replicas = int(smap.get("numReplicas", 0))
+                cfg.servers = [cfg._kv_endpoint(h.strip("[]"), p, tls) for h, p in plain]
+            else:
+                for entry in raw.get("nodes", []) or []:
+                    h, _mgmt = _split_hostport(entry["hostname"])
+                    port = int(entry.get("ports", {}).get("direct", 11210))
+                    cfg.servers.append(cfg._kv_endpoint(h.strip("[]"), port, tls))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError("malformed config: %r" % (exc,)) from exc
+        for row in cfg.vbmap:
+            for index in row:
+                if index >= len(cfg.servers):
+                    raise ConfigError("the vBucket map refers to server %d of %d" % (index, len(cfg.servers)))
+        return cfg
+
+    def _kv_endpoint(self, host: str, kv_port: int, tls: bool) -> Tuple[str, int]:
+        """The KV endpoint of a server-list entry (its TLS port when needed,
+        found in nodesExt by host and plain KV port)."""
+        if not tls:
+            return host, kv_port
+        for node in self.nodes:
+            if node.host == host and node.services.get("kv") == kv_port and node.services.get("kvSSL"):
+                return host, node.services["kvSSL"]
+        raise ConfigError("no TLS KV port is known for %s:%d" % (host, kv_port))

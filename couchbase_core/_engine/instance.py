@@ -262,7 +262,11 @@ class Engine:
             self.bootstrap_error = error
             callbacks, self._bootstrap_callbacks = self._bootstrap_callbacks, []
             if callbacks:
-                self.defer(lambda: [self._call_bootstrap_callback(fn, error) for fn in callbacks])
+                def tell() -> None:
+                    for fn in callbacks:
+                        self._call_bootstrap_callback(fn, error)
+
+                self.defer(tell)
         ops: List[KVOp] = []
         for conn in self.connections:
             ops.extend(conn.close())

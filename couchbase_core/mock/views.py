@@ -143,9 +143,12 @@ def _reject_constant(name: str) -> Any:
     raise ValueError("not JSON: %s" % name)
 
 
-def _loads(text: Any) -> Any:
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
+def _loads(text: str) -> Any:
     """Strict JSON (no NaN/Infinity, which JavaScript would not accept)."""
-    return json.loads(text, parse_constant=_reject_constant)
+    return _DECODER.decode(text)
 
 
 def _utf8(text: str) -> bytes:
@@ -173,6 +176,13 @@ def collate_key(value: Any) -> Tuple[Any, ...]:
     ``b``; equal keys group together. See the module documentation for the
     string approximation.
     """
+    t = type(value)
+    if t is str:
+        return _string_key(value)
+    if t is int or t is float:
+        return (3, value)
+    if t is list:
+        return (5, tuple([collate_key(v) for v in value]))
     if value is None:
         return (0,)
     if value is False:
@@ -267,10 +277,11 @@ function __map(ids_json, docs_json, metas_json) {
   var fns = [], out = new Array(docs.length), i, j;
   for (j = 0; j < ids.length; j++) fns.push(__fns[ids[j]]);
   for (i = 0; i < docs.length; i++) {
-    var per = new Array(fns.length);
+    var per = new Array(fns.length), m = metas[i];
+    var meta = {id: m[0], rev: m[1], flags: m[2], expiration: m[3], type: m[4]};
     for (j = 0; j < fns.length; j++) {
       __emitted = [];
-      try { fns[j](docs[i], metas[i]); per[j] = __emitted; }
+      try { fns[j](docs[i], meta); per[j] = __emitted; }
       catch (e) { per[j] = String(e); }
     }
     out[i] = per;
@@ -987,24 +998,15 @@ class ViewEngine:
     def _map_batch(self, index: _DDocIndex, docs: Sequence[Doc],
                    added: Dict[str, List[Tuple[Any, ...]]],
                    added_spatial: Dict[str, List[Tuple[Any, ...]]]) -> None:
-        texts: List[str] = []
-        metas: List[Dict[str, Any]] = []
-        for did, value, flags, cas, expiry, is_json in docs:
-            kind = "base64"
-            text = ""
-            if is_json:
-                try:
-                    text = bytes(value).decode("utf-8")
-                    _loads(text)
-                    kind = "json"
-                except (UnicodeDecodeError, ValueError):
-                    pass
-            if kind == "base64":
-                text = '"%s"' % base64.b64encode(bytes(value)).decode("ascii")
-            texts.append(text)
-            metas.append({"id": did, "rev": "1-%016x%08x%08x" % (cas & (2 ** 64 - 1), expiry & 0xFFFFFFFF,
-                                                                 flags & 0xFFFFFFFF),
-                          "flags": flags, "expiration": expiry, "type": kind})
+        texts: List[Any] = self._json_texts(docs)
+        metas: List[List[Any]] = []
+        for i, (did, value, flags, cas, expiry, _is_json) in enumerate(docs):
+            kind = "json"
+            if texts[i] is None:
+                kind = "base64"
+                texts[i] = '"%s"' % base64.b64encode(bytes(value)).decode("ascii")
+            metas.append([did, "1-%016x%08x%08x" % (cas & 0xFFFFFFFFFFFFFFFF, expiry & 0xFFFFFFFF,
+                                                    flags & 0xFFFFFFFF), flags, expiry, kind])
         vnames = list(index.views)
         snames = list(index.spatial_fids)
         fids = [index.views[v].fid for v in vnames] + [index.spatial_fids[s] for s in snames]
@@ -1012,7 +1014,8 @@ class ViewEngine:
             return
         results = self._run_map(fids, texts, metas)
         nviews = len(vnames)
-        for (did, *_rest), per in zip(docs, results):
+        for doc, per in zip(docs, results):
+            did = doc[0]
             for j, emits in enumerate(per):
                 if not isinstance(emits, list):
                     index.map_errors += 1
@@ -1020,9 +1023,8 @@ class ViewEngine:
                     log.debug("map function of %s/%s failed for %r: %s", index.ddoc, name, did, emits)
                     continue
                 if j < nviews:
-                    rows = added[vnames[j]]
-                    for n, (k, v) in enumerate(emits):
-                        rows.append((collate_key(k), did, n, k, v))
+                    added[vnames[j]].extend(
+                        [(collate_key(k), did, n, k, v) for n, (k, v) in enumerate(emits)])
                 else:
                     srows = added_spatial[snames[j - nviews]]
                     for n, (k, v) in enumerate(emits):
@@ -1034,7 +1036,28 @@ class ViewEngine:
                             continue
                         srows.append((did, n, ranges, v, geometry))
 
-    def _run_map(self, fids: List[int], texts: List[str], metas: List[Dict[str, Any]]) -> List[Any]:
+    @staticmethod
+    def _json_texts(docs: Sequence[Doc]) -> List[Optional[str]]:
+        """The JSON text of each document, ``None`` for the non-JSON ones."""
+        scan = _DECODER.scan_once
+        texts: List[Optional[str]] = []
+        for doc in docs:
+            text = None
+            if doc[5]:
+                try:
+                    text = bytes(doc[1]).decode("utf-8")
+                    try:
+                        _obj, end = scan(text, 0)
+                    except StopIteration:
+                        end = -1
+                    if end != len(text) and (end < 0 or text[end:].strip(" \t\n\r")):
+                        _loads(text)  # leading white space, or not JSON (raises)
+                except (UnicodeDecodeError, ValueError):
+                    text = None
+            texts.append(text)
+        return texts
+
+    def _run_map(self, fids: List[int], texts: List[str], metas: List[List[Any]]) -> List[Any]:
         ids_json = _dumps(fids)
         try:
             out = self._js.call("__map", ids_json, "[" + ",".join(texts) + "]", _dumps(metas),
