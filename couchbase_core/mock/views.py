@@ -864,6 +864,8 @@ class ViewEngine:
     JavaScript, ``map_timeout`` seconds one such call may run,
     ``reduce_chunk_size`` rows per JavaScript reduce call (partial results are
     combined with ``rereduce``), ``reduce_timeout`` seconds per reduce call.
+    ``js_engine`` forces ``"quickjs"`` or ``"dukpy"`` (the latter has no time
+    limits); by default quickjs, dukpy only when quickjs is not installed.
     """
 
     def __init__(self, design_docs: DesignDocuments, documents: Callable[[], Iterable[Doc]],
@@ -1106,7 +1108,8 @@ class ViewEngine:
         subset = ddoc.startswith("dev_") and not q.full_set
         with self._lock:
             index = self._index(ddoc, rev, design, subset)
-            if not index.built or q.stale == "false":
+            fresh = not index.built or q.stale == "false"
+            if fresh:
                 self._update(index)
             if spatial:
                 entries = index.spatial[view]
@@ -1120,7 +1123,7 @@ class ViewEngine:
                                    "map_errors": index.map_errors, "stale": q.stale,
                                    "subset": "development" if subset else "full",
                                    "js_engine": self._js.kind}}
-            if q.stale == "update_after":
+            if q.stale == "update_after" and not fresh:
                 self._update(index)
         if spatial:
             return self._stream_spatial(entries, q, debug)
@@ -1320,7 +1323,13 @@ class ViewEngine:
                     errors.append({"from": "local", "reason": str(exc)})
                     return
                 for (key, _segs), value in zip(batch, values):
-                    yield '{"key":%s,"value":%s}' % (_dumps(key), _dumps(value))
+                    try:
+                        text = '{"key":%s,"value":%s}' % (_dumps(key), _dumps(value))
+                    except ValueError:  # e.g. a _sum overflowing to infinity
+                        errors.append({"from": "local", "reason": "reduction is not representable "
+                                                                  "in JSON: %r" % (value,)})
+                        return
+                    yield text
 
         def gen() -> Iterator[bytes]:
             yield self._head(None, debug)
