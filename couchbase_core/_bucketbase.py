@@ -832,13 +832,11 @@ class BaseBucket:
             add((key, kb, opcode, extras, value, cas, item))
         return self._many(self._split(batch), mres)
 
-    def _split(self, batch: KeyBatch) -> List[KeyBatch]:
-        if not len(batch):
-            return []
-        engine = self._engine
-        if engine._single is not None:
-            return [batch]
-        return batch.split(engine.node_for)
+    @staticmethod
+    def _split(batch: KeyBatch) -> List[KeyBatch]:
+        """The batch as the list of operations to run (the engine sends each
+        entry to its node)."""
+        return [batch] if len(batch) else []
 
     @staticmethod
     def _entries_with_values(kvs: Any, what: str) -> List[Tuple[Any, Any, Optional[Item], Dict[str, Any]]]:

@@ -66,6 +66,8 @@ class _KeyOp(KVOp):
         self.done = False
         self.conn = None
         self.target = None
+        self.retries = 0
+        self.last_error = None
         self.key = key
         self.sink: Callable[[Any], None] = discard
 
@@ -94,6 +96,7 @@ class GetOp(_KeyOp):
 
     __slots__ = ("decoder", "no_format")
     result_class = ValueResult
+    idempotent = True
 
     def __init__(self, key: Any, kb: bytes, ttl: int, timeout: float, decoder: Optional[Any],
                  no_format: bool) -> None:
@@ -153,6 +156,7 @@ class TouchOp(_KeyOp):
     """TOUCH."""
 
     __slots__ = ()
+    idempotent = True
 
 
 class CounterOp(_KeyOp):
@@ -177,6 +181,7 @@ class _NodeOp(KVOp):
     """A keyless command sent to one node; results are keyed by the node."""
 
     __slots__ = ("key", "sink", "started")
+    idempotent = True
 
     def __init__(self, node: str, opcode: int, kb: bytes = b"", extras: bytes = b"", timeout: float = 2.5) -> None:
         KVOp.__init__(self, opcode, kb, extras, b"", 0, 0, timeout)
@@ -309,7 +314,7 @@ class KeyBatch(KVOp):
     """
 
     __slots__ = ("kind", "entries", "mres", "sink", "base", "remaining", "waiting", "decoder",
-                 "no_format", "key")
+                 "no_format", "key", "vbuckets", "conns", "idempotent")
     multi_reply = True
     multi_key = True
 
@@ -325,22 +330,14 @@ class KeyBatch(KVOp):
         self.decoder = decoder
         self.no_format = no_format
         self.key = None
+        #: vBucket of each entry (set by the engine for Couchbase buckets).
+        self.vbuckets: list = []
+        #: Connections holding some of the entries.
+        self.conns: set = set()
+        self.idempotent = kind == KIND_GET
 
     def __len__(self) -> int:
         return len(self.entries)
-
-    def split(self, node_for: Callable[[bytes], Any]) -> list:
-        """Split into one batch per node (``node_for(kb)`` names the node);
-        each part's ``target`` is set."""
-        parts: Dict[Any, "KeyBatch"] = {}
-        for entry in self.entries:
-            node = node_for(entry[1])
-            part = parts.get(node)
-            if part is None:
-                part = parts[node] = KeyBatch(self.kind, self.timeout, self.mres, self.decoder, self.no_format)
-                part.target = node
-            part.entries.append(entry)
-        return list(parts.values())
 
     def opaques(self) -> list:
         """Opaques still waiting for a reply."""
@@ -417,19 +414,31 @@ class KeyBatch(KVOp):
     def on_response(self, frame: Any) -> None:  # pragma: no cover - batches use on_part
         self.on_part(frame)
 
+    def _error_entry(self, i: int, rc: int, message: str) -> None:
+        key = self.entries[i][0]
+        item = self.entries[i][6]
+        res = item if item is not None else (ValueResult(key) if self.kind != KIND_MUTATION else OperationResult(key))
+        res.rc = rc
+        res._message = message
+        self.mres[key] = res
+
+    def fail_entry(self, i: int, rc: int, message: str) -> None:
+        """Entry ``i`` failed without a reply (its retry timed out...)."""
+        if self.done or not self.waiting[i]:
+            return
+        self.waiting[i] = 0
+        self._error_entry(i, rc, message)
+        self.remaining -= 1
+        if self.remaining == 0:
+            self.done = True
+            self.sink(None)
+
     def on_error(self, rc: int, message: str) -> None:
         waiting = self.waiting
-        value_kind = self.kind != KIND_MUTATION
         for i, w in enumerate(waiting):
-            if not w:
-                continue
-            waiting[i] = 0
-            key = self.entries[i][0]
-            item = self.entries[i][6]
-            res = item if item is not None else (ValueResult(key) if value_kind else OperationResult(key))
-            res.rc = rc
-            res._message = message
-            self.mres[key] = res
+            if w:
+                waiting[i] = 0
+                self._error_entry(i, rc, message)
         self.remaining = 0
         self.done = True
         self.sink(None)

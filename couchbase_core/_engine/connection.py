@@ -49,17 +49,19 @@ reported from a zero-delay timer.
 from __future__ import annotations
 
 import _socket
-import errno
 import json
 import logging
 import math
-import os
+import ssl
 import struct
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
+from couchbase_core._engine import sasl as _sasl
+from couchbase_core._engine.dial import CONNECT_PENDING, describe_errno, open_socket, resolve
 from couchbase_core._engine.ops import KVOp
 from couchbase_core._engine.protocol import (
     HEADER,
+    Feature,
     FrameDecoder,
     FrameError,
     Magic,
@@ -82,12 +84,13 @@ from couchbase_core.iops.base import (
 if TYPE_CHECKING:  # pragma: no cover
     from couchbase_core._engine.instance import Engine
 
-__all__ = ["KVConnection", "IDLE", "CONNECTING", "NEGOTIATING", "READY", "CLOSED"]
+__all__ = ["KVConnection", "IDLE", "CONNECTING", "TLS_HANDSHAKE", "NEGOTIATING", "READY", "CLOSED"]
 
 log = logging.getLogger("couchbase_core.engine")
 
 IDLE = "idle"
 CONNECTING = "connecting"
+TLS_HANDSHAKE = "tls-handshake"
 NEGOTIATING = "negotiating"
 READY = "ready"
 CLOSED = "closed"
@@ -96,7 +99,6 @@ CLOSED = "closed"
 READ_SIZE = 256 * 1024
 
 _pack_header = HEADER.pack
-_CONNECT_PENDING = {errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN, errno.EALREADY}
 _HELLO_REFUSED = {Status.UNKNOWN_COMMAND, Status.NOT_SUPPORTED, Status.EACCESS}
 
 Address = Tuple[int, Any]  # (family, sockaddr)
@@ -136,6 +138,11 @@ class KVConnection:
         self._hs_keyed = False
         self._connect_timer: Optional[TimerEvent] = None
         self._resolving = False
+        self._tls: Any = None
+        self._cipher = b""  # TLS bytes waiting to be sent
+        self._mech: Optional[_sasl.Mechanism] = None
+        #: Error map from GET_ERROR_MAP (status code -> entry), when fetched.
+        self.error_map: Dict[int, Dict[str, Any]] = {}
 
     # ------------------------------------------------------------------ info
 
@@ -162,7 +169,7 @@ class KVConnection:
                               len(kb) + len(extras) + len(value), op.opaque, op.cas)
         if self.state is READY:
             wbuf = self._wbuf
-            if not wbuf and len(self.pending) == 1 and not self.engine.batch_depth:
+            if not wbuf and len(self.pending) == 1 and not self.engine.batch_depth and self._tls is None:
                 # An idle connection: nothing to coalesce with, so send now
                 # rather than after a trip through the loop (halves the
                 # latency of a lone caller). Errors are left to the loop.
@@ -186,25 +193,30 @@ class KVConnection:
             if self.state is IDLE:
                 self.connect()
 
-    def enqueue_batch(self, batch: Any) -> None:
-        """Take a batch of keys whose opaques run from ``batch.base``."""
-        batch.conn = self
+    def enqueue_batch(self, batch: Any, indexes: Optional[List[int]] = None) -> None:
+        """Take the entries ``indexes`` (default: all) of a batch whose
+        opaques run from ``batch.base``; ``batch.vbuckets`` (when set) gives
+        each entry's vBucket."""
+        batch.conns.add(self)
         base = batch.base
         entries = batch.entries
+        vbuckets = batch.vbuckets
         parts: List[Any] = []
         append = parts.append
         pack = _pack_header
-        opaque = base
-        for _key, kb, opcode, extras, value, cas, _item in entries:
-            append(pack(0x80, opcode, len(kb), len(extras), 0, 0, len(kb) + len(extras) + len(value),
-                        opaque, cas))
+        if indexes is None:
+            indexes = range(len(entries))  # type: ignore[assignment]
+        pending = self.pending
+        for i in indexes:  # type: ignore[union-attr]
+            _key, kb, opcode, extras, value, cas, _item = entries[i]
+            append(pack(0x80, opcode, len(kb), len(extras), 0, vbuckets[i] if vbuckets else 0,
+                        len(kb) + len(extras) + len(value), base + i, cas))
             if extras:
                 append(extras)
             append(kb)
             if value:
                 append(value)
-            opaque += 1
-        self.pending.update(dict.fromkeys(range(base, opaque), batch))
+            pending[base + i] = batch
         if self.state is READY:
             self._wbuf.extend(parts)
             if not self._want_write:
@@ -267,28 +279,8 @@ class KVConnection:
             self.iops.update_timer(self._connect_timer, PYCBC_EVACTION_UNWATCH, 0)
 
     def _resolve(self) -> None:
-        host, port = self.host, self.port
-        try:
-            infos = _socket.getaddrinfo(host, port, 0, _socket.SOCK_STREAM, 0, _socket.AI_NUMERICHOST)
-        except _socket.gaierror:
-            infos = None
-        if infos:
-            self._on_resolved(infos, None)
-            return
-        resolver = getattr(self.iops, "resolve", None)
-        if resolver is not None:
-            self._resolving = True
-            resolver(host, port, self._on_resolved)
-            return
-        # No asynchronous resolver: a blocking lookup (documented). Report the
-        # outcome from a timer so no failure reaches the caller's own stack.
-        try:
-            infos = _socket.getaddrinfo(host, port, 0, _socket.SOCK_STREAM)
-            error: Optional[BaseException] = None
-        except OSError as exc:
-            infos, error = None, exc
         self._resolving = True
-        self._defer(lambda: self._on_resolved(infos, error))
+        resolve(self.engine, self.host, self.port, self._on_resolved)
 
     def _on_resolved(self, infos: Any, error: Optional[BaseException]) -> None:
         self._resolving = False
@@ -305,29 +297,21 @@ class KVConnection:
             self._fail_soon(RC.CONNECT, "cannot connect to %s: %s" % (self.authority, previous_error or "no address"))
             return
         family, sockaddr = self._addresses.pop(0)
+        settings = self.engine.settings
         try:
-            sock = _socket.socket(family, _socket.SOCK_STREAM)
+            sock = open_socket(family, settings.tcp_nodelay, settings.tcp_keepalive)
         except OSError as exc:
             self._try_next_address(str(exc))
             return
-        sock.setblocking(False)
-        settings = self.engine.settings
-        try:
-            if settings.tcp_nodelay:
-                sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
-            if settings.tcp_keepalive:
-                sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_KEEPALIVE, 1)
-        except OSError:
-            pass
         err = sock.connect_ex(sockaddr)
         self._attach(sock)
-        if err == 0 or err in _CONNECT_PENDING:
+        if err == 0 or err in CONNECT_PENDING:
             # Even an immediate success is taken up from the loop (writable),
             # so nothing downstream runs inside a caller's own call.
             self.iops.update_event(self._event, PYCBC_EVACTION_WATCH, LCB_WRITE_EVENT)  # type: ignore[arg-type]
         else:
             self._detach()
-            self._try_next_address("%s (%s)" % (os.strerror(err), errno.errorcode.get(err, err)))
+            self._try_next_address(describe_errno(err))
 
     def _attach(self, sock: Any) -> None:
         self._sock = sock
@@ -343,6 +327,8 @@ class KVConnection:
         self._sock = None
         self._want_write = False
         self._wbuf = []
+        self._tls = None
+        self._cipher = b""
         if event is not None:
             self.iops.update_event(event, PYCBC_EVACTION_UNWATCH, 0)
             self.iops.update_event(event, PYCBC_EVACTION_CLEANUP, 0)
@@ -354,33 +340,65 @@ class KVConnection:
                 pass
 
     def _on_connect_timeout(self, _flags: int) -> None:
+        timeout = self.engine.settings.connect_timeout
         if self.state is CONNECTING:
-            self._fail(RC.CONNECT, "timed out connecting to %s after %.1fs"
-                       % (self.authority, self.engine.settings.connect_timeout))
+            self._fail(RC.CONNECT, "timed out connecting to %s after %.1fs" % (self.authority, timeout))
+        elif self.state is TLS_HANDSHAKE:
+            self._fail(RC.CONNECT, "timed out in the TLS handshake with %s after %.1fs" % (self.authority, timeout))
         elif self.state is NEGOTIATING:
             if self._hs_silence_ok:
                 # The server swallowed HELLO without a word: carry on without it.
                 log.info("%s did not answer HELLO; reconnecting without it", self.authority)
                 self._restart_without_hello()
             else:
-                self._fail(RC.CONNECT, "timed out negotiating with %s after %.1fs"
-                           % (self.authority, self.engine.settings.connect_timeout))
+                self._fail(RC.CONNECT, "timed out negotiating with %s after %.1fs" % (self.authority, timeout))
 
     def _on_connected(self) -> None:
-        self.state = NEGOTIATING
         try:
             self.local_address = self._sock.getsockname()
         except OSError:
             self.local_address = None
+        context = self.engine.tls_context
+        if context is not None:
+            self.state = TLS_HANDSHAKE
+            self._tls = _tls_session(context, self.host)
+            self._advance_tls()
+            return
+        self.state = NEGOTIATING
         self.iops.update_event(self._event, PYCBC_EVACTION_WATCH, LCB_READ_EVENT)  # type: ignore[arg-type]
         self._start_handshake()
 
+    def _advance_tls(self) -> None:
+        try:
+            done = self._tls.handshake()
+        except ssl.SSLError as exc:
+            reason = getattr(exc, "verify_message", None) or getattr(exc, "reason", None) or str(exc)
+            self._fail(RC.CONNECT, "TLS handshake with %s failed: %s" % (self.authority, reason))
+            return
+        self._cipher += self._tls.outgoing()
+        if self._cipher:
+            self._flush_cipher()
+            if self.state is not TLS_HANDSHAKE:
+                return
+        if done:
+            self.state = NEGOTIATING
+            self._start_handshake()
+            return
+        flags = LCB_RW_EVENT if self._cipher else LCB_READ_EVENT
+        self.iops.update_event(self._event, PYCBC_EVACTION_WATCH, flags)  # type: ignore[arg-type]
+
     # -------------------------------------------------------------- handshake
+    #
+    # HELLO -> [GET_ERROR_MAP if XERROR] -> [SASL if credentials]
+    #       -> [SELECT_BUCKET if granted and a bucket is named] -> READY
+    # Each step is one request, answered before the next goes out.
 
     def _start_handshake(self) -> None:
+        self._want_write = False
+        self.iops.update_event(self._event, PYCBC_EVACTION_WATCH, LCB_READ_EVENT)  # type: ignore[arg-type]
         if self.hello_disabled:
             self.features = frozenset()
-            self._handshake_done()
+            self._after_hello()
             return
         settings = self.engine.settings
         if settings.hello_agent:
@@ -388,12 +406,11 @@ class KVConnection:
                                separators=(",", ":")).encode("utf-8")
         else:
             agent = b""
-        wanted = self.engine.settings.hello_features
-        value = b"".join(struct.pack(">H", f) for f in wanted)
+        value = b"".join(struct.pack(">H", f) for f in settings.hello_features)
         self._hs_silence_ok = True
         # Silence is only tolerated for part of the connect timeout.
         elapsed = self.engine.clock() - self._connect_started
-        budget = max(0.05, self.engine.settings.connect_timeout - elapsed)
+        budget = max(0.05, settings.connect_timeout - elapsed)
         self._arm_connect_timer(budget / 2)
         self._hs_keyed = bool(agent)
         self._send_handshake(Opcode.HELLO, agent, b"", value, self._on_hello)
@@ -409,11 +426,14 @@ class KVConnection:
     def _on_hello(self, frame: Any) -> None:
         status = frame[2]
         self._hs_silence_ok = False
+        # the rest of the handshake gets what is left of the connect timeout
+        elapsed = self.engine.clock() - self._connect_started
+        self._arm_connect_timer(max(0.05, self.engine.settings.connect_timeout - elapsed))
         if status == Status.SUCCESS:
             value = frame[8]
             granted = {struct.unpack_from(">H", value, i)[0] for i in range(0, len(value) - 1, 2)}
             self.features = frozenset(granted)
-            self._handshake_done()
+            self._after_hello()
         elif status in _HELLO_REFUSED:
             # Not a Couchbase server. After a keyed HELLO plain memcached may
             # be out of step with us (see the module docs): start over on a
@@ -424,9 +444,90 @@ class KVConnection:
                 self._restart_without_hello()
             else:
                 self.features = frozenset()
-                self._handshake_done()
+                self._after_hello()
         else:
             self._fail(RC.PROTOCOL, "%s answered HELLO with status 0x%02x" % (self.authority, status))
+
+    def _after_hello(self) -> None:
+        if Feature.XERROR in self.features:
+            self._send_handshake(Opcode.GET_ERROR_MAP, b"", b"", struct.pack(">H", 2), self._on_error_map)
+        else:
+            self._authenticate()
+
+    def _on_error_map(self, frame: Any) -> None:
+        if frame[2] == Status.SUCCESS:
+            try:
+                doc = json.loads(frame[8])
+                self.error_map = {int(code, 16): entry for code, entry in doc.get("errors", {}).items()}
+            except (ValueError, AttributeError, TypeError):
+                self.error_map = {}
+        self._authenticate()
+
+    def _authenticate(self) -> None:
+        settings = self.engine.settings
+        user, password = settings.sasl_credentials()
+        if user is None:
+            self._select_bucket()
+            return
+        self._send_handshake(Opcode.SASL_LIST_MECHS, b"", b"", b"", self._on_mechs)
+
+    def _on_mechs(self, frame: Any) -> None:
+        settings = self.engine.settings
+        user, password = settings.sasl_credentials()
+        if frame[2] != Status.SUCCESS:
+            self._fail(RC.AUTH_FAILED, "%s does not offer SASL authentication (status 0x%02x)"
+                       % (self.authority, frame[2]))
+            return
+        offered = frame[8].decode("ascii", "replace").split()
+        try:
+            mech = self._mech = _sasl.choose_mechanism(offered, user or "", password or "",
+                                                       tls=self._tls is not None, forced=settings.sasl_mech_force)
+        except _sasl.SaslError as exc:
+            self._fail(RC.AUTH_FAILED, "cannot authenticate to %s: %s" % (self.authority, exc))
+            return
+        self._send_handshake(Opcode.SASL_AUTH, mech.name.encode("ascii"), b"", mech.start(), self._on_auth)
+
+    def _on_auth(self, frame: Any) -> None:
+        status = frame[2]
+        mech = self._mech
+        assert mech is not None
+        try:
+            if status == Status.AUTH_CONTINUE:
+                reply = mech.step(frame[8])
+                self._send_handshake(Opcode.SASL_STEP, mech.name.encode("ascii"), b"", reply, self._on_auth)
+                return
+            if status == Status.SUCCESS:
+                mech.finish(frame[8]) if isinstance(mech, _sasl.Scram) else None
+                self._mech = None
+                self._select_bucket()
+                return
+        except _sasl.SaslError as exc:
+            self._fail(RC.AUTH_FAILED, "authentication with %s failed: %s" % (self.authority, exc))
+            return
+        if status in (Status.AUTH_ERROR, Status.EACCESS):
+            self._fail(RC.AUTH_ERROR, "authentication failed for user %r on %s (wrong user name or password)"
+                       % (self.engine.settings.sasl_credentials()[0], self.authority))
+        else:
+            self._fail(RC.AUTH_FAILED, "authentication with %s failed: status 0x%02x" % (self.authority, status))
+
+    def _select_bucket(self) -> None:
+        bucket = self.engine.settings.bucket
+        if bucket and Feature.SELECT_BUCKET in self.features and self.engine.settings.select_bucket:
+            self._send_handshake(Opcode.SELECT_BUCKET, bucket.encode("utf-8"), b"", b"", self._on_selected)
+        else:
+            self._handshake_done()
+
+    def _on_selected(self, frame: Any) -> None:
+        status = frame[2]
+        bucket = self.engine.settings.bucket
+        if status == Status.SUCCESS:
+            self._handshake_done()
+        elif status == Status.KEY_ENOENT:
+            self._fail(RC.BUCKET_NOT_FOUND, "bucket %r does not exist" % bucket)
+        elif status == Status.EACCESS:
+            self._fail(RC.EACCESS, "no access to bucket %r (it does not exist, or the user may not use it)" % bucket)
+        else:
+            self._fail(RC.PROTOCOL, "selecting bucket %r on %s failed: status 0x%02x" % (bucket, self.authority, status))
 
     def _restart_without_hello(self) -> None:
         self.hello_disabled = True
@@ -443,9 +544,11 @@ class KVConnection:
         if self._backlog:
             self._wbuf.extend(self._backlog)
             self._backlog = []
+        self._want_write = False
         if self._wbuf:
-            self._want_write = False
             self._request_write()
+        else:
+            self.iops.update_event(self._event, PYCBC_EVACTION_WATCH, LCB_READ_EVENT)  # type: ignore[arg-type]
         listeners, self._listeners = self._listeners, []
         for fn in listeners:
             fn(self, None)
@@ -463,6 +566,13 @@ class KVConnection:
         elif state is CONNECTING:
             if flags & (LCB_WRITE_EVENT | LCB_READ_EVENT):
                 self._finish_connect()
+        elif state is TLS_HANDSHAKE:
+            if flags & LCB_WRITE_EVENT and self._cipher:
+                self._flush_cipher()
+            if flags & LCB_READ_EVENT and self.state is TLS_HANDSHAKE:
+                self._recv()
+            if self.state is TLS_HANDSHAKE:
+                self._advance_tls()
         elif state is NEGOTIATING:
             if flags & LCB_WRITE_EVENT:
                 self._write()
@@ -475,10 +585,17 @@ class KVConnection:
             self._on_connected()
             return
         self._detach()
-        self._try_next_address("%s (%s)" % (os.strerror(err), errno.errorcode.get(err, err)))
+        self._try_next_address(describe_errno(err))
 
     def _write(self) -> None:
         wbuf = self._wbuf
+        if self._tls is not None:
+            if wbuf:
+                self._tls.send(b"".join(wbuf))
+                self._wbuf = []
+                self._cipher += self._tls.outgoing()
+            self._flush_cipher()
+            return
         if not wbuf:
             self._want_write = False
             self.iops.update_event(self._event, PYCBC_EVACTION_WATCH, LCB_READ_EVENT)  # type: ignore[arg-type]
@@ -498,6 +615,24 @@ class KVConnection:
         else:
             self._wbuf = [memoryview(data)[sent:]]
 
+    def _flush_cipher(self) -> None:
+        """Send pending TLS bytes; keep write interest while some remain."""
+        data = self._cipher
+        if data:
+            try:
+                sent = self._sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as exc:
+                self._fail(RC.NETWORK, "error writing to %s: %s" % (self.authority, exc))
+                return
+            self._cipher = data[sent:]
+        want = bool(self._cipher)
+        if want != self._want_write or self.state is TLS_HANDSHAKE:
+            self._want_write = want
+            self.iops.update_event(self._event, PYCBC_EVACTION_WATCH,  # type: ignore[arg-type]
+                                   LCB_RW_EVENT if want else LCB_READ_EVENT)
+
     def _recv(self) -> Optional[bytes]:
         """Read what the socket has. None means nothing now or the connection
         failed (already handled)."""
@@ -511,6 +646,19 @@ class KVConnection:
         if not data:
             self._on_eof()
             return None
+        tls = self._tls
+        if tls is not None:
+            try:
+                data = tls.receive(data)
+            except ssl.SSLError as exc:
+                self._fail(RC.NETWORK, "TLS error from %s: %s" % (self.authority, exc))
+                return None
+            pending = tls.outgoing()
+            if pending:  # e.g. a key update: send it along
+                self._cipher += pending
+                self._flush_cipher()
+            if not data:
+                return None
         return data
 
     def _on_eof(self) -> None:
@@ -537,6 +685,7 @@ class KVConnection:
         if not frames:
             return
         pending = self.pending
+        retry_statuses = self.engine.retry_statuses
         for frame in frames:
             op = pending.pop(frame[4], None)
             if op is None:
@@ -544,6 +693,8 @@ class KVConnection:
                     self.engine.on_server_request(self, frame)
                 continue  # the operation timed out or was abandoned
             try:
+                if frame[2] in retry_statuses and self.engine.retry_after_status(self, op, frame):
+                    continue
                 if op.multi_reply:
                     if not op.on_part(frame):
                         pending[frame[4]] = op
@@ -574,7 +725,8 @@ class KVConnection:
 
     def _fail_soon(self, rc: int, message: str) -> None:
         """Fail from a zero-delay timer (we may be inside a caller's call)."""
-        self._defer(lambda: self._fail(rc, message) if self.state in (CONNECTING, NEGOTIATING) else None)
+        self._defer(lambda: self._fail(rc, message) if self.state in (CONNECTING, TLS_HANDSHAKE, NEGOTIATING)
+                    else None)
 
     def _fail(self, rc: int, message: str) -> None:
         """The socket (or the attempt to get one) failed: fail every operation
@@ -589,18 +741,23 @@ class KVConnection:
         self.state = IDLE
         self._hs_handler = None
         self._backlog = []
-        ops = list(self.pending.values())
+        pending = list(self.pending.items())
         self.pending.clear()
         listeners, self._listeners = self._listeners, []
         for fn in listeners:
             fn(self, (rc, message))
         if not was_ready and rc == RC.NETWORK:
             rc = RC.CONNECT
-        self.engine.fail_ops(ops, rc, message)
+        self.engine.connection_lost(self, pending, rc, message, sent=was_ready)
         self.engine.on_connection_failed(self, rc, message)
 
     def close(self, rc: int = RC.OBJECT_DESTROYED, message: str = "the bucket was closed") -> List[KVOp]:
         """Close for good; return the operations that were still pending."""
+        return [op for _opaque, op in self.close_pending(rc, message)]
+
+    def close_pending(self, rc: int = RC.OBJECT_DESTROYED,
+                      message: str = "the bucket was closed") -> List[Tuple[int, KVOp]]:
+        """Close for good; return the (opaque, op) pairs still pending."""
         if self.state is CLOSED:
             return []
         self._disarm_connect_timer()
@@ -610,13 +767,19 @@ class KVConnection:
         self._detach()
         self.state = CLOSED
         self._backlog = []
-        ops = list(self.pending.values())
+        pending = list(self.pending.items())
         self.pending.clear()
         listeners, self._listeners = self._listeners, []
         for fn in listeners:
             fn(self, (rc, message))
-        return ops
+        return pending
 
 
 def _dead_handler(_flags: int) -> None:
     """Installed on freed events so a late callback from the loop is harmless."""
+
+
+def _tls_session(context: Any, host: str) -> Any:
+    from couchbase_core._engine.tls import TLSSession
+
+    return TLSSession(context, host)

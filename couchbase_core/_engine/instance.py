@@ -1,27 +1,54 @@
-"""The engine: routes operations to connections, times them out, bootstraps.
+"""The engine: routes operations to connections, times them out, bootstraps,
+follows the cluster's topology and retries what can be retried.
 
 One :class:`Engine` serves one bucket object. It is driven entirely by the
 IOPS it was given; every public method returns without waiting. Outcomes
 reach operations through :meth:`KVOp.on_response` / :meth:`KVOp.on_error`,
 always from a loop callback, never from inside the call that submitted them.
+
+Routing. ``memcached://`` builds a static ketama map from the host list.
+Couchbase buckets get their map from the cluster (:mod:`.bootstrap`): keys
+go to the active node of their vBucket. Operations submitted before the
+first config is known wait in the engine.
+
+Topology changes. A newer config (from NOT_MY_VBUCKET bodies, CCCP polling,
+server pushes, or the HTTP stream) replaces the current one: connections to
+new nodes are created, removed nodes' connections are closed and their
+pending operations re-routed.
+
+Retries (Couchbase buckets only). NOT_MY_VBUCKET is re-sent to the current
+owner; temporary failures and lost connections are re-sent with backoff;
+every retry stays within the operation's own timeout, after which the
+operation fails with :class:`TimeoutError` naming the last problem.
+Mutations that were already on the wire when their connection died are not
+re-sent: they fail with :class:`NetworkError` (they may or may not have been
+applied).
 """
 
 from __future__ import annotations
 
 import binascii
+import heapq
+import itertools
 import logging
 import os
+import random
 import time
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
-from couchbase_core._engine.config import Ketama, authority
+from couchbase_core._engine.config import BucketConfig, ConfigError, Ketama, authority
 from couchbase_core._engine.connection import CLOSED, READY, KVConnection
-from couchbase_core._engine.ops import KVOp
-from couchbase_core._engine.protocol import Frame
+from couchbase_core._engine.ops import EntryRetry, KVOp
+from couchbase_core._engine.protocol import Frame, Opcode, Status
 from couchbase_core._engine.settings import Settings
 from couchbase_core._engine.timeouts import Deadlines
 from couchbase_core.exceptions import RC, CouchbaseError, ObjectDestroyedError, exc_from_rc
-from couchbase_core.iops.base import IOPS, PYCBC_EVACTION_CLEANUP, PYCBC_EVACTION_WATCH
+from couchbase_core.iops.base import (
+    IOPS,
+    PYCBC_EVACTION_CLEANUP,
+    PYCBC_EVACTION_UNWATCH,
+    PYCBC_EVACTION_WATCH,
+)
 
 __all__ = ["Engine"]
 
@@ -29,12 +56,18 @@ log = logging.getLogger("couchbase_core.engine")
 
 BootstrapCallback = Callable[[Optional[CouchbaseError]], None]
 
+#: Statuses worth re-sending (Couchbase buckets).
+_RETRY_STATUSES = frozenset({Status.NOT_MY_VBUCKET, Status.ETMPFAIL, Status.EBUSY, Status.NOT_INITIALIZED,
+                             Status.NO_BUCKET, 0x0D})  # 0x0d CONFIG_ONLY
+#: Errors after which a bootstrap should not try other nodes.
+_FATAL_BOOTSTRAP = frozenset({RC.AUTH_ERROR, RC.AUTH_FAILED, RC.BUCKET_NOT_FOUND, RC.EACCESS})
+
 
 class Engine:
     """The evented client core for one bucket.
 
     Args:
-        iops: the I/O plug-in that supplies sockets watchers and timers.
+        iops: the I/O plug-in that supplies socket watchers and timers.
         settings: parsed connection settings.
         clock: monotonic time source (seconds).
     """
@@ -47,82 +80,127 @@ class Engine:
         self.closed = False
         self.bootstrapped = False
         self.bootstrap_error: Optional[CouchbaseError] = None
-        #: Connections, in continuum order (index = server index).
+        #: Connections in server-list order (vBucket map indexes refer to it).
         self.connections: List[KVConnection] = []
         self.deadlines = Deadlines(iops, clock, self._expire)
         #: Nesting depth of sched_enter(); while > 0 writes are held back.
         self.batch_depth = 0
         #: Connections with writes held back by a batch.
         self.dirty: Set[KVConnection] = set()
+        #: The current cluster config (Couchbase buckets).
+        self.config: Optional[BucketConfig] = None
+        self.couchbase = settings.scheme != "memcached"
+        self.retry_statuses = _RETRY_STATUSES if self.couchbase else frozenset()
+        self.tls_context: Any = settings.tls_context()
         self._opaque = 0
         self._ketama: Optional[Ketama] = None
         self._single: Optional[KVConnection] = None
+        self._vbmap: Optional[List[List[int]]] = None
+        self._by_addr: Dict[Tuple[str, int], KVConnection] = {}
+        self._unrouted: List[KVOp] = []
         self._bootstrap_callbacks: List[BootstrapCallback] = []
         self._bootstrap_timer: Any = None
         self._bootstrap_failures: Dict[str, Tuple[int, str]] = {}
+        self._bootstrapper: Any = None
+        self._retries: List[Tuple[float, int, KVOp]] = []
+        self._retry_seq = itertools.count()
+        self._retry_timer = iops.timer_event_factory()
+        self._retry_timer._handler = self._fire_retries
+        self._retry_armed: Optional[float] = None
+        self._poll_timer: Any = None
+        self._last_refresh = 0.0
+        self._config_listeners: List[Callable[[BucketConfig], None]] = []
 
     # ------------------------------------------------------------- bootstrap
 
     def start(self, callback: Optional[BootstrapCallback] = None) -> None:
-        """Build the cluster map and start connecting. ``callback(err)`` runs
-        once, when the first node is ready (``err`` None) or when every node
-        failed or ``config_total_timeout`` passed (``err`` the reason)."""
+        """Start connecting. ``callback(err)`` runs once, when the bucket is
+        usable (``err`` None) or when bootstrap failed (``err`` the reason)."""
         if callback is not None:
             self._bootstrap_callbacks.append(callback)
         settings = self.settings
-        if settings.scheme != "memcached":
-            raise exc_from_rc(RC.CLIENT_NOT_SUPPORTED,
-                              "%s:// clusters are not supported by this engine yet; use memcached://"
-                              % settings.scheme)
+        timer = self._bootstrap_timer = self.iops.timer_event_factory()
+        timer._handler = self._on_bootstrap_timeout
+        self.iops.update_timer(timer, PYCBC_EVACTION_WATCH, int(settings.config_total_timeout * 1e6))
+        if not self.couchbase:
+            self._start_static()
+            return
+        from couchbase_core._engine.bootstrap import Bootstrapper
+
+        self._bootstrapper = Bootstrapper(self)
+        self._bootstrapper.start()
+
+    def _start_static(self) -> None:
+        settings = self.settings
         names = [authority(h, p) for h, p in settings.hosts]
         by_name = dict(zip(names, settings.hosts))
         self._ketama = Ketama(names)
         for index, name in enumerate(self._ketama.servers):
             host, port = by_name[name]
-            self.connections.append(KVConnection(self, host, port, index))
+            conn = KVConnection(self, host, port, index)
+            self.connections.append(conn)
+            self._by_addr[(host, port)] = conn
         if len(self.connections) == 1:
             self._single = self.connections[0]
-        timer = self._bootstrap_timer = self.iops.timer_event_factory()
-        timer._handler = self._on_bootstrap_timeout
-        self.iops.update_timer(timer, PYCBC_EVACTION_WATCH, int(settings.config_total_timeout * 1e6))
         for conn in self.connections:
-            conn.add_listener(self._on_bootstrap_attempt)
+            conn.add_listener(self._on_static_attempt)
 
     def on_bootstrap(self, callback: BootstrapCallback) -> None:
-        """Call ``callback(err)`` when bootstrap ends (from a loop callback if
-        it already ended: at once)."""
+        """Call ``callback(err)`` when bootstrap ends (at once if it has)."""
         if self.bootstrapped or self.bootstrap_error is not None:
             callback(self.bootstrap_error)
         else:
             self._bootstrap_callbacks.append(callback)
 
-    def _on_bootstrap_attempt(self, conn: KVConnection, error: Optional[Tuple[int, str]]) -> None:
+    def _on_static_attempt(self, conn: KVConnection, error: Optional[Tuple[int, str]]) -> None:
         if self.bootstrapped or self.bootstrap_error is not None:
             return
         if error is None:
-            self._finish_bootstrap(None)
+            self.finish_bootstrap(None)
             return
         self._bootstrap_failures[conn.authority] = error
         if len(self._bootstrap_failures) == len(self.connections):
-            rc = error[0] if len({e[0] for e in self._bootstrap_failures.values()}) == 1 else RC.CONNECT
-            detail = "; ".join("%s: %s" % (k, v[1]) for k, v in self._bootstrap_failures.items())
-            self._finish_bootstrap(exc_from_rc(rc, "no node could be reached (%s)" % detail))
+            self.finish_bootstrap(self.failure_summary(self._bootstrap_failures))
+
+    @staticmethod
+    def failure_summary(failures: Dict[str, Tuple[int, str]]) -> CouchbaseError:
+        """One error for a set of per-node failures (the shared code when all
+        agree, else a ConnectError listing them)."""
+        codes = {rc for rc, _m in failures.values()}
+        rc = codes.pop() if len(codes) == 1 else RC.CONNECT
+        for fatal in (RC.AUTH_ERROR, RC.AUTH_FAILED, RC.BUCKET_NOT_FOUND, RC.EACCESS):
+            if any(r == fatal for r, _m in failures.values()):
+                rc = fatal
+                break
+        detail = "; ".join("%s: %s" % (k, v[1]) for k, v in failures.items())
+        if rc in _FATAL_BOOTSTRAP:
+            return exc_from_rc(rc, detail)
+        return exc_from_rc(rc, "no node could be reached (%s)" % detail)
 
     def _on_bootstrap_timeout(self, _flags: int) -> None:
         if self.bootstrapped or self.bootstrap_error is not None:
             return
-        self._finish_bootstrap(exc_from_rc(
-            RC.TIMEOUT, "bootstrap did not complete within config_total_timeout=%.1fs"
-            % self.settings.config_total_timeout))
+        detail = ""
+        if self._bootstrapper is not None:
+            detail = self._bootstrapper.describe_failures()
+        self.finish_bootstrap(exc_from_rc(
+            RC.TIMEOUT, "bootstrap did not complete within config_total_timeout=%.1fs%s"
+            % (self.settings.config_total_timeout, (" (%s)" % detail) if detail else "")))
 
-    def _finish_bootstrap(self, error: Optional[CouchbaseError]) -> None:
+    def finish_bootstrap(self, error: Optional[CouchbaseError]) -> None:
+        """Bootstrap ended (``error`` None on success)."""
+        if self.bootstrapped or self.bootstrap_error is not None:
+            return
         if error is None:
             self.bootstrapped = True
         else:
             self.bootstrap_error = error
+            self._fail_unrouted(error.rc, error.message)
         if self._bootstrap_timer is not None:
             self.iops.update_timer(self._bootstrap_timer, PYCBC_EVACTION_CLEANUP, 0)
             self._bootstrap_timer = None
+        if error is None and self.couchbase:
+            self._start_polling()
         callbacks, self._bootstrap_callbacks = self._bootstrap_callbacks, []
         for fn in callbacks:
             self._call_bootstrap_callback(fn, error)
@@ -133,6 +211,116 @@ class Engine:
             fn(error)
         except Exception:
             log.exception("bootstrap callback raised")
+
+    # -------------------------------------------------------- configuration
+
+    def add_config_listener(self, fn: Callable[[BucketConfig], None]) -> None:
+        """Call ``fn(config)`` after each config applied (views, N1QL...)."""
+        self._config_listeners.append(fn)
+
+    def connection_to(self, host: str, port: int) -> KVConnection:
+        """The connection to ``host:port`` (made if needed; not routed to
+        until a config lists it)."""
+        conn = self._by_addr.get((host, port))
+        if conn is None or conn.state is CLOSED:
+            conn = KVConnection(self, host, port, -1)
+            self._by_addr[(host, port)] = conn
+        return conn
+
+    def on_config_text(self, text: bytes, source_host: str) -> bool:
+        """A config arrived (NMV body, CCCP, push, HTTP): apply it if newer."""
+        try:
+            cfg = BucketConfig.parse(text, source_host, tls=self.tls_context is not None)
+        except ConfigError as exc:
+            log.warning("ignoring an unusable config from %s: %s", source_host, exc)
+            return False
+        return self.apply_config(cfg)
+
+    def apply_config(self, cfg: BucketConfig) -> bool:
+        """Make ``cfg`` the current config if it is newer. Returns True if applied."""
+        if self.closed or not cfg.is_newer_than(self.config):
+            return False
+        if cfg.name and self.settings.bucket and cfg.name != self.settings.bucket:
+            log.warning("ignoring a config for bucket %r (this is %r)", cfg.name, self.settings.bucket)
+            return False
+        old = self.connections
+        new: List[KVConnection] = []
+        for index, (host, port) in enumerate(cfg.servers):
+            conn = self.connection_to(host, port)
+            conn.index = index
+            new.append(conn)
+        keep = {id(c) for c in new}
+        self.connections = new
+        self.config = cfg
+        if cfg.locator == "ketama":
+            self._vbmap = None
+            self._ketama = Ketama([authority(h, p) for h, p in cfg.servers]) if cfg.servers else None
+            if self._ketama is not None:
+                order = {authority(h, p): c for (h, p), c in zip(cfg.servers, new)}
+                self.connections = [order[name] for name in self._ketama.servers]
+                for i, c in enumerate(self.connections):
+                    c.index = i
+        else:
+            self._ketama = None
+            self._vbmap = cfg.vbmap
+        self._single = self.connections[0] if (len(self.connections) == 1 and self._vbmap is None) else None
+        log.debug("applied config rev %s epoch %s (%d nodes)", cfg.rev, cfg.rev_epoch, len(new))
+        # Connections to nodes that left: close them, re-route their work.
+        for conn in old:
+            if id(conn) not in keep and conn.state is not CLOSED:
+                self._by_addr.pop((conn.host, conn.port), None)
+                pending = conn.close_pending(RC.NETWORK, "node %s left the cluster" % conn.authority)
+                self._reroute(pending, "node %s left the cluster" % conn.authority)
+        for (host, port), conn in list(self._by_addr.items()):
+            if id(conn) not in keep and conn.state is not CLOSED and not conn.pending:
+                # a seed connection the config does not list
+                self._by_addr.pop((host, port), None)
+                conn.close()
+        if self._unrouted:
+            waiting, self._unrouted = self._unrouted, []
+            for op in waiting:
+                if not op.done:
+                    self._dispatch(op)
+        for fn in list(self._config_listeners):
+            try:
+                fn(cfg)
+            except Exception:
+                log.exception("config listener raised")
+        return True
+
+    def request_config(self, reason: str = "") -> None:
+        """Fetch the config soon (throttled): via CCCP on a ready connection."""
+        now = self.clock()
+        if self.closed or not self.couchbase or now - self._last_refresh < 0.05:
+            return
+        self._last_refresh = now
+        conns = [c for c in self.connections if c.state is READY]
+        if not conns or not self.settings.cccp_allowed:
+            return
+        conn = random.choice(conns)
+        op = _ConfigOp(self, conn.host)
+        op.target = conn
+        op.timeout = max(0.5, min(2.5, self.settings.operation_timeout))
+        try:
+            self.submit(op)
+        except CouchbaseError:
+            pass
+
+    def _start_polling(self) -> None:
+        interval = self.settings.config_poll_interval
+        if interval <= 0 or self._poll_timer is not None:
+            return
+        self._poll_timer = self.iops.timer_event_factory()
+        self._poll_timer._handler = self._poll
+        self.iops.update_timer(self._poll_timer, PYCBC_EVACTION_WATCH, int(interval * 1e6))
+
+    def _poll(self, _flags: int) -> None:
+        if self.closed:
+            return
+        self._last_refresh = 0.0
+        self.request_config("poll")
+        self.iops.update_timer(self._poll_timer, PYCBC_EVACTION_WATCH,
+                               int(self.settings.config_poll_interval * 1e6))
 
     # ------------------------------------------------------------ operations
 
@@ -147,13 +335,6 @@ class Engine:
         completes ``op`` synchronously."""
         if self.closed:
             raise ObjectDestroyedError("the bucket is closed")
-        conn = op.target
-        if conn is None:
-            conn = self._single
-            if conn is None:
-                conn = self.connections[self._ketama.server_for(op.kb)]  # type: ignore[union-attr]
-        self._opaque = opaque = (self._opaque + 1) & 0xFFFFFFFF
-        op.opaque = opaque
         op.deadline = deadline = self.clock() + op.timeout
         # Deadlines.add, inlined for the common case (a queue for this timeout
         # exists and the timer is armed no later than this deadline).
@@ -164,16 +345,47 @@ class Engine:
             queue.append(op)
         else:
             deadlines.add(op)
+        conn = op.target
+        if conn is None:
+            conn = self._single
+            if conn is None:
+                self._dispatch(op)
+                return
+        self._opaque = opaque = (self._opaque + 1) & 0xFFFFFFFF
+        op.opaque = opaque
         conn.enqueue(op)
 
+    def _dispatch(self, op: KVOp) -> None:
+        """Route a keyed operation (not yet stamped with an opaque) and send it."""
+        target = op.target
+        if target is not None:
+            conn: Optional[KVConnection] = target
+        else:
+            vbmap = self._vbmap
+            if vbmap is not None:
+                vb = op.vbucket = self.config.vbucket_of(op.kb)  # type: ignore[union-attr]
+                index = vbmap[vb][0]
+                conn = self.connections[index] if index >= 0 else None
+                if conn is None:
+                    op.last_error = "vBucket %d has no active node" % vb
+                    self.request_config("no active node")
+                    if not self.schedule_retry(op):
+                        self._finish_with_error(op, RC.NOT_MY_VBUCKET, op.last_error)
+                    return
+            elif self._ketama is not None:
+                conn = self.connections[self._ketama.server_for(op.kb)]
+            else:
+                self._unrouted.append(op)  # no config yet
+                return
+        self._opaque = opaque = (self._opaque + 1) & 0xFFFFFFFF
+        op.opaque = opaque
+        conn.enqueue(op)  # type: ignore[union-attr]
+
     def submit_batch(self, batch: Any) -> None:
-        """Send a batch of keys (``batch.entries``) to ``batch.target`` (or
-        the only node), with one opaque per key from a consecutive run."""
+        """Send a batch of keys (``batch.entries``), each to its node, with
+        one opaque per key from a consecutive run."""
         if self.closed:
             raise ObjectDestroyedError("the bucket is closed")
-        conn = batch.target or self._single
-        if conn is None:
-            raise ValueError("a batch for several nodes must be split first")
         n = len(batch.entries)
         base = self._opaque + 1
         if base + n > 0xFFFFFFFF:
@@ -184,12 +396,46 @@ class Engine:
         batch.waiting = bytearray(b"\x01") * n
         batch.deadline = self.clock() + batch.timeout
         self.deadlines.add(batch)
-        conn.enqueue_batch(batch)
+        self._route_batch(batch)
+
+    def _route_batch(self, batch: Any) -> None:
+        target = batch.target or self._single
+        if target is not None:
+            target.enqueue_batch(batch)
+            return
+        vbmap = self._vbmap
+        groups: Dict[KVConnection, List[int]] = {}
+        if vbmap is not None:
+            cfg = self.config
+            assert cfg is not None
+            vbuckets = batch.vbuckets = [cfg.vbucket_of(entry[1]) for entry in batch.entries]
+            connections = self.connections
+            homeless = []
+            for i, vb in enumerate(vbuckets):
+                index = vbmap[vb][0]
+                if index < 0:
+                    homeless.append(i)
+                    continue
+                groups.setdefault(connections[index], []).append(i)
+            for i in homeless:
+                self._retry_entry(batch, i, "vBucket %d has no active node" % vbuckets[i])
+        elif self._ketama is not None:
+            server_for = self._ketama.server_for
+            connections = self.connections
+            for i, entry in enumerate(batch.entries):
+                groups.setdefault(connections[server_for(entry[1])], []).append(i)
+        else:
+            self._unrouted.append(batch)  # no config yet: routed when it comes
+            return
+        for conn, indexes in groups.items():
+            conn.enqueue_batch(batch, indexes)
 
     def node_for(self, kb: bytes) -> KVConnection:
-        """The connection that owns key bytes ``kb``."""
+        """The connection that owns key bytes ``kb`` now."""
         if self._single is not None:
             return self._single
+        if self._vbmap is not None:
+            return self.connections[self._vbmap[self.config.vbucket_of(kb)][0]]  # type: ignore[union-attr]
         return self.connections[self._ketama.server_for(kb)]  # type: ignore[union-attr]
 
     def sched_enter(self) -> None:
@@ -206,14 +452,138 @@ class Engine:
             for conn in dirty:
                 conn.flush_soon()
 
+    # --------------------------------------------------------------- retries
+
+    def schedule_retry(self, op: KVOp, delay: Optional[float] = None) -> bool:
+        """Re-send ``op`` after a backoff; False if its deadline is too near."""
+        if self.closed or op.done:
+            return False
+        if delay is None:
+            delay = min(0.5, 0.005 * (2 ** min(op.retries, 8)))
+        op.retries += 1
+        when = self.clock() + delay
+        if when >= op.deadline:
+            return False
+        heapq.heappush(self._retries, (when, next(self._retry_seq), op))
+        if self._retry_armed is None or when < self._retry_armed:
+            self._retry_armed = when
+            self.iops.update_timer(self._retry_timer, PYCBC_EVACTION_WATCH, int(max(0.0, delay) * 1e6))
+        return True
+
+    def _retry_entry(self, batch: Any, index: int, why: str, delay: Optional[float] = None) -> None:
+        retry = EntryRetry(batch, index)
+        retry.last_error = why
+        retry.retries = 1
+        if not self.schedule_retry(retry, delay):
+            batch.fail_entry(index, RC.TIMEOUT if not why else _rc_for_reason(why), why)
+
+    def _fire_retries(self, _flags: int) -> None:
+        self._retry_armed = None
+        now = self.clock()
+        heap = self._retries
+        due = []
+        while heap and heap[0][0] <= now:
+            due.append(heapq.heappop(heap)[2])
+        if heap:
+            self._retry_armed = heap[0][0]
+            self.iops.update_timer(self._retry_timer, PYCBC_EVACTION_WATCH,
+                                   int(max(0.0, heap[0][0] - now) * 1e6))
+        for op in due:
+            if op.done or self.closed:
+                continue
+            if isinstance(op, EntryRetry):
+                if op.batch.done or not op.batch.waiting[op.index]:
+                    continue
+                op.target = None
+            self._dispatch(op)
+
+    def retry_after_status(self, conn: KVConnection, op: KVOp, frame: Frame) -> bool:
+        """A reply with a retryable status arrived for ``op``: re-send it (and
+        return True) if there is time left; False delivers the reply as is."""
+        status = frame[2]
+        if op.multi_key:
+            # Only this entry is re-sent; the rest of the batch goes on.
+            index = frame[4] - op.base  # type: ignore[attr-defined]
+            if not 0 <= index < len(op.waiting) or not op.waiting[index]:  # type: ignore[attr-defined]
+                return True
+            op = EntryRetry(op, index)
+        elif op.target is not None and status != Status.NOT_MY_VBUCKET:
+            return False  # node-targeted commands (STAT...) are not retried
+        delay: Optional[float] = None
+        if status == Status.NOT_MY_VBUCKET:
+            changed = bool(frame[8]) and self.on_config_text(frame[8], conn.host)
+            if not frame[8]:
+                self.request_config("not my vbucket")
+            op.last_error = "node %s does not own vBucket %d" % (conn.authority, op.vbucket)
+            delay = 0.0 if changed else self.settings.retry_nmv_delay
+        else:
+            op.last_error = "%s answered status 0x%02x (temporary)" % (conn.authority, status)
+        if isinstance(op, EntryRetry):
+            if not self.schedule_retry(op, delay):
+                return False
+            return True
+        if op.target is not None:
+            return False
+        return self.schedule_retry(op, delay)
+
+    def connection_lost(self, conn: KVConnection, pending: List[Tuple[int, KVOp]], rc: int, message: str,
+                        sent: bool) -> None:
+        """``conn`` failed with ``pending`` (opaque, op) pairs. Without retries
+        (memcached://) they fail; otherwise unsent and idempotent ones are
+        re-sent and the others fail with ``rc``."""
+        may_retry = self.couchbase and not self.closed and rc not in _FATAL_BOOTSTRAP
+        failed: List[KVOp] = []
+        for opaque, op in pending:
+            if op.done:
+                continue
+            if op.multi_key:
+                # only this connection's entries of the batch are affected
+                index = opaque - op.base  # type: ignore[attr-defined]
+                if 0 <= index < len(op.waiting) and op.waiting[index]:  # type: ignore[attr-defined]
+                    if may_retry and (not sent or op.idempotent):
+                        self._retry_entry(op, index, message)
+                    else:
+                        op.fail_entry(index, rc, message)  # type: ignore[attr-defined]
+                continue
+            op.last_error = message
+            if may_retry and op.target is None and (not sent or op.idempotent) and self.schedule_retry(op):
+                continue
+            failed.append(op)
+        self.fail_ops(failed, rc, message)
+        if may_retry:
+            self.request_config("connection lost")
+
+    def _reroute(self, pending: List[Tuple[int, KVOp]], why: str) -> None:
+        """Operations of a node that left the cluster: re-send them to the
+        vBuckets' new owners (they were not answered, so not executed there
+        as far as anyone knows)."""
+        for opaque, op in pending:
+            if op.done:
+                continue
+            if op.multi_key:
+                index = opaque - op.base  # type: ignore[attr-defined]
+                if 0 <= index < len(op.waiting) and op.waiting[index]:  # type: ignore[attr-defined]
+                    self._retry_entry(op, index, why, 0.0)
+                continue
+            op.last_error = why
+            if op.target is not None or not self.schedule_retry(op, 0.0):
+                op.done = True
+                self._finish_with_error(op, RC.NETWORK, why)
+
+    # -------------------------------------------------------------- failures
+
     def _expire(self, op: KVOp) -> None:
         op.done = True
-        conn = op.conn
         where = ""
-        if conn is not None:
+        conns = getattr(op, "conns", None) or ([op.conn] if op.conn is not None else [])
+        for conn in conns:
             conn.forget(op)
+        conn = op.conn
+        if conn is not None:
             where = " on %s (%s)" % (conn.authority, conn.state if conn.state is not READY else "connected")
-        self._finish_with_error(op, RC.TIMEOUT, "%s timed out after %.3gs%s" % (op.describe(), op.timeout, where))
+        last = (" (last problem: %s)" % op.last_error) if op.last_error else ""
+        self._finish_with_error(op, RC.TIMEOUT, "%s timed out after %.3gs%s%s"
+                                % (op.describe(), op.timeout, where, last))
 
     def fail_ops(self, ops: List[KVOp], rc: int, message: str) -> None:
         """Complete ``ops`` with an error (they are no longer in any table)."""
@@ -223,6 +593,10 @@ class Engine:
             op.done = True
             self._finish_with_error(op, rc, message)
         self.deadlines.trim()
+
+    def _fail_unrouted(self, rc: int, message: str) -> None:
+        waiting, self._unrouted = self._unrouted, []
+        self.fail_ops(waiting, rc, message)
 
     @staticmethod
     def _finish_with_error(op: KVOp, rc: int, message: str) -> None:
@@ -237,24 +611,37 @@ class Engine:
         """A connection finished its handshake."""
 
     def on_connection_failed(self, conn: KVConnection, rc: int, message: str) -> None:
-        """A connection failed; its operations have been failed already."""
+        """A connection failed; its operations have been dealt with."""
         log.info("connection to %s failed: %s", conn.authority, message)
 
     def on_server_request(self, conn: KVConnection, frame: Frame) -> None:
-        """A server-initiated request (magic 0x82); none is negotiated yet."""
+        """A server-initiated request (magic 0x82): config change pushes."""
+        if frame[1] == 0x01:  # ClustermapChangeNotification
+            if frame[8]:
+                self.on_config_text(frame[8], conn.host)
+            else:
+                self.request_config("brief push")
+            return
         log.debug("ignoring server request opcode 0x%02x from %s", frame[1], conn.authority)
 
     # ----------------------------------------------------------------- close
 
     def close(self) -> None:
         """Close every connection; pending operations fail with
-        ObjectDestroyedError (from this call: the caller is closing)."""
+        ObjectDestroyedError (from the loop, not inside this call)."""
         if self.closed:
             return
         self.closed = True
         if self._bootstrap_timer is not None:
             self.iops.update_timer(self._bootstrap_timer, PYCBC_EVACTION_CLEANUP, 0)
             self._bootstrap_timer = None
+        if self._poll_timer is not None:
+            self.iops.update_timer(self._poll_timer, PYCBC_EVACTION_CLEANUP, 0)
+            self._poll_timer = None
+        self.iops.update_timer(self._retry_timer, PYCBC_EVACTION_UNWATCH, 0)
+        self.iops.update_timer(self._retry_timer, PYCBC_EVACTION_CLEANUP, 0)
+        if self._bootstrapper is not None:
+            self._bootstrapper.close()
         if not self.bootstrapped and self.bootstrap_error is None:
             # Settle the bootstrap first (closing connections below must not
             # finish it inside this call); waiters hear about it from the loop.
@@ -268,15 +655,14 @@ class Engine:
 
                 self.defer(tell)
         ops: List[KVOp] = []
-        for conn in self.connections:
+        for conn in set(self.connections) | set(self._by_addr.values()):
             ops.extend(conn.close())
         ops.extend(self.deadlines.close())
-        seen: Set[int] = set()
-        unique = []
-        for op in ops:
-            if id(op) not in seen:
-                seen.add(id(op))
-                unique.append(op)
+        ops.extend(op for _w, _s, op in self._retries)
+        ops.extend(self._unrouted)
+        self._retries = []
+        self._unrouted = []
+        unique = list({id(op): op for op in ops}.values())
         for op in unique:
             op.done = True  # out of every table now; fail them from the loop
         if unique:
@@ -312,6 +698,28 @@ class Engine:
         """True when at least one connection is ready."""
         return not self.closed and any(c.state is READY for c in self.connections)
 
-    def is_closed(self) -> bool:
-        """True after :meth:`close`."""
-        return self.closed or all(c.state is CLOSED for c in self.connections) and bool(self.connections)
+
+def _rc_for_reason(_why: str) -> int:
+    return RC.NOT_MY_VBUCKET
+
+
+class _ConfigOp(KVOp):
+    """GET_CLUSTER_CONFIG for polling and refreshes."""
+
+    __slots__ = ("engine", "source")
+    idempotent = True
+
+    def __init__(self, engine: Engine, source: str) -> None:
+        KVOp.__init__(self, Opcode.GET_CLUSTER_CONFIG)
+        self.engine = engine
+        self.source = source
+
+    def on_response(self, frame: Frame) -> None:
+        if frame[2] == Status.SUCCESS and frame[8]:
+            self.engine.on_config_text(frame[8], self.source)
+
+    def on_error(self, rc: int, message: str) -> None:
+        log.debug("config refresh failed: %s", message)
+
+    def describe(self) -> str:
+        return "GET_CLUSTER_CONFIG"

@@ -24,7 +24,7 @@ class KVOp:
     """One request on a KV connection, and the promise of one outcome."""
 
     __slots__ = ("opcode", "kb", "extras", "value", "cas", "datatype", "vbucket",
-                 "opaque", "deadline", "timeout", "done", "conn", "target", "__weakref__")
+                 "opaque", "deadline", "timeout", "done", "conn", "target", "retries", "last_error", "__weakref__")
 
     #: True for operations that take their replies frame by frame (STAT,
     #: batches): the engine hands each reply to :meth:`on_part` and never
@@ -33,6 +33,9 @@ class KVOp:
     multi_reply = False
     #: True for batches of keys, submitted with ``Engine.submit_batch``.
     multi_key = False
+    #: True when sending it twice is harmless (reads): such operations are
+    #: re-sent after a connection loss; mutations then fail instead.
+    idempotent = False
 
     def __init__(self, opcode: int, kb: bytes = b"", extras: bytes = b"", value: bytes = b"",
                  cas: int = 0, datatype: int = 0, timeout: float = 2.5) -> None:
@@ -50,6 +53,9 @@ class KVOp:
         self.conn: Optional["KVConnection"] = None
         #: Set for keyless commands aimed at one node (STAT, NOOP, FLUSH).
         self.target: Optional["KVConnection"] = None
+        #: How often the engine re-sent it, and why the last try failed.
+        self.retries = 0
+        self.last_error: Optional[str] = None
 
     def on_part(self, frame: Frame) -> bool:
         """Multi-reply operations: take one frame. Return False to keep its
@@ -74,3 +80,29 @@ class KVOp:
 
         key: Any = self.kb
         return "%s %r" % (opcode_name(self.opcode), key[:40] if key else "")
+
+
+class EntryRetry(KVOp):
+    """One entry of a batch, re-sent on its own (after NOT_MY_VBUCKET, a
+    temporary failure or a lost connection); its outcome goes back into the
+    batch as if the batch had received it."""
+
+    __slots__ = ("batch", "index", "idempotent")
+
+    def __init__(self, batch: Any, index: int) -> None:
+        _key, kb, opcode, extras, value, cas, _item = batch.entries[index]
+        KVOp.__init__(self, opcode, kb, extras, value, cas, 0, batch.timeout)
+        self.batch = batch
+        self.index = index
+        self.deadline = batch.deadline
+        self.idempotent = batch.idempotent
+
+    def on_response(self, frame: Frame) -> None:
+        batch = self.batch
+        batch.on_part(frame[:4] + (batch.base + self.index,) + frame[5:])
+
+    def on_error(self, rc: int, message: str) -> None:
+        self.batch.fail_entry(self.index, rc, message)
+
+    def describe(self) -> str:
+        return "entry %d of %s" % (self.index, self.batch.describe())

@@ -10,7 +10,12 @@ from couchbase_core._engine.protocol import Feature
 from couchbase_core.connstr import ConnectionString, parse_bool, parse_duration, parse_int
 from couchbase_core.exceptions import ArgumentError
 
-__all__ = ["Settings", "DEFAULT_MAX_VALUE_MEMCACHED", "DEFAULT_MAX_VALUE_COUCHBASE"]
+__all__ = ["Settings", "DEFAULT_MAX_VALUE_MEMCACHED", "DEFAULT_MAX_VALUE_COUCHBASE", "COUCHBASE_FEATURES"]
+
+#: HELLO features requested from Couchbase servers: the ones the engine
+#: handles (XERROR statuses, SELECT_BUCKET, config pushes).
+COUCHBASE_FEATURES = (Feature.TCPNODELAY, Feature.XERROR, Feature.SELECT_BUCKET, Feature.DUPLEX,
+                      Feature.CLUSTERMAP_CHANGE_NOTIFICATION)
 
 #: Largest value sent to plain memcached (its default item size limit).
 DEFAULT_MAX_VALUE_MEMCACHED = 1024 * 1024
@@ -53,6 +58,43 @@ class Settings:
     hello_features: Tuple[int, ...] = (Feature.TCPNODELAY, Feature.XERROR, Feature.SELECT_BUCKET)
     #: Every option as given (also unknown ones), for inspection.
     options: Dict[str, str] = field(default_factory=dict, repr=False)
+    #: HTTP (management) endpoints for HTTP bootstrap.
+    http_hosts: List[Tuple[str, int]] = field(default_factory=list)
+    bootstrap_on: str = "all"
+    config_poll_interval: float = 2.5
+    retry_nmv_delay: float = 0.1
+    select_bucket: bool = True
+    sasl_mech_force: Optional[List[str]] = None
+    #: TLS: None for plain connections, else "verify" or "no_verify".
+    tls: Optional[str] = None
+    certpath: Optional[str] = None
+    _tls_context: Any = field(default=None, repr=False)
+
+    @property
+    def cccp_allowed(self) -> bool:
+        """Configs may be fetched over KV (GET_CLUSTER_CONFIG)."""
+        return self.bootstrap_on in ("all", "cccp")
+
+    def sasl_credentials(self) -> Tuple[Optional[str], Optional[str]]:
+        """(user, password) for SASL, or (None, None) without credentials.
+
+        A password without a user name is a legacy bucket password: the
+        bucket name is the user (what the 2.x SDK did)."""
+        if self.username:
+            return self.username, self.password or ""
+        if self.password:
+            return self.bucket or "default", self.password
+        return None, None
+
+    def tls_context(self) -> Any:
+        """The ssl.SSLContext for couchbases://, or None."""
+        if self.tls is None:
+            return None
+        if self._tls_context is None:
+            from couchbase_core._engine.tls import make_context
+
+            self._tls_context = make_context(self.certpath, verify=self.tls != "no_verify")
+        return self._tls_context
 
     @classmethod
     def from_connstr(cls, connstr: Any, username: Optional[str] = None, password: Optional[str] = None,
@@ -101,6 +143,22 @@ class Settings:
             s.tcp_keepalive = parse_bool(opts["tcp_keepalive"], "tcp_keepalive")
         if opts.get("client_string"):
             s.client_string = "%s %s" % (s.client_string, opts["client_string"])
+        if cs.scheme != "memcached":
+            s.bucket = cs.bucket or "default"
+            s.http_hosts = cs.http_endpoints()
+            s.hello_features = COUCHBASE_FEATURES
+        s.bootstrap_on = opts.get("bootstrap_on", "all")
+        if "config_poll_interval" in opts:
+            s.config_poll_interval = parse_duration(opts["config_poll_interval"], "config_poll_interval")
+        if "retry_nmv_delay" in opts:
+            s.retry_nmv_delay = parse_duration(opts["retry_nmv_delay"], "retry_nmv_delay")
+        if "select_bucket" in opts:
+            s.select_bucket = parse_bool(opts["select_bucket"], "select_bucket")
+        if opts.get("sasl_mech_force"):
+            s.sasl_mech_force = opts["sasl_mech_force"].split()
+        if cs.is_ssl:
+            s.tls = "no_verify" if opts.get("ssl") == "no_verify" else "verify"
+            s.certpath = opts.get("certpath")
         return s
 
 

@@ -112,6 +112,10 @@ Semantics
   gives one, else ``"<binary>"``).
 * USE KEYS takes a string or an array of strings, in that order, duplicates
   kept, absent keys skipped; it needs no index.
+* Memory: rows stream in batches (256 rows or 64 KiB per chunk) straight
+  from :meth:`Keyspace.scan`, and LIMIT stops the scan.  ORDER BY holds the
+  sorted rows (only OFFSET + LIMIT of them when there is a LIMIT), DISTINCT
+  the distinct rows seen, aggregates one accumulator each.
 
 Indexes
 =======
@@ -148,12 +152,16 @@ insensitive; ``at_plus`` needs ``scan_vectors``), ``scan_vectors``,
 (default true), ``signature`` (default true), ``profile`` (``off``,
 ``phases``, ``timings``), ``max_parallelism``, ``scan_cap``,
 ``pipeline_batch``, ``pipeline_cap`` (integers or numeric strings), ``creds``
-(array of objects), ``query_context``, and further server fields that are
-accepted and ignored (see ``_IGNORED_FIELDS``).  Any other field is error
-1065, as on the server.  When both ``statement`` and ``prepared`` are sent,
-``prepared`` wins.  The engine reads live data, so every scan consistency
-sees all mutations made before the request (``mutation_count`` is not
-needed); a ``timeout`` that expires while rows are produced ends the
+(array of objects), and further server fields that are accepted and ignored
+(``query_context``, ``namespace``, ``encoding``, ``format``, ``compression``,
+``auto_execute``, ``auto_prepare``, ``use_fts``, ``use_cbo``, ``memory_quota``,
+``use_replica``, ``preserve_expiry``, ``kvtimeout`` and the transaction
+fields).  Any other field is error 1065, as on the server.  ``pretty``
+defaults to false; either way the body is one JSON object whose top-level
+fields sit on their own lines (clients must not rely on line breaks).  When
+both ``statement`` and ``prepared`` are sent, ``prepared`` wins.  The engine
+reads live data, so every scan consistency sees all mutations made before the
+request (``mutation_count`` is not needed); a ``timeout`` that expires while rows are produced ends the
 response with error 1080 and status ``timeout``; zero or negative means no
 timeout.
 
@@ -285,7 +293,7 @@ MISSING: Any = _MissingType()
 """The N1QL MISSING value; NULL is ``None``."""
 
 
-class _Binary:
+class _BinaryDoc:
     """A non-JSON document value."""
 
     __slots__ = ("size",)
@@ -401,7 +409,7 @@ def _less(a: Any, b: Any) -> bool:
 
 
 def _json_default(o: Any) -> Any:
-    if isinstance(o, _Binary):
+    if isinstance(o, _BinaryDoc):
         return str(o)
     if o is MISSING:
         return None
@@ -2144,6 +2152,9 @@ class _Stats:
         self.sorted = 0
 
 
+_index_clock: Callable[[], float] = time.monotonic
+"""Clock of index builds (a module attribute so tests can move it)."""
+
 _NO_SIGNATURE = object()
 _BATCH_ROWS = 256
 _BATCH_BYTES = 64 * 1024
@@ -2260,7 +2271,8 @@ class QueryService:
         self._keyspaces = keyspaces
         caps = cluster_capabilities or {}
         n1ql_caps = caps.get("n1ql") if isinstance(caps, dict) else None
-        self._enhanced = bool(n1ql_caps) and "enhancedPreparedStatements" in n1ql_caps
+        self._enhanced = (isinstance(n1ql_caps, (list, tuple))
+                          and "enhancedPreparedStatements" in n1ql_caps)
         self._build_delay = float(build_delay)
         self._lock = threading.RLock()
         self._indexes: Dict[str, "OrderedDict[str, _Index]"] = {}
@@ -2281,8 +2293,8 @@ class QueryService:
         except _QueryError as err:
             return err.http, self._error_body(resp, err)
         except Exception as exc:  # a failing keyspace provider, or a bug
-            err = _QueryError(5000, "Internal error: %s" % (exc,))
-            return 500, self._error_body(resp, err)
+            internal = _QueryError(5000, "Internal error: %s" % (exc,))
+            return 500, self._error_body(resp, internal)
         return 200, self._body(resp, run)
 
     def indexes(self) -> List[dict]:
@@ -2376,7 +2388,7 @@ class QueryService:
 
     def _maintain(self) -> Dict[str, Keyspace]:
         keyspaces = self._keyspaces()
-        now = time.monotonic()
+        now = _index_clock()
         with self._lock:
             for name in [n for n in self._indexes if n not in keyspaces]:
                 del self._indexes[name]
@@ -2565,7 +2577,7 @@ class QueryService:
         return alias, ks.scan, op, phase
 
     def _choose_index(self, keyspace: str, where: Optional[_Node], alias: str) -> Optional[_Index]:
-        now = time.monotonic()
+        now = _index_clock()
         with self._lock:
             catalog = list(self._indexes.get(keyspace, {}).values())
             for idx in catalog:
@@ -2635,7 +2647,7 @@ class QueryService:
                 if deadline is not None and not stats.scanned & 127 and time.monotonic() > deadline:
                     raise _Timeout()
                 if value is None and meta is not None and meta.get("type") != "json":
-                    value = _Binary(meta.get("size"))
+                    value = _BinaryDoc(meta.get("size"))
                 env.doc = value
                 env.meta = meta
                 if where is None or _truth(where(env)):
@@ -2726,7 +2738,7 @@ class QueryService:
                     if name not in catalog:
                         raise _QueryError(12016, "Index Not Found - cause: GSI index %s not found."
                                           % name, status="errors")
-                now = time.monotonic()
+                now = _index_clock()
                 for name in stmt.names:
                     idx = catalog[name]
                     if idx.state == "deferred":
@@ -2813,7 +2825,10 @@ class QueryService:
         return prof
 
     def _encoder(self, resp: _Response) -> Callable[[Any], str]:
-        return (_PRETTY if resp.opts.pretty else _COMPACT).encode
+        """Encoder of top-level values (nested lines indented one level)."""
+        if not resp.opts.pretty:
+            return _COMPACT.encode
+        return lambda v: _PRETTY.encode(v).replace("\n", "\n    ")
 
     def _head(self, resp: _Response, enc: Callable[[Any], str], signature: Any) -> List[str]:
         ind = "    " if resp.opts.pretty else ""
@@ -2852,6 +2867,7 @@ class QueryService:
     def _body(self, resp: _Response, run: _Run) -> Iterator[bytes]:
         enc = self._encoder(resp)
         pretty = resp.opts.pretty
+        row_enc = _PRETTY.encode if pretty else _COMPACT.encode
         ind = "    " if pretty else ""
         row_sep = ",\n" + ind * 2
         head = self._head(resp, enc, run.signature)
@@ -2868,7 +2884,7 @@ class QueryService:
         batch_bytes = 0
         try:
             for row in run.rows(stats):
-                text = enc(row)
+                text = row_enc(row)
                 if pretty:
                     text = text.replace("\n", "\n" + ind * 2)
                 n = len(text.encode("utf-8")) if not text.isascii() else len(text)
@@ -2996,10 +3012,10 @@ def _select_operator(stmt: _Select, alias: Optional[str], scan_op: dict) -> dict
                          "namespace": "default"})
     if stmt.where is not None:
         children.append({"#operator": "Filter", "condition": _fmt(stmt.where, alias)})
+    terms: List[Dict[str, Any]] = []
     if stmt.raw is not None:
-        terms = [{"expr": _fmt(stmt.raw, alias)}]
+        terms.append({"expr": _fmt(stmt.raw, alias)})
     else:
-        terms = []
         for term, name in zip(stmt.terms, _term_names(stmt.terms)):
             if term.kind == "star":
                 terms.append({"expr": "self", "star": True})

@@ -102,6 +102,8 @@ def router(app: "MockApp", runtime: "NodeRuntime") -> Router:
         except ValueError as exc:
             return json_response({"errors": [{"code": 1000, "msg": "Invalid request: %s" % exc}],
                                   "status": "fatal"}, 400)
+        if request.method == "GET":
+            fields["readonly"] = True  # GET requests may only read
         status, chunks = query_service(app).execute(fields)
         return HTTPResponse(status, chunks)
 

@@ -1,0 +1,63 @@
+"""Name resolution and socket creation shared by the KV and HTTP clients."""
+
+from __future__ import annotations
+
+import _socket
+import errno
+import os
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+if TYPE_CHECKING:  # pragma: no cover
+    from couchbase_core._engine.instance import Engine
+
+__all__ = ["resolve", "open_socket", "CONNECT_PENDING", "describe_errno"]
+
+#: connect_ex results meaning "in progress".
+CONNECT_PENDING = {errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN, errno.EALREADY}
+
+ResolveCallback = Callable[[Any, Optional[BaseException]], None]
+
+
+def describe_errno(err: int) -> str:
+    """``'Connection refused (ECONNREFUSED)'``."""
+    return "%s (%s)" % (os.strerror(err), errno.errorcode.get(err, err))
+
+
+def resolve(engine: "Engine", host: str, port: int, callback: ResolveCallback) -> None:
+    """Resolve ``host`` and call ``callback(addrinfo_list, error)``.
+
+    Numeric addresses resolve at once; names go to the IOPS's ``resolve``
+    when it has one, else to a blocking ``getaddrinfo`` whose outcome is
+    reported from a zero-delay timer (never inside the caller's call)."""
+    try:
+        infos = _socket.getaddrinfo(host, port, 0, _socket.SOCK_STREAM, 0, _socket.AI_NUMERICHOST)
+    except _socket.gaierror:
+        infos = None
+    if infos:
+        callback(infos, None)
+        return
+    resolver = getattr(engine.iops, "resolve", None)
+    if resolver is not None:
+        resolver(host, port, callback)
+        return
+    try:
+        infos = _socket.getaddrinfo(host, port, 0, _socket.SOCK_STREAM)
+        error: Optional[BaseException] = None
+    except OSError as exc:
+        infos, error = None, exc
+    engine.defer(lambda: callback(infos, error))
+
+
+def open_socket(family: int, nodelay: bool = True, keepalive: bool = True) -> Any:
+    """A non-blocking TCP socket (the raw ``_socket`` type, which gevent's
+    monkeypatching leaves alone)."""
+    sock = _socket.socket(family, _socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        if nodelay:
+            sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+        if keepalive:
+            sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_KEEPALIVE, 1)
+    except OSError:
+        pass
+    return sock

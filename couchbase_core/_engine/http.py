@@ -1,0 +1,483 @@
+"""An evented HTTP/1.1 client on the IOPS, with h11 for the protocol.
+
+:class:`HTTPConnection` is one connection to one ``host:port`` (plain or
+TLS). It sends one request at a time and streams the response to callbacks
+as it arrives: ``on_head(status, headers)``, ``on_data(bytes)`` for each
+piece of body (chunked or content-length, de-chunked by h11), then exactly
+one of ``on_end()`` or ``on_error(rc, message)``. A per-request timeout runs
+on an engine timer. After a complete response the connection can carry the
+next request (keep-alive).
+
+:class:`ConfigStream` uses it for HTTP bootstrap: ``/pools/default/bs/<b>``
+(falling back to ``/pools/default/bucketsStreaming/<b>``), splitting the
+never-ending body into configs at each ``\\n\\n\\n\\n``.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import math
+import ssl
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
+
+import h11
+
+from couchbase_core._engine.dial import CONNECT_PENDING, describe_errno, open_socket, resolve
+from couchbase_core.exceptions import RC
+from couchbase_core.iops.base import (
+    LCB_READ_EVENT,
+    LCB_RW_EVENT,
+    LCB_WRITE_EVENT,
+    PYCBC_EVACTION_CLEANUP,
+    PYCBC_EVACTION_UNWATCH,
+    PYCBC_EVACTION_WATCH,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from couchbase_core._engine.instance import Engine
+
+__all__ = ["HTTPConnection", "HTTPRequest", "ConfigStream", "basic_auth"]
+
+log = logging.getLogger("couchbase_core.engine")
+
+READ_SIZE = 65536
+
+
+def basic_auth(user: str, password: str) -> str:
+    """The ``Authorization`` header value."""
+    return "Basic " + base64.b64encode(("%s:%s" % (user, password)).encode("utf-8")).decode("ascii")
+
+
+class HTTPRequest:
+    """One request and the callbacks that receive its response."""
+
+    def __init__(self, method: str, path: str, headers: Optional[Dict[str, str]] = None, body: bytes = b"",
+                 timeout: Optional[float] = None,
+                 on_head: Optional[Callable[[int, Dict[str, str]], None]] = None,
+                 on_data: Optional[Callable[[bytes], None]] = None,
+                 on_end: Optional[Callable[[], None]] = None,
+                 on_error: Optional[Callable[[int, str], None]] = None) -> None:
+        self.method = method
+        self.path = path
+        self.headers = dict(headers or {})
+        self.body = body
+        self.timeout = timeout
+        self.on_head = on_head or (lambda status, headers: None)
+        self.on_data = on_data or (lambda data: None)
+        self.on_end = on_end or (lambda: None)
+        self.on_error = on_error or (lambda rc, message: None)
+        self.finished = False
+
+    def _finish(self) -> bool:
+        if self.finished:
+            return False
+        self.finished = True
+        return True
+
+
+class HTTPConnection:
+    """One HTTP/1.1 connection driven by the engine's IOPS."""
+
+    def __init__(self, engine: "Engine", host: str, port: int, tls: bool = False) -> None:
+        self.engine = engine
+        self.iops = engine.iops
+        self.host = host
+        self.port = port
+        self.tls = tls
+        self.state = "idle"  # idle, connecting, tls, open, closed
+        self._sock: Any = None
+        self._event: Any = None
+        self._tls_session: Any = None
+        self._h11: Optional[h11.Connection] = None
+        self._out = b""
+        self._request: Optional[HTTPRequest] = None
+        self._timer: Any = None
+        self._addresses: List[Tuple[int, Any]] = []
+        self._want_write = False
+
+    @property
+    def authority(self) -> str:
+        """``host:port``."""
+        return ("[%s]:%d" if ":" in self.host else "%s:%d") % (self.host, self.port)
+
+    @property
+    def busy(self) -> bool:
+        """A request is in progress."""
+        return self._request is not None
+
+    # -------------------------------------------------------------- requests
+
+    def request(self, req: HTTPRequest) -> None:
+        """Send ``req`` (one at a time). Never calls back inside this call."""
+        if self._request is not None:
+            raise RuntimeError("HTTPConnection carries one request at a time")
+        if self.state == "closed":
+            self.engine.defer(lambda: req.on_error(RC.OBJECT_DESTROYED, "the connection is closed"))
+            return
+        self._request = req
+        if req.timeout:
+            self._arm_timer(req.timeout)
+        if self.state == "open":
+            self._send_request()
+        elif self.state == "idle":
+            self._connect()
+
+    def _arm_timer(self, seconds: float) -> None:
+        if self._timer is None:
+            self._timer = self.iops.timer_event_factory()
+            self._timer._handler = self._on_timeout
+        self.iops.update_timer(self._timer, PYCBC_EVACTION_WATCH, int(math.ceil(seconds * 1e6)))
+
+    def _disarm_timer(self) -> None:
+        if self._timer is not None:
+            self.iops.update_timer(self._timer, PYCBC_EVACTION_UNWATCH, 0)
+
+    def _on_timeout(self, _flags: int) -> None:
+        req = self._request
+        if req is not None:
+            self._fail(RC.TIMEOUT, "HTTP %s %s on %s timed out after %.3gs"
+                       % (req.method, req.path, self.authority, req.timeout or 0))
+
+    def _send_request(self) -> None:
+        req = self._request
+        assert req is not None and self._h11 is not None
+        if self._h11.our_state is h11.DONE and self._h11.their_state is h11.DONE:
+            self._h11.start_next_cycle()
+        headers = [("Host", self.authority), ("User-Agent", self.engine.settings.client_string[:200]),
+                   ("Accept", "application/json")]
+        headers += list(req.headers.items())
+        if req.body or req.method in ("POST", "PUT"):
+            headers.append(("Content-Length", str(len(req.body))))
+        try:
+            data = self._h11.send(h11.Request(method=req.method, target=req.path, headers=headers))
+            if req.body:
+                data += self._h11.send(h11.Data(data=req.body))
+            data += self._h11.send(h11.EndOfMessage())
+        except h11.LocalProtocolError as exc:
+            self._fail(RC.ARGUMENT, "cannot send the HTTP request: %s" % exc)
+            return
+        self._write(data)
+
+    # ----------------------------------------------------------- connecting
+
+    def _connect(self) -> None:
+        self.state = "connecting"
+        resolve(self.engine, self.host, self.port, self._on_resolved)
+
+    def _on_resolved(self, infos: Any, error: Optional[BaseException]) -> None:
+        if self.state != "connecting":
+            return
+        if error is not None or not infos:
+            self._fail(RC.UNKNOWN_HOST, "cannot resolve host %r: %s" % (self.host, error or "no address"))
+            return
+        self._addresses = [(family, sockaddr) for family, _t, _p, _c, sockaddr in infos]
+        self._next_address(None)
+
+    def _next_address(self, previous: Optional[str]) -> None:
+        if not self._addresses:
+            self._fail(RC.CONNECT, "cannot connect to %s: %s" % (self.authority, previous or "no address"))
+            return
+        family, sockaddr = self._addresses.pop(0)
+        try:
+            sock = open_socket(family)
+        except OSError as exc:
+            self._next_address(str(exc))
+            return
+        err = sock.connect_ex(sockaddr)
+        if err != 0 and err not in CONNECT_PENDING:
+            sock.close()
+            self._next_address(describe_errno(err))
+            return
+        self._sock = sock
+        event = self._event = self.iops.io_event_factory()
+        event.fd = sock.fileno()
+        event._handler = self._on_io
+        self._set_watch(LCB_WRITE_EVENT)
+
+    def _set_watch(self, flags: int) -> None:
+        self.iops.update_event(self._event, PYCBC_EVACTION_WATCH, flags)
+
+    def _on_io(self, flags: int) -> None:
+        state = self.state
+        if state == "connecting":
+            import _socket
+
+            err = self._sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_ERROR)
+            if err:
+                self._drop_socket()
+                self._next_address(describe_errno(err))
+                return
+            self._h11 = h11.Connection(h11.CLIENT)
+            context = self.engine.tls_context if self.tls else None
+            if context is not None:
+                from couchbase_core._engine.tls import TLSSession
+
+                self.state = "tls"
+                self._tls_session = TLSSession(context, self.host)
+                self._advance_tls()
+                return
+            self.state = "open"
+            self._set_watch(LCB_READ_EVENT)
+            if self._request is not None:
+                self._send_request()
+            return
+        if flags & LCB_WRITE_EVENT:
+            self._flush()
+        if flags & LCB_READ_EVENT and self.state in ("open", "tls"):
+            self._read()
+
+    def _advance_tls(self) -> None:
+        try:
+            done = self._tls_session.handshake()
+        except ssl.SSLError as exc:
+            reason = getattr(exc, "verify_message", None) or getattr(exc, "reason", None) or str(exc)
+            self._fail(RC.CONNECT, "TLS handshake with %s failed: %s" % (self.authority, reason))
+            return
+        self._out += self._tls_session.outgoing()
+        self._flush()
+        if done and self.state == "tls":
+            self.state = "open"
+            if self._request is not None:
+                self._send_request()
+
+    # -------------------------------------------------------------------- I/O
+
+    def _write(self, data: bytes) -> None:
+        if self._tls_session is not None:
+            self._tls_session.send(data)
+            data = self._tls_session.outgoing()
+        self._out += data
+        self._flush()
+
+    def _flush(self) -> None:
+        if self._sock is None:
+            return
+        if self._out:
+            try:
+                sent = self._sock.send(self._out)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as exc:
+                self._fail(RC.NETWORK, "error writing to %s: %s" % (self.authority, exc))
+                return
+            self._out = self._out[sent:]
+        want = bool(self._out)
+        if want != self._want_write or self.state == "tls":
+            self._want_write = want
+            self._set_watch(LCB_RW_EVENT if want else LCB_READ_EVENT)
+
+    def _read(self) -> None:
+        try:
+            data = self._sock.recv(READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._fail(RC.NETWORK, "error reading from %s: %s" % (self.authority, exc))
+            return
+        if self._tls_session is not None:
+            if not data:
+                plain = b""
+            else:
+                try:
+                    plain = self._tls_session.receive(data)
+                except ssl.SSLError as exc:
+                    self._fail(RC.NETWORK, "TLS error from %s: %s" % (self.authority, exc))
+                    return
+                pending = self._tls_session.outgoing()
+                if pending:
+                    self._out += pending
+                    self._flush()
+                if self.state == "tls":
+                    self._advance_tls()
+                    if not plain:
+                        return
+                if not plain:
+                    return
+            data = plain if data else b""
+        self._receive(data)
+
+    def _receive(self, data: bytes) -> None:
+        conn = self._h11
+        if conn is None:
+            return
+        conn.receive_data(data)
+        while True:
+            req = self._request
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                self._fail(RC.PROTOCOL, "invalid HTTP from %s: %s" % (self.authority, exc))
+                return
+            if event is h11.NEED_DATA:
+                if not data and self.state != "closed":
+                    self._fail(RC.NETWORK, "connection to %s closed before the response ended" % self.authority)
+                return
+            if isinstance(event, h11.Response):
+                if req is not None:
+                    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in event.headers}
+                    req.on_head(event.status_code, headers)
+            elif isinstance(event, h11.Data):
+                if req is not None and not req.finished:
+                    req.on_data(bytes(event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                self._disarm_timer()
+                self._request = None
+                reusable = conn.our_state is h11.DONE and conn.their_state is h11.DONE
+                if req is not None and req._finish():
+                    req.on_end()
+                if not reusable:
+                    self.close()
+                return
+            elif isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
+                if req is not None:
+                    self._fail(RC.NETWORK, "connection to %s closed" % self.authority)
+                else:
+                    self.close()
+                return
+            else:  # InformationalResponse and the like
+                continue
+
+    # ---------------------------------------------------------------- closing
+
+    def _drop_socket(self) -> None:
+        event, sock = self._event, self._sock
+        self._event = self._sock = None
+        if event is not None:
+            self.iops.update_event(event, PYCBC_EVACTION_UNWATCH, 0)
+            self.iops.update_event(event, PYCBC_EVACTION_CLEANUP, 0)
+            event._handler = lambda flags: None
+        if sock is not None:
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+    def _fail(self, rc: int, message: str) -> None:
+        req = self._request
+        self._request = None
+        self.close()
+        if req is not None and req._finish():
+            req.on_error(rc, message)
+
+    def close(self) -> None:
+        """Close the connection (a request in progress gets no callback)."""
+        self.state = "closed"
+        self._disarm_timer()
+        if self._timer is not None:
+            self.iops.update_timer(self._timer, PYCBC_EVACTION_CLEANUP, 0)
+            self._timer = None
+        self._drop_socket()
+        self._tls_session = None
+
+
+class ConfigStream:
+    """The HTTP config stream of one node (bootstrap and updates)."""
+
+    def __init__(self, engine: "Engine", host: str, port: int,
+                 on_config: Callable[["ConfigStream", bytes], None],
+                 on_failure: Callable[["ConfigStream", int, str], None]) -> None:
+        self.engine = engine
+        self.host = host
+        self.port = port
+        self.on_config = on_config
+        self.on_failure = on_failure
+        self._conn: Optional[HTTPConnection] = None
+        self._buffer = b""
+        self._status = 0
+        self._paths = ["/pools/default/bs/%s", "/pools/default/bucketsStreaming/%s"]
+        self._closed = False
+
+    @property
+    def authority(self) -> str:
+        """``host:port``."""
+        return ("[%s]:%d" if ":" in self.host else "%s:%d") % (self.host, self.port)
+
+    def start(self) -> None:
+        """Open the stream (first URI form)."""
+        self._open()
+
+    def _open(self) -> None:
+        settings = self.engine.settings
+        path = self._paths[0] % settings.bucket
+        user, password = settings.sasl_credentials()
+        headers = {}
+        if user is not None:
+            headers["Authorization"] = basic_auth(user, password or "")
+        self._buffer = b""
+        self._status = 0
+        self._conn = HTTPConnection(self.engine, self.host, self.port, tls=self.engine.tls_context is not None)
+        req = HTTPRequest("GET", path, headers, timeout=None, on_head=self._on_head, on_data=self._on_data,
+                          on_end=self._on_end, on_error=self._on_error)
+        self._connect_deadline()
+        self._conn.request(req)
+
+    def _connect_deadline(self) -> None:
+        # the first config must come within the per-node timeout
+        old: Any = getattr(self, "_first_timer", None)
+        if old is not None:
+            self.engine.iops.update_timer(old, PYCBC_EVACTION_CLEANUP, 0)
+        timer = self.engine.iops.timer_event_factory()
+        self._first_timer: Any = timer
+        timer._handler = self._on_first_timeout
+        self.engine.iops.update_timer(timer, PYCBC_EVACTION_WATCH,
+                                      int(self.engine.settings.config_node_timeout * 1e6))
+        self._got_first = False
+
+    def _on_first_timeout(self, _flags: int) -> None:
+        if not self._got_first and not self._closed:
+            self._fail(RC.TIMEOUT, "no config from %s within %.1fs" % (self.authority,
+                                                                      self.engine.settings.config_node_timeout))
+
+    def _on_head(self, status: int, headers: Dict[str, str]) -> None:
+        self._status = status
+
+    def _on_data(self, data: bytes) -> None:
+        if self._status != 200:
+            self._buffer += data[:4096]
+            return
+        self._buffer += data
+        while True:
+            end = self._buffer.find(b"\n\n\n\n")
+            if end < 0:
+                break
+            text, self._buffer = self._buffer[:end], self._buffer[end + 4:]
+            if text.strip():
+                self._got_first = True
+                self.on_config(self, text)
+
+    def _on_end(self) -> None:
+        status = self._status
+        if status == 200:
+            self._fail(RC.NETWORK, "the config stream from %s ended" % self.authority)
+        elif status == 404 and len(self._paths) > 1:
+            self._paths.pop(0)
+            self._open()
+        elif status == 404:
+            self._fail(RC.BUCKET_NOT_FOUND, "bucket %r does not exist (HTTP 404 from %s)"
+                       % (self.engine.settings.bucket, self.authority))
+        elif status == 401:
+            self._fail(RC.AUTH_ERROR, "authentication failed on %s (HTTP 401)" % self.authority)
+        else:
+            self._fail(RC.HTTP, "HTTP %d from %s: %s" % (status, self.authority,
+                                                        self._buffer[:200].decode("utf-8", "replace")))
+
+    def _on_error(self, rc: int, message: str) -> None:
+        self._fail(rc, message)
+
+    def _fail(self, rc: int, message: str) -> None:
+        if self._closed:
+            return
+        self.close()
+        self.on_failure(self, rc, message)
+
+    def close(self) -> None:
+        """Stop streaming."""
+        self._closed = True
+        timer = getattr(self, "_first_timer", None)
+        if timer is not None:
+            self.engine.iops.update_timer(timer, PYCBC_EVACTION_CLEANUP, 0)
+            self._first_timer = None
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
