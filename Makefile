@@ -12,7 +12,7 @@ venv:
 memcached:
 	@./scripts/ensure-memcached
 
-demo: venv memcached
+demo: venv
 	$(PY) -m gcouchbase.demo
 
 test: venv memcached

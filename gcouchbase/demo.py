@@ -1,11 +1,13 @@
 """``python -m gcouchbase.demo``: a gevent workload on one shared Bucket.
 
-It starts its own memcached on a free loopback port (or uses
-``--connstr``), then runs phases of 1, 10, 100 and 1,000 greenlets that all
-share ONE :class:`gcouchbase.bucket.Bucket` (one socket per node), each
-doing a 90/10 mix of ``get`` and ``upsert`` plus an occasional
-``get_multi``. A live line shows throughput and latency while it runs; a
-table sums it up at the end.
+By default it starts the embedded Couchbase cluster emulator
+(:mod:`couchbase_core.mock`: 3 nodes, 1 replica) and connects with
+``couchbase://``; ``--memcached`` starts a real memcached instead, and
+``--connstr`` uses a server of yours. It then runs phases of 1, 10, 100 and
+1,000 greenlets that all share ONE :class:`gcouchbase.bucket.Bucket` (one
+socket per node), each doing a 90/10 mix of ``get`` and ``upsert`` plus an
+occasional ``get_multi``. A live line shows throughput and latency while it
+runs; a table sums it up at the end.
 """
 
 from __future__ import annotations
@@ -81,9 +83,10 @@ def _live(phase: Phase, started: float, stop_at: float, out) -> None:
         out.flush()
 
 
-def run(connstr: str, phases: List[int], seconds: float, out=sys.stdout) -> List[Phase]:
+def run(connstr: str, phases: List[int], seconds: float, out=sys.stdout, username: Optional[str] = None,
+        password: Optional[str] = None) -> List[Phase]:
     """Run the demo workload against ``connstr``; return the phases."""
-    bucket = Bucket(connstr, default_format=FMT_BYTES)
+    bucket = Bucket(connstr, username=username, password=password, default_format=FMT_BYTES)
     keys = ["demo:%05d" % i for i in range(10_000)]
     value = b"v" * 100
     out.write("Loading %d keys with upsert_multi ... " % len(keys))
@@ -111,7 +114,7 @@ def run(connstr: str, phases: List[int], seconds: float, out=sys.stdout) -> List
 
 
 def _summary(phases: List[Phase], out) -> None:
-    out.write("\nSummary (one shared gevent Bucket, one socket)\n")
+    out.write("\nSummary (one shared gevent Bucket, one socket per node)\n")
     header = "%10s %12s %10s %10s %10s %10s %8s" % ("greenlets", "ops/s", "get", "upsert", "get_multi",
                                                   "p50 us", "p99 us")
     out.write(header + "\n" + "-" * len(header) + "\n")
@@ -124,20 +127,33 @@ def _summary(phases: List[Phase], out) -> None:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gcouchbase.demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--connstr", help="use this server instead of starting a memcached")
+    parser.add_argument("--connstr", help="use this server instead of starting one")
+    parser.add_argument("--username", default=None, help="user name for --connstr")
+    parser.add_argument("--password", default=None, help="password for --connstr")
+    parser.add_argument("--memcached", action="store_true", help="start a real memcached instead of the emulator")
+    parser.add_argument("--nodes", type=int, default=3, help="emulated nodes (default 3)")
     parser.add_argument("--seconds", type=float, default=3.0, help="length of each phase (default 3)")
     parser.add_argument("--greenlets", default="1,10,100,1000",
                         help="comma-separated greenlet counts, one phase each")
     args = parser.parse_args(argv)
     phases = [int(x) for x in args.greenlets.split(",") if x.strip()]
     if args.connstr:
-        run(args.connstr, phases, args.seconds)
+        run(args.connstr, phases, args.seconds, username=args.username, password=args.password)
         return 0
-    from couchbase_core.testing.memcached import MemcachedServer
+    if args.memcached:
+        from couchbase_core.testing.memcached import MemcachedServer
 
-    with MemcachedServer(threads=2) as server:
-        print("Started memcached on %s (it stops when the demo ends)" % server.address)
-        run(server.connstr, phases, args.seconds)
+        with MemcachedServer(threads=2) as server:
+            print("Started memcached on %s (it stops when the demo ends)" % server.address)
+            run(server.connstr, phases, args.seconds)
+        return 0
+    from couchbase_core.mock import MockCluster
+
+    with MockCluster(nodes=args.nodes, replicas=1) as cluster:
+        print("Started the Couchbase emulator: %d nodes, 1 replica, bucket 'default' (it stops when the demo ends)"
+              % args.nodes)
+        print("  %s" % cluster.connstr_for("default"))
+        run(cluster.connstr_for("default"), phases, args.seconds, username="Administrator", password="password")
     return 0
 
 
