@@ -22,6 +22,7 @@ import struct
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from couchbase_core import _formats
+from couchbase_core import subdocument as SD
 from couchbase_core import transcoder as _tc
 from couchbase_core._engine.instance import Engine
 from couchbase_core._engine.protocol import Opcode
@@ -34,10 +35,14 @@ from couchbase_core._kvops import (
     FlushOp,
     GetOp,
     KeyBatch,
+    LockOp,
     NoopOp,
     RemoveOp,
+    ReplicaGetOp,
     StatOp,
     StoreOp,
+    SubdocLookupOp,
+    SubdocMutateOp,
     TouchOp,
 )
 from couchbase_core.exceptions import (
@@ -47,6 +52,7 @@ from couchbase_core.exceptions import (
     NotSupportedError,
     ObjectDestroyedError,
     PipelineError,
+    SubdocEmptyPathError,
     TooBigError,
     ValueFormatError,
 )
@@ -704,7 +710,8 @@ class BaseBucket:
             :class:`~couchbase_core.result.ValueResult`.
         """
         if replica:
-            raise self._needs_couchbase("get(replica=True)", "plain memcached keeps no replicas")
+            op = self._replica_op(key, None, no_format)
+            return self._one(op, self._quiet if quiet is None else quiet)
         kb = self._kb(key)
         if ttl:
             ttl = _ttl(ttl)
@@ -773,19 +780,138 @@ class BaseBucket:
         """``counter(key, -amount, ...)`` (2.x alias)."""
         return self.counter(key, -amount, initial, ttl)
 
-    # --- operations plain memcached cannot serve ------------------------------
+    # --- Couchbase-only operations ---------------------------------------------
+
+    def _plain_memcached(self) -> bool:
+        """True when the bucket is plain memcached (or a memcached bucket)."""
+        if self._settings.scheme == "memcached":
+            return True
+        cfg = self._engine.config
+        return cfg is not None and cfg.locator == "ketama"
+
+    def _require_couchbase(self, what: str, why: str) -> None:
+        if self._plain_memcached():
+            raise self._needs_couchbase(what, why)
+
+    def _replica_list(self, replica_index: Optional[int]) -> List[int]:
+        cfg = self._engine.config
+        count = cfg.num_replicas if cfg is not None else 1
+        if replica_index is None:
+            if count < 1:
+                raise NotSupportedError({"rc": RC.CLIENT_NOT_SUPPORTED,
+                                         "message": "the bucket has no replicas configured"})
+            return list(range(1, count + 1))
+        index = _check_int(replica_index, "replica_index", 0, 3)
+        if cfg is not None and index >= count:
+            raise ArgumentError("replica_index %d: the bucket keeps %d replica(s)" % (index, count))
+        return [index + 1]
+
+    def _replica_op(self, key: Any, replica_index: Optional[int], no_format: bool = False) -> Any:
+        self._require_couchbase("a replica read", "plain memcached keeps no replicas")
+        kb = self._kb(key)
+        return ReplicaGetOp(key, kb, self._replica_list(replica_index), self._engine, self._timeout,
+                            self._transcoder, bool(no_format) or self._data_passthrough)
 
     def rget(self, key: Any, replica_index: Optional[int] = None, quiet: Optional[bool] = None) -> Any:
-        """Read ``key`` from a replica (Couchbase buckets only)."""
-        raise self._needs_couchbase("rget", "plain memcached keeps no replicas")
+        """Read ``key`` from a replica: ``replica_index`` 0 for the first
+        replica, 1 for the second...; None tries each replica in turn until
+        one has it. Returns a :class:`ValueResult` (Couchbase buckets only)."""
+        op = self._replica_op(key, replica_index)
+        return self._one(op, self._quiet if quiet is None else quiet)
 
     def lock(self, key: Any, ttl: int = 0) -> Any:
-        """Read and lock ``key`` for ``ttl`` seconds (Couchbase buckets only)."""
-        raise self._needs_couchbase("lock", "plain memcached has no document locking (GET_LOCKED)")
+        """Read ``key`` and lock it for ``ttl`` seconds (0: the server's default,
+        15 s; at most 30 s). Until it is unlocked (``unlock`` with the returned
+        CAS, or a mutation with that CAS) or the lock expires, other mutations
+        fail (:class:`LockedError` / :class:`TemporaryFailError`) and reads
+        see CAS ``0xFFFFFFFFFFFFFFFF``. Couchbase buckets only."""
+        self._require_couchbase("lock", "plain memcached has no document locking (GET_LOCKED)")
+        kb = self._kb(key)
+        op = LockOp(key, kb, _ttl(ttl), self._timeout, self._transcoder, self._data_passthrough)
+        return self._one(op)
 
     def unlock(self, key: Any, cas: int) -> Any:
-        """Release a lock taken with :meth:`lock` (Couchbase buckets only)."""
-        raise self._needs_couchbase("unlock", "plain memcached has no document locking (UNLOCK_KEY)")
+        """Release a lock taken with :meth:`lock` (``cas`` from its result)."""
+        self._require_couchbase("unlock", "plain memcached has no document locking (UNLOCK_KEY)")
+        kb = self._kb(key)
+        if not cas:
+            raise ArgumentError({"message": "unlock needs the CAS returned by lock", "key": key})
+        op = StoreOp(key, Opcode.UNLOCK_KEY, kb, b"", b"", _cas(cas), self._timeout)
+        return self._one(op)
+
+    # --- sub-document ------------------------------------------------------------
+
+    def _subdoc_specs(self, specs: Tuple[Any, ...], lookups: bool) -> List[tuple]:
+        if not specs:
+            raise ArgumentError("at least one sub-document spec is needed")
+        if len(specs) > 16:
+            raise ArgumentError("at most 16 sub-document specs per call (got %d)" % len(specs))
+        out = []
+        for spec in specs:
+            if not isinstance(spec, SD.Spec):
+                raise ArgumentError("sub-document specs come from couchbase_core.subdocument, not %s"
+                                    % type(spec).__name__)
+            if spec.is_lookup != lookups:
+                raise ArgumentError("%s specs cannot be used in %s" % (
+                    "lookup" if spec.is_lookup else "mutation", "lookup_in" if lookups else "mutate_in"))
+            path = spec.path.encode("utf-8")
+            if not path and spec.opcode not in (0xCB, 0xCC, 0xCE):
+                raise SubdocEmptyPathError("an empty path is only allowed for array_append, array_prepend "
+                                           "and array_addunique on a root array")
+            out.append((spec.opcode, path, spec.value, spec.flags))
+        return out
+
+    def lookup_in(self, key: Any, *specs: Any, **kwargs: Any) -> Any:
+        """Read paths inside a JSON document (Couchbase buckets only).
+
+        ``specs`` are :func:`couchbase_core.subdocument.get`, ``exists`` and
+        ``get_count``. Returns a :class:`~couchbase_core.result.SubdocResult`;
+        a missing document raises NotFoundError (unless ``quiet=True``), a
+        missing path does not: check ``result.exists(path)`` or index it.
+        Keyword ``access_deleted=True`` reads a deleted document's xattrs.
+        """
+        self._require_couchbase("lookup_in", "plain memcached has no sub-document API")
+        quiet = kwargs.pop("quiet", None)
+        doc_flags = 0x04 if kwargs.pop("access_deleted", False) else 0
+        if kwargs:
+            raise ArgumentError("unknown lookup_in argument(s): %s" % ", ".join(sorted(kwargs)))
+        kb = self._kb(key)
+        op = SubdocLookupOp(key, kb, self._subdoc_specs(specs, True), doc_flags, self._timeout)
+        return self._one(op, self._quiet if quiet is None else bool(quiet))
+
+    def retrieve_in(self, key: Any, *paths: Any) -> Any:
+        """``lookup_in(key, get(path1), get(path2), ...)``."""
+        return self.lookup_in(key, *(SD.get(p) for p in paths))
+
+    def mutate_in(self, key: Any, *specs: Any, cas: int = 0, ttl: int = 0, create_doc: bool = False,
+                  upsert_doc: bool = False, insert_doc: bool = False, persist_to: int = 0,
+                  replicate_to: int = 0, access_deleted: bool = False) -> Any:
+        """Change paths inside a JSON document, atomically (Couchbase buckets
+        only). ``specs`` are the mutation builders of
+        :mod:`couchbase_core.subdocument`.
+
+        Args:
+            cas: only if the document's CAS still equals it.
+            ttl: new expiry of the document.
+            create_doc / upsert_doc: create the document if it is missing.
+            insert_doc: create the document; fail if it exists.
+
+        Returns a :class:`~couchbase_core.result.SubdocResult` (counter
+        specs' new values are in it). If a spec fails, nothing is changed and
+        that spec's error is raised (e.g. SubdocPathExistsError).
+        """
+        self._require_couchbase("mutate_in", "plain memcached has no sub-document API")
+        if persist_to or replicate_to:
+            self._no_durability(persist_to, replicate_to)
+        if insert_doc and (create_doc or upsert_doc):
+            raise ArgumentError("insert_doc cannot be combined with create_doc/upsert_doc")
+        doc_flags = (0x01 if (create_doc or upsert_doc) else 0) | (0x02 if insert_doc else 0)
+        if access_deleted:
+            doc_flags |= 0x04
+        kb = self._kb(key)
+        op = SubdocMutateOp(key, kb, self._subdoc_specs(specs, False), doc_flags, _ttl(ttl), _cas(cas),
+                            self._timeout)
+        return self._one(op)
 
     def observe(self, key: Any, master_only: bool = False) -> Any:
         """Report the persistence and replication state of ``key`` (Couchbase
@@ -796,18 +922,6 @@ class BaseBucket:
                check_removed: bool = False, timeout: float = 5.0, interval: float = 0.010) -> Any:
         """Wait until a mutation is persisted/replicated (Couchbase buckets only)."""
         raise self._needs_couchbase("endure", "plain memcached neither persists nor replicates (no OBSERVE)")
-
-    def lookup_in(self, key: Any, *specs: Any, **kwargs: Any) -> Any:
-        """Read paths inside a JSON document (Couchbase buckets only)."""
-        raise self._needs_couchbase("lookup_in", "plain memcached has no sub-document API")
-
-    def mutate_in(self, key: Any, *specs: Any, **kwargs: Any) -> Any:
-        """Change paths inside a JSON document (Couchbase buckets only)."""
-        raise self._needs_couchbase("mutate_in", "plain memcached has no sub-document API")
-
-    def retrieve_in(self, key: Any, *paths: Any) -> Any:
-        """Read several paths of a JSON document (Couchbase buckets only)."""
-        raise self._needs_couchbase("retrieve_in", "plain memcached has no sub-document API")
 
     # ------------------------------------------------------------- _multi ops
 

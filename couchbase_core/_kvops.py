@@ -17,8 +17,8 @@ from typing import Any, Callable, Dict, Optional
 from couchbase_core import transcoder as _tc
 from couchbase_core._engine.ops import KVOp
 from couchbase_core._engine.protocol import Opcode
-from couchbase_core.exceptions import RC, RC_TABLE, CouchbaseError
-from couchbase_core.result import OperationResult, Result, ValueResult
+from couchbase_core.exceptions import RC, RC_TABLE, CouchbaseError, rc_description
+from couchbase_core.result import OperationResult, Result, SubdocResult, ValueResult
 
 __all__ = ["GetOp", "StoreOp", "RemoveOp", "CounterOp", "TouchOp", "StatOp", "NoopOp", "FlushOp", "KeyBatch", "discard"]
 
@@ -68,6 +68,8 @@ class _KeyOp(KVOp):
         self.target = None
         self.retries = 0
         self.last_error = None
+        self.replica = 0
+        self.framing = b""
         self.key = key
         self.sink: Callable[[Any], None] = discard
 
@@ -445,3 +447,164 @@ class KeyBatch(KVOp):
 
     def describe(self) -> str:
         return "a batch of %d keys" % len(self.entries)
+
+
+# --------------------------------------------------------------------------
+# Sub-document operations (always the multi-path opcodes)
+# --------------------------------------------------------------------------
+
+_SUBDOC_OK = (0x00, 0xCC, 0xCD, 0xD3)  # document accessed (some paths may have failed)
+_SPEC_LOOKUP = struct.Struct(">BBH")
+_SPEC_MUTATION = struct.Struct(">BBHI")
+_ENTRY_STATUS = struct.Struct(">HI")
+_MUT_ENTRY = struct.Struct(">BHI")
+_MUT_FAIL = struct.Struct(">BH")
+_COUNT_OPCODES = (0xD2, 0xCF)  # GET_COUNT, COUNTER: ASCII numbers
+
+
+def _decode_fragment(opcode: int, value: bytes) -> Any:
+    if opcode == 0xC6:  # EXISTS
+        return True
+    if not value:
+        return None
+    if opcode in _COUNT_OPCODES:
+        try:
+            return int(value)
+        except ValueError:
+            pass
+    try:
+        return _tc._json_decode(value.decode("utf-8"))
+    except Exception:  # not JSON (binary xattr...): hand back the bytes
+        return value
+
+
+class SubdocLookupOp(_KeyOp):
+    """MULTI_LOOKUP with one or more specs."""
+
+    __slots__ = ("specs",)
+    result_class = SubdocResult
+    idempotent = True
+
+    def __init__(self, key: Any, kb: bytes, specs: list, doc_flags: int, timeout: float) -> None:
+        body = b"".join(_SPEC_LOOKUP.pack(op, flags, len(path)) + path for op, path, _v, flags in specs)
+        _KeyOp.__init__(self, key, Opcode.SUBDOC_MULTI_LOOKUP, kb, bytes([doc_flags]) if doc_flags else b"",
+                        body, 0, timeout)
+        self.specs = specs
+
+    def on_response(self, frame: Any) -> None:
+        status = frame[2]
+        res = SubdocResult(self.key, 0, frame[5])
+        res._paths = [p.decode("utf-8", "replace") for _op, p, _v, _f in self.specs]
+        if status not in _SUBDOC_OK:
+            res.rc = status
+            res._message = _server_message(status, frame[8])
+            self.sink(res)
+            return
+        value = frame[8]
+        pos = 0
+        results = []
+        for opcode, _path, _v, _flags in self.specs:
+            if pos + 6 > len(value):
+                results.append((RC.PROTOCOL, None))
+                continue
+            spec_status, length = _ENTRY_STATUS.unpack_from(value, pos)
+            pos += 6
+            fragment = value[pos:pos + length]
+            pos += length
+            results.append((spec_status, _decode_fragment(opcode, fragment) if not spec_status else None))
+        res._results = results
+        self.sink(res)
+
+
+class SubdocMutateOp(_KeyOp):
+    """MULTI_MUTATION with one or more specs (atomic)."""
+
+    __slots__ = ("specs",)
+    result_class = SubdocResult
+
+    def __init__(self, key: Any, kb: bytes, specs: list, doc_flags: int, expiry: int, cas: int,
+                 timeout: float) -> None:
+        body = b"".join(_SPEC_MUTATION.pack(op, flags, len(path), len(val)) + path + val
+                        for op, path, val, flags in specs)
+        extras = (_FLAGS.pack(expiry) if expiry else b"") + (bytes([doc_flags]) if doc_flags else b"")
+        _KeyOp.__init__(self, key, Opcode.SUBDOC_MULTI_MUTATION, kb, extras, body, cas, timeout)
+        self.specs = specs
+
+    def on_response(self, frame: Any) -> None:
+        status = frame[2]
+        res = SubdocResult(self.key, 0, frame[5])
+        res._paths = [p.decode("utf-8", "replace") for _op, p, _v, _f in self.specs]
+        results = [(0, None)] * len(self.specs)
+        value = frame[8]
+        if status in (0x00, 0xCD):
+            pos = 0
+            while pos + 7 <= len(value):
+                index, spec_status, length = _MUT_ENTRY.unpack_from(value, pos)
+                pos += 7
+                fragment = value[pos:pos + length]
+                pos += length
+                if index < len(results):
+                    opcode = self.specs[index][0]
+                    results[index] = (spec_status, _decode_fragment(opcode, fragment))
+            res._results = results
+            self.sink(res)
+            return
+        if status in (0xCC, 0xD3) and len(value) >= 3:
+            index, spec_status = _MUT_FAIL.unpack_from(value)
+            if index < len(results):
+                results[index] = (spec_status, None)
+                res._results = results
+                res.rc = spec_status
+                res._message = "%s (path %r, spec %d)" % (rc_description(spec_status), res._paths[index], index)
+                self.sink(res)
+                return
+        res.rc = status
+        res._message = _server_message(status, frame[8])
+        res._results = []
+        self.sink(res)
+
+
+class LockOp(GetOp):
+    """GET_LOCKED: read and lock; the result's CAS unlocks."""
+
+    __slots__ = ()
+    idempotent = False
+
+    def __init__(self, key: Any, kb: bytes, lock_time: int, timeout: float, decoder: Optional[Any],
+                 no_format: bool) -> None:
+        GetOp.__init__(self, key, kb, 0, timeout, decoder, no_format)
+        self.opcode = Opcode.GET_LOCKED
+        self.extras = _FLAGS.pack(lock_time) if lock_time else b""
+
+
+class ReplicaGetOp(GetOp):
+    """GET_REPLICA from one replica, or from each in turn until one has it."""
+
+    __slots__ = ("candidates", "engine")
+
+    def __init__(self, key: Any, kb: bytes, replicas: list, engine: Any, timeout: float, decoder: Optional[Any],
+                 no_format: bool) -> None:
+        GetOp.__init__(self, key, kb, 0, timeout, decoder, no_format)
+        self.opcode = Opcode.GET_REPLICA
+        self.replica = replicas[0]
+        self.candidates = list(replicas[1:])
+        self.engine = engine
+
+    def _next_replica(self, why: str) -> bool:
+        if not self.candidates or self.engine.closed:
+            return False
+        self.replica = self.candidates.pop(0)
+        self.done = False
+        self.last_error = why
+        self.engine._dispatch(self)
+        return True
+
+    def on_response(self, frame: Any) -> None:
+        if frame[2] and self._next_replica("replica %d answered 0x%02x" % (self.replica, frame[2])):
+            return
+        GetOp.on_response(self, frame)
+
+    def on_error(self, rc: int, message: str) -> None:
+        if rc != RC.TIMEOUT and self._next_replica(message):
+            return
+        GetOp.on_error(self, rc, message)

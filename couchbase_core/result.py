@@ -20,7 +20,7 @@ from couchbase_core.exceptions import RC, CouchbaseError, exc_from_rc, rc_descri
 
 __all__ = [
     "Result", "OperationResult", "ValueResult", "MultiResult", "AsyncResult",
-    "MutationToken",
+    "MutationToken", "SubdocResult",
 ]
 
 
@@ -267,3 +267,72 @@ class AsyncResult(MultiResult):
         except CouchbaseError:
             etype, evalue, tb = sys.exc_info()
         self._errback(self._the_result(), etype, evalue, tb)
+
+
+class SubdocResult(OperationResult):
+    """Result of ``lookup_in`` / ``mutate_in``: one outcome per spec.
+
+    Index it by position or by path: ``rv[0]``, ``rv["name"]`` return the
+    value (raising that path's error if it failed); ``rv.get(i)`` returns
+    ``(rc, value)`` without raising; ``rv.exists(path)`` tells whether the
+    path was found. ``success`` is True only if every path succeeded;
+    ``access_ok`` tells whether the document itself could be accessed.
+    """
+
+    __slots__ = ("_paths", "_results")
+
+    def __init__(self, key: Any = None, rc: int = 0, cas: int = 0) -> None:
+        OperationResult.__init__(self, key, rc, cas)
+        self._paths: list = []
+        self._results: list = []  # [(rc, value)] per spec
+
+    @property
+    def success(self) -> bool:  # type: ignore[override]
+        """True when the document was accessed and every path succeeded."""
+        return self.rc == 0 and all(rc == 0 for rc, _v in self._results)
+
+    @property
+    def access_ok(self) -> bool:
+        """True when the document itself was found and accessed."""
+        return self.rc == 0
+
+    def _index(self, item: Any) -> int:
+        if isinstance(item, int):
+            if not -len(self._results) <= item < len(self._results):
+                raise IndexError("spec index %d out of range (%d specs)" % (item, len(self._results)))
+            return item % len(self._results)
+        try:
+            return self._paths.index(item)
+        except ValueError:
+            raise KeyError("no spec with path %r" % (item,)) from None
+
+    def get(self, item: Any, default: Any = None) -> Any:
+        """``(rc, value)`` of a spec (by index or path), without raising."""
+        try:
+            return self._results[self._index(item)]
+        except (IndexError, KeyError):
+            return default
+
+    def exists(self, item: Any) -> bool:
+        """True when the spec's path was found."""
+        return self._results[self._index(item)][0] == 0
+
+    def __getitem__(self, item: Any) -> Any:
+        index = self._index(item)
+        rc, value = self._results[index]
+        if rc:
+            exc = exc_from_rc(rc, "path %r (spec %d) of %r failed" % (self._paths[index], index, self.key))
+            exc.key = self.key
+            exc.result = self
+            raise exc
+        return value
+
+    def __len__(self) -> int:
+        return len(self._results)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(list(self._results))
+
+    def _repr_fields(self) -> str:
+        return OperationResult._repr_fields(self) + ", results=%s" % _short(
+            [(p, rc, v) for p, (rc, v) in zip(self._paths, self._results)], 120)

@@ -60,6 +60,7 @@ from couchbase_core._engine import sasl as _sasl
 from couchbase_core._engine.dial import CONNECT_PENDING, describe_errno, open_socket, resolve
 from couchbase_core._engine.ops import KVOp
 from couchbase_core._engine.protocol import (
+    ALT_HEADER,
     HEADER,
     Feature,
     FrameDecoder,
@@ -99,6 +100,7 @@ CLOSED = "closed"
 READ_SIZE = 256 * 1024
 
 _pack_header = HEADER.pack
+_pack_alt_header = ALT_HEADER.pack
 _HELLO_REFUSED = {Status.UNKNOWN_COMMAND, Status.NOT_SUPPORTED, Status.EACCESS}
 
 Address = Tuple[int, Any]  # (family, sockaddr)
@@ -165,8 +167,14 @@ class KVConnection:
         extras = op.extras
         value = op.value
         self.pending[op.opaque] = op
-        header = _pack_header(0x80, op.opcode, len(kb), len(extras), op.datatype, op.vbucket,
-                              len(kb) + len(extras) + len(value), op.opaque, op.cas)
+        framing = op.framing
+        if framing:
+            header = _pack_alt_header(0x08, op.opcode, len(framing), len(kb), len(extras), op.datatype,
+                                      op.vbucket, len(framing) + len(kb) + len(extras) + len(value),
+                                      op.opaque, op.cas) + framing
+        else:
+            header = _pack_header(0x80, op.opcode, len(kb), len(extras), op.datatype, op.vbucket,
+                                  len(kb) + len(extras) + len(value), op.opaque, op.cas)
         if self.state is READY:
             wbuf = self._wbuf
             if not wbuf and len(self.pending) == 1 and not self.engine.batch_depth and self._tls is None:

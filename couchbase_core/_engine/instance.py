@@ -364,10 +364,13 @@ class Engine:
             vbmap = self._vbmap
             if vbmap is not None:
                 vb = op.vbucket = self.config.vbucket_of(op.kb)  # type: ignore[union-attr]
-                index = vbmap[vb][0]
+                row = vbmap[vb]
+                copy = op.replica
+                index = row[copy] if copy < len(row) else -1
                 conn = self.connections[index] if index >= 0 else None
                 if conn is None:
-                    op.last_error = "vBucket %d has no active node" % vb
+                    op.last_error = ("vBucket %d has no active node" % vb if not copy
+                                     else "vBucket %d has no replica %d" % (vb, copy))
                     self.request_config("no active node")
                     if not self.schedule_retry(op):
                         self._finish_with_error(op, RC.NOT_MY_VBUCKET, op.last_error)

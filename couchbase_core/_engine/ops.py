@@ -24,7 +24,8 @@ class KVOp:
     """One request on a KV connection, and the promise of one outcome."""
 
     __slots__ = ("opcode", "kb", "extras", "value", "cas", "datatype", "vbucket",
-                 "opaque", "deadline", "timeout", "done", "conn", "target", "retries", "last_error", "__weakref__")
+                 "opaque", "deadline", "timeout", "done", "conn", "target", "retries", "last_error", "replica",
+                 "framing", "__weakref__")
 
     #: True for operations that take their replies frame by frame (STAT,
     #: batches): the engine hands each reply to :meth:`on_part` and never
@@ -56,6 +57,10 @@ class KVOp:
         #: How often the engine re-sent it, and why the last try failed.
         self.retries = 0
         self.last_error: Optional[str] = None
+        #: Which copy of the key's vBucket to address: 0 = active, n = replica n.
+        self.replica = 0
+        #: Framing extras (durability...): sent with the alternative magic.
+        self.framing = b""
 
     def on_part(self, frame: Frame) -> bool:
         """Multi-reply operations: take one frame. Return False to keep its

@@ -74,7 +74,7 @@ def _make_certificate(directory: str) -> tuple:
     try:
         import trustme
     except ImportError:  # pragma: no cover - depends on the environment
-        raise SystemExit("--tls without --cert/--key needs the 'trustme' package (pip install trustme)")
+        raise SystemExit("--tls without --cert/--key needs the trustme package (pip install trustme)") from None
     ca = trustme.CA()
     cert = ca.issue_cert("127.0.0.1", "localhost")
     cert_path = os.path.join(directory, "server.pem")
