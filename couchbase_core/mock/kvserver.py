@@ -203,6 +203,15 @@ class KVSession(asyncio.Protocol):
         if data:
             self.transport.write(data)
 
+    def close_after(self, data: bytes) -> None:
+        """Send ``data``, then close the connection gracefully without handling
+        the requests queued behind (memcached's answer to a malformed one)."""
+        self.send(data)
+        self._closed = True
+        self._queue.clear()
+        if self.transport is not None:
+            self.transport.close()
+
     def push_config(self) -> None:
         """Clustermap change notification (Duplex + 0x0d negotiated)."""
         if proto.F_CLUSTERMAP_CHANGE_NOTIFICATION not in self.features or self.bucket is None:
@@ -299,8 +308,9 @@ class KVSession(asyncio.Protocol):
             return self._hello(req)
         if op == proto.NOOP:
             return self.reply(req)
-        if op == proto.VERSION:
-            return self.reply(req, value=b"7.0.0-mock")
+        if op == proto.VERSION:  # a memcached bucket answers as the memcached it stands for
+            memcached = self.bucket is not None and self.bucket.is_memcached
+            return self.reply(req, value=b"1.6.18" if memcached else b"7.0.0-mock")
         if op == proto.VERBOSITY:
             return self.reply(req)
         if op in (proto.QUIT, proto.QUITQ):
