@@ -12,6 +12,10 @@ Code written for the 2.x Couchbase Python SDK moves here by changing imports:
 """
 
 from couchbase_core._formats import (
+    DURABILITY_MAJORITY,
+    DURABILITY_MAJORITY_AND_PERSIST_TO_ACTIVE,
+    DURABILITY_NONE,
+    DURABILITY_PERSIST_TO_MAJORITY,
     FMT_AUTO,
     FMT_BYTES,
     FMT_COMMON_MASK,
@@ -30,6 +34,8 @@ __all__ = [
     "FMT_AUTO", "FMT_BYTES", "FMT_COMMON_MASK", "FMT_JSON", "FMT_LEGACY_MASK",
     "FMT_PICKLE", "FMT_UTF8", "LOCKMODE_EXC", "LOCKMODE_NONE", "LOCKMODE_WAIT",
     "set_json_converters", "set_pickle_converters", "__version__",
+    "DURABILITY_NONE", "DURABILITY_MAJORITY", "DURABILITY_MAJORITY_AND_PERSIST_TO_ACTIVE",
+    "DURABILITY_PERSIST_TO_MAJORITY",
 ]
 
 

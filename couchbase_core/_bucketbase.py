@@ -32,11 +32,13 @@ from couchbase_core._kvops import (
     KIND_GET,
     KIND_MUTATION,
     CounterOp,
+    EndureOp,
     FlushOp,
     GetOp,
     KeyBatch,
     LockOp,
     NoopOp,
+    ObserveKeyOp,
     RemoveOp,
     ReplicaGetOp,
     StatOp,
@@ -49,6 +51,7 @@ from couchbase_core.exceptions import (
     RC,
     ArgumentError,
     CouchbaseError,
+    DurabilityImpossibleError,
     NotSupportedError,
     ObjectDestroyedError,
     PipelineError,
@@ -59,7 +62,7 @@ from couchbase_core.exceptions import (
 from couchbase_core.items import Item, ItemCollection
 from couchbase_core.result import MultiResult, OperationResult, Result, ValueResult
 
-__all__ = ["BaseBucket", "Latch", "Pipeline", "PingStatus"]
+__all__ = ["BaseBucket", "Latch", "Pipeline", "PingStatus", "DurabilityContext"]
 
 _FMT_AUTO = _formats.FMT_AUTO
 _FMT_BYTES = _formats.FMT_BYTES
@@ -161,6 +164,28 @@ def _per_key_failure(key: Any, exc: CouchbaseError, item: Optional[Item], value_
     if exc.key is None:
         exc.key = key
     return res
+
+
+class DurabilityContext:
+    """``with bucket.durability(persist_to, replicate_to, timeout):`` — see
+    :meth:`BaseBucket.durability`."""
+
+    def __init__(self, bucket: "BaseBucket", persist_to: int, replicate_to: int, timeout: float) -> None:
+        self._bucket = bucket
+        self.persist_to = persist_to
+        self.replicate_to = replicate_to
+        self.timeout = timeout
+        self._saved: Any = None
+
+    def __enter__(self) -> "DurabilityContext":
+        bucket = self._bucket
+        bucket._require_couchbase("durability()", "plain memcached neither persists nor replicates")
+        self._saved = bucket._durability_default
+        bucket._durability_default = (self.persist_to, self.replicate_to, self.timeout or None)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._bucket._durability_default = self._saved
 
 
 class Pipeline:
@@ -306,6 +331,7 @@ class BaseBucket:
         self.data_passthrough = data_passthrough
         self._timeout = self._settings.operation_timeout
         self._pipeline: Optional[Pipeline] = None
+        self._durability_default: Optional[tuple] = None
         self._iops = self._make_iops(kwargs)
         self._engine = Engine(self._iops, self._settings)
         self._start()
@@ -604,13 +630,51 @@ class BaseBucket:
                                % (len(data), self._settings.max_value_size)})
         return data
 
-    def _no_durability(self, persist_to: Any, replicate_to: Any) -> None:
+    def _mutation_extras(self, persist_to: Any, replicate_to: Any,
+                         durability_level: Any) -> Tuple[Optional[tuple], bytes]:
+        """Validate durability arguments; return (observe requirements or
+        None, framing extras)."""
+        default = self._durability_default
+        dtimeout = None
+        if not persist_to and not replicate_to and default is not None:
+            persist_to, replicate_to, dtimeout = default
+        observe: Optional[tuple] = None
         if persist_to or replicate_to:
-            if self.is_memcached:
-                raise NotSupportedError(
-                    "persist_to/replicate_to need a Couchbase bucket: plain memcached neither persists "
-                    "nor replicates")
-            raise NotSupportedError("persist_to/replicate_to are not supported yet")
+            self._require_couchbase("persist_to/replicate_to",
+                                    "plain memcached neither persists nor replicates")
+            persist = _check_int(persist_to, "persist_to", -1, 4)
+            replicate = _check_int(replicate_to, "replicate_to", -1, 3)
+            cfg = self._engine.config
+            replicas = cfg.num_replicas if cfg is not None else 0
+            persist = replicas + 1 if persist < 0 else persist
+            replicate = replicas if replicate < 0 else replicate
+            if persist > replicas + 1 or replicate > replicas:
+                raise DurabilityImpossibleError(
+                    "persist_to=%d/replicate_to=%d needs more copies than the bucket keeps (1 active + %d "
+                    "replica(s))" % (persist, replicate, replicas))
+            settings = self._settings
+            observe = (persist, replicate, dtimeout or settings.durability_timeout, settings.durability_interval)
+        framing = b""
+        if durability_level:
+            self._require_couchbase("durability_level", "plain memcached has no synchronous replication")
+            level = _check_int(durability_level, "durability_level", 0, 3)
+            if observe is not None:
+                raise ArgumentError("durability_level cannot be combined with persist_to/replicate_to")
+            timeout_ms = max(1, min(65534, int(self._timeout * 900)))
+            framing = bytes((0x13, level)) + struct.pack(">H", timeout_ms)
+        return observe, framing
+
+    @staticmethod
+    def _with_durability(op: Any, extras: Tuple[Optional[tuple], bytes]) -> Any:
+        op.durability, op.framing = extras
+        return op
+
+    def durability(self, persist_to: int = -1, replicate_to: int = -1, timeout: float = 0.0) -> "DurabilityContext":
+        """A context manager: inside ``with bucket.durability(...)``,
+        mutations without their own ``persist_to``/``replicate_to`` wait for
+        these (``-1`` = every copy the bucket keeps; ``timeout`` 0 = the
+        ``durability_timeout`` setting)."""
+        return DurabilityContext(self, persist_to, replicate_to, timeout)
 
     def _needs_couchbase(self, what: str, why: str) -> NotSupportedError:
         self._check_open()
@@ -629,7 +693,7 @@ class BaseBucket:
         return StoreOp(key, opcode, kb, extras, data, cas, self._timeout)
 
     def upsert(self, key: Any, value: Any, cas: int = 0, ttl: int = 0, format: Optional[int] = None,  # noqa: A002
-               persist_to: int = 0, replicate_to: int = 0) -> Any:
+               persist_to: int = 0, replicate_to: int = 0, durability_level: int = 0) -> Any:
         """Store ``value`` under ``key``, creating or replacing it.
 
         Args:
@@ -640,7 +704,11 @@ class BaseBucket:
                 = an absolute Unix time.
             format: one of the ``FMT_*`` constants (default: the bucket's
                 ``default_format``, ``FMT_JSON``).
-            persist_to, replicate_to: durability (Couchbase buckets only).
+            persist_to, replicate_to: wait until the mutation is persisted
+                on / replicated to that many nodes (observe-based; -1 = all;
+                Couchbase buckets only).
+            durability_level: synchronous replication instead (one of the
+                ``DURABILITY_*`` constants; Couchbase Server 6.5+).
 
         Returns:
             :class:`~couchbase_core.result.OperationResult` with the new CAS.
@@ -651,25 +719,23 @@ class BaseBucket:
             TooBigError: the encoded value is over the size limit.
             ArgumentError: a bad key, ttl, cas or format.
         """
-        if persist_to or replicate_to:
-            self._no_durability(persist_to, replicate_to)
-        return self._one(self._store_op(Opcode.SET, key, value, cas, ttl, format))
+        extras = self._mutation_extras(persist_to, replicate_to, durability_level)
+        return self._one(self._with_durability(self._store_op(Opcode.SET, key, value, cas, ttl, format), extras))
 
     def insert(self, key: Any, value: Any, ttl: int = 0, format: Optional[int] = None,  # noqa: A002
-               persist_to: int = 0, replicate_to: int = 0) -> Any:
+               persist_to: int = 0, replicate_to: int = 0, durability_level: int = 0) -> Any:
         """Store ``value`` only if ``key`` does not exist yet
         (:class:`KeyExistsError` otherwise). Arguments as :meth:`upsert`."""
-        if persist_to or replicate_to:
-            self._no_durability(persist_to, replicate_to)
-        return self._one(self._store_op(Opcode.ADD, key, value, 0, ttl, format))
+        extras = self._mutation_extras(persist_to, replicate_to, durability_level)
+        return self._one(self._with_durability(self._store_op(Opcode.ADD, key, value, 0, ttl, format), extras))
 
     def replace(self, key: Any, value: Any, cas: int = 0, ttl: int = 0, format: Optional[int] = None,  # noqa: A002
-                persist_to: int = 0, replicate_to: int = 0) -> Any:
+                persist_to: int = 0, replicate_to: int = 0, durability_level: int = 0) -> Any:
         """Store ``value`` only if ``key`` exists (:class:`NotFoundError`
         otherwise). Arguments as :meth:`upsert`."""
-        if persist_to or replicate_to:
-            self._no_durability(persist_to, replicate_to)
-        return self._one(self._store_op(Opcode.REPLACE, key, value, cas, ttl, format))
+        extras = self._mutation_extras(persist_to, replicate_to, durability_level)
+        return self._one(self._with_durability(self._store_op(Opcode.REPLACE, key, value, cas, ttl, format),
+                                               extras))
 
     def _concat_parts(self, opcode: int, key: Any, value: Any, cas: Any, fmt: Any) -> tuple:
         kb = self._kb(key)
@@ -680,19 +746,17 @@ class BaseBucket:
         return StoreOp(key, opcode, kb, extras, data, cas, self._timeout)
 
     def append(self, key: Any, value: Any, cas: int = 0, format: Optional[int] = None,  # noqa: A002
-               persist_to: int = 0, replicate_to: int = 0) -> Any:
+               persist_to: int = 0, replicate_to: int = 0, durability_level: int = 0) -> Any:
         """Append ``value`` (``str`` or ``bytes``) to the stored bytes of an
         existing key (:class:`NotStoredError` if it does not exist)."""
-        if persist_to or replicate_to:
-            self._no_durability(persist_to, replicate_to)
-        return self._one(self._concat_op(Opcode.APPEND, key, value, cas, format))
+        extras = self._mutation_extras(persist_to, replicate_to, durability_level)
+        return self._one(self._with_durability(self._concat_op(Opcode.APPEND, key, value, cas, format), extras))
 
     def prepend(self, key: Any, value: Any, cas: int = 0, format: Optional[int] = None,  # noqa: A002
-                persist_to: int = 0, replicate_to: int = 0) -> Any:
+                persist_to: int = 0, replicate_to: int = 0, durability_level: int = 0) -> Any:
         """Prepend ``value`` to the stored bytes of an existing key."""
-        if persist_to or replicate_to:
-            self._no_durability(persist_to, replicate_to)
-        return self._one(self._concat_op(Opcode.PREPEND, key, value, cas, format))
+        extras = self._mutation_extras(persist_to, replicate_to, durability_level)
+        return self._one(self._with_durability(self._concat_op(Opcode.PREPEND, key, value, cas, format), extras))
 
     def get(self, key: Any, ttl: int = 0, quiet: Optional[bool] = None, replica: bool = False,
             no_format: bool = False) -> Any:
@@ -727,14 +791,13 @@ class BaseBucket:
         return self._one(op)
 
     def remove(self, key: Any, cas: int = 0, quiet: Optional[bool] = None,
-               persist_to: int = 0, replicate_to: int = 0) -> Any:
+               persist_to: int = 0, replicate_to: int = 0, durability_level: int = 0) -> Any:
         """Delete ``key`` (only if its CAS equals ``cas`` when given). With
         ``quiet`` a missing key is not an error."""
-        if persist_to or replicate_to:
-            self._no_durability(persist_to, replicate_to)
+        extras = self._mutation_extras(persist_to, replicate_to, durability_level)
         kb = self._kb(key)
         op = RemoveOp(key, Opcode.DELETE, kb, b"", b"", _cas(cas), self._timeout)
-        return self._one(op, self._quiet if quiet is None else quiet)
+        return self._one(self._with_durability(op, extras), self._quiet if quiet is None else quiet)
 
     def _counter_parts(self, key: Any, delta: Any, initial: Any, ttl: Any) -> tuple:
         kb = self._kb(key)
@@ -757,7 +820,8 @@ class BaseBucket:
         opcode, kb, extras, _value, _cas0 = self._counter_parts(key, delta, initial, ttl)
         return CounterOp(key, opcode, kb, extras, b"", 0, self._timeout)
 
-    def counter(self, key: Any, delta: int = 1, initial: Optional[int] = None, ttl: int = 0) -> Any:
+    def counter(self, key: Any, delta: int = 1, initial: Optional[int] = None, ttl: int = 0,
+                durability_level: int = 0) -> Any:
         """Add ``delta`` (negative: subtract; the server floors at 0) to the
         decimal number stored at ``key``.
 
@@ -770,7 +834,8 @@ class BaseBucket:
             :class:`~couchbase_core.result.ValueResult` whose ``value`` is
             the new count (an ``int``).
         """
-        return self._one(self._counter_op(key, delta, initial, ttl))
+        extras = self._mutation_extras(0, 0, durability_level)
+        return self._one(self._with_durability(self._counter_op(key, delta, initial, ttl), extras))
 
     def incr(self, key: Any, amount: int = 1, initial: Optional[int] = None, ttl: int = 0) -> Any:
         """``counter(key, amount, ...)`` (2.x alias)."""
@@ -885,7 +950,7 @@ class BaseBucket:
 
     def mutate_in(self, key: Any, *specs: Any, cas: int = 0, ttl: int = 0, create_doc: bool = False,
                   upsert_doc: bool = False, insert_doc: bool = False, persist_to: int = 0,
-                  replicate_to: int = 0, access_deleted: bool = False) -> Any:
+                  replicate_to: int = 0, access_deleted: bool = False, durability_level: int = 0) -> Any:
         """Change paths inside a JSON document, atomically (Couchbase buckets
         only). ``specs`` are the mutation builders of
         :mod:`couchbase_core.subdocument`.
@@ -901,8 +966,7 @@ class BaseBucket:
         that spec's error is raised (e.g. SubdocPathExistsError).
         """
         self._require_couchbase("mutate_in", "plain memcached has no sub-document API")
-        if persist_to or replicate_to:
-            self._no_durability(persist_to, replicate_to)
+        extras = self._mutation_extras(persist_to, replicate_to, durability_level)
         if insert_doc and (create_doc or upsert_doc):
             raise ArgumentError("insert_doc cannot be combined with create_doc/upsert_doc")
         doc_flags = (0x01 if (create_doc or upsert_doc) else 0) | (0x02 if insert_doc else 0)
@@ -911,23 +975,45 @@ class BaseBucket:
         kb = self._kb(key)
         op = SubdocMutateOp(key, kb, self._subdoc_specs(specs, False), doc_flags, _ttl(ttl), _cas(cas),
                             self._timeout)
-        return self._one(op)
+        return self._one(self._with_durability(op, extras))
 
     def observe(self, key: Any, master_only: bool = False) -> Any:
-        """Report the persistence and replication state of ``key`` (Couchbase
-        buckets only)."""
-        raise self._needs_couchbase("observe", "plain memcached neither persists nor replicates (no OBSERVE)")
+        """Ask the nodes holding ``key`` about its state: a
+        :class:`ValueResult` whose ``value`` is a list of
+        :class:`~couchbase_core.result.ObserveInfo` (the active node first;
+        only it with ``master_only``). Couchbase buckets only."""
+        self._require_couchbase("observe", "plain memcached neither persists nor replicates (no OBSERVE)")
+        kb = self._kb(key)
+        return self._one(ObserveKeyOp(key, kb, bool(master_only), self._timeout))
+
+    def _endure_args(self, persist_to: Any, replicate_to: Any) -> Tuple[int, int]:
+        observe, _framing = self._mutation_extras(persist_to if persist_to else 0,
+                                                  replicate_to if replicate_to else 0, 0)
+        if observe is None:
+            raise ArgumentError("endure needs persist_to and/or replicate_to")
+        return observe[0], observe[1]
 
     def endure(self, key: Any, persist_to: int = -1, replicate_to: int = -1, cas: int = 0,
                check_removed: bool = False, timeout: float = 5.0, interval: float = 0.010) -> Any:
-        """Wait until a mutation is persisted/replicated (Couchbase buckets only)."""
-        raise self._needs_couchbase("endure", "plain memcached neither persists nor replicates (no OBSERVE)")
+        """Wait until the mutation of ``key`` whose CAS is ``cas`` (0: any) is
+        persisted on ``persist_to`` nodes and replicated to ``replicate_to``
+        replicas (-1: all), or, with ``check_removed``, until its removal is.
+        Raises TimeoutError after ``timeout`` seconds, KeyExistsError if the
+        document changed meanwhile. Couchbase buckets only."""
+        self._require_couchbase("endure", "plain memcached neither persists nor replicates (no OBSERVE)")
+        persist, replicate = self._endure_args(persist_to, replicate_to)
+        kb = self._kb(key)
+        op = EndureOp(key, kb, _cas(cas), persist, replicate, bool(check_removed), _positive_seconds(timeout),
+                      _positive_seconds(interval))
+        return self._one(op)
 
     # ------------------------------------------------------------- _multi ops
 
     def _run_entries(self, entries: Iterable[Tuple[Any, Any, Optional[Item], Dict[str, Any]]],
                      build: Callable[[Any, Any, Optional[Item], Dict[str, Any]], tuple],
-                     quiet: bool, kind: int, no_format: bool = False) -> Any:
+                     quiet: bool, kind: int, no_format: bool = False,
+                     durability: Tuple[Optional[tuple], bytes] = (None, b""),
+                     idempotent: Optional[bool] = None) -> Any:
         """Build one request per entry (``build`` returns ``(opcode, kb,
         extras, value, cas)`` or raises for that key alone), batch them per
         node and run them."""
@@ -935,6 +1021,13 @@ class BaseBucket:
         mres = self._new_multi()
         mres._quiet = quiet
         batch = KeyBatch(kind, self._timeout, mres, self._transcoder, no_format or self._data_passthrough)
+        observe, framing = durability
+        if observe is not None:
+            batch.durability = observe
+            batch.timeout += observe[2]  # the batch waits for the observations too
+        batch.framing = framing
+        if idempotent is not None:
+            batch.idempotent = idempotent
         add = batch.entries.append
         value_results = kind != KIND_MUTATION
         for key, arg, item, options in entries:
@@ -983,9 +1076,8 @@ class BaseBucket:
             raise ArgumentError("%s needs an iterable of keys, not %s" % (what, type(keys).__name__)) from None
 
     def _store_multi(self, opcode: int, kvs: Any, ttl: Any, fmt: Any, persist_to: Any, replicate_to: Any,
-                     what: str, use_item_cas: bool) -> Any:
-        if persist_to or replicate_to:
-            self._no_durability(persist_to, replicate_to)
+                     what: str, use_item_cas: bool, durability_level: Any = 0) -> Any:
+        durability = self._mutation_extras(persist_to, replicate_to, durability_level)
         ttl = _ttl(ttl)
         entries = self._entries_with_values(kvs, what)
         store_parts = self._store_parts
@@ -994,7 +1086,8 @@ class BaseBucket:
             if not options:
                 return store_parts(opcode, key, value, 0, ttl, fmt)
             if options.get("persist_to") or options.get("replicate_to"):
-                self._no_durability(options.get("persist_to"), options.get("replicate_to"))
+                raise ArgumentError({"message": "give persist_to/replicate_to to the %s call, not per item"
+                                     % what, "key": key})
             cas = options.get("cas", item.cas if (item is not None and use_item_cas) else 0)
             return store_parts(opcode, key, value, cas, options.get("ttl", ttl), options.get("format", fmt))
 
@@ -1003,36 +1096,42 @@ class BaseBucket:
                 options = dict(options, cas=item.cas)
             return build(key, value, item, options)
 
-        return self._run_entries(entries, build_items if use_item_cas else build, False, KIND_MUTATION)
+        return self._run_entries(entries, build_items if use_item_cas else build, False, KIND_MUTATION,
+                                 durability=durability)
 
     def upsert_multi(self, keys: Any, ttl: int = 0, format: Optional[int] = None,  # noqa: A002
-                     persist_to: int = 0, replicate_to: int = 0) -> Any:
+                     persist_to: int = 0, replicate_to: int = 0,
+                     durability_level: int = 0) -> Any:
         """:meth:`upsert` for many keys: ``keys`` is a dict of key -> value or
         an item collection (per-item options allowed). Returns a
         :class:`~couchbase_core.result.MultiResult`; if any key failed, raises
         that key's exception with ``all_results`` holding every key's result."""
-        return self._store_multi(Opcode.SET, keys, ttl, format, persist_to, replicate_to, "upsert_multi", False)
+        return self._store_multi(Opcode.SET, keys, ttl, format, persist_to, replicate_to, "upsert_multi", False,
+                                 durability_level)
 
     def insert_multi(self, keys: Any, ttl: int = 0, format: Optional[int] = None,  # noqa: A002
-                     persist_to: int = 0, replicate_to: int = 0) -> Any:
+                     persist_to: int = 0, replicate_to: int = 0,
+                     durability_level: int = 0) -> Any:
         """:meth:`insert` for many keys (see :meth:`upsert_multi`)."""
-        return self._store_multi(Opcode.ADD, keys, ttl, format, persist_to, replicate_to, "insert_multi", False)
+        return self._store_multi(Opcode.ADD, keys, ttl, format, persist_to, replicate_to, "insert_multi", False,
+                                 durability_level)
 
     def replace_multi(self, keys: Any, ttl: int = 0, format: Optional[int] = None,  # noqa: A002
-                      persist_to: int = 0, replicate_to: int = 0) -> Any:
+                      persist_to: int = 0, replicate_to: int = 0,
+                      durability_level: int = 0) -> Any:
         """:meth:`replace` for many keys; items use their own CAS."""
-        return self._store_multi(Opcode.REPLACE, keys, ttl, format, persist_to, replicate_to, "replace_multi", True)
+        return self._store_multi(Opcode.REPLACE, keys, ttl, format, persist_to, replicate_to, "replace_multi", True,
+                                 durability_level)
 
     def _concat_multi(self, opcode: int, kvs: Any, fmt: Any, persist_to: Any, replicate_to: Any, what: str) -> Any:
-        if persist_to or replicate_to:
-            self._no_durability(persist_to, replicate_to)
+        durability = self._mutation_extras(persist_to, replicate_to, 0)
         entries = self._entries_with_values(kvs, what)
 
         def build(key: Any, value: Any, item: Optional[Item], options: Dict[str, Any]) -> tuple:
             cas = options.get("cas", item.cas if item is not None else 0)
             return self._concat_parts(opcode, key, value, cas, options.get("format", fmt))
 
-        return self._run_entries(entries, build, False, KIND_MUTATION)
+        return self._run_entries(entries, build, False, KIND_MUTATION, durability=durability)
 
     def append_multi(self, keys: Any, format: Optional[int] = None,  # noqa: A002
                      persist_to: int = 0, replicate_to: int = 0) -> Any:
@@ -1050,7 +1149,7 @@ class BaseBucket:
         are per-key ttls (or option dicts with ``ttl``), or an item collection
         (whose items receive the values). Returns a MultiResult."""
         if replica:
-            raise self._needs_couchbase("get_multi(replica=True)", "plain memcached keeps no replicas")
+            return self.rget_multi(keys, None, quiet)
         ttl = _ttl(ttl)
         quiet = self._quiet if quiet is None else bool(quiet)
         if not ttl and self._transcoder is None and type(keys) in (list, tuple):
@@ -1091,15 +1190,15 @@ class BaseBucket:
                      replicate_to: int = 0) -> Any:
         """:meth:`remove` for many keys (a dict gives per-key CAS values;
         items use their own CAS)."""
-        if persist_to or replicate_to:
-            self._no_durability(persist_to, replicate_to)
+        durability = self._mutation_extras(persist_to, replicate_to, 0)
         entries = self._entries_keys(keys, "remove_multi", "cas")
 
         def build(key: Any, _arg: Any, item: Optional[Item], options: Dict[str, Any]) -> tuple:
             cas = options.get("cas", item.cas if item is not None else 0)
             return Opcode.DELETE, self._kb(key), b"", b"", _cas(cas)
 
-        return self._run_entries(entries, build, self._quiet if quiet is None else bool(quiet), KIND_MUTATION)
+        return self._run_entries(entries, build, self._quiet if quiet is None else bool(quiet), KIND_MUTATION,
+                                 durability=durability)
 
     def counter_multi(self, kvs: Any, delta: int = 1, initial: Optional[int] = None, ttl: int = 0) -> Any:
         """:meth:`counter` for many keys (a dict gives per-key deltas or
@@ -1122,24 +1221,66 @@ class BaseBucket:
 
     def rget_multi(self, keys: Any, replica_index: Optional[int] = None, quiet: Optional[bool] = None) -> Any:
         """:meth:`rget` for many keys (Couchbase buckets only)."""
-        raise self._needs_couchbase("rget_multi", "plain memcached keeps no replicas")
+        self._require_couchbase("rget_multi", "plain memcached keeps no replicas")
+        entries = self._entries_keys(keys, "rget_multi")
+        self._replica_list(replica_index)  # validates
+        ops = [self._replica_op(key, replica_index) for key, _a, _i, _o in entries]
+        mres = self._new_multi()
+        mres._quiet = self._quiet if quiet is None else bool(quiet)
+        return self._many(ops, mres)
 
     def lock_multi(self, keys: Any, ttl: int = 0) -> Any:
         """:meth:`lock` for many keys (Couchbase buckets only)."""
-        raise self._needs_couchbase("lock_multi", "plain memcached has no document locking (GET_LOCKED)")
+        self._require_couchbase("lock_multi", "plain memcached has no document locking (GET_LOCKED)")
+        ttl = _ttl(ttl)
+        entries = self._entries_keys(keys, "lock_multi", "ttl")
+        extras = _TTL.pack(ttl) if ttl else b""
+
+        def build(key: Any, _arg: Any, item: Optional[Item], options: Dict[str, Any]) -> tuple:
+            lock_time = _ttl(options["ttl"]) if "ttl" in options else ttl
+            return Opcode.GET_LOCKED, self._kb(key), _TTL.pack(lock_time) if lock_time else extras, b"", 0
+
+        return self._run_entries(entries, build, False, KIND_GET, idempotent=False)
 
     def unlock_multi(self, keys: Any) -> Any:
-        """:meth:`unlock` for many keys (Couchbase buckets only)."""
-        raise self._needs_couchbase("unlock_multi", "plain memcached has no document locking (UNLOCK_KEY)")
+        """:meth:`unlock` for many keys: a dict of key -> CAS, the result of
+        ``lock_multi``, or an item collection (Couchbase buckets only)."""
+        self._require_couchbase("unlock_multi", "plain memcached has no document locking (UNLOCK_KEY)")
+        if isinstance(keys, dict):
+            keys = {k: (v.cas if isinstance(v, Result) else v) for k, v in keys.items()}
+        entries = self._entries_keys(keys, "unlock_multi", "cas")
+
+        def build(key: Any, _arg: Any, item: Optional[Item], options: Dict[str, Any]) -> tuple:
+            cas = options.get("cas", item.cas if item is not None else 0)
+            if not cas:
+                raise ArgumentError({"message": "unlock needs the CAS returned by lock", "key": key})
+            return Opcode.UNLOCK_KEY, self._kb(key), b"", b"", _cas(cas)
+
+        return self._run_entries(entries, build, False, KIND_MUTATION)
 
     def observe_multi(self, keys: Any, master_only: bool = False) -> Any:
         """:meth:`observe` for many keys (Couchbase buckets only)."""
-        raise self._needs_couchbase("observe_multi", "plain memcached neither persists nor replicates")
+        self._require_couchbase("observe_multi", "plain memcached neither persists nor replicates")
+        entries = self._entries_keys(keys, "observe_multi")
+        ops = [ObserveKeyOp(key, self._kb(key), bool(master_only), self._timeout) for key, _a, _i, _o in entries]
+        return self._many(ops, self._new_multi())
 
     def endure_multi(self, keys: Any, persist_to: int = -1, replicate_to: int = -1, timeout: float = 5.0,
                      interval: float = 0.010, check_removed: bool = False) -> Any:
-        """:meth:`endure` for many keys (Couchbase buckets only)."""
-        raise self._needs_couchbase("endure_multi", "plain memcached neither persists nor replicates")
+        """:meth:`endure` for many keys: a list of keys (any CAS), a dict of
+        key -> CAS, or the MultiResult of a ``_multi`` mutation (each key's
+        new CAS). Couchbase buckets only."""
+        self._require_couchbase("endure_multi", "plain memcached neither persists nor replicates")
+        persist, replicate = self._endure_args(persist_to, replicate_to)
+        if isinstance(keys, dict):
+            keys = {k: (v.cas if isinstance(v, Result) else v) for k, v in keys.items()}
+        entries = self._entries_keys(keys, "endure_multi", "cas")
+        ops = []
+        for key, _arg, item, options in entries:
+            cas = options.get("cas", item.cas if item is not None else 0)
+            ops.append(EndureOp(key, self._kb(key), _cas(cas or 0), persist, replicate, bool(check_removed),
+                                _positive_seconds(timeout), _positive_seconds(interval)))
+        return self._many(ops, self._new_multi())
 
     # ------------------------------------------------------- whole-cluster ops
 
@@ -1236,6 +1377,12 @@ class BaseBucket:
     def pipeline(self) -> Pipeline:
         """Return a :class:`Pipeline`: ``with bucket.pipeline() as pipe: ...``."""
         return Pipeline(self)
+
+
+def _positive_seconds(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ArgumentError("a timeout or interval must be a positive number of seconds, not %r" % (value,))
+    return float(value)
 
 
 def _plain_get_entries(keys: Any) -> Optional[List[tuple]]:

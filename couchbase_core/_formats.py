@@ -27,3 +27,12 @@ LOCKMODE_EXC = 1
 LOCKMODE_WAIT = 2
 #: No check at all (the caller guarantees single-threaded use).
 LOCKMODE_NONE = 0
+
+#: Synchronous-replication durability levels (``durability_level=`` on
+#: mutations; Couchbase Server 6.5+): none, a majority of replicas has the
+#: mutation in memory, that plus persisted on the active, persisted on a
+#: majority.
+DURABILITY_NONE = 0
+DURABILITY_MAJORITY = 1
+DURABILITY_MAJORITY_AND_PERSIST_TO_ACTIVE = 2
+DURABILITY_PERSIST_TO_MAJORITY = 3

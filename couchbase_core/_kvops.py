@@ -15,14 +15,23 @@ import time
 from typing import Any, Callable, Dict, Optional
 
 from couchbase_core import transcoder as _tc
+from couchbase_core._engine.durability import ObserveOp, Observer
 from couchbase_core._engine.ops import KVOp
 from couchbase_core._engine.protocol import Opcode
 from couchbase_core.exceptions import RC, RC_TABLE, CouchbaseError, rc_description
-from couchbase_core.result import OperationResult, Result, SubdocResult, ValueResult
+from couchbase_core.result import (
+    MutationToken,
+    ObserveInfo,
+    OperationResult,
+    Result,
+    SubdocResult,
+    ValueResult,
+)
 
 __all__ = ["GetOp", "StoreOp", "RemoveOp", "CounterOp", "TouchOp", "StatOp", "NoopOp", "FlushOp", "KeyBatch", "discard"]
 
 _FLAGS = struct.Struct(">I")
+_TOKEN = struct.Struct(">QQ")
 _FMT_BYTES = 0x03000002
 _U64 = struct.Struct(">Q")
 
@@ -42,10 +51,20 @@ def _server_message(rc: int, value: bytes) -> Optional[str]:
         return None
 
 
+def _token(op: Any, extras: bytes) -> Optional[MutationToken]:
+    """The mutation token in a mutation's extras (MUTATION_SEQNO negotiated)."""
+    if len(extras) != 16:
+        return None
+    uuid, seqno = _TOKEN.unpack(extras)
+    conn = op.conn
+    bucket = conn.engine.settings.bucket if conn is not None else ""
+    return MutationToken(op.vbucket, uuid, seqno, bucket or "")
+
+
 class _KeyOp(KVOp):
     """An operation on one key (``_multi`` calls use :class:`KeyBatch`)."""
 
-    __slots__ = ("key", "sink")
+    __slots__ = ("key", "sink", "durability")
 
     #: The result class: OperationResult for mutations, ValueResult for reads.
     result_class: Any = OperationResult
@@ -72,15 +91,38 @@ class _KeyOp(KVOp):
         self.framing = b""
         self.key = key
         self.sink: Callable[[Any], None] = discard
+        #: (persist_to, replicate_to, timeout, interval) to wait for after success.
+        self.durability: Optional[tuple] = None
 
     def on_response(self, frame: Any) -> None:
         status = frame[2]
         if not status:
-            self.sink(self.result_class(self.key, 0, frame[5]))
+            res = self.result_class(self.key, 0, frame[5])
+            if frame[6]:
+                res.mutation_token = _token(self, frame[6])
+            self._deliver(res)
             return
         res = self.result_class(self.key, status)
         res._message = _server_message(status, frame[8])
         self.sink(res)
+
+    def _deliver(self, res: Any) -> None:
+        """Hand over a successful mutation's result, after waiting for the
+        requested persistence/replication when there is one."""
+        durability = self.durability
+        if durability is None or res.rc or self.conn is None:
+            self.sink(res)
+            return
+        persist_to, replicate_to, timeout, interval = durability
+
+        def done(rc: int, message: str) -> None:
+            if rc:
+                res.rc = rc
+                res._message = message
+            self.sink(res)
+
+        Observer(self.conn.engine, self.kb, res.cas, persist_to, replicate_to, self.opcode == Opcode.DELETE,
+                 timeout, interval, done).start()
 
     def on_error(self, rc: int, message: str) -> None:
         res = self.result_class(self.key, rc)
@@ -172,11 +214,14 @@ class CounterOp(_KeyOp):
         res = ValueResult(self.key, status)
         if status:
             res._message = _server_message(status, frame[8])
-        else:
-            res.cas = frame[5]
-            value = frame[8]
-            res.value = _U64.unpack(value)[0] if len(value) == 8 else int(value or b"0")
-        self.sink(res)
+            self.sink(res)
+            return
+        res.cas = frame[5]
+        value = frame[8]
+        res.value = _U64.unpack(value)[0] if len(value) == 8 else int(value or b"0")
+        if frame[6]:
+            res.mutation_token = _token(self, frame[6])
+        self._deliver(res)
 
 
 class _NodeOp(KVOp):
@@ -316,7 +361,7 @@ class KeyBatch(KVOp):
     """
 
     __slots__ = ("kind", "entries", "mres", "sink", "base", "remaining", "waiting", "decoder",
-                 "no_format", "key", "vbuckets", "conns", "idempotent")
+                 "no_format", "key", "vbuckets", "conns", "idempotent", "durability", "engine")
     multi_reply = True
     multi_key = True
 
@@ -337,6 +382,9 @@ class KeyBatch(KVOp):
         #: Connections holding some of the entries.
         self.conns: set = set()
         self.idempotent = kind == KIND_GET
+        #: (persist_to, replicate_to, timeout, interval) for each mutation.
+        self.durability: Optional[tuple] = None
+        self.engine: Any = None
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -397,6 +445,8 @@ class KeyBatch(KVOp):
                     res._message = _server_message(status, frame[8])
                 else:
                     res.cas = frame[5]
+            if not status and frame[6]:
+                res.mutation_token = self._token(i, frame[6])
         else:
             res = item if item is not None else ValueResult(key)
             res.rc = status
@@ -406,12 +456,42 @@ class KeyBatch(KVOp):
                 res.cas = frame[5]
                 value = frame[8]
                 res.value = _U64.unpack(value)[0] if len(value) == 8 else int(value or b"0")
+                if frame[6]:
+                    res.mutation_token = self._token(i, frame[6])
         self.mres[key] = res
+        if self.durability is not None and kind != KIND_GET and not res.rc:
+            self._observe(i, res)
+            return True
         self.remaining -= 1
         if self.remaining == 0:
             self.done = True
             self.sink(None)
         return True
+
+    def _token(self, i: int, extras: bytes) -> Optional[MutationToken]:
+        if len(extras) != 16:
+            return None
+        uuid, seqno = _TOKEN.unpack(extras)
+        vb = self.vbuckets[i] if self.vbuckets else 0
+        bucket = self.engine.settings.bucket if self.engine is not None else ""
+        return MutationToken(vb, uuid, seqno, bucket or "")
+
+    def _observe(self, i: int, res: Any) -> None:
+        """Wait for entry ``i``'s durability before counting it done."""
+        persist_to, replicate_to, timeout, interval = self.durability  # type: ignore[misc]
+        entry = self.entries[i]
+
+        def done(rc: int, message: str) -> None:
+            if rc:
+                res.rc = rc
+                res._message = message
+            self.remaining -= 1
+            if self.remaining == 0:
+                self.done = True
+                self.sink(None)
+
+        Observer(self.engine, entry[1], res.cas, persist_to, replicate_to, entry[2] == Opcode.DELETE,
+                 timeout, interval, done).start()
 
     def on_response(self, frame: Any) -> None:  # pragma: no cover - batches use on_part
         self.on_part(frame)
@@ -547,7 +627,9 @@ class SubdocMutateOp(_KeyOp):
                     opcode = self.specs[index][0]
                     results[index] = (spec_status, _decode_fragment(opcode, fragment))
             res._results = results
-            self.sink(res)
+            if frame[6]:
+                res.mutation_token = _token(self, frame[6])
+            self._deliver(res)
             return
         if status in (0xCC, 0xD3) and len(value) >= 3:
             index, spec_status = _MUT_FAIL.unpack_from(value)
@@ -608,3 +690,116 @@ class ReplicaGetOp(GetOp):
         if rc != RC.TIMEOUT and self._next_replica(message):
             return
         GetOp.on_error(self, rc, message)
+
+
+# --------------------------------------------------------------------------
+# Local operations: observe and endure (the engine runs them with OBSERVE)
+# --------------------------------------------------------------------------
+
+
+class ObserveKeyOp(KVOp):
+    """``observe``: ask the active node (and the replicas unless
+    ``master_only``) for the key's state. Result: a ValueResult whose value is
+    a list of :class:`~couchbase_core.result.ObserveInfo`."""
+
+    __slots__ = ("key", "sink", "master_only", "_infos", "_expected", "_master_error")
+    local = True
+
+    def __init__(self, key: Any, kb: bytes, master_only: bool, timeout: float) -> None:
+        KVOp.__init__(self, Opcode.OBSERVE, kb, b"", b"", 0, 0, timeout)
+        self.key = key
+        self.sink: Callable[[Any], None] = discard
+        self.master_only = master_only
+        self._infos: list = []
+        self._expected = 0
+        self._master_error: Optional[str] = None
+
+    def run(self, engine: Any) -> None:
+        cfg = engine.config
+        vbmap = engine._vbmap
+        if cfg is None or vbmap is None:
+            engine.defer(lambda: self.on_error(RC.CLIENT_NOT_SUPPORTED, "observe needs a Couchbase bucket"))
+            return
+        vb = cfg.vbucket_of(self.kb)
+        row = vbmap[vb][:1] if self.master_only else vbmap[vb]
+        targets = [(copy, engine.connections[i]) for copy, i in enumerate(row) if i >= 0]
+        self._expected = len(targets)
+        if not targets:
+            engine.defer(lambda: self.on_error(RC.NOT_MY_VBUCKET, "vBucket %d has no node" % vb))
+            return
+        for copy, conn in targets:
+            op = ObserveOp(vb, self.kb, copy, self.timeout, self._answer)
+            op.target = conn
+            engine.submit(op)
+
+    def _answer(self, copy: int, state: Optional[int], cas: Optional[int], error: Optional[str]) -> None:
+        if error is not None or state is None:
+            if copy == 0:
+                self._master_error = error or "no answer"
+        else:
+            self._infos.append(ObserveInfo(state, cas or 0, copy == 0))
+        self._expected -= 1
+        if self._expected:
+            return
+        self.done = True
+        infos = sorted(self._infos, key=lambda info: not info.from_master)
+        if self._master_error is not None and not infos:
+            res = ValueResult(self.key, RC.NETWORK)
+            res._message = "observe failed: %s" % self._master_error
+        else:
+            master = next((i for i in infos if i.from_master), None)
+            res = ValueResult(self.key, 0, master.cas if master else 0, infos, 0)
+        self.sink(res)
+
+    def on_response(self, frame: Any) -> None:  # pragma: no cover - local operations get no frames
+        pass
+
+    def on_error(self, rc: int, message: str) -> None:
+        self.done = True
+        res = ValueResult(self.key, rc)
+        res._message = message
+        self.sink(res)
+
+    def describe(self) -> str:
+        return "observe %r" % (self.key,)
+
+
+class EndureOp(KVOp):
+    """``endure``: wait until a key's mutation is persisted / replicated."""
+
+    __slots__ = ("key", "sink", "cas_wanted", "persist_to", "replicate_to", "check_removed", "interval")
+    local = True
+
+    def __init__(self, key: Any, kb: bytes, cas: int, persist_to: int, replicate_to: int, check_removed: bool,
+                 timeout: float, interval: float) -> None:
+        KVOp.__init__(self, Opcode.OBSERVE, kb, b"", b"", 0, 0, timeout)
+        self.key = key
+        self.sink: Callable[[Any], None] = discard
+        self.cas_wanted = cas
+        self.persist_to = persist_to
+        self.replicate_to = replicate_to
+        self.check_removed = check_removed
+        self.interval = interval
+
+    def run(self, engine: Any) -> None:
+        def done(rc: int, message: str) -> None:
+            self.done = True
+            res = OperationResult(self.key, rc, self.cas_wanted)
+            if rc:
+                res._message = message
+            self.sink(res)
+
+        Observer(engine, self.kb, self.cas_wanted, self.persist_to, self.replicate_to, self.check_removed,
+                 self.timeout, self.interval, done).start()
+
+    def on_response(self, frame: Any) -> None:  # pragma: no cover - local operations get no frames
+        pass
+
+    def on_error(self, rc: int, message: str) -> None:
+        self.done = True
+        res = OperationResult(self.key, rc)
+        res._message = message
+        self.sink(res)
+
+    def describe(self) -> str:
+        return "endure %r" % (self.key,)

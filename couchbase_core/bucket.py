@@ -19,12 +19,12 @@ import threading
 from typing import Any, Callable, Dict, List
 
 from couchbase_core import LOCKMODE_EXC, LOCKMODE_WAIT
-from couchbase_core._bucketbase import BaseBucket, Latch, PingStatus, Pipeline
+from couchbase_core._bucketbase import BaseBucket, DurabilityContext, Latch, PingStatus, Pipeline
 from couchbase_core.exceptions import InternalError, ObjectThreadError
 from couchbase_core.iops.select import SelectIOPS
 from couchbase_core.result import MultiResult
 
-__all__ = ["Bucket", "Pipeline", "PingStatus"]
+__all__ = ["Bucket", "Pipeline", "PingStatus", "DurabilityContext"]
 
 
 class _Box:

@@ -20,7 +20,7 @@ from couchbase_core.exceptions import RC, CouchbaseError, exc_from_rc, rc_descri
 
 __all__ = [
     "Result", "OperationResult", "ValueResult", "MultiResult", "AsyncResult",
-    "MutationToken", "SubdocResult",
+    "MutationToken", "SubdocResult", "ObserveInfo",
 ]
 
 
@@ -336,3 +336,22 @@ class SubdocResult(OperationResult):
     def _repr_fields(self) -> str:
         return OperationResult._repr_fields(self) + ", results=%s" % _short(
             [(p, rc, v) for p, (rc, v) in zip(self._paths, self._results)], 120)
+
+
+class ObserveInfo:
+    """One node's view of a key (``observe``): ``flags`` is the state
+    (0x00 found, not persisted; 0x01 found and persisted; 0x80 not found;
+    0x81 logically deleted), ``cas`` the CAS it holds, ``from_master`` True
+    for the active node."""
+
+    __slots__ = ("flags", "cas", "from_master", "ttp", "ttr")
+
+    def __init__(self, flags: int, cas: int, from_master: bool, ttp: int = 0, ttr: int = 0) -> None:
+        self.flags = flags
+        self.cas = cas
+        self.from_master = from_master
+        self.ttp = ttp
+        self.ttr = ttr
+
+    def __repr__(self) -> str:
+        return "ObserveInfo<flags=0x%02x, cas=0x%X, from_master=%s>" % (self.flags, self.cas, self.from_master)

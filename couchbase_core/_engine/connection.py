@@ -215,10 +215,17 @@ class KVConnection:
         if indexes is None:
             indexes = range(len(entries))  # type: ignore[assignment]
         pending = self.pending
+        framing = batch.framing
         for i in indexes:  # type: ignore[union-attr]
             _key, kb, opcode, extras, value, cas, _item = entries[i]
-            append(pack(0x80, opcode, len(kb), len(extras), 0, vbuckets[i] if vbuckets else 0,
-                        len(kb) + len(extras) + len(value), base + i, cas))
+            if framing:
+                append(_pack_alt_header(0x08, opcode, len(framing), len(kb), len(extras), 0,
+                                        vbuckets[i] if vbuckets else 0,
+                                        len(framing) + len(kb) + len(extras) + len(value), base + i, cas))
+                append(framing)
+            else:
+                append(pack(0x80, opcode, len(kb), len(extras), 0, vbuckets[i] if vbuckets else 0,
+                            len(kb) + len(extras) + len(value), base + i, cas))
             if extras:
                 append(extras)
             append(kb)

@@ -335,6 +335,9 @@ class Engine:
         completes ``op`` synchronously."""
         if self.closed:
             raise ObjectDestroyedError("the bucket is closed")
+        if op.local:
+            op.run(self)
+            return
         op.deadline = deadline = self.clock() + op.timeout
         # Deadlines.add, inlined for the common case (a queue for this timeout
         # exists and the timer is armed no later than this deadline).
@@ -398,6 +401,7 @@ class Engine:
         batch.remaining = n
         batch.waiting = bytearray(b"\x01") * n
         batch.deadline = self.clock() + batch.timeout
+        batch.engine = self
         self.deadlines.add(batch)
         self._route_batch(batch)
 

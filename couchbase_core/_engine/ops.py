@@ -37,6 +37,13 @@ class KVOp:
     #: True when sending it twice is harmless (reads): such operations are
     #: re-sent after a connection loss; mutations then fail instead.
     idempotent = False
+    #: True for operations the engine runs itself instead of sending a
+    #: request (``endure``, ``observe``): Engine.submit calls ``run(engine)``.
+    local = False
+
+    def run(self, engine: Any) -> None:
+        """Local operations: start (see :attr:`local`)."""
+        raise NotImplementedError
 
     def __init__(self, opcode: int, kb: bytes = b"", extras: bytes = b"", value: bytes = b"",
                  cas: int = 0, datatype: int = 0, timeout: float = 2.5) -> None:

@@ -14,8 +14,9 @@ __all__ = ["Settings", "DEFAULT_MAX_VALUE_MEMCACHED", "DEFAULT_MAX_VALUE_COUCHBA
 
 #: HELLO features requested from Couchbase servers: the ones the engine
 #: handles (XERROR statuses, SELECT_BUCKET, config pushes).
-COUCHBASE_FEATURES = (Feature.TCPNODELAY, Feature.XERROR, Feature.SELECT_BUCKET, Feature.DUPLEX,
-                      Feature.CLUSTERMAP_CHANGE_NOTIFICATION)
+COUCHBASE_FEATURES = (Feature.TCPNODELAY, Feature.MUTATION_SEQNO, Feature.XATTR, Feature.XERROR,
+                      Feature.SELECT_BUCKET, Feature.DUPLEX, Feature.CLUSTERMAP_CHANGE_NOTIFICATION,
+                      Feature.ALT_REQUEST, Feature.SYNC_REPLICATION)
 
 #: Largest value sent to plain memcached (its default item size limit).
 DEFAULT_MAX_VALUE_MEMCACHED = 1024 * 1024
@@ -61,6 +62,8 @@ class Settings:
     #: HTTP (management) endpoints for HTTP bootstrap.
     http_hosts: List[Tuple[str, int]] = field(default_factory=list)
     bootstrap_on: str = "all"
+    durability_timeout: float = 5.0
+    durability_interval: float = 0.1
     config_poll_interval: float = 2.5
     retry_nmv_delay: float = 0.1
     select_bucket: bool = True
@@ -152,6 +155,9 @@ class Settings:
             s.config_poll_interval = parse_duration(opts["config_poll_interval"], "config_poll_interval")
         if "retry_nmv_delay" in opts:
             s.retry_nmv_delay = parse_duration(opts["retry_nmv_delay"], "retry_nmv_delay")
+        for name in ("durability_timeout", "durability_interval"):
+            if name in opts:
+                setattr(s, name, _positive(parse_duration(opts[name], name), name))
         if "select_bucket" in opts:
             s.select_bucket = parse_bool(opts["select_bucket"], "select_bucket")
         if opts.get("sasl_mech_force"):
