@@ -803,3 +803,55 @@ class EndureOp(KVOp):
 
     def describe(self) -> str:
         return "endure %r" % (self.key,)
+
+
+class ChainOp(KVOp):
+    """An operation made of several requests in sequence (``queue_pop``,
+    ``set_remove``...), written as a generator: it yields engine operations,
+    receives each one's result, and returns the final result. It runs from
+    loop callbacks like any other operation, so every bucket flavour can
+    use it."""
+
+    __slots__ = ("key", "sink", "_factory", "_gen", "_engine")
+    local = True
+
+    def __init__(self, key: Any, factory: Callable[[], Any], timeout: float) -> None:
+        KVOp.__init__(self, 0, b"", b"", b"", 0, 0, timeout)
+        self.key = key
+        self.sink: Callable[[Any], None] = discard
+        self._factory = factory
+        self._gen: Any = None
+        self._engine: Any = None
+
+    def run(self, engine: Any) -> None:
+        self._engine = engine
+        self._gen = self._factory()
+        engine.defer(lambda: self._advance(None))
+
+    def _advance(self, result: Any) -> None:
+        try:
+            step = self._gen.send(result)
+        except StopIteration as stop:
+            self.done = True
+            self.sink(stop.value)
+            return
+        except Exception as exc:  # a bug in a chain: fail rather than hang
+            self.on_error(RC.INTERNAL, "%s failed: %r" % (self.describe(), exc))
+            return
+        step.sink = self._advance
+        try:
+            self._engine.submit(step)
+        except CouchbaseError as exc:
+            self.on_error(exc.rc, exc.message)
+
+    def on_response(self, frame: Any) -> None:  # pragma: no cover - local operations get no frames
+        pass
+
+    def on_error(self, rc: int, message: str) -> None:
+        self.done = True
+        res = ValueResult(self.key, rc)
+        res._message = message
+        self.sink(res)
+
+    def describe(self) -> str:
+        return "a composite operation on %r" % (self.key,)

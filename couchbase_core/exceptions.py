@@ -44,7 +44,7 @@ __all__ = [
     "SubdocPathMismatchError", "DocumentTooDeepError",
     "SubdocNumberTooBigError", "SubdocValueTooDeepError",
     "SubdocCantInsertValueError", "SubdocBadDeltaError",
-    "SubdocMultipleErrors", "SubdocEmptyPathError", "SubdocInvalidComboError",
+    "SubdocMultipleErrors", "SubdocEmptyPathError", "SubdocInvalidComboError", "QueueEmpty",
     "DurabilityError", "DurabilityInvalidLevelError",
     "DurabilityImpossibleError", "DurabilitySyncWriteInProgressError",
     "DurabilitySyncWriteAmbiguousError", "DurabilitySyncWriteReCommitInProgressError",
@@ -116,6 +116,7 @@ class RC:
     SUBDOC_EMPTY_PATH = 0x110
     AUTH_FAILED = 0x111
     INTERNAL = 0x112
+    QUEUE_EMPTY = 0x113
 
 
 # --------------------------------------------------------------------------
@@ -517,6 +518,12 @@ class SubdocInvalidComboError(CouchbaseInputError):
     CODE = RC.SUBDOC_INVALID_COMBO
 
 
+class QueueEmpty(CouchbaseDataError, IndexError):
+    """``queue_pop`` on an empty queue."""
+
+    CODE = RC.QUEUE_EMPTY
+
+
 class DurabilityError(CouchbaseError):
     """Base of the synchronous-replication (durability level) failures."""
 
@@ -616,6 +623,7 @@ RC_TABLE: Dict[int, Tuple[Type[CouchbaseError], str]] = {
     RC.SUBDOC_EMPTY_PATH: (SubdocEmptyPathError, "Empty sub-document path"),
     RC.AUTH_FAILED: (AuthError, "Authentication failed"),
     RC.INTERNAL: (InternalError, "Internal client error"),
+    RC.QUEUE_EMPTY: (QueueEmpty, "The queue is empty"),
 }
 
 

@@ -68,6 +68,8 @@ def register(opcode: int, handler: Handler, key_owner: Optional[str] = "active",
 _CONNECTION_OPS = (proto.HELLO, proto.SASL_LIST_MECHS, proto.SASL_AUTH, proto.SASL_STEP, proto.SELECT_BUCKET,
                    proto.GET_ERROR_MAP, proto.GET_CLUSTER_CONFIG, proto.NOOP, proto.VERSION, proto.QUIT,
                    proto.QUITQ, proto.VERBOSITY)
+#: Connection commands that take no extras, key or value (else EINVAL).
+_BARE_OPS = (proto.NOOP, proto.VERSION, proto.QUIT, proto.QUITQ)
 
 
 class KVSession(asyncio.Protocol):
@@ -129,6 +131,11 @@ class KVSession(asyncio.Protocol):
             magic = buf[pos]
             if magic not in (proto.MAGIC_REQ, proto.MAGIC_ALT_REQ, proto.MAGIC_SERVER_RES):
                 # Real servers drop a connection that sends garbage.
+                self.close()
+                return
+            if (magic == proto.MAGIC_ALT_REQ and proto.F_ALT_REQUEST not in self.features
+                    and self.bucket is not None and self.bucket.is_memcached):
+                # memcached knows only magic 0x80 and hangs up on anything else.
                 self.close()
                 return
             bodylen = struct.unpack_from(">I", buf, pos + 8)[0]
@@ -304,6 +311,11 @@ class KVSession(asyncio.Protocol):
 
     def _connection_op(self, req: Request) -> Reply:
         op = req.opcode
+        if op in _BARE_OPS and (req.extras or req.key or req.value):
+            if self.bucket is not None and self.bucket.is_memcached:  # memcached: EINVAL, then hang up
+                self.close_after(self.reply(req, proto.EINVAL, value=b"Invalid arguments"))
+                return None
+            return self.error(req, proto.EINVAL, "Request must not include extras, key or value")
         if op == proto.HELLO:
             return self._hello(req)
         if op == proto.NOOP:
