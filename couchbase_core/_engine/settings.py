@@ -62,6 +62,8 @@ class Settings:
     #: HTTP (management) endpoints for HTTP bootstrap.
     http_hosts: List[Tuple[str, int]] = field(default_factory=list)
     bootstrap_on: str = "all"
+    #: Snappy: "on", "off", "inflate_only", "deflate_only", "force".
+    compression: str = "on"
     durability_timeout: float = 5.0
     durability_interval: float = 0.1
     config_poll_interval: float = 2.5
@@ -151,6 +153,9 @@ class Settings:
             s.http_hosts = cs.http_endpoints()
             s.hello_features = COUCHBASE_FEATURES
         s.bootstrap_on = opts.get("bootstrap_on", "all")
+        s.compression = opts.get("compression", "on").lower()
+        if cs.scheme != "memcached" and s.compression != "off" and snappy_available():
+            s.hello_features = s.hello_features + (Feature.SNAPPY,)
         if "config_poll_interval" in opts:
             s.config_poll_interval = parse_duration(opts["config_poll_interval"], "config_poll_interval")
         if "retry_nmv_delay" in opts:
@@ -166,6 +171,15 @@ class Settings:
             s.tls = "no_verify" if opts.get("ssl") == "no_verify" else "verify"
             s.certpath = opts.get("certpath")
         return s
+
+
+def snappy_available() -> bool:
+    """True when the snappy codec (the ``cramjam`` package) is installed."""
+    try:
+        import cramjam  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _positive(value: float, name: str) -> float:

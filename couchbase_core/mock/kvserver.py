@@ -65,6 +65,10 @@ def register(opcode: int, handler: Handler, key_owner: Optional[str] = "active",
         MUTATIONS.add(opcode)
 
 
+#: Opcodes whose reply value is a document.
+_DOCUMENT_READS = frozenset({proto.GET, proto.GETQ, proto.GETK, proto.GETKQ, proto.GAT, proto.GATQ,
+                             proto.GET_REPLICA, proto.GET_LOCKED})
+
 _CONNECTION_OPS = (proto.HELLO, proto.SASL_LIST_MECHS, proto.SASL_AUTH, proto.SASL_STEP, proto.SELECT_BUCKET,
                    proto.GET_ERROR_MAP, proto.GET_CLUSTER_CONFIG, proto.NOOP, proto.VERSION, proto.QUIT,
                    proto.QUITQ, proto.VERBOSITY)
@@ -234,9 +238,19 @@ class KVSession(asyncio.Protocol):
 
     def reply(self, req: Request, status: int = 0, extras: bytes = b"", key: bytes = b"", value: bytes = b"",
               cas: int = 0, datatype: int = 0) -> bytes:
-        """A response frame for ``req``."""
+        """A response frame for ``req``. Documents read by a Snappy-capable
+        client go out compressed when that saves space (the server's
+        "active" compression mode)."""
         if datatype and proto.F_JSON not in self.features:
             datatype &= ~proto.DT_JSON
+        if (not status and len(value) >= 32 and req.opcode in _DOCUMENT_READS
+                and proto.F_SNAPPY in self.features):
+            import cramjam
+
+            packed = bytes(cramjam.snappy.compress_raw(value))
+            if len(packed) < len(value) * 0.83:
+                value = packed
+                datatype |= proto.DT_SNAPPY
         return proto.encode(proto.MAGIC_RES, req.opcode, status, key=key, extras=extras, value=value,
                             opaque=req.opaque, cas=cas, datatype=datatype)
 
