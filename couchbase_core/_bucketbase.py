@@ -1532,14 +1532,60 @@ class BaseBucket:
                 "services": {"kv": entries}}
 
     def flush(self) -> Any:
-        """Remove every item of the bucket (plain memcached: FLUSH on every node)."""
-        timeout = self._timeout
-        ops = self._broadcast(lambda node: FlushOp(node, timeout))
-        return self._collect(ops, self._new_multi(), _raise_or_return)
+        """Remove every item of the bucket. Plain memcached: FLUSH on every
+        node. Couchbase clusters: the management REST call (the bucket must
+        have flush enabled, else NotSupportedError)."""
+        if self._settings.scheme == "memcached":
+            timeout = self._timeout
+            ops = self._broadcast(lambda node: FlushOp(node, timeout))
+            return self._collect(ops, self._new_multi(), _raise_or_return)
+        self._check_open()
+        from couchbase_core._httpops import HttpOp
+
+        path = "/pools/default/buckets/%s/controller/doFlush" % _quote(self.bucket)
+        op = HttpOp("mgmt", "POST", path, b"", {"Content-Type": "application/x-www-form-urlencoded"},
+                    self._settings.http_timeout)
+        return self._one(op)
+
+    def diagnostics(self) -> Dict[str, Any]:
+        """A snapshot of every key-value connection (no network I/O)::
+
+            {"id": ..., "sdk": ..., "version": 1,
+             "services": {"kv": [{"id": ..., "remote": "host:port",
+                                  "local": "host:port", "state": "connected",
+                                  "last_activity_us": 1234}, ...]}}
+
+        ``state`` is ``connected``, ``connecting``, ``disconnected`` (no
+        socket now) or ``closed``."""
+        engine = self._engine
+        now = engine.clock()
+        entries = []
+        names = {"ready": "connected", "connecting": "connecting", "tls-handshake": "connecting",
+                 "negotiating": "connecting", "idle": "disconnected", "closed": "closed"}
+        for conn in engine.connections:
+            entry: Dict[str, Any] = {"id": "%s/%d" % (engine.client_id, conn.index), "remote": conn.authority,
+                                     "state": names.get(conn.state, conn.state)}
+            if conn.local_address and conn.state == "ready":
+                host, port = conn.local_address[0], conn.local_address[1]
+                entry["local"] = ("[%s]:%d" if ":" in host else "%s:%d") % (host, port)
+            if conn.last_activity:
+                entry["last_activity_us"] = int((now - conn.last_activity) * 1e6)
+            if conn.last_error is not None and conn.state != "ready":
+                entry["details"] = conn.last_error[1]
+            entries.append(entry)
+        entries.sort(key=lambda e: e["remote"])
+        return {"version": 1, "id": engine.client_id, "sdk": self._settings.client_string,
+                "services": {"kv": entries}}
 
     def pipeline(self) -> Pipeline:
         """Return a :class:`Pipeline`: ``with bucket.pipeline() as pipe: ...``."""
         return Pipeline(self)
+
+
+def _quote(text: str) -> str:
+    from urllib.parse import quote
+
+    return quote(text, safe="")
 
 
 def _positive_seconds(value: Any) -> float:

@@ -20,7 +20,7 @@ from couchbase_core.exceptions import RC, CouchbaseError, exc_from_rc, rc_descri
 
 __all__ = [
     "Result", "OperationResult", "ValueResult", "MultiResult", "AsyncResult",
-    "MutationToken", "SubdocResult", "ObserveInfo",
+    "MutationToken", "SubdocResult", "ObserveInfo", "HttpResult",
 ]
 
 
@@ -355,3 +355,31 @@ class ObserveInfo:
 
     def __repr__(self) -> str:
         return "ObserveInfo<flags=0x%02x, cas=0x%X, from_master=%s>" % (self.flags, self.cas, self.from_master)
+
+
+class HttpResult(Result):
+    """Result of an HTTP request (management, views, N1QL plumbing).
+
+    Attributes:
+        value: the decoded body (JSON when it parses, else text).
+        http_status: the HTTP status code (0 when no response arrived).
+        url: the request's path.
+        headers: response headers (lower-case names).
+    """
+
+    __slots__ = ("value", "http_status", "url", "headers")
+
+    def __init__(self, key: Any = None, rc: int = 0, http_status: int = 0, value: Any = None) -> None:
+        Result.__init__(self, key, rc)
+        self.value = value
+        self.http_status = http_status
+        self.url = key
+        self.headers: dict = {}
+
+    @property
+    def success(self) -> bool:  # type: ignore[override]
+        """True for a 2xx response."""
+        return self.rc == 0 and 200 <= self.http_status < 300
+
+    def _repr_fields(self) -> str:
+        return Result._repr_fields(self) + ", http_status=%d, value=%s" % (self.http_status, _short(self.value))

@@ -125,6 +125,8 @@ class KVConnection:
         #: Set once the node has shown it does not speak HELLO.
         self.hello_disabled = False
         self.local_address: Optional[Tuple[Any, ...]] = None
+        #: engine clock at the last read (diagnostics).
+        self.last_activity = 0.0
         self._wbuf: List[Any] = []
         self._backlog: List[bytes] = []
         self._want_write = False
@@ -713,6 +715,7 @@ class KVConnection:
         frames = self._frames("")
         if not frames:
             return
+        self.last_activity = self.engine.clock()
         pending = self.pending
         retry_statuses = self.engine.retry_statuses
         inflate = self._inflate

@@ -1,0 +1,136 @@
+"""HTTP requests as operations the bucket strategies can wait for.
+
+:class:`HttpOp` is a local engine operation: it picks a node offering the
+service from the current cluster config (management, views or query),
+sends one request on an :class:`~couchbase_core._engine.http.HTTPConnection`
+with the bucket's credentials, and hands an
+:class:`~couchbase_core.result.HttpResult` to its sink. Idempotent requests
+(GET) that fail to connect are tried on the next node.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from couchbase_core._engine.http import HTTPConnection, HTTPRequest, basic_auth
+from couchbase_core._engine.ops import KVOp
+from couchbase_core._kvops import discard
+from couchbase_core.exceptions import RC
+from couchbase_core.result import HttpResult
+
+__all__ = ["HttpOp", "service_endpoints"]
+
+
+def service_endpoints(engine: Any, service: str) -> List[Tuple[str, int]]:
+    """(host, port) of every node offering ``service`` (``mgmt``, ``capi``,
+    ``n1ql``), from the config, else the connection string's HTTP hosts."""
+    tls = engine.tls_context is not None
+    cfg = engine.config
+    found: List[Tuple[str, int]] = []
+    if cfg is not None:
+        found = cfg.service_endpoints(service, tls)
+    if not found and service == "mgmt":
+        found = list(engine.settings.http_hosts)
+    return found
+
+
+class HttpOp(KVOp):
+    """One HTTP request to a service of the cluster."""
+
+    __slots__ = ("key", "sink", "service", "method", "path", "body", "headers", "_targets", "_status",
+                 "_resp_headers", "_chunks", "_conn", "_engine", "accept")
+    local = True
+
+    def __init__(self, service: str, method: str, path: str, body: bytes = b"",
+                 headers: Optional[Dict[str, str]] = None, timeout: float = 75.0,
+                 accept: Optional[Callable[[int], bool]] = None) -> None:
+        KVOp.__init__(self, 0, b"", b"", b"", 0, 0, timeout)
+        self.key = path
+        self.sink: Callable[[Any], None] = discard
+        self.service = service
+        self.method = method
+        self.path = path
+        self.body = body
+        self.headers = dict(headers or {})
+        self._targets: List[Tuple[str, int]] = []
+        self._status = 0
+        self._resp_headers: Dict[str, str] = {}
+        self._chunks: List[bytes] = []
+        self._conn: Optional[HTTPConnection] = None
+        self._engine: Any = None
+        self.accept = accept
+
+    @property
+    def idempotent(self) -> bool:  # type: ignore[override]
+        return self.method in ("GET", "HEAD")
+
+    def run(self, engine: Any) -> None:
+        self._engine = engine
+        targets = service_endpoints(engine, self.service)
+        if not targets:
+            engine.defer(lambda: self.on_error(RC.CLIENT_NOT_SUPPORTED,
+                                               "no node of the cluster offers the %s service" % self.service))
+            return
+        random.shuffle(targets)
+        self._targets = targets
+        self._send()
+
+    def _send(self) -> None:
+        engine = self._engine
+        host, port = self._targets.pop(0)
+        user, password = engine.settings.sasl_credentials()
+        headers = dict(self.headers)
+        if user is not None and "Authorization" not in headers:
+            headers["Authorization"] = basic_auth(user, password or "")
+        self._conn = HTTPConnection(engine, host, port, tls=engine.tls_context is not None)
+        self._status = 0
+        self._chunks = []
+        req = HTTPRequest(self.method, self.path, headers, self.body, self.timeout, on_head=self._on_head,
+                          on_data=self._chunks.append, on_end=self._on_end, on_error=self._on_failure)
+        self._conn.request(req)
+
+    def _on_head(self, status: int, headers: Dict[str, str]) -> None:
+        self._status = status
+        self._resp_headers = headers
+
+    def _on_end(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        body = b"".join(self._chunks)
+        try:
+            value: Any = json.loads(body) if body else None
+        except ValueError:
+            value = body.decode("utf-8", "replace")
+        status = self._status
+        ok = self.accept(status) if self.accept is not None else 200 <= status < 300
+        res = HttpResult(self.path, 0 if ok else RC.HTTP, status, value)
+        res.headers = self._resp_headers
+        if not ok:
+            res._message = "HTTP %d from %s %s: %s" % (status, self.method, self.path,
+                                                       body[:300].decode("utf-8", "replace"))
+        self.done = True
+        self.sink(res)
+
+    def _on_failure(self, rc: int, message: str) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        if self._targets and self.idempotent and rc in (RC.CONNECT, RC.NETWORK, RC.UNKNOWN_HOST):
+            self._send()  # another node offers the service too
+            return
+        self.on_error(rc, message)
+
+    def on_response(self, frame: Any) -> None:  # pragma: no cover - local operations get no frames
+        pass
+
+    def on_error(self, rc: int, message: str) -> None:
+        self.done = True
+        res = HttpResult(self.path, rc)
+        res._message = message
+        self.sink(res)
+
+    def describe(self) -> str:
+        return "HTTP %s %s" % (self.method, self.path)
