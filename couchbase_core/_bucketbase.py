@@ -1577,6 +1577,26 @@ class BaseBucket:
         return {"version": 1, "id": engine.client_id, "sdk": self._settings.client_string,
                 "services": {"kv": entries}}
 
+    # ------------------------------------------------------------------ views
+
+    #: The iterator class ``query`` returns (GView on the gevent bucket).
+    _view_class: Any = None
+
+    def query(self, design: str, view: str, use_devmode: bool = False, **kwargs: Any) -> Any:
+        """A view query: returns an iterable :class:`~couchbase_core.views.iterator.View`
+        (on the gevent bucket a ``GView``; on an AsyncBucket pass
+        ``itercls=`` an :class:`~couchbase_core.asynchronous.view.AsyncViewBase`
+        subclass). Keyword arguments are view parameters
+        (:mod:`couchbase_core.views.params`) plus ``include_docs``,
+        ``query``, ``row_processor``, ``spatial``, ``streaming``."""
+        self._require_couchbase("views", "plain memcached has no view engine")
+        itercls = kwargs.pop("itercls", None) or self._view_class
+        if itercls is None:
+            from couchbase_core.views.iterator import View
+
+            itercls = View
+        return itercls(self, design, view, use_devmode=use_devmode, **kwargs)
+
     def pipeline(self) -> Pipeline:
         """Return a :class:`Pipeline`: ``with bucket.pipeline() as pipe: ...``."""
         return Pipeline(self)

@@ -16,11 +16,12 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from couchbase_core._engine.http import HTTPConnection, HTTPRequest, basic_auth
 from couchbase_core._engine.ops import KVOp
+from couchbase_core._engine.rows import RowParseError, RowParser
 from couchbase_core._kvops import discard
 from couchbase_core.exceptions import RC
 from couchbase_core.result import HttpResult
 
-__all__ = ["HttpOp", "service_endpoints"]
+__all__ = ["HttpOp", "RowStreamOp", "service_endpoints"]
 
 
 def service_endpoints(engine: Any, service: str) -> List[Tuple[str, int]]:
@@ -84,21 +85,27 @@ class HttpOp(KVOp):
         headers = dict(self.headers)
         if user is not None and "Authorization" not in headers:
             headers["Authorization"] = basic_auth(user, password or "")
-        self._conn = HTTPConnection(engine, host, port, tls=engine.tls_context is not None)
+        self._conn = engine.http_pool.acquire(host, port)
         self._status = 0
         self._chunks = []
         req = HTTPRequest(self.method, self.path, headers, self.body, self.timeout, on_head=self._on_head,
-                          on_data=self._chunks.append, on_end=self._on_end, on_error=self._on_failure)
+                          on_data=self._on_chunk, on_end=self._on_end, on_error=self._on_failure)
         self._conn.request(req)
+
+    def _on_chunk(self, data: bytes) -> None:
+        self._chunks.append(data)
 
     def _on_head(self, status: int, headers: Dict[str, str]) -> None:
         self._status = status
         self._resp_headers = headers
 
+    def _release(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            self._engine.http_pool.release(conn)
+
     def _on_end(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        self._release()
         body = b"".join(self._chunks)
         try:
             value: Any = json.loads(body) if body else None
@@ -134,3 +141,87 @@ class HttpOp(KVOp):
 
     def describe(self) -> str:
         return "HTTP %s %s" % (self.method, self.path)
+
+
+class RowStreamOp(HttpOp):
+    """A streamed HTTP request whose JSON body carries rows (views: ``rows``;
+    N1QL: ``results``).
+
+    ``consumer`` receives ``rows_ready(list)`` as rows complete and, once,
+    ``finished(meta, http_status, error_or_None)``. :meth:`pause` and
+    :meth:`resume` apply back-pressure: while paused the socket is not read.
+    """
+
+    __slots__ = ("consumer", "rows_key", "_parser", "_error_body")
+
+    def __init__(self, service: str, method: str, path: str, body: bytes, headers: Dict[str, str],
+                 timeout: float, consumer: Any, rows_key: str) -> None:
+        HttpOp.__init__(self, service, method, path, body, headers, timeout)
+        self.consumer = consumer
+        self.rows_key = rows_key
+        self._parser = RowParser(rows_key)
+        self._error_body: List[bytes] = []
+
+    @property
+    def idempotent(self) -> bool:  # type: ignore[override]
+        return self.method == "GET" or self.service == "capi"
+
+    def _send(self) -> None:
+        self._parser = RowParser(self.rows_key)
+        HttpOp._send(self)
+
+    def _on_chunk(self, data: bytes) -> None:
+        if self.done:
+            return
+        try:
+            rows = self._parser.feed(data)
+        except RowParseError as exc:
+            self._abort(RC.PROTOCOL, str(exc))
+            return
+        if rows:
+            self.consumer.rows_ready(rows)
+
+    def _on_end(self) -> None:
+        if self.done:
+            return
+        self._release()
+        try:
+            meta = self._parser.close()
+        except RowParseError as exc:
+            self.done = True
+            self.consumer.finished({}, self._status, (RC.PROTOCOL, str(exc)))
+            return
+        self.done = True
+        self.consumer.finished(meta, self._status, None)
+
+    def _abort(self, rc: int, message: str) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+        self.done = True
+        self.consumer.finished(self._parser.meta, self._status, (rc, message))
+
+    def on_error(self, rc: int, message: str) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.consumer.finished(self._parser.meta, self._status, (rc, message))
+
+    def pause(self) -> None:
+        """Stop reading until :meth:`resume`."""
+        if self._conn is not None:
+            self._conn.pause_reading()
+
+    def resume(self) -> None:
+        """Read again."""
+        if self._conn is not None:
+            self._conn.resume_reading()
+
+    def cancel(self) -> None:
+        """Abandon the request (its connection is closed, not reused)."""
+        if self.done:
+            return
+        conn, self._conn = self._conn, None
+        self.done = True
+        if conn is not None:
+            conn.close()

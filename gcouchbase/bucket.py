@@ -23,15 +23,25 @@ from gevent.hub import Waiter, get_hub
 
 from couchbase_core._bucketbase import BaseBucket, Latch, PingStatus, Pipeline
 from couchbase_core._kvops import discard
+from couchbase_core.views.iterator import View
 from gcouchbase.iops import IOPS
 
-__all__ = ["Bucket", "Pipeline", "PingStatus"]
+__all__ = ["Bucket", "Pipeline", "PingStatus", "GView"]
+
+
+class GView(View):
+    """A view whose rows stream in while the greenlet iterates: the greenlet
+    sleeps while it waits for the next batch and the hub reads the response;
+    other greenlets run meanwhile. Killing the greenlet (or dropping the
+    iterator) cancels the request."""
 
 
 class Bucket(BaseBucket):
     """A bucket for gevent programs; see :class:`couchbase_core.bucket.Bucket`
     for the arguments and ``couchbase_core._bucketbase.BaseBucket`` for the
     operations. The constructor waits (cooperatively) for the bootstrap."""
+
+    _view_class = GView
 
     def _make_iops(self, kwargs: Dict[str, Any]) -> IOPS:
         self._hub = get_hub()

@@ -37,7 +37,7 @@ from couchbase_core.iops.base import (
 if TYPE_CHECKING:  # pragma: no cover
     from couchbase_core._engine.instance import Engine
 
-__all__ = ["HTTPConnection", "HTTPRequest", "ConfigStream", "basic_auth"]
+__all__ = ["HTTPConnection", "HTTPRequest", "HTTPPool", "ConfigStream", "basic_auth"]
 
 log = logging.getLogger("couchbase_core.engine")
 
@@ -95,6 +95,9 @@ class HTTPConnection:
         self._timer: Any = None
         self._addresses: List[Tuple[int, Any]] = []
         self._want_write = False
+        self._paused = False
+        #: the engine's pool this connection returns to when idle
+        self.pool: Any = None
 
     @property
     def authority(self) -> str:
@@ -196,7 +199,26 @@ class HTTPConnection:
         self._set_watch(LCB_WRITE_EVENT)
 
     def _set_watch(self, flags: int) -> None:
-        self.iops.update_event(self._event, PYCBC_EVACTION_WATCH, flags)
+        if self._paused:
+            flags &= ~LCB_READ_EVENT
+        if flags:
+            self.iops.update_event(self._event, PYCBC_EVACTION_WATCH, flags)
+        else:
+            self.iops.update_event(self._event, PYCBC_EVACTION_UNWATCH, 0)
+
+    def pause_reading(self) -> None:
+        """Stop reading the socket (flow control: the consumer is behind)."""
+        if not self._paused:
+            self._paused = True
+            if self._event is not None and self.state in ("open", "tls"):
+                self._set_watch(LCB_WRITE_EVENT if self._out else 0)
+
+    def resume_reading(self) -> None:
+        """Read again after :meth:`pause_reading`."""
+        if self._paused:
+            self._paused = False
+            if self._event is not None and self.state in ("open", "tls"):
+                self._set_watch(LCB_RW_EVENT if self._out else LCB_READ_EVENT)
 
     def _on_io(self, flags: int) -> None:
         state = self.state
@@ -369,6 +391,45 @@ class HTTPConnection:
             self._timer = None
         self._drop_socket()
         self._tls_session = None
+
+
+class HTTPPool:
+    """Idle keep-alive connections per (host, port), for reuse."""
+
+    def __init__(self, engine: "Engine", per_node: int = 4) -> None:
+        self.engine = engine
+        self.per_node = per_node
+        self._idle: Dict[Tuple[str, int], List[HTTPConnection]] = {}
+
+    def acquire(self, host: str, port: int) -> HTTPConnection:
+        """An idle connection to ``host:port``, or a new one."""
+        idle = self._idle.get((host, port))
+        while idle:
+            conn = idle.pop()
+            if conn.state == "open" and not conn.busy:
+                conn._paused = False
+                return conn
+        conn = HTTPConnection(self.engine, host, port, tls=self.engine.tls_context is not None)
+        conn.pool = self
+        return conn
+
+    def release(self, conn: HTTPConnection) -> None:
+        """Give back a connection whose response ended; kept if reusable."""
+        if conn.state != "open" or conn.busy or conn._paused:
+            conn.close()
+            return
+        idle = self._idle.setdefault((conn.host, conn.port), [])
+        if len(idle) >= self.per_node:
+            conn.close()
+            return
+        idle.append(conn)
+
+    def close(self) -> None:
+        """Close every idle connection."""
+        for conns in self._idle.values():
+            for conn in conns:
+                conn.close()
+        self._idle.clear()
 
 
 class ConfigStream:

@@ -110,6 +110,10 @@ class Engine:
         self._poll_timer: Any = None
         self._last_refresh = 0.0
         self._config_listeners: List[Callable[[BucketConfig], None]] = []
+        from couchbase_core._engine.http import HTTPPool
+
+        #: keep-alive HTTP connections (views, N1QL, management)
+        self.http_pool = HTTPPool(self, max(1, settings.http_poolsize))
 
     # ------------------------------------------------------------- bootstrap
 
@@ -649,6 +653,7 @@ class Engine:
         self.iops.update_timer(self._retry_timer, PYCBC_EVACTION_CLEANUP, 0)
         if self._bootstrapper is not None:
             self._bootstrapper.close()
+        self.http_pool.close()
         if not self.bootstrapped and self.bootstrap_error is None:
             # Settle the bootstrap first (closing connections below must not
             # finish it inside this call); waiters hear about it from the loop.

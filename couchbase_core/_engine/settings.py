@@ -65,6 +65,7 @@ class Settings:
     #: Snappy: "on", "off", "inflate_only", "deflate_only", "force".
     compression: str = "on"
     durability_timeout: float = 5.0
+    http_poolsize: int = 4
     durability_interval: float = 0.1
     config_poll_interval: float = 2.5
     retry_nmv_delay: float = 0.1
@@ -163,6 +164,8 @@ class Settings:
         for name in ("durability_timeout", "durability_interval"):
             if name in opts:
                 setattr(s, name, _positive(parse_duration(opts[name], name), name))
+        if "http_poolsize" in opts:
+            s.http_poolsize = parse_int(opts["http_poolsize"], "http_poolsize", minimum=0)
         if "select_bucket" in opts:
             s.select_bucket = parse_bool(opts["select_bucket"], "select_bucket")
         if opts.get("sasl_mech_force"):

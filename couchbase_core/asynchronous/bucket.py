@@ -168,6 +168,16 @@ class AsyncBucket(BaseBucket):
     def _wait_latch(self, latch: Latch) -> None:  # pragma: no cover - never waits
         raise PipelineError("an AsyncBucket never waits")
 
+    def query(self, design: str, view: str, use_devmode: bool = False, **kwargs: Any) -> Any:
+        """A view query: ``itercls`` must be an AsyncViewBase subclass; call
+        ``start()`` on the returned object."""
+        itercls = kwargs.get("itercls")
+        from couchbase_core.asynchronous.view import AsyncViewBase
+
+        if itercls is None or not (isinstance(itercls, type) and issubclass(itercls, AsyncViewBase)):
+            raise ArgumentError("AsyncBucket.query needs itercls=<an AsyncViewBase subclass>")
+        return BaseBucket.query(self, design, view, use_devmode, **kwargs)
+
     def pipeline(self) -> Any:  # type: ignore[override]
         """Batch the writes of the operations issued inside the block."""
         return _AsyncPipeline(self)

@@ -23,7 +23,7 @@ import hmac
 import json
 import os
 import struct
-from typing import TYPE_CHECKING, Awaitable, Callable, Dict, List, Optional, Set, Union
+from typing import TYPE_CHECKING, Awaitable, Callable, Dict, List, Optional, Set, Tuple, Union
 
 from couchbase_core.mock import proto
 from couchbase_core.mock.cluster import FAILED, STOPPED, Bucket, Cluster, Node
@@ -78,6 +78,12 @@ _BARE_OPS = (proto.NOOP, proto.VERSION, proto.QUIT, proto.QUITQ)
 
 class KVSession(asyncio.Protocol):
     """One client connection to a node's KV port."""
+
+    #: Test hook, for checking the SCRAM vectors of spec/sasl.md §6: when
+    #: set, ``{user: (server nonce part, salt, iterations)}`` replaces the
+    #: random server nonce, the user's salt and the iteration count in SCRAM
+    #: exchanges of those users. None (the default) in normal use.
+    scram_test_vectors: Optional[Dict[str, Tuple[str, bytes, int]]] = None
 
     def __init__(self, runtime: "NodeRuntime") -> None:
         self.runtime = runtime
@@ -416,12 +422,15 @@ class KVSession(asyncio.Protocol):
         password = self.cluster.password_of(user)
         if password is None or not cnonce:
             return self.error(req, proto.AUTH_ERROR, "Authentication failed")
-        salt = self.cluster.scram_salt(user)
-        nonce = cnonce + base64.b64encode(os.urandom(18)).decode("ascii").replace("=", "")
-        server_first = "r=%s,s=%s,i=%d" % (nonce, base64.b64encode(salt).decode("ascii"),
-                                           self.cluster.scram_iterations)
+        salt, iterations = self.cluster.scram_salt(user), self.cluster.scram_iterations
+        snonce = base64.b64encode(os.urandom(18)).decode("ascii").replace("=", "")
+        fixed = KVSession.scram_test_vectors.get(user) if KVSession.scram_test_vectors else None
+        if fixed is not None:
+            snonce, salt, iterations = fixed
+        nonce = cnonce + snonce
+        server_first = "r=%s,s=%s,i=%d" % (nonce, base64.b64encode(salt).decode("ascii"), iterations)
         self._sasl = {"mech": mech, "user": user, "password": password, "bare": bare,
-                      "server_first": server_first, "nonce": nonce, "salt": salt}
+                      "server_first": server_first, "nonce": nonce, "salt": salt, "iterations": iterations}
         return self.reply(req, proto.AUTH_CONTINUE, value=server_first.encode())
 
     def _sasl_step(self, req: Request) -> bytes:
@@ -440,7 +449,7 @@ class KVSession(asyncio.Protocol):
             return self.error(req, proto.AUTH_ERROR, "Authentication failed")
         digest = {"SCRAM-SHA512": "sha512", "SCRAM-SHA256": "sha256", "SCRAM-SHA1": "sha1"}[mech]
         salted = hashlib.pbkdf2_hmac(digest, state["password"].encode("utf-8"), state["salt"],
-                                     self.cluster.scram_iterations)
+                                     state["iterations"])
         client_key = hmac.new(salted, b"Client Key", digest).digest()
         stored_key = hashlib.new(digest, client_key).digest()
         auth_message = "%s,%s,%s" % (state["bare"], state["server_first"], without_proof)

@@ -1,0 +1,104 @@
+"""Rows of a streamed request, buffered for an iterator.
+
+:class:`RowStream` sits between a :class:`~couchbase_core._httpops.RowStreamOp`
+(which parses rows as bytes arrive) and whoever iterates: the blocking and
+gevent buckets wait for rows through their waiting strategy
+(``bucket._wait_latch``), so the same iterator code serves both. When the
+consumer falls behind, the stream pauses reading the socket, so memory stays
+bounded by the buffer, not by the result size. An iterator dropped or killed
+mid-way cancels the request.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Tuple
+
+from couchbase_core._bucketbase import Latch
+
+__all__ = ["RowStream"]
+
+#: Pause reading when this many rows wait; resume below LOW_WATER.
+HIGH_WATER = 2000
+LOW_WATER = 500
+
+
+class RowStream:
+    """One streamed request's rows and metadata."""
+
+    def __init__(self, bucket: Any, make_op: Callable[["RowStream"], Any], batch_size: int = 500) -> None:
+        self.bucket = bucket
+        self._make_op = make_op
+        self.batch_size = batch_size
+        self._buffer: Deque[Any] = deque()
+        self._latch: Optional[Latch] = None
+        self._paused = False
+        self.op: Any = None
+        self.started = False
+        self.done = False
+        self.meta: Dict[str, Any] = {}
+        self.http_status = 0
+        self.error: Optional[Tuple[int, str]] = None
+        self.rows_received = 0
+
+    # -- producer side (loop callbacks) ---------------------------------------
+
+    def rows_ready(self, rows: List[Any]) -> None:
+        """Called by the op with newly parsed rows."""
+        self._buffer.extend(rows)
+        self.rows_received += len(rows)
+        if not self._paused and len(self._buffer) >= HIGH_WATER and self.op is not None:
+            self._paused = True
+            self.op.pause()
+        self._wake()
+
+    def finished(self, meta: Dict[str, Any], http_status: int, error: Optional[Tuple[int, str]]) -> None:
+        """Called by the op once, when the response ended or failed."""
+        self.meta = meta
+        self.http_status = http_status
+        self.error = error
+        self.done = True
+        self._wake()
+
+    def _wake(self) -> None:
+        latch = self._latch
+        if latch is not None and latch.count:
+            latch.done()
+
+    # -- consumer side ------------------------------------------------------------
+
+    def start(self) -> None:
+        """Send the request."""
+        if self.started:
+            return
+        self.started = True
+        self.op = self._make_op(self)
+        self.bucket._engine.submit(self.op)
+
+    def batches(self) -> Iterator[List[Any]]:
+        """Yield lists of raw rows as they arrive (waiting cooperatively),
+        until the response ends. Cancels the request if abandoned."""
+        self.start()
+        buffer = self._buffer
+        try:
+            while True:
+                if buffer:
+                    count = min(len(buffer), self.batch_size)
+                    batch = [buffer.popleft() for _ in range(count)]
+                    if self._paused and len(buffer) < LOW_WATER:
+                        self._paused = False
+                        self.op.resume()
+                    yield batch
+                    continue
+                if self.done:
+                    return
+                latch = self._latch = Latch(1)
+                try:
+                    self.bucket._wait_latch(latch)
+                finally:
+                    self._latch = None
+        finally:
+            if not self.done and self.op is not None:
+                self.op.cancel()
+                self.done = True
+                self.error = self.error or (0, "abandoned")

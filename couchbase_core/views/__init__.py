@@ -1,0 +1,1 @@
+"""Views: query parameters (:mod:`.params`) and row iteration (:mod:`.iterator`)."""
