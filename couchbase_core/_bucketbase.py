@@ -1597,6 +1597,28 @@ class BaseBucket:
             itercls = View
         return itercls(self, design, view, use_devmode=use_devmode, **kwargs)
 
+    #: The request class ``n1ql_query`` returns (GN1QLRequest on gevent).
+    _n1ql_class: Any = None
+
+    def n1ql_query(self, query: Any, *args: Any, **kwargs: Any) -> Any:
+        """A N1QL query: returns an iterable
+        :class:`~couchbase_core.n1ql.N1QLRequest` (a ``GN1QLRequest`` on the
+        gevent bucket; pass ``itercls=`` an
+        :class:`~couchbase_core.asynchronous.n1ql.AsyncN1QLRequest` subclass
+        on an AsyncBucket). ``query`` is a :class:`N1QLQuery` or a statement
+        string; ``*args``/``**kwargs`` are its parameters then."""
+        from couchbase_core.n1ql import N1QLQuery, N1QLRequest
+
+        itercls = kwargs.pop("itercls", None) or self._n1ql_class or N1QLRequest
+        row_factory = kwargs.pop("row_factory", None)
+        if isinstance(query, str):
+            query = N1QLQuery(query, *args, **kwargs)
+        elif args or kwargs:
+            raise ArgumentError("parameters go into the N1QLQuery when one is given")
+        if row_factory is not None:
+            return itercls(query, self, row_factory)
+        return itercls(query, self)
+
     def pipeline(self) -> Pipeline:
         """Return a :class:`Pipeline`: ``with bucket.pipeline() as pipe: ...``."""
         return Pipeline(self)

@@ -23,10 +23,11 @@ from gevent.hub import Waiter, get_hub
 
 from couchbase_core._bucketbase import BaseBucket, Latch, PingStatus, Pipeline
 from couchbase_core._kvops import discard
+from couchbase_core.n1ql import N1QLRequest
 from couchbase_core.views.iterator import View
 from gcouchbase.iops import IOPS
 
-__all__ = ["Bucket", "Pipeline", "PingStatus", "GView"]
+__all__ = ["Bucket", "Pipeline", "PingStatus", "GView", "GN1QLRequest"]
 
 
 class GView(View):
@@ -36,12 +37,18 @@ class GView(View):
     iterator) cancels the request."""
 
 
+class GN1QLRequest(N1QLRequest):
+    """A N1QL request whose rows stream in while the greenlet iterates (the
+    greenlet sleeps between batches; killing it cancels the request)."""
+
+
 class Bucket(BaseBucket):
     """A bucket for gevent programs; see :class:`couchbase_core.bucket.Bucket`
     for the arguments and ``couchbase_core._bucketbase.BaseBucket`` for the
     operations. The constructor waits (cooperatively) for the bootstrap."""
 
     _view_class = GView
+    _n1ql_class = GN1QLRequest
 
     def _make_iops(self, kwargs: Dict[str, Any]) -> IOPS:
         self._hub = get_hub()

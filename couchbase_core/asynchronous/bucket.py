@@ -178,6 +178,17 @@ class AsyncBucket(BaseBucket):
             raise ArgumentError("AsyncBucket.query needs itercls=<an AsyncViewBase subclass>")
         return BaseBucket.query(self, design, view, use_devmode, **kwargs)
 
+    def n1ql_query(self, query: Any, *args: Any, **kwargs: Any) -> Any:
+        """A N1QL query: ``itercls`` must be an AsyncN1QLRequest subclass (or
+        the class itself); call ``start()`` on the returned object."""
+        from couchbase_core.asynchronous.n1ql import AsyncN1QLRequest
+
+        itercls = kwargs.get("itercls") or AsyncN1QLRequest
+        if not (isinstance(itercls, type) and issubclass(itercls, AsyncN1QLRequest)):
+            raise ArgumentError("AsyncBucket.n1ql_query needs itercls=<an AsyncN1QLRequest subclass>")
+        kwargs["itercls"] = itercls
+        return BaseBucket.n1ql_query(self, query, *args, **kwargs)
+
     def pipeline(self) -> Any:  # type: ignore[override]
         """Batch the writes of the operations issued inside the block."""
         return _AsyncPipeline(self)

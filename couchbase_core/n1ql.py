@@ -1,0 +1,423 @@
+"""N1QL queries (spec/http-services.md §3).
+
+::
+
+    q = N1QLQuery("SELECT name FROM `default` WHERE age > $1", 30)
+    for row in bucket.n1ql_query(q):
+        print(row)
+
+:class:`N1QLQuery` holds the statement and its options; iterating the
+:class:`N1QLRequest` that ``bucket.n1ql_query`` returns sends it to a node
+running the query service and yields rows while the response streams in.
+``meta`` (status, metrics, errors, warnings...) is available afterwards.
+
+Prepared statements: with ``query.adhoc = False`` the statement is prepared
+once (``PREPARE``) and its plan cached per bucket; later executions send
+only the prepared name (and the plan, when the cluster lacks the
+``enhancedPreparedStatements`` capability). A failure that says the plan is
+stale (codes 4040-4090, or 5000 about an index) re-prepares and retries
+once, if no row was delivered yet.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from typing import Any, Callable, Dict, Iterator, List, Optional
+
+from couchbase_core.exceptions import RC, ArgumentError, CouchbaseError, HTTPError, exc_from_rc
+
+__all__ = ["N1QLQuery", "N1QLRequest", "N1QLError", "MutationState", "CONSISTENCY_NONE",
+           "CONSISTENCY_REQUEST", "CONSISTENCY_UNBOUNDED", "STATEMENT_PLUS", "PROFILE_OFF", "PROFILE_PHASES",
+           "PROFILE_TIMINGS", "UNBOUNDED", "REQUEST_PLUS"]
+
+#: Indexes may lag behind the latest mutations (the default).
+CONSISTENCY_NONE = "none"
+CONSISTENCY_UNBOUNDED = "not_bounded"
+UNBOUNDED = CONSISTENCY_UNBOUNDED
+#: Wait until indexes have every mutation made before the request.
+CONSISTENCY_REQUEST = "request_plus"
+REQUEST_PLUS = CONSISTENCY_REQUEST
+#: Like request_plus, per statement.
+STATEMENT_PLUS = "statement_plus"
+#: Profiling output.
+PROFILE_OFF = "off"
+PROFILE_PHASES = "phases"
+PROFILE_TIMINGS = "timings"
+
+_REPREPARE_CODES = set(range(4040, 4091))
+
+
+class N1QLError(CouchbaseError):
+    """The query service reported errors. ``code`` and ``msg`` are the first
+    error's; ``errors`` has them all; ``http_status`` the HTTP status."""
+
+    CODE = RC.HTTP
+
+    @property
+    def code(self) -> int:
+        """The first error's N1QL code (e.g. 3000 for a syntax error)."""
+        errors = self.objextra or []
+        return int(errors[0].get("code", 0)) if errors else 0
+
+    @property
+    def msg(self) -> str:
+        """The first error's message."""
+        errors = self.objextra or []
+        return str(errors[0].get("msg", "")) if errors else self.message
+
+    @property
+    def errors(self) -> List[Dict[str, Any]]:
+        """Every error object the service returned."""
+        return list(self.objextra or [])
+
+
+class MutationState:
+    """Mutation tokens to wait for with ``consistent_with`` (at_plus)."""
+
+    def __init__(self, *results: Any) -> None:
+        self._tokens: Dict[tuple, Any] = {}
+        self.add_results(*results)
+
+    def add_results(self, *results: Any) -> bool:
+        """Add the tokens of mutation results (or MultiResults); True if any."""
+        added = False
+        for res in results:
+            values = res.values() if isinstance(res, dict) else [res]
+            for r in values:
+                token = getattr(r, "mutation_token", None)
+                if token is None:
+                    continue
+                key = (token.bucket, token.vbucket)
+                current = self._tokens.get(key)
+                if current is None or token.seqno > current.seqno:
+                    self._tokens[key] = token
+                added = True
+        return added
+
+    def add_all(self, *tokens: Any) -> None:
+        """Add tokens directly."""
+        for token in tokens:
+            self._tokens[(token.bucket, token.vbucket)] = token
+
+    def __bool__(self) -> bool:
+        return bool(self._tokens)
+
+    def encode(self) -> Dict[str, Dict[str, list]]:
+        """``scan_vectors`` for the request."""
+        out: Dict[str, Dict[str, list]] = {}
+        for (bucket, vbucket), token in self._tokens.items():
+            out.setdefault(bucket, {})[str(vbucket)] = [token.seqno, str(token.vbucket_uuid)]
+        return out
+
+
+class N1QLQuery:
+    """A statement and its options.
+
+    Args:
+        query: the N1QL statement.
+        *args: positional parameters (``$1``, ``$2``...).
+        **kwargs: named parameters (``$name``; give them without the ``$``).
+    """
+
+    def __init__(self, query: str, *args: Any, **kwargs: Any) -> None:
+        if not isinstance(query, str):
+            raise ArgumentError("a N1QL statement must be a str")
+        self._body: Dict[str, Any] = {"statement": query}
+        self._adhoc = True
+        self._cross_bucket = False
+        self.timeout: Optional[float] = None
+        if args:
+            self._body["args"] = list(args)
+        for name, value in kwargs.items():
+            self.set_option("$" + name.lstrip("$"), value)
+
+    @property
+    def statement(self) -> str:
+        """The statement text."""
+        return self._body["statement"]
+
+    def set_option(self, name: str, value: Any) -> None:
+        """Set any request field (e.g. ``scan_cap``, ``pipeline_batch``)."""
+        self._body[name] = value
+
+    def set_args(self, *args: Any, **kwargs: Any) -> None:
+        """Replace the parameters."""
+        self._body.pop("args", None)
+        for key in [k for k in self._body if k.startswith("$")]:
+            del self._body[key]
+        if args:
+            self._body["args"] = list(args)
+        for name, value in kwargs.items():
+            self._body["$" + name.lstrip("$")] = value
+
+    @property
+    def consistency(self) -> str:
+        """``not_bounded`` (default), ``request_plus`` or ``at_plus``."""
+        return self._body.get("scan_consistency", CONSISTENCY_UNBOUNDED)
+
+    @consistency.setter
+    def consistency(self, value: str) -> None:
+        if value == CONSISTENCY_NONE:
+            self._body.pop("scan_consistency", None)
+            self._body.pop("scan_vectors", None)
+            return
+        if value not in (CONSISTENCY_UNBOUNDED, CONSISTENCY_REQUEST, STATEMENT_PLUS):
+            raise ArgumentError("consistency must be one of CONSISTENCY_NONE, CONSISTENCY_UNBOUNDED, "
+                                "CONSISTENCY_REQUEST, STATEMENT_PLUS")
+        self._body["scan_consistency"] = value
+        self._body.pop("scan_vectors", None)
+
+    def consistent_with(self, state: MutationState) -> None:
+        """Wait for the mutations in ``state`` (``at_plus``)."""
+        if not isinstance(state, MutationState) or not state:
+            raise ArgumentError("consistent_with needs a non-empty MutationState")
+        self._body["scan_consistency"] = "at_plus"
+        self._body["scan_vectors"] = state.encode()
+
+    @property
+    def adhoc(self) -> bool:
+        """False to prepare the statement once and reuse the plan."""
+        return self._adhoc
+
+    @adhoc.setter
+    def adhoc(self, value: bool) -> None:
+        self._adhoc = bool(value)
+
+    @property
+    def readonly(self) -> bool:
+        """Refuse statements that change data."""
+        return bool(self._body.get("readonly", False))
+
+    @readonly.setter
+    def readonly(self, value: bool) -> None:
+        self._body["readonly"] = bool(value)
+
+    @property
+    def profile(self) -> str:
+        """``PROFILE_OFF``, ``PROFILE_PHASES`` or ``PROFILE_TIMINGS``."""
+        return self._body.get("profile", PROFILE_OFF)
+
+    @profile.setter
+    def profile(self, value: str) -> None:
+        if value not in (PROFILE_OFF, PROFILE_PHASES, PROFILE_TIMINGS):
+            raise ArgumentError("profile must be PROFILE_OFF, PROFILE_PHASES or PROFILE_TIMINGS")
+        self._body["profile"] = value
+
+    @property
+    def metrics(self) -> bool:
+        """Ask for metrics (default True)."""
+        return bool(self._body.get("metrics", True))
+
+    @metrics.setter
+    def metrics(self, value: bool) -> None:
+        self._body["metrics"] = bool(value)
+
+    @property
+    def cross_bucket(self) -> bool:
+        """Send the credentials of every bucket (pre-5.0 clusters)."""
+        return self._cross_bucket
+
+    @cross_bucket.setter
+    def cross_bucket(self, value: bool) -> None:
+        self._cross_bucket = bool(value)
+
+    def encoded_body(self, default_timeout: Optional[float] = None) -> Dict[str, Any]:
+        """The request body as a dict."""
+        body = dict(self._body)
+        timeout = self.timeout if self.timeout is not None else default_timeout
+        if timeout:
+            body["timeout"] = "%dms" % max(1, int(timeout * 1000))
+        return body
+
+    @property
+    def encoded(self) -> str:
+        """The request body as JSON text."""
+        return json.dumps(self.encoded_body(), separators=(",", ":"))
+
+    def __repr__(self) -> str:
+        return "N1QLQuery(%r)" % (self._body,)
+
+
+class _PreparedCache:
+    """statement text -> prepare result (LRU)."""
+
+    def __init__(self, size: int = 5000) -> None:
+        self.size = size
+        self._entries: "OrderedDict[str, Dict[str, Any]]" = OrderedDict()
+
+    def get(self, statement: str) -> Optional[Dict[str, Any]]:
+        entry = self._entries.get(statement)
+        if entry is not None:
+            self._entries.move_to_end(statement)
+        return entry
+
+    def put(self, statement: str, entry: Dict[str, Any]) -> None:
+        self._entries[statement] = entry
+        self._entries.move_to_end(statement)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+    def drop(self, statement: str) -> None:
+        self._entries.pop(statement, None)
+
+
+def prepared_cache(bucket: Any) -> _PreparedCache:
+    """The bucket's prepared-statement cache."""
+    cache = bucket.__dict__.get("_n1ql_prepared")
+    if cache is None:
+        cache = bucket.__dict__["_n1ql_prepared"] = _PreparedCache()
+    return cache
+
+
+def query_error(meta: Dict[str, Any], http_status: int, error: Optional[tuple]) -> Optional[CouchbaseError]:
+    """The exception for a failed response, or None."""
+    if error is not None and error[0]:
+        return exc_from_rc(error[0], "N1QL request failed: %s" % error[1])
+    errors = meta.get("errors")
+    if errors:
+        first = errors[0] if isinstance(errors, list) and errors else {}
+        exc = N1QLError({"message": "N1QL error %s: %s" % (first.get("code"), first.get("msg")),
+                         "objextra": errors})
+        exc.http_status = http_status  # type: ignore[attr-defined]
+        return exc
+    status = meta.get("status")
+    if http_status not in (0, 200) or (status is not None and status not in ("success", "completed")):
+        exc2 = HTTPError({"message": "N1QL request failed (HTTP %d, status %r)" % (http_status, status),
+                          "objextra": meta})
+        return exc2
+    return None
+
+
+class N1QLRequest:
+    """An iterable N1QL request (see the module docs). Iterate it once;
+    ``execute()`` runs it to completion; ``get_single_result()`` returns the
+    first row. ``meta``, ``metrics``, ``errors`` and ``warnings`` are set
+    when the response has ended."""
+
+    def __init__(self, params: N1QLQuery, parent: Any, row_factory: Callable[[Any], Any] = lambda row: row) -> None:
+        if isinstance(params, str):
+            params = N1QLQuery(params)
+        if not isinstance(params, N1QLQuery):
+            raise ArgumentError("n1ql_query needs a N1QLQuery or a statement string")
+        self.params = params
+        self.bucket = parent
+        self.row_factory = row_factory
+        self.meta: Dict[str, Any] = {}
+        self.rows_returned = 0
+        self._iterated = False
+        self._done = False
+
+    # -- request building ---------------------------------------------------------
+
+    def _body_for(self, prepared: Optional[Dict[str, Any]]) -> bytes:
+        body = self.params.encoded_body(self.bucket.n1ql_timeout)
+        if self.params.cross_bucket:
+            user, password = self.bucket._settings.sasl_credentials()
+            body["creds"] = [{"user": "local:%s" % (user or self.bucket.bucket), "pass": password or ""}]
+        if prepared is not None:
+            body.pop("statement", None)
+            body["prepared"] = prepared["name"]
+            caps = (self.bucket._engine.config.cluster_capabilities if self.bucket._engine.config else {}) or {}
+            if "enhancedPreparedStatements" not in caps.get("n1ql", []) and prepared.get("encoded_plan"):
+                body["encoded_plan"] = prepared["encoded_plan"]
+        return json.dumps(body, separators=(",", ":")).encode("utf-8")
+
+    def _stream(self, prepared: Optional[Dict[str, Any]]) -> Any:
+        from couchbase_core._httpops import RowStreamOp
+        from couchbase_core._rowstream import RowStream
+
+        body = self._body_for(prepared)
+        timeout = (self.params.timeout or self.bucket.n1ql_timeout) + 1.0
+
+        def make_op(consumer: Any) -> Any:
+            return RowStreamOp("n1ql", "POST", "/query/service", body, {"Content-Type": "application/json"},
+                               timeout, consumer, "results")
+
+        return RowStream(self.bucket, make_op)
+
+    def _prepare(self) -> Dict[str, Any]:
+        """PREPARE the statement (blocking/gevent buckets)."""
+        cache = prepared_cache(self.bucket)
+        entry = cache.get(self.params.statement)
+        if entry is not None:
+            return entry
+        prep = N1QLQuery("PREPARE " + self.params.statement)
+        rows = list(N1QLRequest(prep, self.bucket))
+        if not rows or "name" not in rows[0]:
+            raise N1QLError({"message": "PREPARE returned no plan", "objextra": []})
+        cache.put(self.params.statement, rows[0])
+        return rows[0]
+
+    # -- iteration ------------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[Any]:
+        if self._iterated:
+            from couchbase_core.views.iterator import AlreadyQueriedError
+
+            raise AlreadyQueriedError("this N1QL request has already been iterated; create a new one")
+        self._iterated = True
+        self.bucket._require_couchbase("N1QL", "plain memcached has no query service")
+        prepared = None if self.params.adhoc else self._prepare()
+        attempt = 0
+        while True:
+            stream = self._stream(prepared)
+            for batch in stream.batches():
+                for row in batch:
+                    self.rows_returned += 1
+                    yield self.row_factory(row)
+            self.meta = stream.meta
+            self._done = True
+            exc = query_error(stream.meta, stream.http_status, stream.error)
+            if exc is None:
+                return
+            if (prepared is not None and attempt == 0 and self.rows_returned == 0
+                    and isinstance(exc, N1QLError) and _stale_plan(exc)):
+                prepared_cache(self.bucket).drop(self.params.statement)
+                prepared = self._prepare()
+                attempt += 1
+                continue
+            raise exc
+
+    def execute(self) -> "N1QLRequest":
+        """Run the request to completion (rows are discarded); returns self."""
+        for _ in self:
+            pass
+        return self
+
+    def get_single_result(self) -> Any:
+        """The first row (the rest is read and discarded), or None."""
+        first = None
+        for index, row in enumerate(self):
+            if index == 0:
+                first = row
+        return first
+
+    @property
+    def metrics(self) -> Dict[str, Any]:
+        """The response's metrics."""
+        return self.meta.get("metrics", {})
+
+    @property
+    def errors(self) -> List[Any]:
+        """Errors reported by the service."""
+        return self.meta.get("errors", [])
+
+    @property
+    def warnings(self) -> List[Any]:
+        """Warnings reported by the service."""
+        return self.meta.get("warnings", [])
+
+    @property
+    def profile(self) -> Any:
+        """Profiling output (when asked for)."""
+        return self.meta.get("profile")
+
+    def __repr__(self) -> str:
+        return "<%s %r>" % (type(self).__name__, self.params.statement)
+
+
+def _stale_plan(exc: N1QLError) -> bool:
+    if exc.code in _REPREPARE_CODES:
+        return True
+    return exc.code == 5000 and "index" in exc.msg.lower()
