@@ -1577,6 +1577,25 @@ class BaseBucket:
         return {"version": 1, "id": engine.client_id, "sdk": self._settings.client_string,
                 "services": {"kv": entries}}
 
+    def bucket_manager(self) -> Any:
+        """A :class:`~couchbase_core.bucketmanager.BucketManager` for this bucket."""
+        from couchbase_core.bucketmanager import BucketManager
+
+        return BucketManager(self)
+
+    def _sleep(self, seconds: float) -> None:
+        """Wait ``seconds`` the way this bucket waits (the loop keeps running)."""
+        from couchbase_core.iops.base import PYCBC_EVACTION_CLEANUP, PYCBC_EVACTION_WATCH
+
+        latch = Latch(1)
+        timer = self._iops.timer_event_factory()
+        timer._handler = lambda _flags: latch.done()
+        self._iops.update_timer(timer, PYCBC_EVACTION_WATCH, int(max(0.0, seconds) * 1e6))
+        try:
+            self._wait_latch(latch)
+        finally:
+            self._iops.update_timer(timer, PYCBC_EVACTION_CLEANUP, 0)
+
     # ------------------------------------------------------------------ views
 
     #: The iterator class ``query`` returns (GView on the gevent bucket).
