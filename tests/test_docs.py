@@ -62,3 +62,48 @@ def test_documented_async_example_runs(memcached_server):
     usage = code[2].replace("memcached://127.0.0.1:11211", memcached_server.connstr)
     exec(usage, namespace)
     assert namespace["ar"].done and namespace["ar"].all_ok
+
+
+def _doc_asyncio_namespace():
+    code = _python_blocks(_read("docs/async.md"))
+    iops_block = next(c for c in code if "class AsyncioIOPS" in c)
+    main_block = next(c for c in code if "async def main" in c)
+    namespace = {}
+    exec(iops_block, namespace)
+    exec(main_block, namespace)
+    return namespace
+
+
+class TestDocumentedAsyncioIOPS(IOPSContract):
+    """The asyncio IOPS of docs/async.md passes the contract suite."""
+
+    def make_iops(self):
+        import asyncio
+
+        self._loop = asyncio.new_event_loop()
+        return _doc_asyncio_namespace()["AsyncioIOPS"](self._loop)
+
+    def run_loop(self, iops, until, timeout):
+        deadline = time.monotonic() + timeout
+        while not until() and time.monotonic() < deadline:
+            iops.loop.run_until_complete(_asyncio_tick())
+
+    def teardown_method(self, method):
+        loop = getattr(self, "_loop", None)
+        if loop is not None:
+            loop.close()
+
+
+async def _asyncio_tick():
+    import asyncio
+
+    await asyncio.sleep(0.005)
+
+
+def test_documented_asyncio_main_runs(memcached_server):
+    import asyncio
+
+    namespace = _doc_asyncio_namespace()
+    value, keys = asyncio.run(namespace["main"](memcached_server.connstr))
+    assert value == {"text": "hello"}
+    assert keys == ["a", "b"]
