@@ -879,11 +879,12 @@ class BaseBucket:
         return ReplicaGetOp(key, kb, self._replica_list(replica_index), self._engine, self._timeout,
                             self._transcoder, bool(no_format) or self._data_passthrough)
 
-    def rget(self, key: Any, replica_index: Optional[int] = None, quiet: Optional[bool] = None) -> Any:
+    def rget(self, key: Any, replica_index: Optional[int] = None, quiet: Optional[bool] = None,
+             no_format: bool = False) -> Any:
         """Read ``key`` from a replica: ``replica_index`` 0 for the first
         replica, 1 for the second...; None tries each replica in turn until
         one has it. Returns a :class:`ValueResult` (Couchbase buckets only)."""
-        op = self._replica_op(key, replica_index)
+        op = self._replica_op(key, replica_index, no_format)
         return self._one(op, self._quiet if quiet is None else quiet)
 
     def lock(self, key: Any, ttl: int = 0) -> Any:
@@ -1286,8 +1287,9 @@ class BaseBucket:
         return self._store_multi(Opcode.REPLACE, keys, ttl, format, persist_to, replicate_to, "replace_multi", True,
                                  durability_level)
 
-    def _concat_multi(self, opcode: int, kvs: Any, fmt: Any, persist_to: Any, replicate_to: Any, what: str) -> Any:
-        durability = self._mutation_extras(persist_to, replicate_to, 0)
+    def _concat_multi(self, opcode: int, kvs: Any, fmt: Any, persist_to: Any, replicate_to: Any, what: str,
+                      durability_level: Any) -> Any:
+        durability = self._mutation_extras(persist_to, replicate_to, durability_level)
         entries = self._entries_with_values(kvs, what)
 
         def build(key: Any, value: Any, item: Optional[Item], options: Dict[str, Any]) -> tuple:
@@ -1297,14 +1299,16 @@ class BaseBucket:
         return self._run_entries(entries, build, False, KIND_MUTATION, durability=durability)
 
     def append_multi(self, keys: Any, format: Optional[int] = None,  # noqa: A002
-                     persist_to: int = 0, replicate_to: int = 0) -> Any:
+                     persist_to: int = 0, replicate_to: int = 0, durability_level: int = 0) -> Any:
         """:meth:`append` for many keys (dict of key -> fragment)."""
-        return self._concat_multi(Opcode.APPEND, keys, format, persist_to, replicate_to, "append_multi")
+        return self._concat_multi(Opcode.APPEND, keys, format, persist_to, replicate_to, "append_multi",
+                                  durability_level)
 
     def prepend_multi(self, keys: Any, format: Optional[int] = None,  # noqa: A002
-                      persist_to: int = 0, replicate_to: int = 0) -> Any:
+                      persist_to: int = 0, replicate_to: int = 0, durability_level: int = 0) -> Any:
         """:meth:`prepend` for many keys (dict of key -> fragment)."""
-        return self._concat_multi(Opcode.PREPEND, keys, format, persist_to, replicate_to, "prepend_multi")
+        return self._concat_multi(Opcode.PREPEND, keys, format, persist_to, replicate_to, "prepend_multi",
+                                  durability_level)
 
     def get_multi(self, keys: Any, ttl: int = 0, quiet: Optional[bool] = None, replica: bool = False,
                   no_format: bool = False) -> Any:
@@ -1312,7 +1316,7 @@ class BaseBucket:
         are per-key ttls (or option dicts with ``ttl``), or an item collection
         (whose items receive the values). Returns a MultiResult."""
         if replica:
-            return self.rget_multi(keys, None, quiet)
+            return self.rget_multi(keys, None, quiet, no_format)
         ttl = _ttl(ttl)
         quiet = self._quiet if quiet is None else bool(quiet)
         if not ttl and self._transcoder is None and type(keys) in (list, tuple):
@@ -1350,10 +1354,10 @@ class BaseBucket:
         return self._run_entries(entries, build, False, KIND_MUTATION)
 
     def remove_multi(self, keys: Any, quiet: Optional[bool] = None, persist_to: int = 0,
-                     replicate_to: int = 0) -> Any:
+                     replicate_to: int = 0, durability_level: int = 0) -> Any:
         """:meth:`remove` for many keys (a dict gives per-key CAS values;
         items use their own CAS)."""
-        durability = self._mutation_extras(persist_to, replicate_to, 0)
+        durability = self._mutation_extras(persist_to, replicate_to, durability_level)
         entries = self._entries_keys(keys, "remove_multi", "cas")
 
         def build(key: Any, _arg: Any, item: Optional[Item], options: Dict[str, Any]) -> tuple:
@@ -1382,12 +1386,13 @@ class BaseBucket:
         """``counter_multi`` with ``-amount`` (2.x alias)."""
         return self.counter_multi(keys, -amount, initial, ttl)
 
-    def rget_multi(self, keys: Any, replica_index: Optional[int] = None, quiet: Optional[bool] = None) -> Any:
+    def rget_multi(self, keys: Any, replica_index: Optional[int] = None, quiet: Optional[bool] = None,
+                   no_format: bool = False) -> Any:
         """:meth:`rget` for many keys (Couchbase buckets only)."""
         self._require_couchbase("rget_multi", "plain memcached keeps no replicas")
         entries = self._entries_keys(keys, "rget_multi")
         self._replica_list(replica_index)  # validates
-        ops = [self._replica_op(key, replica_index) for key, _a, _i, _o in entries]
+        ops = [self._replica_op(key, replica_index, no_format) for key, _a, _i, _o in entries]
         mres = self._new_multi()
         mres._quiet = self._quiet if quiet is None else bool(quiet)
         return self._many(ops, mres)
@@ -1518,7 +1523,7 @@ class BaseBucket:
             conn = by_name.get(node)
             entry: Dict[str, Any] = {"id": "%s/%d" % (engine.client_id, conn.index if conn else -1),
                                      "remote": node, "latency_us": res.latency_us}
-            if conn is not None and conn.local_address:
+            if conn is not None and conn.local_address and conn.state == "ready":
                 host, port = conn.local_address[0], conn.local_address[1]
                 entry["local"] = ("[%s]:%d" if ":" in host else "%s:%d") % (host, port)
             if res.rc == 0:
@@ -1544,7 +1549,7 @@ class BaseBucket:
 
         path = "/pools/default/buckets/%s/controller/doFlush" % _quote(self.bucket)
         op = HttpOp("mgmt", "POST", path, b"", {"Content-Type": "application/x-www-form-urlencoded"},
-                    self._settings.http_timeout)
+                    self._settings.http_timeout, failure_rc=_flush_failure_rc)
         return self._one(op)
 
     def diagnostics(self) -> Dict[str, Any]:
@@ -1673,6 +1678,15 @@ def _plain_get_entries(keys: Any) -> Optional[List[tuple]]:
             return None
         append((key, kb, get, b"", b"", 0, None))
     return out
+
+
+def _flush_failure_rc(status: int, body: Any) -> int:
+    """The cluster answers 400 "Flush is disabled for the bucket" when the
+    bucket's flush setting is off: that is NotSupportedError, not a generic
+    HTTPError."""
+    if status == 400 and "flush is disabled" in str(body).lower():
+        return RC.NOT_SUPPORTED
+    return RC.HTTP
 
 
 def _raise_or_return(mres: MultiResult) -> MultiResult:

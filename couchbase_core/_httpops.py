@@ -41,12 +41,13 @@ class HttpOp(KVOp):
     """One HTTP request to a service of the cluster."""
 
     __slots__ = ("key", "sink", "service", "method", "path", "body", "headers", "_targets", "_status",
-                 "_resp_headers", "_chunks", "_conn", "_engine", "accept")
+                 "_resp_headers", "_chunks", "_conn", "_engine", "accept", "failure_rc")
     local = True
 
     def __init__(self, service: str, method: str, path: str, body: bytes = b"",
                  headers: Optional[Dict[str, str]] = None, timeout: float = 75.0,
-                 accept: Optional[Callable[[int], bool]] = None) -> None:
+                 accept: Optional[Callable[[int], bool]] = None,
+                 failure_rc: Optional[Callable[[int, Any], int]] = None) -> None:
         KVOp.__init__(self, 0, b"", b"", b"", 0, 0, timeout)
         self.key = path
         self.sink: Callable[[Any], None] = discard
@@ -62,6 +63,9 @@ class HttpOp(KVOp):
         self._conn: Optional[HTTPConnection] = None
         self._engine: Any = None
         self.accept = accept
+        # Maps a refused request (status, decoded body) to a result code
+        # more specific than RC.HTTP, e.g. "flush disabled" to NOT_SUPPORTED.
+        self.failure_rc = failure_rc
 
     @property
     def idempotent(self) -> bool:  # type: ignore[override]
@@ -113,7 +117,10 @@ class HttpOp(KVOp):
             value = body.decode("utf-8", "replace")
         status = self._status
         ok = self.accept(status) if self.accept is not None else 200 <= status < 300
-        res = HttpResult(self.path, 0 if ok else RC.HTTP, status, value)
+        rc = 0
+        if not ok:
+            rc = self.failure_rc(status, value) if self.failure_rc is not None else RC.HTTP
+        res = HttpResult(self.path, rc, status, value)
         res.headers = self._resp_headers
         if not ok:
             res._message = "HTTP %d from %s %s: %s" % (status, self.method, self.path,

@@ -44,7 +44,8 @@ __all__ = [
     "SubdocPathMismatchError", "DocumentTooDeepError",
     "SubdocNumberTooBigError", "SubdocValueTooDeepError",
     "SubdocCantInsertValueError", "SubdocBadDeltaError",
-    "SubdocMultipleErrors", "SubdocEmptyPathError", "SubdocInvalidComboError", "QueueEmpty",
+    "SubdocMultipleErrors", "SubdocEmptyPathError", "SubdocInvalidComboError", "SubdocXattrError",
+    "QueueEmpty",
     "DurabilityError", "DurabilityInvalidLevelError",
     "DurabilityImpossibleError", "DurabilitySyncWriteInProgressError",
     "DurabilitySyncWriteAmbiguousError", "DurabilitySyncWriteReCommitInProgressError",
@@ -96,6 +97,13 @@ class RC:
     SUBDOC_VALUE_ETOODEEP = 0xCA
     SUBDOC_INVALID_COMBO = 0xCB
     SUBDOC_MULTI_PATH_FAILURE = 0xCC
+    SUBDOC_XATTR_INVALID_FLAG_COMBO = 0xCE
+    SUBDOC_XATTR_INVALID_KEY_COMBO = 0xCF
+    SUBDOC_XATTR_UNKNOWN_MACRO = 0xD0
+    SUBDOC_XATTR_UNKNOWN_VATTR = 0xD1
+    SUBDOC_XATTR_CANT_MODIFY_VATTR = 0xD2
+    SUBDOC_INVALID_XATTR_ORDER = 0xD4
+    SUBDOC_XATTR_UNKNOWN_VATTR_MACRO = 0xD5
     # -- client-side conditions ---------------------------------------------
     ARGUMENT = 0x100
     VALUE_FORMAT = 0x101
@@ -332,14 +340,16 @@ class NotFoundError(CouchbaseDataError):
     CODE = RC.KEY_ENOENT
 
 
-class LockedError(CouchbaseDataError, CouchbaseTransientError):
-    """The document is locked by ``lock`` (GET_LOCKED)."""
+class LockedError(CouchbaseDataError, TemporaryFailError):
+    """The document is locked by ``lock`` (GET_LOCKED). A
+    :class:`TemporaryFailError`, which is what 2.x code catches for it."""
 
     CODE = RC.LOCKED
 
 
-class NotLockedError(CouchbaseDataError):
-    """``unlock`` on a document that is not locked."""
+class NotLockedError(CouchbaseDataError, TemporaryFailError):
+    """``unlock`` on a document that is not locked. A
+    :class:`TemporaryFailError`, which is what 2.x code catches for it."""
 
     CODE = RC.NOT_LOCKED
 
@@ -518,6 +528,15 @@ class SubdocInvalidComboError(CouchbaseInputError):
     CODE = RC.SUBDOC_INVALID_COMBO
 
 
+class SubdocXattrError(CouchbaseInputError):
+    """The server refused an extended-attribute (xattr) spec: flags that do
+    not go together, specs for more than one xattr key, an unknown macro or
+    virtual attribute, a write to a virtual attribute, or xattr specs placed
+    after document-body specs. ``rc`` tells which."""
+
+    CODE = RC.SUBDOC_XATTR_INVALID_FLAG_COMBO
+
+
 class QueueEmpty(CouchbaseDataError, IndexError):
     """``queue_pop`` on an empty queue."""
 
@@ -604,6 +623,13 @@ RC_TABLE: Dict[int, Tuple[Type[CouchbaseError], str]] = {
     RC.SUBDOC_VALUE_ETOODEEP: (SubdocValueTooDeepError, "Value too deep"),
     RC.SUBDOC_INVALID_COMBO: (SubdocInvalidComboError, "Invalid combination of sub-document specs"),
     RC.SUBDOC_MULTI_PATH_FAILURE: (SubdocMultipleErrors, "One or more sub-document paths failed"),
+    RC.SUBDOC_XATTR_INVALID_FLAG_COMBO: (SubdocXattrError, "Invalid combination of xattr flags"),
+    RC.SUBDOC_XATTR_INVALID_KEY_COMBO: (SubdocXattrError, "Specs for more than one xattr key"),
+    RC.SUBDOC_XATTR_UNKNOWN_MACRO: (SubdocXattrError, "Unknown xattr macro"),
+    RC.SUBDOC_XATTR_UNKNOWN_VATTR: (SubdocXattrError, "Unknown virtual attribute"),
+    RC.SUBDOC_XATTR_CANT_MODIFY_VATTR: (SubdocXattrError, "Virtual attributes cannot be modified"),
+    RC.SUBDOC_INVALID_XATTR_ORDER: (SubdocXattrError, "Xattr specs must come before document specs"),
+    RC.SUBDOC_XATTR_UNKNOWN_VATTR_MACRO: (SubdocXattrError, "Unknown virtual attribute macro"),
     RC.ARGUMENT: (ArgumentError, "Invalid argument"),
     RC.VALUE_FORMAT: (ValueFormatError, "The value cannot be encoded or decoded in this format"),
     RC.NETWORK: (NetworkError, "The connection to the node failed"),

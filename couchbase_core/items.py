@@ -10,7 +10,9 @@ operations), and the call fills the *same object* with the outcome: ``rc``,
 Two collections exist:
 
 * :class:`ItemOptionDict` — items with per-item options
-  (``format``, ``ttl``, ``persist_to``, ... as keyword arguments);
+  (``format``, ``ttl``, ``cas`` as keyword arguments; durability
+  requirements such as ``persist_to`` apply to the whole call and are
+  given to it, not per item);
 * :class:`ItemSequence` — a plain sequence of items, no options.
 
 Example::

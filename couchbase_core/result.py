@@ -314,8 +314,15 @@ class SubdocResult(OperationResult):
             return default
 
     def exists(self, item: Any) -> bool:
-        """True when the spec's path was found."""
-        return self._results[self._index(item)][0] == 0
+        """True when the spec's path was found, False when it was not; any
+        other failure of that spec (e.g. a path that does not match the
+        document's shape) raises its exception."""
+        rc = self._results[self._index(item)][0]
+        if rc == 0:
+            return True
+        if rc == RC.SUBDOC_PATH_ENOENT:
+            return False
+        return bool(self[item])  # raises the spec's own error
 
     def __getitem__(self, item: Any) -> Any:
         index = self._index(item)

@@ -151,6 +151,7 @@ def test_rc_to_exctype():
     (E.NetworkError, {CouchbaseNetworkError}),
     (E.NotMyVbucketError, {CouchbaseNetworkError, CouchbaseTransientError}),
     (E.LockedError, {CouchbaseDataError, CouchbaseTransientError}),
+    (E.NotLockedError, {CouchbaseDataError, CouchbaseTransientError}),
     (E.AuthError, {CouchbaseInputError, CouchbaseFatalError}),
     (E.BucketNotFoundError, {CouchbaseInputError, CouchbaseFatalError}),
     (E.InternalError, {CouchbaseInternalError}),
@@ -301,3 +302,10 @@ def test_split_results_single_key():
 
 def test_split_results_without_anything():
     assert CouchbaseError("x").split_results() == ({}, {})
+
+
+def test_lock_failures_are_temporary_failures_as_in_2x():
+    # 2.x code catches TemporaryFailError around lock/unlock.
+    for cls in (E.LockedError, E.NotLockedError):
+        assert issubclass(cls, E.TemporaryFailError)
+        assert not issubclass(E.TemporaryFailError, cls)

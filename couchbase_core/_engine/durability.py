@@ -163,7 +163,9 @@ class Observer:
         if verdict is not None:
             self._finish(*verdict)
             return
-        if self.engine.clock() + self.interval >= self.deadline:
+        # One last poll lands exactly on the deadline, so a copy that arrives
+        # in the final interval still counts and the timeout is never early.
+        if self.engine.clock() >= self.deadline:
             self._finish(RC.TIMEOUT, "durability requirements (persist_to=%d, replicate_to=%d) not met within "
                          "%.3gs%s" % (self.persist_to, self.replicate_to, self.timeout,
                                       (": " + self._last_problem) if self._last_problem else ""))
@@ -213,7 +215,8 @@ class Observer:
             self._round()
 
         timer._handler = fire
-        iops.update_timer(timer, PYCBC_EVACTION_WATCH, int(self.interval * 1e6))
+        delay = min(self.interval, max(0.0, self.deadline - self.engine.clock()))
+        iops.update_timer(timer, PYCBC_EVACTION_WATCH, int(delay * 1e6))
 
     def _finish(self, rc: int, message: str) -> None:
         if self._finished:

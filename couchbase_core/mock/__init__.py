@@ -151,6 +151,10 @@ class MockCluster:
         if self._thread_mock is not None:
             self._thread_mock.stop()
             self._thread_mock = None
+        tmpdir = getattr(self, "_tmpdir", None)
+        if tmpdir is not None:  # the in-process emulator's TLS files
+            tmpdir.cleanup()
+            self._tmpdir = None
         proc, self._proc = self._proc, None
         if proc is not None:
             try:

@@ -44,6 +44,11 @@ def router(app: "MockApp", runtime: "NodeRuntime") -> Router:
     def bucket_or_404(name: str) -> Optional[Bucket]:
         return cluster.buckets.get(name)
 
+    def bad_credentials(request: HTTPRequest) -> bool:
+        """Credentials were sent, and they are wrong (always a 401)."""
+        creds = request.basic_auth()
+        return creds is not None and cluster.check_password(*creds) is None
+
     async def pools(request: HTTPRequest) -> HTTPResponse:
         return json_response({
             "isAdminCreds": http_access(cluster, request, admin_only=True) is not None,
@@ -55,6 +60,8 @@ def router(app: "MockApp", runtime: "NodeRuntime") -> Router:
         })
 
     async def pool_default(request: HTTPRequest) -> HTTPResponse:
+        if bad_credentials(request):
+            return _unauthorized()
         if http_access(cluster, request) is None and http_access(cluster, request, admin_only=True) is None:
             if request.basic_auth() is None and not any(not b.password for b in cluster.buckets.values()):
                 return _unauthorized()
@@ -70,6 +77,8 @@ def router(app: "MockApp", runtime: "NodeRuntime") -> Router:
     async def buckets(request: HTTPRequest) -> HTTPResponse:
         if request.method == "POST":
             return create_bucket(request)
+        if bad_credentials(request):
+            return _unauthorized()
         access_any = http_access(cluster, request, admin_only=True) is not None
         visible = [b for b in cluster.buckets.values()
                    if access_any or http_access(cluster, request, b) is not None]
