@@ -132,8 +132,14 @@ class HttpOp(KVOp):
         if self._conn is not None:
             self._conn.close()
             self._conn = None
-        if self._targets and self.idempotent and rc in (RC.CONNECT, RC.NETWORK, RC.UNKNOWN_HOST):
-            self._send()  # another node offers the service too
+        # Another node offers the service too. A request that never left
+        # (no connection) is safe to send there whatever its method; one
+        # that may have reached the server only if repeating it is harmless,
+        # and only while nothing of the response has been seen.
+        never_sent = rc in (RC.CONNECT, RC.UNKNOWN_HOST)
+        unanswered = rc == RC.NETWORK and self.idempotent and self._status == 0
+        if self._targets and (never_sent or unanswered):
+            self._send()
             return
         self.on_error(rc, message)
 
@@ -148,6 +154,22 @@ class HttpOp(KVOp):
 
     def describe(self) -> str:
         return "HTTP %s %s" % (self.method, self.path)
+
+
+#: How much of a refused streaming request's body is kept for the error.
+MAX_ERROR_BODY = 1024 * 1024
+
+
+def error_meta(body: bytes) -> Dict[str, Any]:
+    """The metadata of a refused request: its JSON object, or the text as
+    ``{"body": text}`` when it is not a JSON object."""
+    try:
+        value = json.loads(body) if body else {}
+    except ValueError:
+        value = None
+    if isinstance(value, dict):
+        return value
+    return {"body": body.decode("utf-8", "replace")}
 
 
 class RowStreamOp(HttpOp):
@@ -175,10 +197,17 @@ class RowStreamOp(HttpOp):
 
     def _send(self) -> None:
         self._parser = RowParser(self.rows_key)
+        self._error_body = []
         HttpOp._send(self)
 
     def _on_chunk(self, data: bytes) -> None:
         if self.done:
+            return
+        if not 200 <= self._status < 300:
+            # A refusal carries a small error document, or plain text from
+            # a proxy or an older server: keep it whole, don't stream it.
+            if sum(map(len, self._error_body)) < MAX_ERROR_BODY:
+                self._error_body.append(data)
             return
         try:
             rows = self._parser.feed(data)
@@ -192,6 +221,10 @@ class RowStreamOp(HttpOp):
         if self.done:
             return
         self._release()
+        if not 200 <= self._status < 300:
+            self.done = True
+            self.consumer.finished(error_meta(b"".join(self._error_body)[:MAX_ERROR_BODY]), self._status, None)
+            return
         try:
             meta = self._parser.close()
         except RowParseError as exc:

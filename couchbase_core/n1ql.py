@@ -283,8 +283,10 @@ def query_error(meta: Dict[str, Any], http_status: int, error: Optional[tuple]) 
         return exc
     status = meta.get("status")
     if http_status not in (0, 200) or (status is not None and status not in ("success", "completed")):
-        exc2 = HTTPError({"message": "N1QL request failed (HTTP %d, status %r)" % (http_status, status),
-                          "objextra": meta})
+        detail = meta.get("body")
+        exc2 = HTTPError({"message": "N1QL request failed (HTTP %d, status %r)%s" % (
+            http_status, status, ": %s" % detail[:300] if detail else ""), "objextra": meta})
+        exc2.http_status = http_status  # type: ignore[attr-defined]
         return exc2
     return None
 

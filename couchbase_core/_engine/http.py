@@ -15,6 +15,7 @@ never-ending body into configs at each ``\\n\\n\\n\\n``.
 
 from __future__ import annotations
 
+import _socket
 import base64
 import logging
 import math
@@ -42,6 +43,7 @@ __all__ = ["HTTPConnection", "HTTPRequest", "HTTPPool", "ConfigStream", "basic_a
 log = logging.getLogger("couchbase_core.engine")
 
 READ_SIZE = 65536
+_MSG_PEEK = _socket.MSG_PEEK
 
 
 def basic_auth(user: str, password: str) -> str:
@@ -98,6 +100,11 @@ class HTTPConnection:
         self._paused = False
         #: the engine's pool this connection returns to when idle
         self.pool: Any = None
+        #: taken from the pool's idle connections: the server may have
+        #: closed it meanwhile, so a failure before any response byte means
+        #: "send again on a fresh connection", not "the request failed"
+        self.reused = False
+        self._answered = False  # response bytes arrived for the current request
 
     @property
     def authority(self) -> str:
@@ -126,6 +133,20 @@ class HTTPConnection:
         elif self.state == "idle":
             self._connect()
 
+    def still_open(self) -> bool:
+        """Whether an idle connection can carry another request: the server
+        has not closed it and sent nothing unasked (a non-blocking peek)."""
+        sock = self._sock
+        if sock is None:
+            return False
+        try:
+            sock.recv(1, _MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            return True  # nothing to read: still open
+        except OSError:
+            return False
+        return False  # end of stream, or bytes nobody asked for
+
     def _arm_timer(self, seconds: float) -> None:
         if self._timer is None:
             self._timer = self.iops.timer_event_factory()
@@ -147,6 +168,7 @@ class HTTPConnection:
         assert req is not None and self._h11 is not None
         if self._h11.our_state is h11.DONE and self._h11.their_state is h11.DONE:
             self._h11.start_next_cycle()
+        self._answered = False
         headers = [("Host", self.authority), ("User-Agent", self.engine.settings.client_string[:200]),
                    ("Accept", "application/json")]
         headers += list(req.headers.items())
@@ -323,6 +345,8 @@ class HTTPConnection:
         conn = self._h11
         if conn is None:
             return
+        if data:
+            self._answered = True
         conn.receive_data(data)
         while True:
             req = self._request
@@ -345,6 +369,7 @@ class HTTPConnection:
             elif isinstance(event, h11.EndOfMessage):
                 self._disarm_timer()
                 self._request = None
+                self.resume_reading()  # a pause for this response is over
                 reusable = conn.our_state is h11.DONE and conn.their_state is h11.DONE
                 if req is not None and req._finish():
                     req.on_end()
@@ -377,10 +402,27 @@ class HTTPConnection:
 
     def _fail(self, rc: int, message: str) -> None:
         req = self._request
+        if (req is not None and self.reused and not self._answered
+                and rc in (RC.NETWORK, RC.PROTOCOL) and not req.finished):
+            # The server closed the kept-alive connection while it sat idle
+            # (its keep-alive timeout, a restart): nothing of this request
+            # was processed, so it goes again, once, on a new connection.
+            self._reconnect()
+            return
         self._request = None
         self.close()
         if req is not None and req._finish():
             req.on_error(rc, message)
+
+    def _reconnect(self) -> None:
+        self.reused = False
+        self._drop_socket()
+        self._tls_session = None
+        self._h11 = None
+        self._out = b""
+        self._want_write = False
+        self._paused = False
+        self._connect()  # the request and its timer stay
 
     def close(self) -> None:
         """Close the connection (a request in progress gets no callback)."""
@@ -406,9 +448,11 @@ class HTTPPool:
         idle = self._idle.get((host, port))
         while idle:
             conn = idle.pop()
-            if conn.state == "open" and not conn.busy:
+            if conn.state == "open" and not conn.busy and conn.still_open():
                 conn._paused = False
+                conn.reused = True
                 return conn
+            conn.close()
         conn = HTTPConnection(self.engine, host, port, tls=self.engine.tls_context is not None)
         conn.pool = self
         return conn

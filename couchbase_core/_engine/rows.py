@@ -1,24 +1,109 @@
-"""Incremental extraction of rows from a streamed JSON response (ijson).
+"""Incremental extraction of rows from a streamed JSON response.
 
 View and N1QL responses are one JSON object whose ``rows`` (views) or
 ``results`` (N1QL) array may hold millions of entries. :class:`RowParser`
 takes the body chunk by chunk, returns each row as soon as its JSON is
 complete, and keeps every other top-level member as metadata. Memory is
-bounded by the rows not yet handed over, never by the whole response.
+bounded by the rows not yet handed over (and the one being received), never
+by the whole response.
+
+The parser walks the response's outer structure (the top-level object and
+the rows array) itself, and hands each complete row or metadata value to the
+standard library's C JSON decoder. That keeps numbers exact at any size
+(a document may hold 2**64-1) and decodes rows at C speed.
+
+A row that is not complete yet (it spans network chunks) is tracked by a
+small scanner that follows its brackets and strings through each new chunk
+only, and decoded once its closing bracket arrives: a row larger than many
+chunks costs linear work, and every row comes out as soon as it is whole.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, List
-
-import ijson
-from ijson.common import ObjectBuilder
+import codecs
+import json
+import re
+from typing import Any, Dict, List, Optional
 
 __all__ = ["RowParser", "RowParseError"]
+
+#: A single row or metadata value larger than this is refused (the largest
+#: document Couchbase stores is 20 MiB; JSON escaping can grow it).
+MAX_VALUE_CHARS = 64 * 1024 * 1024
+
+_WS = re.compile(r"[ \t\n\r]*")
+_NUMBER_START = frozenset("-0123456789")
+_NUMBER_CHARS = frozenset("0123456789.eE+-")
+_DECODER = json.JSONDecoder()
+
+# Parser states: where we are in  { "key" : value , ... "rows" : [ row , ... ] ... }
+_START = 0          # before the opening brace
+_KEY = 1            # expecting a member name (or "}" if the object may end)
+_COLON = 2          # after a member name
+_VALUE = 3          # expecting a metadata member's value
+_AFTER_MEMBER = 4   # expecting "," or "}"
+_ROWS_OPEN = 5      # the rows member: expecting "["
+_ROW = 6            # expecting a row (or "]" if the array may end)
+_AFTER_ROW = 7      # expecting "," or "]"
+_END = 8            # after the closing brace
 
 
 class RowParseError(ValueError):
     """The body is not the JSON object it should be."""
+
+
+_STRUCTURE = re.compile(r'["\[\]{}]')
+_STRING_BODY = re.compile(r'[^"\\]*')
+
+
+class _PartialValue:
+    """Follows an object, array or string that the text received so far
+    does not complete: depth, inside-a-string and escape state carry over
+    from chunk to chunk, and the pieces wait unjoined until it is whole."""
+
+    __slots__ = ("pieces", "size", "depth", "in_string", "escaped")
+
+    def __init__(self) -> None:
+        self.pieces: List[str] = []
+        self.size = 0
+        self.depth = 0
+        self.in_string = False
+        self.escaped = False
+
+    def scan(self, text: str, start: int = 0) -> bool:
+        """Follow ``text``; True once the value has ended in it."""
+        i, n = start, len(text)
+        while i < n:
+            if self.escaped:
+                self.escaped = False
+                i += 1
+                continue
+            if self.in_string:
+                i = _STRING_BODY.match(text, i).end()  # type: ignore[union-attr]
+                if i >= n:
+                    break
+                if text[i] == "\\":
+                    self.escaped = True
+                else:  # the closing quote
+                    self.in_string = False
+                    if self.depth == 0:
+                        return True
+                i += 1
+                continue
+            m = _STRUCTURE.search(text, i)
+            if m is None:
+                break
+            char = m.group()
+            i = m.end()
+            if char == '"':
+                self.in_string = True
+            elif char == "{" or char == "[":
+                self.depth += 1
+            else:
+                self.depth -= 1
+                if self.depth <= 0:
+                    return True
+        return False
 
 
 class RowParser:
@@ -26,77 +111,184 @@ class RowParser:
 
     def __init__(self, rows_key: str = "rows") -> None:
         self.rows_key = rows_key
-        self._item = rows_key + ".item"
-        self._events = ijson.sendable_list()
-        self._coro = ijson.parse_coro(self._events, use_float=True)
-        self._row: Any = None
+        self._text = codecs.getincrementaldecoder("utf-8")()
+        self._buf = ""
+        self._pos = 0
+        self._partial: Optional[_PartialValue] = None  # a value at _pos awaiting its end
+        self._state = _START
+        self._may_close = True  # "}" / "]" allowed here (nothing after a ",")
+        self._key: Optional[str] = None
         self._meta: Dict[str, Any] = {}
-        self._meta_key: str = ""
-        self._meta_builder: Any = None
         self.rows_seen = 0
+
+    # ----------------------------------------------------------------- input
 
     def feed(self, data: bytes) -> List[Any]:
         """Parse ``data``; return the rows it completed."""
+        if not data:
+            return []
         try:
-            self._coro.send(data)
-        except ijson.JSONError as exc:
-            raise RowParseError("invalid JSON in the response: %s" % exc) from exc
-        return self._consume()
-
-    def _consume(self) -> List[Any]:
-        rows: List[Any] = []
-        item = self._item
-        rows_key = self.rows_key
-        builder = self._row
-        for prefix, event, value in self._events:
-            if builder is not None:
-                builder.event(event, value)
-                if prefix == item and (event == "end_map" or event == "end_array"):
-                    rows.append(builder.value)
-                    builder = None
-                continue
-            if prefix == item:
-                if event == "start_map" or event == "start_array":
-                    builder = ObjectBuilder()
-                    builder.event(event, value)
-                else:  # a scalar row
-                    rows.append(value)
-                continue
-            if prefix == rows_key or not prefix:
-                continue  # the array itself, or the top-level object
-            self._meta_event(prefix, event, value)
-        self._row = builder
-        del self._events[:]
-        self.rows_seen += len(rows)
-        return rows
-
-    def _meta_event(self, prefix: str, event: str, value: Any) -> None:
-        top = prefix.split(".", 1)[0]
-        if self._meta_builder is None:
-            if event in ("start_map", "start_array"):
-                self._meta_key = top
-                self._meta_builder = ObjectBuilder()
-                self._meta_builder.event(event, value)
-            elif event not in ("map_key", "end_map", "end_array"):
-                self._meta[top] = value
-            return
-        self._meta_builder.event(event, value)
-        if prefix == self._meta_key and event in ("end_map", "end_array"):
-            self._meta[self._meta_key] = self._meta_builder.value
-            self._meta_builder = None
+            text = self._text.decode(data)
+        except UnicodeDecodeError as exc:
+            raise RowParseError("the response is not UTF-8: %s" % exc) from exc
+        return self._take(text, final=False)
 
     def close(self) -> Dict[str, Any]:
         """The response ended: return the metadata (raises if it was cut short)."""
         try:
-            self._coro.close()
-        except ijson.IncompleteJSONError as exc:
-            raise RowParseError("the response ended in the middle of its JSON: %s" % exc) from exc
-        except ijson.JSONError as exc:
-            raise RowParseError("invalid JSON in the response: %s" % exc) from exc
-        self._consume()
+            tail = self._text.decode(b"", final=True)
+        except UnicodeDecodeError as exc:
+            raise RowParseError("the response is not UTF-8: %s" % exc) from exc
+        if self._partial is not None and not self._partial.scan(tail):
+            raise RowParseError("the response ended in the middle of its JSON (%s)" % self._where())
+        self._take(tail, final=True)
+        if self._state != _END:
+            raise RowParseError("the response ended in the middle of its JSON (%s)" % self._where())
         return self._meta
+
+    def _take(self, text: str, final: bool) -> List[Any]:
+        partial = self._partial
+        if partial is not None:
+            if text:
+                partial.pieces.append(text)
+                partial.size += len(text)
+                if partial.size > MAX_VALUE_CHARS:
+                    raise RowParseError("a value of the response exceeds %d characters" % MAX_VALUE_CHARS)
+            if not final and not partial.scan(text):
+                return []
+            self._partial = None
+            text = "".join(partial.pieces)
+        self._buf = self._buf[self._pos:] + text
+        self._pos = 0
+        return self._run(final)
 
     @property
     def meta(self) -> Dict[str, Any]:
         """Metadata members seen so far."""
         return self._meta
+
+    # --------------------------------------------------------------- parsing
+
+    def _run(self, final: bool) -> List[Any]:
+        rows: List[Any] = []
+        buf = self._buf
+        end = len(buf)
+        pos = self._pos
+        state = self._state
+        try:
+            while True:
+                pos = _WS.match(buf, pos).end()  # type: ignore[union-attr]
+                if pos >= end:
+                    break
+                char = buf[pos]
+                if state == _ROW or state == _VALUE:
+                    if state == _ROW and char == "]" and self._may_close:
+                        state = _AFTER_MEMBER
+                        self._may_close = False
+                        pos += 1
+                        continue
+                    value, stop = self._value(buf, pos, final)
+                    if stop < 0:
+                        break  # incomplete: wait for more text
+                    pos = stop
+                    if state == _ROW:
+                        rows.append(value)
+                        state = _AFTER_ROW
+                    else:
+                        self._meta[self._key] = value  # type: ignore[index]
+                        state = _AFTER_MEMBER
+                    continue
+                if state == _AFTER_ROW:
+                    if char == ",":
+                        state, self._may_close = _ROW, False
+                    elif char == "]":
+                        state, self._may_close = _AFTER_MEMBER, False
+                    else:
+                        self._bad(buf, pos, "',' or ']' after a row")
+                    pos += 1
+                elif state == _AFTER_MEMBER:
+                    if char == ",":
+                        state, self._may_close = _KEY, False
+                    elif char == "}":
+                        state = _END
+                    else:
+                        self._bad(buf, pos, "',' or '}' after a member")
+                    pos += 1
+                elif state == _KEY:
+                    if char == "}" and self._may_close:
+                        state = _END
+                        pos += 1
+                        continue
+                    if char != '"':
+                        self._bad(buf, pos, "a member name")
+                    key, stop = self._value(buf, pos, final)
+                    if stop < 0:
+                        break
+                    self._key, pos, state = key, stop, _COLON
+                elif state == _COLON:
+                    if char != ":":
+                        self._bad(buf, pos, "':' after a member name")
+                    pos += 1
+                    state = _ROWS_OPEN if self._key == self.rows_key else _VALUE
+                elif state == _ROWS_OPEN:
+                    if char == "[":
+                        state, self._may_close = _ROW, True
+                        pos += 1
+                    else:  # the rows member is not an array: keep it as metadata
+                        state = _VALUE
+                elif state == _START:
+                    if char != "{":
+                        self._bad(buf, pos, "a JSON object")
+                    state, self._may_close = _KEY, True
+                    pos += 1
+                else:  # _END
+                    self._bad(buf, pos, "nothing after the closing '}'")
+        finally:
+            self._pos = pos
+            self._state = state
+        self.rows_seen += len(rows)
+        return rows
+
+    def _value(self, buf: str, pos: int, final: bool) -> Any:
+        """Decode the JSON value starting at ``pos``: (value, end) or
+        (None, -1) when the buffer does not hold all of it yet."""
+        try:
+            value, stop = _DECODER.raw_decode(buf, pos)
+        except json.JSONDecodeError as exc:
+            if final:
+                raise RowParseError("invalid JSON in the response: %s" % exc) from exc
+            # An error well before the end of the text cannot be cured by
+            # more text (an unterminated string can: its error points at
+            # the opening quote).
+            if exc.pos < len(buf) - 6 and not exc.msg.startswith("Unterminated string"):
+                raise RowParseError("invalid JSON in the response: %s" % exc) from exc
+            if buf[pos] in "{[\"":
+                partial = _PartialValue()
+                if partial.scan(buf, pos):  # it did end: the error was real
+                    raise RowParseError("invalid JSON in the response: %s" % exc) from exc
+                partial.size = len(buf) - pos
+                self._partial = partial
+            return None, -1
+        except RecursionError as exc:
+            raise RowParseError("a value of the response is nested too deeply") from exc
+        if not final and buf[pos] in _NUMBER_START:
+            # A number at the end of the text may go on in the next chunk
+            # ("12" then "34,", "1." then "5,"): decide once something that
+            # cannot belong to it follows.
+            after = stop
+            while after < len(buf) and buf[after] in _NUMBER_CHARS:
+                after += 1
+            if after >= len(buf):
+                return None, -1
+        return value, stop
+
+    def _bad(self, buf: str, pos: int, expected: str) -> None:
+        raise RowParseError("invalid JSON in the response: expected %s at offset %d, found %r"
+                            % (expected, pos, buf[pos:pos + 20]))
+
+    def _where(self) -> str:
+        names = {_START: "before the object", _KEY: "expecting a member name", _COLON: "after a member name",
+                 _VALUE: "in the value of %r" % self._key, _AFTER_MEMBER: "between members",
+                 _ROWS_OPEN: "before the rows", _ROW: "in row %d" % (self.rows_seen + 1),
+                 _AFTER_ROW: "after row %d" % self.rows_seen}
+        return names.get(self._state, "at the end")

@@ -98,7 +98,10 @@ def view_error(http_status: int, meta: Dict[str, Any], error: Optional[tuple], w
         exc: CouchbaseError = ViewEngineError({"message": "%s failed: %s: %s" % (what, meta.get("error"), reason),
                                                "objextra": meta})
     else:
-        exc = HTTPError({"message": "%s failed with HTTP %d" % (what, http_status), "objextra": meta})
+        detail = meta.get("body")
+        exc = HTTPError({"message": "%s failed with HTTP %d%s" % (what, http_status,
+                                                                 ": %s" % detail[:300] if detail else ""),
+                         "objextra": meta})
     exc.http_status = http_status  # type: ignore[attr-defined]
     return exc
 

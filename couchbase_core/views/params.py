@@ -4,7 +4,8 @@
 URL: JSON for keys (``key``, ``keys``, ``startkey``, ``endkey``), raw text
 for document ids (``startkey_docid``, ``endkey_docid``), ``true``/``false``
 for booleans, decimal for integers. Unknown parameters are refused unless
-``unrecognized_ok`` (or ``passthrough``) is given. When the encoded query
+``unrecognized_ok`` (or ``passthrough``, which also sends string values
+of known parameters verbatim) is given. When the encoded query
 is longer than 2048 characters, ``keys`` travel in a POST body instead.
 
 The 2.x conveniences are kept: ``mapkey_single`` (``key``),
@@ -131,9 +132,11 @@ class Query:
     """The parameters of a view query.
 
     Set them as keyword arguments (``Query(limit=10, stale=STALE_OK)``), as
-    attributes, or with :meth:`update`. ``passthrough=True`` sends unknown
-    parameters as they are given; ``unrecognized_ok=True`` sends them
-    JSON-encoded instead of refusing them.
+    attributes, or with :meth:`update`. ``passthrough=True`` sends every
+    string value exactly as given, known parameters included (as in 2.x: a
+    ``key`` must then already be JSON, ``'"abc"'``), and other values of
+    unknown parameters as ``str(value)``; ``unrecognized_ok=True`` sends
+    unknown parameters JSON-encoded instead of refusing them.
     """
 
     _encoders = _ENCODERS
@@ -152,7 +155,9 @@ class Query:
             params.pop(name, None)
             return
         encoder = self._encoders.get(name)
-        if encoder is not None:
+        if self.passthrough and isinstance(value, str):
+            params[name] = (value, value)  # already in the server's syntax
+        elif encoder is not None:
             params[name] = (value, encoder(name, value))
         elif self.passthrough:
             params[name] = (value, str(value))
