@@ -25,7 +25,7 @@ from couchbase_core import _formats
 from couchbase_core import subdocument as SD
 from couchbase_core import transcoder as _tc
 from couchbase_core._engine.instance import Engine
-from couchbase_core._engine.protocol import Opcode
+from couchbase_core._engine.protocol import Feature, Opcode
 from couchbase_core._engine.settings import Settings
 from couchbase_core._kvops import (
     KIND_COUNTER,
@@ -638,7 +638,7 @@ class BaseBucket:
         None, framing extras)."""
         default = self._durability_default
         dtimeout = None
-        if not persist_to and not replicate_to and default is not None:
+        if not persist_to and not replicate_to and not durability_level and default is not None:
             persist_to, replicate_to, dtimeout = default
         observe: Optional[tuple] = None
         if persist_to or replicate_to:
@@ -662,6 +662,11 @@ class BaseBucket:
             level = _check_int(durability_level, "durability_level", 0, 3)
             if observe is not None:
                 raise ArgumentError("durability_level cannot be combined with persist_to/replicate_to")
+            agreed = self._engine.server_features
+            if agreed is not None and Feature.SYNC_REPLICATION not in agreed:
+                raise NotSupportedError("durability_level needs synchronous replication, which the server did "
+                                        "not agree to (Couchbase Server 6.5 or later); use persist_to/"
+                                        "replicate_to instead")
             timeout_ms = max(1, min(65534, int(self._timeout * 900)))
             framing = bytes((0x13, level)) + struct.pack(">H", timeout_ms)
         return observe, framing
@@ -776,6 +781,8 @@ class BaseBucket:
             :class:`~couchbase_core.result.ValueResult`.
         """
         if replica:
+            if ttl:
+                raise ArgumentError("a replica read cannot change the expiry (ttl); replicas are read-only")
             op = self._replica_op(key, None, no_format)
             return self._one(op, self._quiet if quiet is None else quiet)
         kb = self._kb(key)
@@ -889,7 +896,8 @@ class BaseBucket:
 
     def lock(self, key: Any, ttl: int = 0) -> Any:
         """Read ``key`` and lock it for ``ttl`` seconds (0: the server's default,
-        15 s; at most 30 s). Until it is unlocked (``unlock`` with the returned
+        15 s; the server caps locks at 30 s and gives a longer request the
+        default instead). Until it is unlocked (``unlock`` with the returned
         CAS, or a mutation with that CAS) or the lock expires, other mutations
         fail (:class:`LockedError` / :class:`TemporaryFailError`) and reads
         see CAS ``0xFFFFFFFFFFFFFFFF``. Couchbase buckets only."""
@@ -1015,9 +1023,20 @@ class BaseBucket:
     def _ds_lookup(self, key: Any, spec: Any) -> SubdocLookupOp:
         return SubdocLookupOp(key, self._kb(key), self._subdoc_specs((spec,), True), 0, self._timeout)
 
-    def _ds_mutate(self, key: Any, spec: Any, cas: int = 0, create: bool = False) -> SubdocMutateOp:
-        return SubdocMutateOp(key, self._kb(key), self._subdoc_specs((spec,), False), 0x01 if create else 0, 0,
-                              _cas(cas), self._timeout)
+    def _ds_mutate(self, key: Any, spec: Any, cas: int = 0, create: bool = False, ttl: int = 0,
+                   extras: Tuple[Optional[tuple], bytes] = (None, b"")) -> SubdocMutateOp:
+        op = SubdocMutateOp(key, self._kb(key), self._subdoc_specs((spec,), False), 0x01 if create else 0,
+                            _ttl(ttl), _cas(cas), self._timeout)
+        return self._with_durability(op, extras)
+
+    @staticmethod
+    def _ds_cas_mismatch(key: Any, cas: int, current: int) -> Optional[OperationResult]:
+        """The failure for a read-modify-write whose caller's CAS is stale."""
+        if not cas or cas == current:
+            return None
+        res = OperationResult(key, RC.KEY_EEXISTS)
+        res._message = "the document's CAS is no longer %d" % cas
+        return res
 
     def _ds_chain(self, key: Any, steps: Callable[[], Any], quiet: bool = False) -> Any:
         self._require_couchbase("data structures", "plain memcached has no sub-document API")
@@ -1098,12 +1117,16 @@ class BaseBucket:
         """Number of elements of the array at ``key`` (ValueResult.value)."""
         return self._ds_document(key, len, list)
 
-    def set_add(self, key: Any, value: Any, create: bool = False, **kwargs: Any) -> Any:
+    def set_add(self, key: Any, value: Any, create: bool = False, cas: int = 0, ttl: int = 0,
+                persist_to: int = 0, replicate_to: int = 0, durability_level: int = 0) -> Any:
         """Add a primitive ``value`` to the array at ``key`` unless present.
         Returns the OperationResult, or None if the value was already there
         (an AsyncBucket's result then has ``cas == 0``)."""
+        extras = self._mutation_extras(persist_to, replicate_to, durability_level)
+        spec = SD.array_addunique("", value)
+
         def steps() -> Any:
-            res = yield self._ds_mutate(key, SD.array_addunique("", value), create=create)
+            res = yield self._ds_mutate(key, spec, cas=cas, create=create, ttl=ttl, extras=extras)
             if res.rc == RC.SUBDOC_PATH_EEXISTS:
                 present = OperationResult(key, 0, 0)
                 return present
@@ -1113,20 +1136,28 @@ class BaseBucket:
             return None
         return res
 
-    def set_remove(self, key: Any, value: Any, **kwargs: Any) -> Any:
+    def set_remove(self, key: Any, value: Any, cas: int = 0, persist_to: int = 0, replicate_to: int = 0,
+                   durability_level: int = 0) -> Any:
         """Remove ``value`` from the array at ``key``. Returns the
-        OperationResult, or None if it was not there (async: ``cas == 0``)."""
+        OperationResult, or None if it was not there (async: ``cas == 0``).
+        With ``cas``, fails with KeyExistsError if the document changed;
+        without, a concurrent change makes it read and try again."""
+        extras = self._mutation_extras(persist_to, replicate_to, durability_level)
+
         def steps() -> Any:
             while True:
                 res = yield GetOp(key, self._kb(key), 0, self._timeout, self._transcoder, False)
                 if res.rc:
                     return res
+                stale = self._ds_cas_mismatch(key, cas, res.cas)
+                if stale is not None:
+                    return stale
                 items = res.value if isinstance(res.value, list) else []
                 if value not in items:
                     return OperationResult(key, 0, 0)
                 index = items.index(value)
-                out = yield self._ds_mutate(key, SD.remove("[%d]" % index), cas=res.cas)
-                if out.rc != RC.KEY_EEXISTS:
+                out = yield self._ds_mutate(key, SD.remove("[%d]" % index), cas=res.cas, extras=extras)
+                if out.rc != RC.KEY_EEXISTS or cas:
                     return out
         res = self._ds_chain(key, steps)
         if isinstance(res, OperationResult) and not self._is_async and res.cas == 0:
@@ -1146,21 +1177,29 @@ class BaseBucket:
         self._require_couchbase("queue_push", "plain memcached has no sub-document API")
         return self.mutate_in(key, SD.array_prepend("", value), create_doc=create, **kwargs)
 
-    def queue_pop(self, key: Any, **kwargs: Any) -> Any:
+    def queue_pop(self, key: Any, cas: int = 0, persist_to: int = 0, replicate_to: int = 0,
+                  durability_level: int = 0) -> Any:
         """Remove and return the oldest element of the queue at ``key`` (a
-        ValueResult). Raises QueueEmpty when it is empty."""
+        ValueResult). Raises QueueEmpty when it is empty. With ``cas``,
+        fails with KeyExistsError if the document changed; without, a
+        concurrent change makes it read and try again."""
+        extras = self._mutation_extras(persist_to, replicate_to, durability_level)
+
         def steps() -> Any:
             while True:
                 res = yield self._ds_lookup(key, SD.get("[-1]"))
                 if res.rc:
                     return res
+                stale = self._ds_cas_mismatch(key, cas, res.cas)
+                if stale is not None:
+                    return stale
                 rc, value = res._results[0]
                 if rc:
                     empty = ValueResult(key, RC.QUEUE_EMPTY)
                     empty._message = "the queue %r is empty" % (key,)
                     return empty
-                out = yield self._ds_mutate(key, SD.remove("[-1]"), cas=res.cas)
-                if out.rc == RC.KEY_EEXISTS:
+                out = yield self._ds_mutate(key, SD.remove("[-1]"), cas=res.cas, extras=extras)
+                if out.rc == RC.KEY_EEXISTS and not cas:
                     continue  # changed meanwhile: try again
                 if out.rc:
                     return out
@@ -1316,6 +1355,8 @@ class BaseBucket:
         are per-key ttls (or option dicts with ``ttl``), or an item collection
         (whose items receive the values). Returns a MultiResult."""
         if replica:
+            if ttl:
+                raise ArgumentError("a replica read cannot change the expiry (ttl); replicas are read-only")
             return self.rget_multi(keys, None, quiet, no_format)
         ttl = _ttl(ttl)
         quiet = self._quiet if quiet is None else bool(quiet)
@@ -1367,16 +1408,18 @@ class BaseBucket:
         return self._run_entries(entries, build, self._quiet if quiet is None else bool(quiet), KIND_MUTATION,
                                  durability=durability)
 
-    def counter_multi(self, kvs: Any, delta: int = 1, initial: Optional[int] = None, ttl: int = 0) -> Any:
+    def counter_multi(self, kvs: Any, delta: int = 1, initial: Optional[int] = None, ttl: int = 0,
+                      durability_level: int = 0) -> Any:
         """:meth:`counter` for many keys (a dict gives per-key deltas or
         option dicts with ``delta``/``initial``/``ttl``)."""
+        durability = self._mutation_extras(0, 0, durability_level)
         entries = self._entries_keys(kvs, "counter_multi", "delta")
 
         def build(key: Any, _arg: Any, item: Optional[Item], options: Dict[str, Any]) -> tuple:
             return self._counter_parts(key, options.get("delta", delta), options.get("initial", initial),
                                        options.get("ttl", ttl))
 
-        return self._run_entries(entries, build, False, KIND_COUNTER)
+        return self._run_entries(entries, build, False, KIND_COUNTER, durability=durability)
 
     def incr_multi(self, keys: Any, amount: int = 1, initial: Optional[int] = None, ttl: int = 0) -> Any:
         """``counter_multi`` with a positive ``amount`` (2.x alias)."""

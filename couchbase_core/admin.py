@@ -1,6 +1,6 @@
 """Admin: cluster management over the REST API (buckets, users).
 
-``Admin(username, password, host="localhost", port=8091)`` talks to one
+``Admin(username, password, host="localhost", port=None)`` talks to one
 node's management port; calls block until the server answered (from a
 gevent program, run them in a greenlet: the wait is cooperative only when
 the process is monkeypatched). Failed requests raise HTTPError with the
@@ -36,13 +36,15 @@ class Admin:
 
     Args:
         username, password: administrator credentials.
-        host, port: the node's management endpoint (8091; 18091 with
-            ``ssl=True``, which also needs ``certpath`` unless the CA is
-            trusted by the system).
+        host, port: the node's management endpoint (port default: 8091,
+            or 18091 with ``ssl=True``, which also needs ``certpath``
+            unless the CA is trusted by the system).
     """
 
-    def __init__(self, username: str, password: str, host: str = "localhost", port: int = 8091,
+    def __init__(self, username: str, password: str, host: str = "localhost", port: Optional[int] = None,
                  ssl: bool = False, certpath: Optional[str] = None, **kwargs: Any) -> None:
+        if port is None:
+            port = 18091 if ssl else 8091
         scheme = "couchbases" if ssl else "couchbase"
         connstr = "%s://%s:%d=%s" % (scheme, host if ":" not in host else "[%s]" % host, port,
                                      "https" if ssl else "http")

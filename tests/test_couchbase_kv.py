@@ -1398,3 +1398,112 @@ def test_subdoc_exists_raises_for_failures_other_than_a_missing_path(cb, prefix)
     res = cb.lookup_in(key, SD.exists("name.first"))
     with pytest.raises(SubdocPathMismatchError):
         res.exists(0)
+
+
+def test_durability_level_on_a_server_without_sync_replication_is_not_supported(monkeypatch):
+    import couchbase_core.mock.kvserver as kvserver
+    from couchbase_core.mock import proto
+
+    monkeypatch.setattr(kvserver, "FEATURES", tuple(
+        f for f in kvserver.FEATURES if f not in (proto.F_ALT_REQUEST, proto.F_SYNC_REPLICATION)))
+    with MockCluster(nodes=1, replicas=0, in_process=True) as old:
+        b = BlockingBucket(old.connstr_for("default"), **ADMIN)
+        try:
+            with pytest.raises(NotSupportedError) as info:
+                b.upsert("dl", 1, durability_level=DURABILITY_MAJORITY)
+            assert "6.5" in str(info.value)
+            assert b.get("dl", quiet=True).rc == RC.KEY_ENOENT, "nothing was sent"
+            assert b.upsert("dl", 2).success  # plain mutations are unaffected
+        finally:
+            b.close()
+
+
+def test_durability_block_covers_every_durable_mutation(cb, cluster, prefix):
+    key, counter = prefix + "set", prefix + "n"
+    cb.upsert(key, [1, 2, 3])
+    cb.counter(counter, initial=5)
+    cluster.replicate_delay(30)
+    try:
+        with cb.durability(persist_to=0, replicate_to=1, timeout=0.2):
+            for call in (lambda: cb.set_add(key, 4), lambda: cb.set_remove(key, 1),
+                         lambda: cb.queue_pop(key), lambda: cb.counter_multi([counter])):
+                with pytest.raises(TimeoutError):
+                    call()
+    finally:
+        cluster.replicate_delay(0)
+    with cb.durability(persist_to=0, replicate_to=1):
+        # an explicit level replaces the block instead of clashing with it
+        assert cb.upsert(prefix + "lvl", 1, durability_level=DURABILITY_MAJORITY).success
+
+
+def test_data_structure_options_are_honoured_not_ignored(cb, prefix):
+    key = prefix + "set"
+    stored = cb.upsert(key, [1, 2])
+    with pytest.raises(KeyExistsError):
+        cb.set_add(key, 3, cas=stored.cas + 1)
+    with pytest.raises(KeyExistsError):
+        cb.set_remove(key, 1, cas=stored.cas + 1)
+    with pytest.raises(KeyExistsError):
+        cb.queue_pop(key, cas=stored.cas + 1)
+    assert cb.get(key).value == [1, 2], "a stale CAS changes nothing"
+    current = cb.get(key).cas
+    assert cb.queue_pop(key, cas=current).value == 2
+    with pytest.raises(TypeError):
+        cb.set_add(key, 3, bogus=True)
+    with pytest.raises(TypeError):
+        cb.queue_pop(key, ttl=5)
+
+
+def test_fetch_mutation_tokens_false_turns_tokens_off(flavour, cluster, prefix):
+    b = open_bucket(flavour, cluster.connstr_for("default", fetch_mutation_tokens="false"), **ADMIN)
+    try:
+        assert b.upsert(prefix + "k", 1).mutation_token is None
+    finally:
+        b.close()
+    b = open_bucket(flavour, cluster.connstr_for("default"), **ADMIN)
+    try:
+        assert b.upsert(prefix + "k", 1).mutation_token is not None
+    finally:
+        b.close()
+
+
+def test_compression_force_compresses_small_values_too(flavour, cluster, prefix, monkeypatch):
+    from couchbase_core._engine import connection
+
+    sent = []
+    real = connection._compress
+
+    def spy(value, datatype, min_ratio):
+        out = real(value, datatype, min_ratio)
+        sent.append((len(value), out[1] & 0x02))
+        return out
+
+    monkeypatch.setattr(connection, "_compress", spy)
+    for mode, expect_small_compressed in (("on", False), ("force", True)):
+        sent.clear()
+        b = open_bucket(flavour, cluster.connstr_for("default", compression=mode), **ADMIN)
+        try:
+            for _ in range(2):  # the first may leave before its node's connection is ready
+                b.upsert(prefix + mode, "tiny", format=FMT_UTF8)
+            assert b.get(prefix + mode).value == "tiny"
+        finally:
+            b.close()
+        assert any(size == 4 and snappy for size, snappy in sent) == expect_small_compressed, (mode, sent)
+
+
+def test_replica_reads_refuse_a_ttl(cb, prefix):
+    with pytest.raises(ArgumentError):
+        cb.get(prefix + "k", ttl=5, replica=True)
+    with pytest.raises(ArgumentError):
+        cb.get_multi([prefix + "k"], ttl=5, replica=True)
+
+
+def test_admin_over_tls_defaults_to_the_tls_port():
+    from couchbase_core.admin import Admin
+
+    for ssl, port in ((False, 8091), (True, 18091)):
+        admin = Admin("Administrator", "password", host="127.0.0.1", ssl=ssl)
+        try:
+            assert admin.port == port
+        finally:
+            admin.close()

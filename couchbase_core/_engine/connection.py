@@ -147,6 +147,8 @@ class KVConnection:
         #: Snappy negotiated: compress request values / expect compressed replies.
         self._deflate = False
         self._inflate = False
+        self._min_compress = _MIN_COMPRESS
+        self._min_ratio: Optional[float] = _MIN_RATIO
         self._mech: Optional[_sasl.Mechanism] = None
         #: Error map from GET_ERROR_MAP (status code -> entry), when fetched.
         self.error_map: Dict[int, Dict[str, Any]] = {}
@@ -172,8 +174,8 @@ class KVConnection:
         extras = op.extras
         value = op.value
         datatype = op.datatype
-        if self._deflate and len(value) >= _MIN_COMPRESS and op.opcode in _COMPRESSIBLE:
-            value, datatype = _compress(value, datatype)
+        if self._deflate and len(value) >= self._min_compress and op.opcode in _COMPRESSIBLE:
+            value, datatype = _compress(value, datatype, self._min_ratio)
         self.pending[op.opaque] = op
         framing = op.framing
         if framing:
@@ -225,11 +227,12 @@ class KVConnection:
         pending = self.pending
         framing = batch.framing
         deflate = self._deflate
+        min_compress, min_ratio = self._min_compress, self._min_ratio
         for i in indexes:  # type: ignore[union-attr]
             _key, kb, opcode, extras, value, cas, _item = entries[i]
             datatype = 0
-            if deflate and len(value) >= _MIN_COMPRESS and opcode in _COMPRESSIBLE:
-                value, datatype = _compress(value, 0)
+            if deflate and len(value) >= min_compress and opcode in _COMPRESSIBLE:
+                value, datatype = _compress(value, 0, min_ratio)
             if framing:
                 append(_pack_alt_header(0x08, opcode, len(framing), len(kb), len(extras), datatype,
                                         vbuckets[i] if vbuckets else 0,
@@ -566,10 +569,13 @@ class KVConnection:
     def _handshake_done(self) -> None:
         self._hs_handler = None
         self._disarm_connect_timer()
+        self.engine.server_features = self.features
         snappy = Feature.SNAPPY in self.features
         mode = self.engine.settings.compression
         self._inflate = snappy
         self._deflate = snappy and mode in ("on", "deflate_only", "force")
+        self._min_compress = 1 if mode == "force" else _MIN_COMPRESS
+        self._min_ratio = None if mode == "force" else _MIN_RATIO
         self.state = READY
         self.last_error = None
         if self._backlog:
@@ -825,11 +831,13 @@ _MIN_RATIO = 0.83
 _COMPRESSIBLE = frozenset({0x01, 0x02, 0x03, 0x0E, 0x0F, 0x11, 0x12, 0x13, 0x19, 0x1A})
 
 
-def _compress(value: bytes, datatype: int) -> Tuple[bytes, int]:
+def _compress(value: bytes, datatype: int, min_ratio: Optional[float]) -> Tuple[bytes, int]:
+    """Snappy-compress ``value`` if that saves enough (``min_ratio`` None:
+    always, the ``compression=force`` mode)."""
     import cramjam
 
     packed = bytes(cramjam.snappy.compress_raw(value))
-    if len(packed) < len(value) * _MIN_RATIO:
+    if min_ratio is None or len(packed) < len(value) * min_ratio:
         return packed, datatype | 0x02
     return value, datatype
 

@@ -80,6 +80,9 @@ class Engine:
         self.closed = False
         self.bootstrapped = False
         self.bootstrap_error: Optional[CouchbaseError] = None
+        #: HELLO features of the most recent completed handshake (None before
+        #: the first): what the servers agreed to.
+        self.server_features: Optional[frozenset] = None
         #: Connections in server-list order (vBucket map indexes refer to it).
         self.connections: List[KVConnection] = []
         self.deadlines = Deadlines(iops, clock, self._expire)

@@ -154,6 +154,9 @@ class Settings:
             s.http_hosts = cs.http_endpoints()
             s.hello_features = COUCHBASE_FEATURES
         s.bootstrap_on = opts.get("bootstrap_on", "all")
+        for name in ("fetch_mutation_tokens", "enable_mutation_tokens"):
+            if name in opts and not parse_bool(opts[name], name):
+                s.hello_features = tuple(f for f in s.hello_features if f != Feature.MUTATION_SEQNO)
         s.compression = opts.get("compression", "on").lower()
         if cs.scheme != "memcached" and s.compression != "off" and snappy_available():
             s.hello_features = s.hello_features + (Feature.SNAPPY,)
