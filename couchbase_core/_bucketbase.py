@@ -408,10 +408,7 @@ class BaseBucket:
 
     @timeout.setter
     def timeout(self, value: float) -> None:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise ArgumentError("timeout must be a positive number of seconds")
-        self._timeout = float(value)
-        self._settings.operation_timeout = float(value)
+        self._timeout = self._settings.operation_timeout = _seconds(value, "timeout")
 
     @property
     def views_timeout(self) -> float:
@@ -420,9 +417,7 @@ class BaseBucket:
 
     @views_timeout.setter
     def views_timeout(self, value: float) -> None:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise ArgumentError("views_timeout must be a positive number of seconds")
-        self._settings.views_timeout = float(value)
+        self._settings.views_timeout = _seconds(value, "views_timeout")
 
     @property
     def n1ql_timeout(self) -> float:
@@ -431,9 +426,7 @@ class BaseBucket:
 
     @n1ql_timeout.setter
     def n1ql_timeout(self, value: float) -> None:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise ArgumentError("n1ql_timeout must be a positive number of seconds")
-        self._settings.n1ql_timeout = float(value)
+        self._settings.n1ql_timeout = _seconds(value, "n1ql_timeout")
 
     @property
     def quiet(self) -> bool:
@@ -1721,6 +1714,13 @@ def _plain_get_entries(keys: Any) -> Optional[List[tuple]]:
             return None
         append((key, kb, get, b"", b"", 0, None))
     return out
+
+
+def _seconds(value: Any, name: str) -> float:
+    """A timeout given in seconds: a positive int or float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ArgumentError("%s must be a positive number of seconds" % name)
+    return float(value)
 
 
 def _flush_failure_rc(status: int, body: Any) -> int:

@@ -15,9 +15,8 @@ import random
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from couchbase_core._engine.http import HTTPConnection, HTTPRequest, basic_auth
-from couchbase_core._engine.ops import KVOp
 from couchbase_core._engine.rows import RowParseError, RowParser
-from couchbase_core._kvops import discard
+from couchbase_core._kvops import LocalOp
 from couchbase_core.exceptions import RC
 from couchbase_core.result import HttpResult
 
@@ -37,20 +36,18 @@ def service_endpoints(engine: Any, service: str) -> List[Tuple[str, int]]:
     return found
 
 
-class HttpOp(KVOp):
+class HttpOp(LocalOp):
     """One HTTP request to a service of the cluster."""
 
-    __slots__ = ("key", "sink", "service", "method", "path", "body", "headers", "_targets", "_status",
+    __slots__ = ("service", "method", "path", "body", "headers", "_targets", "_status",
                  "_resp_headers", "_chunks", "_conn", "_engine", "accept", "failure_rc")
-    local = True
+    error_result = HttpResult
 
     def __init__(self, service: str, method: str, path: str, body: bytes = b"",
                  headers: Optional[Dict[str, str]] = None, timeout: float = 75.0,
                  accept: Optional[Callable[[int], bool]] = None,
                  failure_rc: Optional[Callable[[int, Any], int]] = None) -> None:
-        KVOp.__init__(self, 0, b"", b"", b"", 0, 0, timeout)
-        self.key = path
-        self.sink: Callable[[Any], None] = discard
+        LocalOp.__init__(self, path, 0, b"", timeout)
         self.service = service
         self.method = method
         self.path = path
@@ -142,15 +139,6 @@ class HttpOp(KVOp):
             self._send()
             return
         self.on_error(rc, message)
-
-    def on_response(self, frame: Any) -> None:  # pragma: no cover - local operations get no frames
-        pass
-
-    def on_error(self, rc: int, message: str) -> None:
-        self.done = True
-        res = HttpResult(self.path, rc)
-        res._message = message
-        self.sink(res)
 
     def describe(self) -> str:
         return "HTTP %s %s" % (self.method, self.path)

@@ -697,18 +697,43 @@ class ReplicaGetOp(GetOp):
 # --------------------------------------------------------------------------
 
 
-class ObserveKeyOp(KVOp):
+class LocalOp(KVOp):
+    """An operation the engine starts by calling :meth:`run` instead of
+    sending a frame: it issues engine operations of its own and hands one
+    result to ``sink``. A failure before it finishes becomes a result of
+    ``error_result`` with the rc and message."""
+
+    __slots__ = ("key", "sink")
+    local = True
+    error_result: Any = ValueResult
+
+    def __init__(self, key: Any, opcode: int, kb: bytes, timeout: float) -> None:
+        KVOp.__init__(self, opcode, kb, b"", b"", 0, 0, timeout)
+        self.key = key
+        self.sink: Callable[[Any], None] = discard
+
+    def run(self, engine: Any) -> None:  # pragma: no cover - every local operation has its own
+        raise NotImplementedError
+
+    def on_response(self, frame: Any) -> None:  # pragma: no cover - local operations get no frames
+        pass
+
+    def on_error(self, rc: int, message: str) -> None:
+        self.done = True
+        res = self.error_result(self.key, rc)
+        res._message = message
+        self.sink(res)
+
+
+class ObserveKeyOp(LocalOp):
     """``observe``: ask the active node (and the replicas unless
     ``master_only``) for the key's state. Result: a ValueResult whose value is
     a list of :class:`~couchbase_core.result.ObserveInfo`."""
 
-    __slots__ = ("key", "sink", "master_only", "_infos", "_expected", "_master_error")
-    local = True
+    __slots__ = ("master_only", "_infos", "_expected", "_master_error")
 
     def __init__(self, key: Any, kb: bytes, master_only: bool, timeout: float) -> None:
-        KVOp.__init__(self, Opcode.OBSERVE, kb, b"", b"", 0, 0, timeout)
-        self.key = key
-        self.sink: Callable[[Any], None] = discard
+        LocalOp.__init__(self, key, Opcode.OBSERVE, kb, timeout)
         self.master_only = master_only
         self._infos: list = []
         self._expected = 0
@@ -751,30 +776,19 @@ class ObserveKeyOp(KVOp):
             res = ValueResult(self.key, 0, master.cas if master else 0, infos, 0)
         self.sink(res)
 
-    def on_response(self, frame: Any) -> None:  # pragma: no cover - local operations get no frames
-        pass
-
-    def on_error(self, rc: int, message: str) -> None:
-        self.done = True
-        res = ValueResult(self.key, rc)
-        res._message = message
-        self.sink(res)
-
     def describe(self) -> str:
         return "observe %r" % (self.key,)
 
 
-class EndureOp(KVOp):
+class EndureOp(LocalOp):
     """``endure``: wait until a key's mutation is persisted / replicated."""
 
-    __slots__ = ("key", "sink", "cas_wanted", "persist_to", "replicate_to", "check_removed", "interval")
-    local = True
+    __slots__ = ("cas_wanted", "persist_to", "replicate_to", "check_removed", "interval")
+    error_result = OperationResult
 
     def __init__(self, key: Any, kb: bytes, cas: int, persist_to: int, replicate_to: int, check_removed: bool,
                  timeout: float, interval: float) -> None:
-        KVOp.__init__(self, Opcode.OBSERVE, kb, b"", b"", 0, 0, timeout)
-        self.key = key
-        self.sink: Callable[[Any], None] = discard
+        LocalOp.__init__(self, key, Opcode.OBSERVE, kb, timeout)
         self.cas_wanted = cas
         self.persist_to = persist_to
         self.replicate_to = replicate_to
@@ -792,33 +806,21 @@ class EndureOp(KVOp):
         Observer(engine, self.kb, self.cas_wanted, self.persist_to, self.replicate_to, self.check_removed,
                  self.timeout, self.interval, done).start()
 
-    def on_response(self, frame: Any) -> None:  # pragma: no cover - local operations get no frames
-        pass
-
-    def on_error(self, rc: int, message: str) -> None:
-        self.done = True
-        res = OperationResult(self.key, rc)
-        res._message = message
-        self.sink(res)
-
     def describe(self) -> str:
         return "endure %r" % (self.key,)
 
 
-class ChainOp(KVOp):
+class ChainOp(LocalOp):
     """An operation made of several requests in sequence (``queue_pop``,
     ``set_remove``...), written as a generator: it yields engine operations,
     receives each one's result, and returns the final result. It runs from
     loop callbacks like any other operation, so every bucket flavour can
     use it."""
 
-    __slots__ = ("key", "sink", "_factory", "_gen", "_engine")
-    local = True
+    __slots__ = ("_factory", "_gen", "_engine")
 
     def __init__(self, key: Any, factory: Callable[[], Any], timeout: float) -> None:
-        KVOp.__init__(self, 0, b"", b"", b"", 0, 0, timeout)
-        self.key = key
-        self.sink: Callable[[Any], None] = discard
+        LocalOp.__init__(self, key, 0, b"", timeout)
         self._factory = factory
         self._gen: Any = None
         self._engine: Any = None
@@ -843,15 +845,6 @@ class ChainOp(KVOp):
             self._engine.submit(step)
         except CouchbaseError as exc:
             self.on_error(exc.rc, exc.message)
-
-    def on_response(self, frame: Any) -> None:  # pragma: no cover - local operations get no frames
-        pass
-
-    def on_error(self, rc: int, message: str) -> None:
-        self.done = True
-        res = ValueResult(self.key, rc)
-        res._message = message
-        self.sink(res)
 
     def describe(self) -> str:
         return "a composite operation on %r" % (self.key,)
