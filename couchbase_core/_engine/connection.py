@@ -57,7 +57,11 @@ import struct
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 from couchbase_core._engine import sasl as _sasl
-from couchbase_core._engine.dial import CONNECT_PENDING, describe_errno, open_socket, resolve
+from couchbase_core._engine.dial import (
+    describe_errno,
+    resolve,
+    start_connect,
+)
 from couchbase_core._engine.ops import KVOp
 from couchbase_core._engine.protocol import (
     ALT_HEADER,
@@ -323,25 +327,15 @@ class KVConnection:
         self._try_next_address(None)
 
     def _try_next_address(self, previous_error: Optional[str]) -> None:
-        if not self._addresses:
-            self._fail_soon(RC.CONNECT, "cannot connect to %s: %s" % (self.authority, previous_error or "no address"))
-            return
-        family, sockaddr = self._addresses.pop(0)
         settings = self.engine.settings
-        try:
-            sock = open_socket(family, settings.tcp_nodelay, settings.tcp_keepalive)
-        except OSError as exc:
-            self._try_next_address(str(exc))
+        sock, error = start_connect(self._addresses, previous_error, settings.tcp_nodelay, settings.tcp_keepalive)
+        if sock is None:
+            self._fail_soon(RC.CONNECT, "cannot connect to %s: %s" % (self.authority, error))
             return
-        err = sock.connect_ex(sockaddr)
         self._attach(sock)
-        if err == 0 or err in CONNECT_PENDING:
-            # Even an immediate success is taken up from the loop (writable),
-            # so nothing downstream runs inside a caller's own call.
-            self.iops.update_event(self._event, PYCBC_EVACTION_WATCH, LCB_WRITE_EVENT)  # type: ignore[arg-type]
-        else:
-            self._detach()
-            self._try_next_address(describe_errno(err))
+        # Even an immediate success is taken up from the loop (writable), so
+        # nothing downstream runs inside a caller's own call.
+        self.iops.update_event(self._event, PYCBC_EVACTION_WATCH, LCB_WRITE_EVENT)  # type: ignore[arg-type]
 
     def _attach(self, sock: Any) -> None:
         self._sock = sock

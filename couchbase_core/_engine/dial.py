@@ -5,12 +5,12 @@ from __future__ import annotations
 import _socket
 import errno
 import os
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Tuple
 
 if TYPE_CHECKING:  # pragma: no cover
     from couchbase_core._engine.instance import Engine
 
-__all__ = ["resolve", "open_socket", "CONNECT_PENDING", "describe_errno"]
+__all__ = ["resolve", "open_socket", "start_connect", "CONNECT_PENDING", "describe_errno"]
 
 #: connect_ex results meaning "in progress".
 CONNECT_PENDING = {errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN, errno.EALREADY}
@@ -61,3 +61,25 @@ def open_socket(family: int, nodelay: bool = True, keepalive: bool = True) -> An
     except OSError:
         pass
     return sock
+
+
+def start_connect(addresses: List[Tuple[int, Any]], previous_error: Optional[str], nodelay: bool = True,
+                  keepalive: bool = True) -> Tuple[Any, str]:
+    """Start a non-blocking connect to the first of ``addresses`` (family,
+    sockaddr; each is removed as it is tried) that accepts one. Returns
+    ``(socket, "")``, or ``(None, why the last attempt failed)`` when none is
+    left. The caller learns the outcome from the socket becoming writable."""
+    error = previous_error or "no address"
+    while addresses:
+        family, sockaddr = addresses.pop(0)
+        try:
+            sock = open_socket(family, nodelay, keepalive)
+        except OSError as exc:
+            error = str(exc)
+            continue
+        err = sock.connect_ex(sockaddr)
+        if err == 0 or err in CONNECT_PENDING:
+            return sock, ""
+        sock.close()
+        error = describe_errno(err)
+    return None, error

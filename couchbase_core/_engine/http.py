@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 import h11
 
-from couchbase_core._engine.dial import CONNECT_PENDING, describe_errno, open_socket, resolve
+from couchbase_core._engine.dial import describe_errno, resolve, start_connect
 from couchbase_core.exceptions import RC
 from couchbase_core.iops.base import (
     LCB_READ_EVENT,
@@ -200,19 +200,9 @@ class HTTPConnection:
         self._next_address(None)
 
     def _next_address(self, previous: Optional[str]) -> None:
-        if not self._addresses:
-            self._fail(RC.CONNECT, "cannot connect to %s: %s" % (self.authority, previous or "no address"))
-            return
-        family, sockaddr = self._addresses.pop(0)
-        try:
-            sock = open_socket(family)
-        except OSError as exc:
-            self._next_address(str(exc))
-            return
-        err = sock.connect_ex(sockaddr)
-        if err != 0 and err not in CONNECT_PENDING:
-            sock.close()
-            self._next_address(describe_errno(err))
+        sock, error = start_connect(self._addresses, previous)
+        if sock is None:
+            self._fail(RC.CONNECT, "cannot connect to %s: %s" % (self.authority, error))
             return
         self._sock = sock
         event = self._event = self.iops.io_event_factory()
