@@ -57,11 +57,7 @@ import struct
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 from couchbase_core._engine import sasl as _sasl
-from couchbase_core._engine.dial import (
-    describe_errno,
-    resolve,
-    start_connect,
-)
+from couchbase_core._engine.dial import describe_errno, resolve, start_connect
 from couchbase_core._engine.ops import KVOp
 from couchbase_core._engine.protocol import (
     ALT_HEADER,
@@ -74,6 +70,7 @@ from couchbase_core._engine.protocol import (
     Status,
     encode_request,
 )
+from couchbase_core._engine.tls import TLSSession, describe_handshake_error
 from couchbase_core.exceptions import RC
 from couchbase_core.iops.base import (
     LCB_READ_EVENT,
@@ -385,7 +382,7 @@ class KVConnection:
         context = self.engine.tls_context
         if context is not None:
             self.state = TLS_HANDSHAKE
-            self._tls = _tls_session(context, self.host)
+            self._tls = TLSSession(context, self.host)
             self._advance_tls()
             return
         self.state = NEGOTIATING
@@ -396,8 +393,8 @@ class KVConnection:
         try:
             done = self._tls.handshake()
         except ssl.SSLError as exc:
-            reason = getattr(exc, "verify_message", None) or getattr(exc, "reason", None) or str(exc)
-            self._fail(RC.CONNECT, "TLS handshake with %s failed: %s" % (self.authority, reason))
+            self._fail(RC.CONNECT, "TLS handshake with %s failed: %s"
+                       % (self.authority, describe_handshake_error(exc)))
             return
         self._cipher += self._tls.outgoing()
         if self._cipher:
@@ -846,7 +843,3 @@ def _inflate(frame: Any) -> Any:
     return frame[:3] + (frame[3] & ~0x02,) + frame[4:8] + (value,) + frame[9:]
 
 
-def _tls_session(context: Any, host: str) -> Any:
-    from couchbase_core._engine.tls import TLSSession
-
-    return TLSSession(context, host)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 import h11
 
 from couchbase_core._engine.dial import describe_errno, resolve, start_connect
+from couchbase_core._engine.tls import TLSSession, describe_handshake_error
 from couchbase_core.exceptions import RC
 from couchbase_core.iops.base import (
     LCB_READ_EVENT,
@@ -245,8 +246,6 @@ class HTTPConnection:
             self._h11 = h11.Connection(h11.CLIENT)
             context = self.engine.tls_context if self.tls else None
             if context is not None:
-                from couchbase_core._engine.tls import TLSSession
-
                 self.state = "tls"
                 self._tls_session = TLSSession(context, self.host)
                 self._advance_tls()
@@ -265,8 +264,8 @@ class HTTPConnection:
         try:
             done = self._tls_session.handshake()
         except ssl.SSLError as exc:
-            reason = getattr(exc, "verify_message", None) or getattr(exc, "reason", None) or str(exc)
-            self._fail(RC.CONNECT, "TLS handshake with %s failed: %s" % (self.authority, reason))
+            self._fail(RC.CONNECT, "TLS handshake with %s failed: %s"
+                       % (self.authority, describe_handshake_error(exc)))
             return
         self._out += self._tls_session.outgoing()
         self._flush()

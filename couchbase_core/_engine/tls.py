@@ -12,7 +12,7 @@ import ssl
 import warnings
 from typing import Optional
 
-__all__ = ["TLSSession", "make_context", "InsecureTLSWarning"]
+__all__ = ["TLSSession", "make_context", "describe_handshake_error", "InsecureTLSWarning"]
 
 
 class InsecureTLSWarning(UserWarning):
@@ -32,6 +32,13 @@ def make_context(certpath: Optional[str], verify: bool = True) -> ssl.SSLContext
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context
+
+
+def describe_handshake_error(exc: ssl.SSLError) -> str:
+    """Why a handshake failed, as specifically as the error says it
+    (``certificate verify failed: unable to get local issuer certificate``
+    gives the part after the colon)."""
+    return getattr(exc, "verify_message", None) or getattr(exc, "reason", None) or str(exc)
 
 
 class TLSSession:
