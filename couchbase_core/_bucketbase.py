@@ -47,6 +47,7 @@ from couchbase_core._kvops import (
     SubdocLookupOp,
     SubdocMutateOp,
     TouchOp,
+    discard,
 )
 from couchbase_core.exceptions import (
     RC,
@@ -373,7 +374,13 @@ class BaseBucket:
                 latch.count -= 1
                 raise
         if latch.count:
-            self._wait_latch(latch)
+            try:
+                self._wait_latch(latch)
+            except BaseException:  # killed or interrupted: see _run_one
+                for op in ops:
+                    op.sink = discard
+                    engine.cancel(op)
+                raise
         return finish(mres)
 
     def _run_many(self, ops: List[Any], mres: MultiResult) -> Any:

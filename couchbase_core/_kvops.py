@@ -89,6 +89,8 @@ class _KeyOp(KVOp):
         self.last_error = None
         self.replica = 0
         self.framing = b""
+        self.wire = None
+        self.written = False
         self.key = key
         self.sink: Callable[[Any], None] = discard
         #: (persist_to, replicate_to, timeout, interval) to wait for after success.
@@ -361,7 +363,8 @@ class KeyBatch(KVOp):
     """
 
     __slots__ = ("kind", "entries", "mres", "sink", "base", "remaining", "waiting", "decoder",
-                 "no_format", "key", "vbuckets", "conns", "idempotent", "durability", "engine")
+                 "no_format", "key", "vbuckets", "conns", "idempotent", "durability", "engine", "chunks",
+                 "entry_retries")
     multi_reply = True
     multi_key = True
 
@@ -381,6 +384,10 @@ class KeyBatch(KVOp):
         self.vbuckets: list = []
         #: Connections holding some of the entries.
         self.conns: set = set()
+        #: The engine's write chunks of this batch (one per connection).
+        self.chunks: list = []
+        #: Entries re-sent on their own (``EntryRetry`` operations).
+        self.entry_retries: list = []
         self.idempotent = kind == KIND_GET
         #: (persist_to, replicate_to, timeout, interval) for each mutation.
         self.durability: Optional[tuple] = None
@@ -724,6 +731,10 @@ class LocalOp(KVOp):
         res._message = message
         self.sink(res)
 
+    def stop(self, engine: Any) -> None:
+        """The operation ended early (timed out, or its caller went away):
+        start nothing more. Operations that issue further requests override it."""
+
 
 class ObserveKeyOp(LocalOp):
     """``observe``: ask the active node (and the replicas unless
@@ -817,34 +828,54 @@ class ChainOp(LocalOp):
     loop callbacks like any other operation, so every bucket flavour can
     use it."""
 
-    __slots__ = ("_factory", "_gen", "_engine")
+    __slots__ = ("_factory", "_gen", "_engine", "_step")
 
     def __init__(self, key: Any, factory: Callable[[], Any], timeout: float) -> None:
         LocalOp.__init__(self, key, 0, b"", timeout)
         self._factory = factory
         self._gen: Any = None
         self._engine: Any = None
+        self._step: Any = None
 
     def run(self, engine: Any) -> None:
         self._engine = engine
         self._gen = self._factory()
+        # The whole chain has one deadline: when it passes, the caller gets
+        # TimeoutError and no further step starts.
+        self.deadline = engine.clock() + self.timeout
+        engine.deadlines.add(self)
         engine.defer(lambda: self._advance(None))
 
     def _advance(self, result: Any) -> None:
+        if self.done:
+            return  # timed out or abandoned: start no further step
         try:
             step = self._gen.send(result)
         except StopIteration as stop:
             self.done = True
+            self._step = None
             self.sink(stop.value)
             return
         except Exception as exc:  # a bug in a chain: fail rather than hang
             self.on_error(RC.INTERNAL, "%s failed: %r" % (self.describe(), exc))
             return
         step.sink = self._advance
+        self._step = step
         try:
             self._engine.submit(step)
         except CouchbaseError as exc:
             self.on_error(exc.rc, exc.message)
+
+    def stop(self, engine: Any) -> None:
+        """Withdraw the step in progress if it is not written yet (a written
+        one completes on the server; its result is dropped)."""
+        step, self._step = self._step, None
+        gen, self._gen = self._gen, None
+        if step is not None:
+            step.sink = discard
+            engine.cancel(step)
+        if gen is not None:
+            gen.close()
 
     def describe(self) -> str:
         return "a composite operation on %r" % (self.key,)

@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, List
 
 from couchbase_core import LOCKMODE_EXC, LOCKMODE_WAIT
 from couchbase_core._bucketbase import BaseBucket, DurabilityContext, Latch, PingStatus, Pipeline
+from couchbase_core._kvops import discard
 from couchbase_core.exceptions import InternalError, ObjectThreadError
 from couchbase_core.iops.select import SelectIOPS
 from couchbase_core.result import MultiResult
@@ -107,9 +108,15 @@ class Bucket(BaseBucket):
             box = _Box(iops.stop_watching)
             op.sink = box
             self._engine.submit(op)
-            while box.result is None:
-                if not iops.run_once():
-                    raise InternalError("the event loop has nothing to wait for, yet %s is pending" % op.describe())
+            try:
+                while box.result is None:
+                    if not iops.run_once():
+                        raise InternalError("the event loop has nothing to wait for, yet %s is pending"
+                                            % op.describe())
+            except BaseException:  # e.g. KeyboardInterrupt: the caller gives up on it
+                op.sink = discard
+                self._engine.cancel(op)
+                raise
         res = box.result
         if res.rc and not (quiet and res.rc == 1):
             raise res._make_exception()

@@ -33,7 +33,7 @@ __all__ = [
     "ArgumentError", "ValueFormatError", "AuthError", "DeltaBadvalError",
     "TooBigError", "BusyError", "InternalError", "InvalidError",
     "NoMemoryError", "RangeError", "TemporaryFailError", "KeyExistsError",
-    "NotFoundError", "NetworkError", "NotMyVbucketError", "NotStoredError",
+    "NotFoundError", "NetworkError", "OutcomeUnknownError", "NotMyVbucketError", "NotStoredError",
     "NotSupportedError", "UnknownCommandError", "UnknownHostError",
     "ProtocolError", "TimeoutError", "ConnectError", "BucketNotFoundError",
     "ClientTemporaryFailError", "HTTPError", "ObjectThreadError",
@@ -125,6 +125,7 @@ class RC:
     AUTH_FAILED = 0x111
     INTERNAL = 0x112
     QUEUE_EMPTY = 0x113
+    OUTCOME_UNKNOWN = 0x114
 
 
 # --------------------------------------------------------------------------
@@ -358,6 +359,15 @@ class NetworkError(CouchbaseNetworkError):
     """The connection to a node broke while the operation was pending."""
 
     CODE = RC.NETWORK
+
+
+class OutcomeUnknownError(NetworkError):
+    """A mutation was written to the server, then its connection failed
+    before the reply came: the server may or may not have applied it. The
+    client does not send it again (that could apply it twice); read the
+    document to find out."""
+
+    CODE = RC.OUTCOME_UNKNOWN
 
 
 class NotMyVbucketError(CouchbaseNetworkError, CouchbaseTransientError):
@@ -650,6 +660,8 @@ RC_TABLE: Dict[int, Tuple[Type[CouchbaseError], str]] = {
     RC.AUTH_FAILED: (AuthError, "Authentication failed"),
     RC.INTERNAL: (InternalError, "Internal client error"),
     RC.QUEUE_EMPTY: (QueueEmpty, "The queue is empty"),
+    RC.OUTCOME_UNKNOWN: (OutcomeUnknownError, "The connection failed after the mutation was sent: it may or may "
+                                              "not have been applied"),
 }
 
 

@@ -73,7 +73,10 @@ class Bucket(BaseBucket):
         try:
             res = waiter.get()
         except BaseException:
-            op.sink = discard  # killed or timed out: never wake anyone later
+            # Killed or interrupted: never wake anyone later, and withdraw
+            # what was not written yet (a composite starts no further step).
+            op.sink = discard
+            self._engine.cancel(op)
             raise
         if res.rc and not (quiet and res.rc == 1):
             raise res._make_exception()

@@ -41,6 +41,8 @@ class FaultProxy:
         self._listener.listen(64)
         self.port = self._listener.getsockname()[1]
         self._pairs: List[tuple] = []
+        #: Connections turned into black holes (see :meth:`black_hole`).
+        self._holes: set = set()
         self._lock = threading.Lock()
         self._closed = False
         self._thread = threading.Thread(target=self._accept_loop, daemon=True)
@@ -90,7 +92,7 @@ class FaultProxy:
                         if self.hello_mode == "close":
                             raise ConnectionError("closing on HELLO")
                     out += frame
-                if out:
+                if out and id(client) not in self._holes:
                     upstream.sendall(out)
         except OSError:
             pass
@@ -103,7 +105,8 @@ class FaultProxy:
                 if not data:
                     break
                 self.forward_replies.wait()
-                client.sendall(data)
+                if id(client) not in self._holes:
+                    client.sendall(data)
         except OSError:
             pass
         self._close_pair(client, upstream)
@@ -128,6 +131,15 @@ class FaultProxy:
             pairs = list(self._pairs)
         for client, upstream in pairs:
             self._close_pair(client, upstream)
+        return len(pairs)
+
+    def black_hole(self) -> int:
+        """Turn every current connection into a black hole, as a dead peer or
+        a lost route would: both sockets stay open, nothing more passes in
+        either direction. New connections work normally. Returns how many."""
+        with self._lock:
+            pairs = list(self._pairs)
+            self._holes.update(id(client) for client, _ in pairs)
         return len(pairs)
 
     def inject(self, data: bytes) -> int:

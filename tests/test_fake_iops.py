@@ -195,14 +195,16 @@ def test_errback_and_quiet_through_the_fake_loop(memcached_server):
         b.close()
 
 
-def test_operation_timeout_fires_through_an_iops_timer(memcached_server):
-    iops, b = _connected_bucket(memcached_server.connstr, operation_timeout=0.2)
+def test_operation_timeout_fires_through_an_iops_timer(fresh_memcached):
+    iops, b = _connected_bucket(fresh_memcached.connstr, operation_timeout=0.2)
     try:
         ev = iops.events[-1]
         errs = []
+        # The server never answers, and the socket is never reported: only
+        # the IOPS timer can end the operation.
+        fresh_memcached.pause()
         ar = b.get("fake:t")
         ar.errback = lambda res, et, exc, tb: errs.append(exc)
-        # Never report the socket: the request cannot even be written.
         saved = iops.watched.pop(ev)
         start = time.monotonic()
         deadline = start + 3
@@ -212,6 +214,7 @@ def test_operation_timeout_fires_through_an_iops_timer(memcached_server):
         assert 0.19 <= time.monotonic() - start < 1.0
         iops.watched[ev] = saved
     finally:
+        fresh_memcached.resume()
         b.close()
 
 

@@ -12,17 +12,32 @@ the engine's whole life; the socket behind it comes and goes. Its states::
     any --close()--> CLOSED (terminal)
 
 Operations routed here are given an opaque and stored in :attr:`pending`
-(opaque -> op) at once, whatever the state. In READY their request bytes go
-to the write buffer; before that they wait, already encoded, in the backlog,
-which is appended to the write buffer when the handshake ends. Replies are
-matched to operations by opaque only, so any number of requests may be in
-flight (pipelining); a reply whose opaque is unknown belongs to an operation
-that timed out or was abandoned and is dropped.
+(opaque -> op) at once, whatever the state. Their encoded requests wait in
+one write queue (``_queue``), written in order once the connection is READY.
+Replies are matched to operations by opaque only, so any number of requests
+may be in flight (pipelining); a reply whose opaque is unknown belongs to an
+operation that timed out or was abandoned and is dropped.
 
-Writes are coalesced: enqueuing only appends bytes and asks the IOPS for
-write readiness; everything buffered goes out in one ``send`` when the loop
-reports the socket writable. Reads take whatever the socket has and hand it
-to the sans-I/O :class:`~couchbase_core._engine.protocol.FrameDecoder`.
+Writes are coalesced: enqueuing only appends to the queue and asks the IOPS
+for write readiness; when the socket is writable, up to ``WRITE_CHUNK``
+bytes from the head of the queue go out in one ``send``. The queue knows,
+for every request, whether any byte of it reached the socket:
+
+* a request none of which was written when its deadline passes (or its
+  caller went away) is *withdrawn*: skipped, its bytes released, never sent;
+* a request of which some byte was written may have been executed by the
+  server: when the connection then fails, the engine re-sends it only if it
+  is harmless to repeat (a read), and otherwise reports an unknown outcome.
+
+Reads take whatever the socket has and hand it to the sans-I/O
+:class:`~couchbase_core._engine.protocol.FrameDecoder`. Before deadlines are
+expired, the engine drains every socket (:meth:`KVConnection.drain`), so a
+reply that sat in a socket while the loop was held up is not lost to a timer.
+
+A connection on which an operation timed out while nothing at all was read
+during that operation's life is *suspect*: a NOOP probe is sent, and if still
+nothing is read by the probe's deadline the connection is declared dead and
+replaced (:meth:`KVConnection.suspect`).
 
 The handshake tolerates servers that are not Couchbase. Plain memcached
 (1.6, measured by the test suite) handles an unknown command that carries a
@@ -54,7 +69,8 @@ import logging
 import math
 import ssl
 import struct
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
+from collections import deque
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from couchbase_core._engine import sasl as _sasl
 from couchbase_core._engine.dial import describe_errno, resolve, start_connect
@@ -62,6 +78,7 @@ from couchbase_core._engine.ops import KVOp
 from couchbase_core._engine.protocol import (
     ALT_HEADER,
     HEADER,
+    HEADER_LEN,
     Feature,
     FrameDecoder,
     FrameError,
@@ -99,6 +116,14 @@ CLOSED = "closed"
 
 #: Bytes asked of ``recv`` at a time.
 READ_SIZE = 256 * 1024
+#: Bytes gathered from the write queue for one ``send`` (and moved into TLS
+#: at a time): requests beyond it stay withdrawable until the socket drains.
+WRITE_CHUNK = 1024 * 1024
+_BODY_AND_OPAQUE = struct.Struct(">II")
+#: Bounds of the dead-connection probe's timeout (the operation timeout,
+#: clamped): a probe must not give up on a merely slow server too soon.
+PROBE_MIN_TIMEOUT = 1.0
+PROBE_MAX_TIMEOUT = 5.0
 
 _pack_header = HEADER.pack
 _pack_alt_header = ALT_HEADER.pack
@@ -128,9 +153,24 @@ class KVConnection:
         self.local_address: Optional[Tuple[Any, ...]] = None
         #: engine clock at the last read (diagnostics).
         self.last_activity = 0.0
-        self._wbuf: List[Any] = []
-        self._backlog: List[bytes] = []
+        #: Requests waiting to be written, in order: operations and batch
+        #: chunks (:class:`WriteChunk`), each holding its bytes in ``wire``.
+        #: An entry whose ``wire`` is None was withdrawn (its deadline passed
+        #: before any byte of it was written) and is skipped.
+        self._queue: Deque[Any] = deque()
+        #: Bytes of ``_queue[0]`` already handed to the socket.
+        self._head_sent = 0
+        #: Withdrawn entries still in the queue (compacted when they pile up).
+        self._dead = 0
+        #: Handshake requests (HELLO, SASL...) waiting to be written.
+        self._hs_out = b""
         self._want_write = False
+        #: Bumped for every new socket, so late events of an old one are ignored.
+        self.generation = 0
+        #: engine clock when bytes were last received (dead-connection rule).
+        self.last_read = 0.0
+        #: The NOOP sent to check a silent connection, while it is pending.
+        self._probe: Any = None
         self._sock: Any = None
         self._event: Optional[IOEvent] = None
         self._decoder: Optional[FrameDecoder] = None
@@ -171,6 +211,7 @@ class KVConnection:
     def enqueue(self, op: KVOp) -> None:
         """Take ``op`` (its opaque already stamped) and send it when possible."""
         op.conn = self
+        op.written = False
         kb = op.kb
         extras = op.extras
         value = op.value
@@ -186,36 +227,41 @@ class KVConnection:
         else:
             header = _pack_header(0x80, op.opcode, len(kb), len(extras), datatype, op.vbucket,
                                   len(kb) + len(extras) + len(value), op.opaque, op.cas)
+        data = header + extras + kb + value
+        queue = self._queue
         if self.state is READY:
-            wbuf = self._wbuf
-            if not wbuf and len(self.pending) == 1 and not self.engine.batch_depth and self._tls is None:
+            if not queue and len(self.pending) == 1 and not self.engine.batch_depth and self._tls is None:
                 # An idle connection: nothing to coalesce with, so send now
                 # rather than after a trip through the loop (halves the
                 # latency of a lone caller). Errors are left to the loop.
-                data = header + extras + kb + value
                 try:
                     sent = self._sock.send(data)
                 except OSError:
                     sent = 0
-                if sent == len(data):
-                    return
-                wbuf.append(memoryview(data)[sent:])
+                if sent:
+                    op.written = True
+                    if sent == len(data):
+                        op.wire = None
+                        return
+                    self._head_sent = sent
+                op.wire = data
+                queue.append(op)
                 self._request_write()
                 return
-            wbuf.append(header + extras + kb)
-            if value:
-                wbuf.append(value)
+            op.wire = data
+            queue.append(op)
             if not self._want_write:
                 self._request_write()
         else:
-            self._backlog.append(header + extras + kb + value)
+            op.wire = data
+            queue.append(op)
             if self.state is IDLE:
                 self.connect()
 
     def enqueue_batch(self, batch: Any, indexes: Optional[List[int]] = None) -> None:
         """Take the entries ``indexes`` (default: all) of a batch whose
         opaques run from ``batch.base``; ``batch.vbuckets`` (when set) gives
-        each entry's vBucket."""
+        each entry's vBucket. They are written as one :class:`WriteChunk`."""
         batch.conns.add(self)
         base = batch.base
         entries = batch.entries
@@ -248,14 +294,14 @@ class KVConnection:
             if value:
                 append(value)
             pending[base + i] = batch
+        chunk = WriteChunk(self, b"".join(parts))
+        batch.chunks.append(chunk)
+        self._queue.append(chunk)
         if self.state is READY:
-            self._wbuf.extend(parts)
             if not self._want_write:
                 self._request_write()
-        else:
-            self._backlog.append(b"".join(parts))
-            if self.state is IDLE:
-                self.connect()
+        elif self.state is IDLE:
+            self.connect()
 
     def _request_write(self) -> None:
         engine = self.engine
@@ -267,16 +313,67 @@ class KVConnection:
 
     def flush_soon(self) -> None:
         """Ask for write readiness if there is something to write (end of a batch)."""
-        if self.state is READY and self._wbuf and not self._want_write:
+        if self.state is READY and self._queue and not self._want_write:
             self._want_write = True
             self.iops.update_event(self._event, PYCBC_EVACTION_WATCH, LCB_RW_EVENT)  # type: ignore[arg-type]
 
     def forget(self, op: KVOp) -> None:
         """Drop ``op`` from the pending table (it timed out or was cancelled);
-        its reply, if one comes, will be ignored."""
+        its reply, if one comes, will be ignored. If none of its request has
+        been written yet, it is withdrawn from the write queue: the server
+        never sees it."""
         pending = self.pending
         for opaque in op.opaques():
             pending.pop(opaque, None)
+        if op.multi_key:
+            for chunk in op.chunks:  # type: ignore[attr-defined]
+                if chunk.conn is self:
+                    self._withdraw(chunk)
+        else:
+            self._withdraw(op)
+
+    def _withdraw(self, entry: Any) -> None:
+        wire = entry.wire
+        if wire is None:
+            return  # written, or not queued
+        if entry.written:
+            # Partly written: only a batch chunk has more than the frame in
+            # progress; everything after that frame is withdrawn.
+            if isinstance(entry, WriteChunk) and self._queue and self._queue[0] is entry:
+                cut = _frame_end_after(wire, self._head_sent)
+                if cut < len(wire):
+                    entry.wire = memoryview(wire)[:cut]
+            return
+        entry.wire = None
+        self._dead += 1
+        queue = self._queue
+        if self._dead > 64 and self._dead * 2 > len(queue):
+            self._queue = deque(e for e in queue if e.wire is not None)
+            self._dead = 0
+
+    def was_written(self, op: KVOp) -> bool:
+        """Whether any byte of ``op``'s request reached the socket (for a
+        batch: of any of its entries on this connection)."""
+        if op.multi_key:
+            return any(c.written for c in op.chunks if c.conn is self)  # type: ignore[attr-defined]
+        return op.written
+
+    def _unsent_opaques(self) -> set:
+        """Opaques of the requests of which no byte was written yet."""
+        unsent = set()
+        head_sent = self._head_sent
+        first = True
+        for entry in self._queue:
+            wire = entry.wire
+            if wire is None:
+                continue
+            skip = head_sent if first else 0
+            first = False
+            if isinstance(entry, WriteChunk):
+                unsent.update(_opaques_from(wire, skip))
+            elif not skip and not entry.written:
+                unsent.add(entry.opaque)
+        return unsent
 
     # ------------------------------------------------------------- connecting
 
@@ -336,6 +433,7 @@ class KVConnection:
 
     def _attach(self, sock: Any) -> None:
         self._sock = sock
+        self.generation += 1
         event = self._event = self.iops.io_event_factory()
         event.fd = sock.fileno()
         event._handler = self._on_io
@@ -347,9 +445,10 @@ class KVConnection:
         self._event = None
         self._sock = None
         self._want_write = False
-        self._wbuf = []
+        self._hs_out = b""
         self._tls = None
         self._cipher = b""
+        self._probe = None
         if event is not None:
             self.iops.update_event(event, PYCBC_EVACTION_UNWATCH, 0)
             self.iops.update_event(event, PYCBC_EVACTION_CLEANUP, 0)
@@ -416,6 +515,7 @@ class KVConnection:
 
     def _start_handshake(self) -> None:
         self._want_write = False
+        self._hs_out = b""
         self.iops.update_event(self._event, PYCBC_EVACTION_WATCH, LCB_READ_EVENT)  # type: ignore[arg-type]
         if self.hello_disabled:
             self.features = frozenset()
@@ -440,7 +540,7 @@ class KVConnection:
                         handler: Callable[[Any], None]) -> None:
         self._hs_opaque = self.engine.next_opaque()
         self._hs_handler = handler
-        self._wbuf.append(encode_request(opcode, key, extras, value, opaque=self._hs_opaque))
+        self._hs_out += encode_request(opcode, key, extras, value, opaque=self._hs_opaque)
         self._want_write = True
         self.iops.update_event(self._event, PYCBC_EVACTION_WATCH, LCB_RW_EVENT)  # type: ignore[arg-type]
 
@@ -569,11 +669,9 @@ class KVConnection:
         self._min_ratio = None if mode == "force" else _MIN_RATIO
         self.state = READY
         self.last_error = None
-        if self._backlog:
-            self._wbuf.extend(self._backlog)
-            self._backlog = []
+        self.last_read = self.engine.clock()
         self._want_write = False
-        if self._wbuf:
+        if self._queue:
             self._request_write()
         else:
             self.iops.update_event(self._event, PYCBC_EVACTION_WATCH, LCB_READ_EVENT)  # type: ignore[arg-type]
@@ -603,7 +701,7 @@ class KVConnection:
                 self._advance_tls()
         elif state is NEGOTIATING:
             if flags & LCB_WRITE_EVENT:
-                self._write()
+                self._write_handshake()
             if flags & LCB_READ_EVENT and self.state is NEGOTIATING:
                 self._read_handshake()
 
@@ -616,19 +714,25 @@ class KVConnection:
         self._try_next_address(describe_errno(err))
 
     def _write(self) -> None:
-        wbuf = self._wbuf
-        if self._tls is not None:
-            if wbuf:
-                self._tls.send(b"".join(wbuf))
-                self._wbuf = []
-                self._cipher += self._tls.outgoing()
+        """Write what the queue holds (READY only)."""
+        tls = self._tls
+        if tls is not None:
+            # Plaintext moves into TLS only while little ciphertext waits, so
+            # requests stay withdrawable until the socket can take them.
+            if self._queue and len(self._cipher) < WRITE_CHUNK:
+                data = self._gather()
+                if data:
+                    tls.send(data)
+                    self._cipher += tls.outgoing()
+                self._consume(len(data))
             self._flush_cipher()
             return
-        if not wbuf:
+        data = self._gather()
+        if not data:
+            self._consume(0)
             self._want_write = False
             self.iops.update_event(self._event, PYCBC_EVACTION_WATCH, LCB_READ_EVENT)  # type: ignore[arg-type]
             return
-        data = wbuf[0] if len(wbuf) == 1 else b"".join(wbuf)
         try:
             sent = self._sock.send(data)
         except (BlockingIOError, InterruptedError):
@@ -636,15 +740,84 @@ class KVConnection:
         except OSError as exc:
             self._fail(RC.NETWORK, "error writing to %s: %s" % (self.authority, exc))
             return
-        if sent == len(data):
-            self._wbuf = []
+        self._consume(sent)
+        if not self._queue:
             self._want_write = False
             self.iops.update_event(self._event, PYCBC_EVACTION_WATCH, LCB_READ_EVENT)  # type: ignore[arg-type]
-        else:
-            self._wbuf = [memoryview(data)[sent:]]
+
+    def _gather(self) -> Any:
+        """The next bytes to write: from the head of the queue (less what was
+        sent of it), skipping withdrawn entries, up to about WRITE_CHUNK."""
+        parts = []
+        size = 0
+        skip = self._head_sent
+        for entry in self._queue:
+            wire = entry.wire
+            if wire is None:
+                continue
+            if skip:
+                wire = memoryview(wire)[skip:]
+                skip = 0
+            parts.append(wire)
+            size += len(wire)
+            if size >= WRITE_CHUNK:
+                break
+        if len(parts) == 1:
+            return parts[0]
+        return b"".join(parts)
+
+    def _consume(self, n: int) -> None:
+        """``n`` bytes of what :meth:`_gather` returned were written: mark the
+        requests they belong to as written, drop the finished ones."""
+        queue = self._queue
+        head_sent = self._head_sent
+        while queue:
+            entry = queue[0]
+            wire = entry.wire
+            if wire is None:
+                queue.popleft()
+                self._dead -= 1
+                continue
+            if not n:
+                break
+            entry.written = True
+            left = len(wire) - head_sent
+            if n >= left:
+                n -= left
+                head_sent = 0
+                entry.wire = None
+                queue.popleft()
+            else:
+                head_sent += n
+                break
+        self._head_sent = head_sent
+
+    def _write_handshake(self) -> None:
+        """Write the pending handshake request (NEGOTIATING)."""
+        data = self._hs_out
+        if self._tls is not None:
+            if data:
+                self._tls.send(data)
+                self._hs_out = b""
+                self._cipher += self._tls.outgoing()
+            self._flush_cipher()
+            return
+        if data:
+            try:
+                sent = self._sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self._fail(RC.NETWORK, "error writing to %s: %s" % (self.authority, exc))
+                return
+            data = self._hs_out = data[sent:]
+        if not data:
+            self._want_write = False
+            self.iops.update_event(self._event, PYCBC_EVACTION_WATCH, LCB_READ_EVENT)  # type: ignore[arg-type]
 
     def _flush_cipher(self) -> None:
-        """Send pending TLS bytes; keep write interest while some remain."""
+        """Send pending TLS bytes; keep write interest while some remain (or,
+        once READY, while requests wait in the queue)."""
         data = self._cipher
         if data:
             try:
@@ -655,7 +828,7 @@ class KVConnection:
                 self._fail(RC.NETWORK, "error writing to %s: %s" % (self.authority, exc))
                 return
             self._cipher = data[sent:]
-        want = bool(self._cipher)
+        want = bool(self._cipher) or (self.state is READY and bool(self._queue))
         if want != self._want_write or self.state is TLS_HANDSHAKE:
             self._want_write = want
             self.iops.update_event(self._event, PYCBC_EVACTION_WATCH,  # type: ignore[arg-type]
@@ -702,17 +875,27 @@ class KVConnection:
         data = self._recv()
         if data is None:
             return None
+        self.last_read = self.engine.clock()
         try:
             return self._decoder.feed(data)  # type: ignore[union-attr]
         except FrameError as exc:
             self._fail(RC.PROTOCOL, "invalid data from %s%s: %s" % (self.authority, during, exc))
             return None
 
-    def _read(self) -> None:
+    def drain(self, limit: int = 16) -> None:
+        """Read and deliver what the socket holds now (at most ``limit``
+        reads), without waiting for the loop to report it readable."""
+        for _ in range(limit):
+            if self.state is not READY or not self._read():
+                return
+
+    def _read(self) -> bool:
+        """Read once and deliver every complete reply; False when there was
+        nothing to read (or the connection failed)."""
         frames = self._frames("")
         if not frames:
-            return
-        self.last_activity = self.engine.clock()
+            return frames is not None
+        self.last_activity = self.last_read
         pending = self.pending
         retry_statuses = self.engine.retry_statuses
         inflate = self._inflate
@@ -721,7 +904,7 @@ class KVConnection:
                 frame = _inflate(frame)
                 if frame is None:
                     self._fail(RC.PROTOCOL, "%s sent a Snappy value that does not decompress" % self.authority)
-                    return
+                    return False
             op = pending.pop(frame[4], None)
             if op is None:
                 if frame[0] == Magic.SERVER_REQUEST:
@@ -739,6 +922,7 @@ class KVConnection:
             except Exception:  # never let a result handler break the stream
                 log.exception("completing %s failed", op.describe())
         self.engine.deadlines.trim()
+        return True
 
     def _read_handshake(self) -> None:
         frames = self._frames(" during the handshake")
@@ -753,6 +937,37 @@ class KVConnection:
                 return
             self._hs_handler(frame)
 
+    # ------------------------------------------------------ dead connections
+
+    def suspect(self) -> None:
+        """An operation timed out here although nothing at all was read from
+        the socket during its lifetime. Send a NOOP: if nothing is read from
+        the connection before that probe's own deadline, the connection is
+        dead (a black hole: half-open, or a peer that stopped) and is
+        replaced."""
+        if self._probe is not None or self.state is not READY:
+            return
+        timeout = min(max(self.engine.settings.operation_timeout, PROBE_MIN_TIMEOUT), PROBE_MAX_TIMEOUT)
+        probe = self._probe = _Probe(self, timeout)
+        probe.target = self
+        try:
+            self.engine.submit(probe)
+        except Exception:  # the engine is closing
+            self._probe = None
+
+    def _probe_ended(self, probe: "_Probe", answered: bool) -> None:
+        if self._probe is probe:
+            self._probe = None
+        if answered or self.state is not READY or probe.generation != self.generation:
+            return
+        if self.last_read > probe.sent_after:
+            return  # something arrived meanwhile: slow, not dead
+        silent = self.engine.clock() - self.last_read
+        log.warning("%s: nothing received for %.1fs, not even the reply to a NOOP probe: the connection looks "
+                    "dead; reconnecting", self.authority, silent)
+        self._fail(RC.NETWORK, "no reply from %s for %.1fs (not even to a NOOP probe): the connection was "
+                   "declared dead and is being replaced" % (self.authority, silent))
+
     # ---------------------------------------------------------------- failure
 
     def _defer(self, fn: Callable[[], None]) -> None:
@@ -764,50 +979,117 @@ class KVConnection:
                     else None)
 
     def _fail(self, rc: int, message: str) -> None:
-        """The socket (or the attempt to get one) failed: fail every operation
-        routed here and go back to IDLE; the next operation reconnects."""
+        """The socket (or the attempt to get one) failed: hand every operation
+        routed here to the engine (which retries or fails each, knowing
+        whether its request was written) and go back to IDLE; the next
+        operation reconnects."""
         if self.state is CLOSED:
             return
         was_ready = self.state is READY
         log.debug("%s: %s", self.authority, message)
         self.last_error = (rc, message)
         self._disarm_connect_timer()
+        pending = self._take_pending()
         self._detach()
         self.state = IDLE
         self._hs_handler = None
-        self._backlog = []
-        pending = list(self.pending.items())
-        self.pending.clear()
         listeners, self._listeners = self._listeners, []
         for fn in listeners:
             fn(self, (rc, message))
         if not was_ready and rc == RC.NETWORK:
             rc = RC.CONNECT
-        self.engine.connection_lost(self, pending, rc, message, sent=was_ready)
+        self.engine.connection_lost(self, pending, rc, message)
         self.engine.on_connection_failed(self, rc, message)
+
+    def _take_pending(self) -> List[Tuple[int, KVOp, bool]]:
+        """Empty the pending table and the write queue; return every
+        (opaque, op, written) still waiting for a reply."""
+        unsent = self._unsent_opaques()
+        pending = [(opaque, op, opaque not in unsent) for opaque, op in self.pending.items()]
+        self.pending.clear()
+        self._queue = deque()
+        self._head_sent = 0
+        self._dead = 0
+        return pending
 
     def close(self, rc: int = RC.OBJECT_DESTROYED, message: str = "the bucket was closed") -> List[KVOp]:
         """Close for good; return the operations that were still pending."""
-        return [op for _opaque, op in self.close_pending(rc, message)]
+        return [op for _opaque, op, _written in self.close_pending(rc, message)]
 
     def close_pending(self, rc: int = RC.OBJECT_DESTROYED,
-                      message: str = "the bucket was closed") -> List[Tuple[int, KVOp]]:
-        """Close for good; return the (opaque, op) pairs still pending."""
+                      message: str = "the bucket was closed") -> List[Tuple[int, KVOp, bool]]:
+        """Close for good; return the (opaque, op, written) still pending."""
         if self.state is CLOSED:
             return []
         self._disarm_connect_timer()
         if self._connect_timer is not None:
             self.iops.update_timer(self._connect_timer, PYCBC_EVACTION_CLEANUP, 0)
             self._connect_timer = None
+        pending = self._take_pending()
         self._detach()
         self.state = CLOSED
-        self._backlog = []
-        pending = list(self.pending.items())
-        self.pending.clear()
         listeners, self._listeners = self._listeners, []
         for fn in listeners:
             fn(self, (rc, message))
         return pending
+
+
+class _Probe(KVOp):
+    """The NOOP of the dead-connection rule (see KVConnection.suspect)."""
+
+    __slots__ = ("probe_conn", "generation", "sent_after")
+    idempotent = True
+
+    def __init__(self, conn: KVConnection, timeout: float) -> None:
+        KVOp.__init__(self, Opcode.NOOP, timeout=timeout)
+        self.probe_conn = conn
+        self.generation = conn.generation
+        self.sent_after = conn.last_read
+
+    def on_response(self, frame: Any) -> None:
+        self.probe_conn._probe_ended(self, True)
+
+    def on_error(self, rc: int, message: str) -> None:
+        self.probe_conn._probe_ended(self, rc != RC.TIMEOUT)
+
+    def describe(self) -> str:
+        return "NOOP probe of %s" % self.probe_conn.authority
+
+
+class WriteChunk:
+    """The requests of one batch bound for one connection, written as one
+    piece (``wire``); withdrawn as a whole while none of it is written."""
+
+    __slots__ = ("conn", "wire", "written")
+
+    def __init__(self, conn: KVConnection, wire: bytes) -> None:
+        self.conn = conn
+        #: bytes, or a memoryview of them once cut short (see _withdraw)
+        self.wire: Any = wire
+        self.written = False
+
+
+def _frame_end_after(wire: Any, pos: int) -> int:
+    """End offset of the request frame in ``wire`` that contains offset ``pos``."""
+    end = 0
+    size = len(wire)
+    while end <= pos and end + HEADER_LEN <= size:
+        end += HEADER_LEN + _BODY_AND_OPAQUE.unpack_from(wire, end + 8)[0]
+    return min(end, size)
+
+
+def _opaques_from(wire: bytes, skip: int) -> List[int]:
+    """Opaques of the request frames in ``wire`` that start at or after
+    offset ``skip`` (frames before it were written, at least partly)."""
+    out = []
+    pos = 0
+    size = len(wire)
+    while pos + HEADER_LEN <= size:
+        bodylen, opaque = _BODY_AND_OPAQUE.unpack_from(wire, pos + 8)
+        if pos >= skip:
+            out.append(opaque)
+        pos += HEADER_LEN + bodylen
+    return out
 
 
 def _dead_handler(_flags: int) -> None:

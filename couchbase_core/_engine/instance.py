@@ -16,13 +16,20 @@ server pushes, or the HTTP stream) replaces the current one: connections to
 new nodes are created, removed nodes' connections are closed and their
 pending operations re-routed.
 
-Retries (Couchbase buckets only). NOT_MY_VBUCKET is re-sent to the current
-owner; temporary failures and lost connections are re-sent with backoff;
-every retry stays within the operation's own timeout, after which the
-operation fails with :class:`TimeoutError` naming the last problem.
-Mutations that were already on the wire when their connection died are not
-re-sent: they fail with :class:`NetworkError` (they may or may not have been
-applied).
+Retries (Couchbase buckets only). Only what the server cannot have executed
+is re-sent automatically: NOT_MY_VBUCKET goes to the current owner;
+temporary failures (ETMPFAIL, EBUSY...) are re-sent with backoff; requests
+that lost their connection, or whose node left the cluster, are re-sent if
+none of their bytes was written, and reads are re-sent in any case. A
+mutation that was written when its connection died (or its node was failed
+over) ends with :class:`OutcomeUnknownError`: it may or may not have been
+applied, and sending it again could apply it twice. Every retry stays within
+the operation's own timeout, after which the operation fails with
+:class:`TimeoutError` naming the last problem.
+
+Deadlines. An operation whose deadline passes is withdrawn from its write
+queue if none of it was written (the server never sees it); replies already
+waiting in the sockets are read before anything expires.
 """
 
 from __future__ import annotations
@@ -85,7 +92,7 @@ class Engine:
         self.server_features: Optional[frozenset] = None
         #: Connections in server-list order (vBucket map indexes refer to it).
         self.connections: List[KVConnection] = []
-        self.deadlines = Deadlines(iops, clock, self._expire)
+        self.deadlines = Deadlines(iops, clock, self._expire, self._read_before_expiry)
         #: Nesting depth of sched_enter(); while > 0 writes are held back.
         self.batch_depth = 0
         #: Connections with writes held back by a batch.
@@ -286,7 +293,11 @@ class Engine:
         if self._unrouted:
             waiting, self._unrouted = self._unrouted, []
             for op in waiting:
-                if not op.done:
+                if op.done:
+                    continue
+                if op.multi_key:
+                    self._route_batch(op)
+                else:
                     self._dispatch(op)
         for fn in list(self._config_listeners):
             try:
@@ -489,6 +500,7 @@ class Engine:
         retry.last_error = why
         retry.retries = 1
         if not self.schedule_retry(retry, delay):
+            retry.done = True
             batch.fail_entry(index, RC.TIMEOUT if not why else _rc_for_reason(why), why)
 
     def _fire_retries(self, _flags: int) -> None:
@@ -540,64 +552,115 @@ class Engine:
             return False
         return self.schedule_retry(op, delay)
 
-    def connection_lost(self, conn: KVConnection, pending: List[Tuple[int, KVOp]], rc: int, message: str,
-                        sent: bool) -> None:
-        """``conn`` failed with ``pending`` (opaque, op) pairs. Without retries
-        (memcached://) they fail; otherwise unsent and idempotent ones are
-        re-sent and the others fail with ``rc``."""
+    def connection_lost(self, conn: KVConnection, pending: List[Tuple[int, KVOp, bool]], rc: int,
+                        message: str) -> None:
+        """``conn`` failed with ``pending`` (opaque, op, written) triples.
+
+        What was never written is re-sent (Couchbase buckets) or fails with
+        ``rc`` (memcached://: nothing is retried). Of what was written, reads
+        are re-sent (Couchbase) or fail with ``rc``; mutations end with
+        :class:`OutcomeUnknownError`: the server may have applied them, so
+        sending them again could apply them twice."""
         may_retry = self.couchbase and not self.closed and rc not in _FATAL_BOOTSTRAP
+        self._settle_orphans(pending, rc, message, may_retry, None)
+        if may_retry:
+            self.request_config("connection lost")
+
+    def _reroute(self, pending: List[Tuple[int, KVOp, bool]], why: str) -> None:
+        """Operations of a node that left the cluster: re-send to the
+        vBuckets' new owners what the old node cannot have executed (never
+        written) and what is harmless to repeat (reads); written mutations
+        end with OutcomeUnknownError."""
+        self._settle_orphans(pending, RC.NETWORK, why, not self.closed, 0.0)
+
+    def _settle_orphans(self, pending: List[Tuple[int, KVOp, bool]], rc: int, message: str, may_retry: bool,
+                        delay: Optional[float]) -> None:
+        """Retry or fail operations that lost their connection (see
+        :meth:`connection_lost`)."""
         failed: List[KVOp] = []
-        for opaque, op in pending:
+        unknown: List[KVOp] = []
+        for opaque, op, written in pending:
             if op.done:
                 continue
             if op.multi_key:
                 # only this connection's entries of the batch are affected
                 index = opaque - op.base  # type: ignore[attr-defined]
                 if 0 <= index < len(op.waiting) and op.waiting[index]:  # type: ignore[attr-defined]
-                    if may_retry and (not sent or op.idempotent):
-                        self._retry_entry(op, index, message)
+                    if may_retry and (not written or op.idempotent):
+                        self._retry_entry(op, index, message, delay)
+                    elif written and not op.idempotent:
+                        op.fail_entry(index, RC.OUTCOME_UNKNOWN,  # type: ignore[attr-defined]
+                                      _outcome_unknown(op.entries[index][0], message))  # type: ignore[attr-defined]
                     else:
                         op.fail_entry(index, rc, message)  # type: ignore[attr-defined]
                 continue
             op.last_error = message
-            if may_retry and op.target is None and (not sent or op.idempotent) and self.schedule_retry(op):
+            if may_retry and op.target is None and (not written or op.idempotent) \
+                    and self.schedule_retry(op, delay):
                 continue
-            failed.append(op)
+            if written and not op.idempotent:
+                unknown.append(op)
+            else:
+                failed.append(op)
         self.fail_ops(failed, rc, message)
-        if may_retry:
-            self.request_config("connection lost")
-
-    def _reroute(self, pending: List[Tuple[int, KVOp]], why: str) -> None:
-        """Operations of a node that left the cluster: re-send them to the
-        vBuckets' new owners (they were not answered, so not executed there
-        as far as anyone knows)."""
-        for opaque, op in pending:
-            if op.done:
-                continue
-            if op.multi_key:
-                index = opaque - op.base  # type: ignore[attr-defined]
-                if 0 <= index < len(op.waiting) and op.waiting[index]:  # type: ignore[attr-defined]
-                    self._retry_entry(op, index, why, 0.0)
-                continue
-            op.last_error = why
-            if op.target is not None or not self.schedule_retry(op, 0.0):
+        for op in unknown:
+            if not op.done:
                 op.done = True
-                self._finish_with_error(op, RC.NETWORK, why)
+                self._finish_with_error(op, RC.OUTCOME_UNKNOWN, _outcome_unknown(op.describe(), message))
+        self.deadlines.trim()
+
+    def cancel(self, op: KVOp) -> None:
+        """The caller stopped waiting for ``op`` (killed, interrupted): it
+        completes never. Requests not yet written are withdrawn, so the
+        server never sees them; a reply to one already written is read and
+        dropped; a composite operation starts no further step."""
+        if op.done:
+            return
+        op.done = True
+        self._detach_op(op)
+
+    def _detach_op(self, op: KVOp) -> None:
+        """Take a finished or abandoned ``op`` out of every connection."""
+        if op.multi_key:
+            for conn in op.conns:  # type: ignore[attr-defined]
+                conn.forget(op)
+            for retry in op.entry_retries:  # type: ignore[attr-defined]
+                if not retry.done:
+                    retry.done = True
+                    if retry.conn is not None:
+                        retry.conn.forget(retry)
+        elif op.conn is not None:
+            op.conn.forget(op)
+        if op.local:
+            op.stop(self)  # type: ignore[attr-defined]
 
     # -------------------------------------------------------------- failures
 
+    def _read_before_expiry(self) -> None:
+        """Deadlines are due: first take in every reply already waiting in a
+        socket (the loop may have been held up past the deadlines while the
+        replies sat there), so only operations really unanswered expire."""
+        for conn in self.connections:
+            conn.drain()
+
     def _expire(self, op: KVOp) -> None:
         op.done = True
-        where = ""
-        conns = getattr(op, "conns", None) or ([op.conn] if op.conn is not None else [])
-        for conn in conns:
-            conn.forget(op)
+        self._detach_op(op)
         conn = op.conn
+        where = ""
         if conn is not None:
             where = " on %s (%s)" % (conn.authority, conn.state if conn.state is not READY else "connected")
         last = (" (last problem: %s)" % op.last_error) if op.last_error else ""
         self._finish_with_error(op, RC.TIMEOUT, "%s timed out after %.3gs%s%s"
                                 % (op.describe(), op.timeout, where, last))
+        # The dead-connection rule: a written request that timed out on a
+        # connection from which nothing at all arrived during its lifetime
+        # makes the connection suspect (see KVConnection.suspect).
+        conns = op.conns if op.multi_key else ((conn,) if conn is not None else ())  # type: ignore[attr-defined]
+        now = self.clock()
+        for c in conns:
+            if c.state is READY and c.was_written(op) and now - c.last_read >= op.timeout:
+                c.suspect()
 
     def fail_ops(self, ops: List[KVOp], rc: int, message: str) -> None:
         """Complete ``ops`` with an error (they are no longer in any table)."""
@@ -716,6 +779,11 @@ class Engine:
 
 def _rc_for_reason(_why: str) -> int:
     return RC.NOT_MY_VBUCKET
+
+
+def _outcome_unknown(what: Any, why: str) -> str:
+    return ("%s: the request was written but its connection failed before the reply (%s); it may or may "
+            "not have been applied" % (what, why))
 
 
 class _ConfigOp(KVOp):

@@ -25,7 +25,7 @@ class KVOp:
 
     __slots__ = ("opcode", "kb", "extras", "value", "cas", "datatype", "vbucket",
                  "opaque", "deadline", "timeout", "done", "conn", "target", "retries", "last_error", "replica",
-                 "framing", "__weakref__")
+                 "framing", "wire", "written", "__weakref__")
 
     #: True for operations that take their replies frame by frame (STAT,
     #: batches): the engine hands each reply to :meth:`on_part` and never
@@ -68,6 +68,13 @@ class KVOp:
         self.replica = 0
         #: Framing extras (durability...): sent with the alternative magic.
         self.framing = b""
+        #: The encoded request while it waits in a connection's write queue
+        #: (None once written, or withdrawn).
+        self.wire: Optional[bytes] = None
+        #: True once any byte of the request reached the socket: from then
+        #: on the server may execute it, so it can no longer be withdrawn,
+        #: and a mutation whose connection dies has an unknown outcome.
+        self.written = False
 
     def on_part(self, frame: Frame) -> bool:
         """Multi-reply operations: take one frame. Return False to keep its
@@ -108,6 +115,8 @@ class EntryRetry(KVOp):
         self.index = index
         self.deadline = batch.deadline
         self.idempotent = batch.idempotent
+        self.framing = batch.framing
+        batch.entry_retries.append(self)
 
     def on_response(self, frame: Frame) -> None:
         batch = self.batch

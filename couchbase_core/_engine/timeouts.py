@@ -30,10 +30,14 @@ __all__ = ["Deadlines"]
 class Deadlines:
     """Expires operations whose ``deadline`` has passed."""
 
-    def __init__(self, iops: IOPS, clock: Callable[[], float], on_expired: Callable[[KVOp], None]) -> None:
+    def __init__(self, iops: IOPS, clock: Callable[[], float], on_expired: Callable[[KVOp], None],
+                 before_expiry: Optional[Callable[[], None]] = None) -> None:
         self._iops = iops
         self._clock = clock
         self._on_expired = on_expired
+        #: Called when the timer fires, before anything is expired (the
+        #: engine reads replies already waiting in its sockets).
+        self._before_expiry = before_expiry
         self._queues: Dict[float, Deque[KVOp]] = {}
         self._timer = iops.timer_event_factory()
         self._timer._handler = self._fire
@@ -70,6 +74,10 @@ class Deadlines:
         self._armed_for = None
         if self._closed:
             return
+        if self._before_expiry is not None:
+            self._before_expiry()
+            if self._closed:
+                return
         now = self._clock()
         expired: List[KVOp] = []
         earliest = math.inf
