@@ -55,12 +55,14 @@ import warnings
 from typing import Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Tuple, Union
 from urllib.parse import quote, unquote
 
-from couchbase_core.exceptions import ArgumentError
+from couchbase_core.exceptions import ArgumentError, OptionIgnoredWarning
 
 __all__ = [
     "ConnectionString",
     "Host",
     "UnknownOptionWarning",
+    "OptionIgnoredWarning",
+    "MAX_TIMEOUT",
     "KNOWN_OPTIONS",
     "SECRET_OPTIONS",
     "SCHEMES",
@@ -96,7 +98,14 @@ _KV_PLAIN, _KV_TLS, _KV_MEMCACHED = 11210, 11207, 11211
 _HTTP_PLAIN, _HTTP_TLS = 8091, 18091
 
 
-class UnknownOptionWarning(UserWarning):
+#: The largest timeout, interval or delay accepted anywhere, in seconds
+#: (2147483 s, just under 24.9 days): the longest wait ``select``/``poll``/
+#: ``epoll`` take in one call (2**31 - 1 milliseconds). Longer or infinite
+#: values are an ArgumentError.
+MAX_TIMEOUT = 2147483.0
+
+
+class UnknownOptionWarning(OptionIgnoredWarning):
     """Issued by :meth:`ConnectionString.parse` for each option name not in
     :data:`KNOWN_OPTIONS`. The option is kept; it just has no effect here."""
 
