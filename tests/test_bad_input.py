@@ -32,7 +32,6 @@ from couchbase_core.exceptions import (
     ArgumentError,
     CouchbaseError,
     NotSupportedError,
-    ObjectDestroyedError,
     OptionIgnoredWarning,
     ValueFormatError,
 )
@@ -193,7 +192,7 @@ def test_query_parameters_reject_nan_and_surrogates():
         Query(startkey_docid=BAD)
     q = N1QLQuery("SELECT $1", float("inf"))
     with pytest.raises(ArgumentError):
-        q.encoded
+        assert q.encoded is None
 
 
 # ----------------------------------------------------------------- all_ok
@@ -252,7 +251,11 @@ def test_the_maximum_timeout_is_usable(memcached_server, flavour, unique_key):
 def test_select_iops_survives_a_timer_beyond_what_select_accepts():
     import socket
 
-    from couchbase_core.iops.base import LCB_READ_EVENT, PYCBC_EVACTION_CLEANUP, PYCBC_EVACTION_WATCH
+    from couchbase_core.iops.base import (
+        LCB_READ_EVENT,
+        PYCBC_EVACTION_CLEANUP,
+        PYCBC_EVACTION_WATCH,
+    )
     from couchbase_core.iops.select import SelectIOPS
 
     iops = SelectIOPS()
@@ -398,8 +401,9 @@ def test_ipv6_only_refuses_ipv4_addresses(memcached_server):
 
 
 def test_ipv6_disabled_refuses_ipv6_addresses():
-    from couchbase_core._engine.dial import filter_families
     import socket
+
+    from couchbase_core._engine.dial import filter_families
 
     v4 = (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", 1))
     v6 = (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", 1, 0, 0))
