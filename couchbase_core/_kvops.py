@@ -730,7 +730,7 @@ class ObserveKeyOp(LocalOp):
     ``master_only``) for the key's state. Result: a ValueResult whose value is
     a list of :class:`~couchbase_core.result.ObserveInfo`."""
 
-    __slots__ = ("master_only", "_infos", "_expected", "_master_error")
+    __slots__ = ("master_only", "_infos", "_expected", "_master_error", "_engine")
 
     def __init__(self, key: Any, kb: bytes, master_only: bool, timeout: float) -> None:
         LocalOp.__init__(self, key, Opcode.OBSERVE, kb, timeout)
@@ -738,8 +738,10 @@ class ObserveKeyOp(LocalOp):
         self._infos: list = []
         self._expected = 0
         self._master_error: Optional[str] = None
+        self._engine: Any = None
 
     def run(self, engine: Any) -> None:
+        self._engine = engine
         cfg = engine.config
         vbmap = engine._vbmap
         if cfg is None or vbmap is None:
@@ -768,7 +770,13 @@ class ObserveKeyOp(LocalOp):
             return
         self.done = True
         infos = sorted(self._infos, key=lambda info: not info.from_master)
-        if self._master_error is not None and not infos:
+        engine = self._engine
+        if engine is not None and engine.closed:
+            # close() failed the OBSERVE requests: that is the bucket being
+            # closed, not a network failure (and partial answers are moot)
+            res = ValueResult(self.key, RC.OBJECT_DESTROYED)
+            res._message = "observe failed: the bucket was closed"
+        elif self._master_error is not None and not infos:
             res = ValueResult(self.key, RC.NETWORK)
             res._message = "observe failed: %s" % self._master_error
         else:

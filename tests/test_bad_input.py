@@ -32,6 +32,7 @@ from couchbase_core.exceptions import (
     ArgumentError,
     CouchbaseError,
     NotSupportedError,
+    ObjectDestroyedError,
     OptionIgnoredWarning,
     ValueFormatError,
 )
@@ -411,3 +412,126 @@ def test_ipv6_disabled_refuses_ipv6_addresses():
     assert filter_families([v4, v6], "disabled") == [v4]
     assert filter_families([v4, v6], "only") == [v6]
     assert filter_families([v6], "disabled") == []
+
+
+def test_view_and_design_doc_names_with_surrogates():
+    from couchbase_core.views.iterator import view_path
+
+    with pytest.raises(ArgumentError):
+        view_path("default", BAD, "v", False, False)
+    with pytest.raises(ArgumentError):
+        view_path("default", "d", BAD, False, False)
+
+
+# ------------------------------------------- Couchbase-only, on the emulator
+
+ADMIN = {"username": "Administrator", "password": "password"}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from couchbase_core.mock import MockCluster
+
+    with MockCluster(nodes=2, replicas=1) as c:
+        yield c
+
+
+@pytest.fixture
+def cb(flavour, cluster):
+    b = open_bucket(flavour, cluster.connstr_for("default"), **ADMIN)
+    yield b
+    b.close()
+    cluster.clear_faults()
+
+
+def test_subdoc_surrogate_paths_and_keys(cb, request):
+    key = "bi:%s" % request.node.name
+    cb.upsert(key, {"a": 1})
+    for call in (lambda: cb.lookup_in(key, SD.get(BAD)), lambda: cb.mutate_in(key, SD.upsert(BAD, 1)),
+                 lambda: cb.retrieve_in(key, "a", BAD), lambda: cb.lookup_in(BAD, SD.get("a")),
+                 lambda: cb.map_get(key, BAD), lambda: cb.map_add(key, BAD, 1)):
+        with pytest.raises(ArgumentError):
+            call()
+    with pytest.raises(ValueFormatError):
+        cb.mutate_in(key, SD.upsert("b", float("nan")))
+    assert cb.get(key).value == {"a": 1}
+
+
+def test_couchbase_only_timeouts_are_checked(cb, request):
+    key = "bi:%s" % request.node.name
+    cb.upsert(key, 1)
+    for bad in (float("inf"), float("nan"), 0, -1, MAX_TIMEOUT * 2):
+        with pytest.raises(ArgumentError):
+            cb.endure(key, persist_to=1, replicate_to=0, timeout=bad)
+        with pytest.raises(ArgumentError):
+            cb.endure(key, persist_to=1, replicate_to=0, interval=bad)
+        with pytest.raises(ArgumentError):
+            cb.endure_multi([key], persist_to=1, timeout=bad)
+    for bad in (float("inf"), float("nan"), -1, MAX_TIMEOUT * 2):
+        with pytest.raises(ArgumentError):
+            cb.durability(persist_to=1, timeout=bad)
+
+
+def test_network_auto_and_default_work_on_a_cluster(cluster, request):
+    from couchbase_core.bucket import Bucket
+
+    for network in ("auto", "default"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            b = Bucket(cluster.connstr_for("default", network=network), **ADMIN)
+        try:
+            b.upsert("bi:net:" + network, 1)
+        finally:
+            b.close()
+    with pytest.raises(NotSupportedError):
+        Bucket(cluster.connstr_for("default", network="external"), **ADMIN)
+
+
+def _pending_then_closed(flavour, cluster, start):
+    """Start an operation that waits on a delayed cluster, close the bucket,
+    and return what the operation ended with."""
+    import gevent
+
+    from couchbase_core.result import AsyncResult
+
+    b = open_bucket(flavour, cluster.connstr_for("default", durability_interval=0.02), **ADMIN)
+    b.upsert("bi:pend", 1)
+    cluster.delay(1.0)
+    try:
+        if flavour == "async":
+            ar = start(b.raw)
+            assert isinstance(ar, AsyncResult)
+            fired = []
+            ar.callback = lambda res: fired.append(res)
+            ar.errback = lambda res, et, ev, tb: fired.append(ev)
+            b.iops.run_once(0.05)
+            b.raw.close()
+            b._run_until(lambda: fired, 10)
+            return fired[0]
+        glet = gevent.spawn(start, b)
+        gevent.sleep(0.05)
+        assert not glet.ready()
+        b.close()
+        glet.join(10)
+        assert glet.ready()
+        return glet.exception if glet.exception is not None else glet.value
+    finally:
+        cluster.clear_faults()
+        b.close()
+
+
+@pytest.mark.parametrize("flavour", ["async", "gevent"])
+@pytest.mark.parametrize("what", ["observe", "observe_multi", "endure", "endure_multi", "get_multi", "set_add"])
+def test_closing_gives_object_destroyed_to_pending_calls(cluster, flavour, what):
+    start = {
+        "observe": lambda b: b.observe("bi:pend"),
+        "observe_multi": lambda b: b.observe_multi(["bi:pend", "bi:other"]),
+        "endure": lambda b: b.endure("bi:pend", persist_to=2, replicate_to=1, timeout=30),
+        "endure_multi": lambda b: b.endure_multi(["bi:pend"], persist_to=2, replicate_to=1, timeout=30),
+        "get_multi": lambda b: b.get_multi(["bi:pend", "bi:other"]),
+        "set_add": lambda b: b.set_add("bi:set", 1, create=True),
+    }[what]
+    outcome = _pending_then_closed(flavour, cluster, start)
+    assert isinstance(outcome, ObjectDestroyedError), outcome
+    if what.endswith("_multi"):
+        assert all(r.rc == ObjectDestroyedError.CODE for r in outcome.all_results.values()), outcome.all_results
