@@ -845,6 +845,9 @@ class ChainOp(LocalOp):
             self.done = True
             self.sink(stop.value)
             return
+        except CouchbaseError as exc:  # a step refused its input (e.g. a bad path): that error, as it is
+            self.on_error(exc.rc, exc.message)
+            return
         except Exception as exc:  # a bug in a chain: fail rather than hang
             self.on_error(RC.INTERNAL, "%s failed: %r" % (self.describe(), exc))
             return
