@@ -49,6 +49,7 @@ from couchbase_core._kvops import (
     TouchOp,
     discard,
 )
+from couchbase_core.connstr import MAX_TIMEOUT
 from couchbase_core.exceptions import (
     RC,
     ArgumentError,
@@ -548,7 +549,10 @@ class BaseBucket:
         if tc is None:
             tp = type(key)
             if tp is str:
-                kb = key.encode()
+                try:
+                    kb = key.encode()
+                except UnicodeEncodeError as exc:
+                    raise _tc.unencodable_key(key, exc) from None
             elif tp is bytes:
                 kb = key
             else:
@@ -608,7 +612,7 @@ class BaseBucket:
         """Bytes for append/prepend: the server concatenates raw bytes."""
         if fmt is None or fmt == _FMT_AUTO:
             if isinstance(value, str):
-                data = value.encode("utf-8")
+                data = _utf8_fragment(key, value)
             elif isinstance(value, (bytes, bytearray, memoryview)):
                 data = bytes(value)
             else:
@@ -617,7 +621,7 @@ class BaseBucket:
         elif fmt == _FMT_UTF8:
             if not isinstance(value, str):
                 raise ValueFormatError({"message": "FMT_UTF8 needs str, not %s" % type(value).__name__, "key": key})
-            data = value.encode("utf-8")
+            data = _utf8_fragment(key, value)
         elif fmt == _FMT_BYTES:
             if not isinstance(value, (bytes, bytearray, memoryview)):
                 raise ValueFormatError({"message": "FMT_BYTES needs bytes, not %s" % type(value).__name__,
@@ -681,6 +685,8 @@ class BaseBucket:
         mutations without their own ``persist_to``/``replicate_to`` wait for
         these (``-1`` = every copy the bucket keeps; ``timeout`` 0 = the
         ``durability_timeout`` setting)."""
+        if timeout:
+            timeout = _seconds(timeout, "timeout")
         return DurabilityContext(self, persist_to, replicate_to, timeout)
 
     def _needs_couchbase(self, what: str, why: str) -> NotSupportedError:
@@ -930,7 +936,11 @@ class BaseBucket:
             if spec.is_lookup != lookups:
                 raise ArgumentError("%s specs cannot be used in %s" % (
                     "lookup" if spec.is_lookup else "mutation", "lookup_in" if lookups else "mutate_in"))
-            path = spec.path.encode("utf-8")
+            try:
+                path = spec.path.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise ArgumentError({"message": "sub-document path %r has no UTF-8 form: %s" % (spec.path, exc.reason),
+                                     "inner_cause": exc}) from None
             if not path and spec.opcode not in (0xCB, 0xCC, 0xCE):
                 raise SubdocEmptyPathError("an empty path is only allowed for array_append, array_prepend "
                                            "and array_addunique on a root array")
@@ -1014,8 +1024,8 @@ class BaseBucket:
         self._require_couchbase("endure", "plain memcached neither persists nor replicates (no OBSERVE)")
         persist, replicate = self._endure_args(persist_to, replicate_to)
         kb = self._kb(key)
-        op = EndureOp(key, kb, _cas(cas), persist, replicate, bool(check_removed), _positive_seconds(timeout),
-                      _positive_seconds(interval))
+        op = EndureOp(key, kb, _cas(cas), persist, replicate, bool(check_removed),
+                      _positive_seconds(timeout, "timeout"), _positive_seconds(interval, "interval"))
         return self._one(op)
 
     # --- data structures on sub-document ---------------------------------------
@@ -1485,12 +1495,13 @@ class BaseBucket:
         persist, replicate = self._endure_args(persist_to, replicate_to)
         if isinstance(keys, dict):
             keys = {k: (v.cas if isinstance(v, Result) else v) for k, v in keys.items()}
+        timeout, interval = _positive_seconds(timeout, "timeout"), _positive_seconds(interval, "interval")
         entries = self._entries_keys(keys, "endure_multi", "cas")
         ops = []
         for key, _arg, item, options in entries:
             cas = options.get("cas", item.cas if item is not None else 0)
             ops.append(EndureOp(key, self._kb(key), _cas(cas or 0), persist, replicate, bool(check_removed),
-                                _positive_seconds(timeout), _positive_seconds(interval)))
+                                timeout, interval))
         return self._many(ops, self._new_multi())
 
     # ------------------------------------------------------- whole-cluster ops
@@ -1697,22 +1708,32 @@ def _quote(text: str) -> str:
     return quote(text, safe="")
 
 
-def _positive_seconds(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ArgumentError("a timeout or interval must be a positive number of seconds, not %r" % (value,))
-    return float(value)
+def _positive_seconds(value: Any, name: str = "a timeout or interval") -> float:
+    """A per-call timeout or interval: finite, > 0 and at most MAX_TIMEOUT."""
+    return _seconds(value, name)
+
+
+def _utf8_fragment(key: Any, value: str) -> bytes:
+    try:
+        return value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueFormatError({"message": "append/prepend value has no UTF-8 form: %s" % exc, "key": key,
+                                "inner_cause": exc}) from None
 
 
 def _plain_get_entries(keys: Any) -> Optional[List[tuple]]:
     """Batch entries for a list of plain keys, or None if any key needs the
-    general path (not str/bytes, empty, too long)."""
+    general path (not str/bytes, not UTF-8, empty, too long)."""
     out = []
     append = out.append
     get = Opcode.GET
     for key in keys:
         tp = type(key)
         if tp is str:
-            kb = key.encode()
+            try:
+                kb = key.encode()
+            except UnicodeEncodeError:
+                return None  # the general path reports it for that key alone
         elif tp is bytes:
             kb = key
         else:
@@ -1724,9 +1745,11 @@ def _plain_get_entries(keys: Any) -> Optional[List[tuple]]:
 
 
 def _seconds(value: Any, name: str) -> float:
-    """A timeout given in seconds: a positive int or float."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ArgumentError("%s must be a positive number of seconds" % name)
+    """A timeout given in seconds: an int or float, > 0 and at most
+    :data:`~couchbase_core.connstr.MAX_TIMEOUT` (so never inf or NaN)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= MAX_TIMEOUT:
+        raise ArgumentError("%s must be a number of seconds greater than 0 and at most %d (MAX_TIMEOUT), not %r"
+                            % (name, MAX_TIMEOUT, value))
     return float(value)
 
 

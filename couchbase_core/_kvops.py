@@ -741,7 +741,7 @@ class ObserveKeyOp(LocalOp):
     ``master_only``) for the key's state. Result: a ValueResult whose value is
     a list of :class:`~couchbase_core.result.ObserveInfo`."""
 
-    __slots__ = ("master_only", "_infos", "_expected", "_master_error")
+    __slots__ = ("master_only", "_infos", "_expected", "_master_error", "_engine")
 
     def __init__(self, key: Any, kb: bytes, master_only: bool, timeout: float) -> None:
         LocalOp.__init__(self, key, Opcode.OBSERVE, kb, timeout)
@@ -749,8 +749,10 @@ class ObserveKeyOp(LocalOp):
         self._infos: list = []
         self._expected = 0
         self._master_error: Optional[str] = None
+        self._engine: Any = None
 
     def run(self, engine: Any) -> None:
+        self._engine = engine
         cfg = engine.config
         vbmap = engine._vbmap
         if cfg is None or vbmap is None:
@@ -779,7 +781,13 @@ class ObserveKeyOp(LocalOp):
             return
         self.done = True
         infos = sorted(self._infos, key=lambda info: not info.from_master)
-        if self._master_error is not None and not infos:
+        engine = self._engine
+        if engine is not None and engine.closed:
+            # close() failed the OBSERVE requests: that is the bucket being
+            # closed, not a network failure (and partial answers are moot)
+            res = ValueResult(self.key, RC.OBJECT_DESTROYED)
+            res._message = "observe failed: the bucket was closed"
+        elif self._master_error is not None and not infos:
             res = ValueResult(self.key, RC.NETWORK)
             res._message = "observe failed: %s" % self._master_error
         else:
@@ -855,6 +863,9 @@ class ChainOp(LocalOp):
             self.done = True
             self._step = None
             self.sink(stop.value)
+            return
+        except CouchbaseError as exc:  # a step refused its input (e.g. a bad path): that error, as it is
+            self.on_error(exc.rc, exc.message)
             return
         except Exception as exc:  # a bug in a chain: fail rather than hang
             self.on_error(RC.INTERNAL, "%s failed: %r" % (self.describe(), exc))

@@ -68,7 +68,9 @@ class BucketManager:
             name = name[len("_design/"):]
         if use_devmode and not name.startswith("dev_"):
             name = "dev_" + name
-        return "/%s/_design/%s" % (quote(self._bucket.bucket, safe=""), quote(name, safe=""))
+        from couchbase_core.views.iterator import quote_name
+
+        return "/%s/_design/%s" % (quote_name(self._bucket.bucket, "bucket"), quote_name(name, "design document"))
 
     def _wait(self, check: Any, syncwait: float, what: str) -> None:
         deadline = time.monotonic() + syncwait

@@ -55,12 +55,14 @@ import warnings
 from typing import Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Tuple, Union
 from urllib.parse import quote, unquote
 
-from couchbase_core.exceptions import ArgumentError
+from couchbase_core.exceptions import ArgumentError, OptionIgnoredWarning
 
 __all__ = [
     "ConnectionString",
     "Host",
     "UnknownOptionWarning",
+    "OptionIgnoredWarning",
+    "MAX_TIMEOUT",
     "KNOWN_OPTIONS",
     "SECRET_OPTIONS",
     "SCHEMES",
@@ -96,7 +98,14 @@ _KV_PLAIN, _KV_TLS, _KV_MEMCACHED = 11210, 11207, 11211
 _HTTP_PLAIN, _HTTP_TLS = 8091, 18091
 
 
-class UnknownOptionWarning(UserWarning):
+#: The largest timeout, interval or delay accepted anywhere, in seconds
+#: (2147483 s, just under 24.9 days): the longest wait ``select``/``poll``/
+#: ``epoll`` take in one call (2**31 - 1 milliseconds). Longer or infinite
+#: values are an ArgumentError.
+MAX_TIMEOUT = 2147483.0
+
+
+class UnknownOptionWarning(OptionIgnoredWarning):
     """Issued by :meth:`ConnectionString.parse` for each option name not in
     :data:`KNOWN_OPTIONS`. The option is kept; it just has no effect here."""
 
@@ -149,7 +158,7 @@ def parse_duration(value: Union[str, int, float], name: str) -> float:
 
     Raises:
         ArgumentError: naming ``name``, for a negative, infinite, NaN or
-            unreadable value.
+            unreadable value, or one over :data:`MAX_TIMEOUT`.
     """
     if isinstance(value, bool):
         raise _bad_value(name, value, "a duration must be a number of seconds, not a bool")
@@ -183,6 +192,9 @@ def parse_duration(value: Union[str, int, float], name: str) -> float:
         raise _bad_value(name, value, "a duration must be finite")
     if seconds < 0:
         raise _bad_value(name, value, "a duration must not be negative")
+    if seconds > MAX_TIMEOUT:
+        raise _bad_value(name, value, "a duration must be at most %d seconds (MAX_TIMEOUT, about 24.8 days)"
+                         % MAX_TIMEOUT)
     return seconds + 0.0  # normalise -0.0
 
 
@@ -313,6 +325,17 @@ _BAD_ESCAPE_RE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _PORT_RE = re.compile(r"[0-9]+")
 
 
+def _check_utf8(text: str, what: str, secret: bool = False) -> None:
+    """Refuse a str with no UTF-8 form (a lone surrogate): it could be
+    neither sent nor printed (``encode()``, ``str()``, error messages)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        shown = "<hidden>" if secret else ascii(text)
+        raise ArgumentError("%s %s has a character with no UTF-8 form (%s at position %d)"
+                            % (what, shown, exc.reason, exc.start)) from None
+
+
 def _decode(text: str, what: str, secret: bool = False) -> str:
     """Percent-decode ``text`` strictly (valid ``%XX`` escapes, UTF-8 result)."""
     if "%" not in text:
@@ -417,13 +440,14 @@ def _parse_host_entry(entry: str) -> Host:
 def _coerce_host(item: Any) -> Host:
     """Validate a Host / tuple given programmatically (see ``from_parts``)."""
     if isinstance(item, str):
-        return Host(item)
+        item = (item,)
     if not isinstance(item, tuple) or not 1 <= len(item) <= 3:
         raise ArgumentError("a host must be a Host, a (host, port, proto) tuple or a str, "
                             "not %r" % (item,))
     host, port, proto = (tuple(item) + (None, None))[:3]
     if not isinstance(host, str) or not host:
         raise ArgumentError("a host name must be a non-empty str, not %r" % (host,))
+    _check_utf8(host, "host name")
     _check_host_name(host, host)
     if port is not None:
         if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
@@ -510,6 +534,8 @@ class ConnectionString:
                                 % (scheme, ", ".join(sorted(SCHEMES))))
         if bucket is not None and not isinstance(bucket, str):
             raise ArgumentError("bucket must be a str or None, not %s" % type(bucket).__name__)
+        if bucket:
+            _check_utf8(bucket, "bucket name")
         self = cls.__new__(cls)
         self.scheme = scheme.lower()
         self.hosts = [_coerce_host(h) for h in hosts] or [Host("localhost")]
@@ -526,6 +552,7 @@ class ConnectionString:
         """Fill this object from ``s``; return unknown option names in order."""
         if not isinstance(s, str):
             raise ArgumentError("a connection string must be a str, not %s" % type(s).__name__)
+        _check_utf8(s, "the connection string", secret="password" in s)
         text = s.strip()
         match = _SCHEME_RE.match(text)
         if match:
@@ -628,6 +655,8 @@ class ConnectionString:
         if value is None:
             raise ArgumentError("option '%s' cannot be set to None; use clear_option()" % name)
         text = ("true" if value else "false") if isinstance(value, bool) else str(value)
+        _check_utf8(name, "option name")
+        _check_utf8(text, "value of option %s" % ascii(name), secret=name in SECRET_OPTIONS)
         check = _VALIDATORS.get(name)
         if check is not None:
             check(text, name)

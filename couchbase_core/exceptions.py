@@ -49,6 +49,7 @@ __all__ = [
     "DurabilityError", "DurabilityInvalidLevelError",
     "DurabilityImpossibleError", "DurabilitySyncWriteInProgressError",
     "DurabilitySyncWriteAmbiguousError", "DurabilitySyncWriteReCommitInProgressError",
+    "OptionIgnoredWarning",
 ]
 
 
@@ -690,3 +691,14 @@ def exc_from_rc(rc: int, msg: Optional[str] = None, obj: Any = None) -> Couchbas
     """
     cls = _exc_class_for(rc)
     return cls({"rc": rc, "message": msg or rc_description(rc), "objextra": obj})
+
+
+# Warnings --------------------------------------------------------------------
+
+
+class OptionIgnoredWarning(UserWarning):
+    """A connection-string or keyword option was accepted but has no effect
+    in this client (e.g. ``enable_tracing=true``: tracing is not implemented
+    yet; ``dnssrv=true``: no DNS SRV lookup is made). The message names the
+    option and says what is done instead. Unknown option names warn with its
+    subclass :class:`couchbase_core.connstr.UnknownOptionWarning`."""

@@ -111,6 +111,17 @@ class MutationState:
         return out
 
 
+def dump_body(body: Dict[str, Any]) -> str:
+    """A N1QL request body as JSON text; a parameter that is not JSON (NaN,
+    Infinity, an unknown type) is an ArgumentError, not a server error. The
+    text is ASCII (``\\uXXXX`` escapes), so it always encodes."""
+    try:
+        return json.dumps(body, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ArgumentError({"message": "N1QL request is not JSON-serialisable: %s" % exc,
+                             "inner_cause": exc}) from exc
+
+
 class N1QLQuery:
     """A statement and its options.
 
@@ -126,7 +137,7 @@ class N1QLQuery:
         self._body: Dict[str, Any] = {"statement": query}
         self._adhoc = True
         self._cross_bucket = False
-        self.timeout: Optional[float] = None
+        self._timeout: Optional[float] = None
         if args:
             self._body["args"] = list(args)
         for name, value in kwargs.items():
@@ -150,6 +161,25 @@ class N1QLQuery:
             self._body["args"] = list(args)
         for name, value in kwargs.items():
             self._body["$" + name.lstrip("$")] = value
+
+    @property
+    def timeout(self) -> Optional[float]:
+        """This query's timeout in seconds (None: the bucket's
+        ``n1ql_timeout``); > 0 and at most
+        :data:`~couchbase_core.connstr.MAX_TIMEOUT`, else ArgumentError."""
+        return self._timeout
+
+    @timeout.setter
+    def timeout(self, value: Optional[float]) -> None:
+        if value is None:
+            self._timeout = None
+            return
+        from couchbase_core.connstr import MAX_TIMEOUT
+
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= MAX_TIMEOUT:
+            raise ArgumentError("N1QLQuery.timeout must be None or a number of seconds greater than 0 and at "
+                                "most %d (MAX_TIMEOUT), not %r" % (MAX_TIMEOUT, value))
+        self._timeout = float(value)
 
     @property
     def consistency(self) -> str:
@@ -232,8 +262,9 @@ class N1QLQuery:
 
     @property
     def encoded(self) -> str:
-        """The request body as JSON text."""
-        return json.dumps(self.encoded_body(), separators=(",", ":"))
+        """The request body as JSON text (ArgumentError if a parameter is
+        not JSON: NaN, Infinity, an object the encoder does not know)."""
+        return dump_body(self.encoded_body())
 
     def __repr__(self) -> str:
         return "N1QLQuery(%r)" % (self._body,)
@@ -323,7 +354,7 @@ class N1QLRequest:
             caps = (self.bucket._engine.config.cluster_capabilities if self.bucket._engine.config else {}) or {}
             if "enhancedPreparedStatements" not in caps.get("n1ql", []) and prepared.get("encoded_plan"):
                 body["encoded_plan"] = prepared["encoded_plan"]
-        return json.dumps(body, separators=(",", ":")).encode("utf-8")
+        return dump_body(body).encode("utf-8")
 
     def _stream(self, prepared: Optional[Dict[str, Any]]) -> Any:
         from couchbase_core._httpops import RowStreamOp

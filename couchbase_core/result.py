@@ -143,8 +143,9 @@ class ValueResult(OperationResult):
 class MultiResult(dict):
     """Results of a ``_multi`` call: a ``dict`` mapping each key to its result.
 
-    ``all_ok`` is True when no key failed (a not-found read under
-    ``quiet=True`` does not count as a failure).
+    ``all_ok`` is True when every key succeeded. As in the 2.x SDK, a
+    not-found read under ``quiet=True`` makes it False too: ``quiet`` only
+    keeps the call from raising.
     """
 
     #: Set for reports (``ping``): failed entries are data, not errors.
@@ -156,11 +157,10 @@ class MultiResult(dict):
 
     @property
     def all_ok(self) -> bool:
-        """True when every operation succeeded (quiet misses allowed)."""
-        quiet = self._quiet
+        """True when every operation succeeded; a quiet miss (``quiet=True``,
+        key not found) is not a success: it only did not raise."""
         for res in self.values():
-            rc = res.rc
-            if rc and not (quiet and rc == RC.KEY_ENOENT):
+            if res.rc:
                 return False
         return True
 

@@ -107,8 +107,8 @@ def _json(value: Any, many: bool = False) -> bytes:
         if many and isinstance(value, MultiValue):
             if not value:
                 raise ArgumentError("MultiValue needs at least one value")
-            return ",".join(json.dumps(v, separators=(",", ":")) for v in value).encode("utf-8")
-        return json.dumps(value, separators=(",", ":")).encode("utf-8")
+            return ",".join(json.dumps(v, separators=(",", ":"), allow_nan=False) for v in value).encode("utf-8")
+        return json.dumps(value, separators=(",", ":"), allow_nan=False).encode("utf-8")
     except (TypeError, ValueError) as exc:
         from couchbase_core.exceptions import ValueFormatError
 

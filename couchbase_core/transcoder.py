@@ -52,7 +52,9 @@ __all__ = [
 
 
 def _default_json_encode(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    # allow_nan=False: NaN and Infinity are not JSON (other SDKs, N1QL and
+    # views cannot read them back).
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
 def _default_pickle_encode(value: Any) -> bytes:
@@ -103,14 +105,23 @@ def format_of(flags: int) -> int:
     return _BY_LEGACY.get(flags & FMT_LEGACY_MASK, 0)
 
 
+def unencodable_key(key: Any, exc: UnicodeEncodeError) -> ArgumentError:
+    """The ArgumentError for a ``str`` key with no UTF-8 form (a lone
+    surrogate such as ``"a\\udcff"``, e.g. from ``os.fsdecode``)."""
+    return ArgumentError({"message": "key %r has no UTF-8 form (%s at position %d)"
+                          % (key, exc.reason, exc.start), "key": key, "inner_cause": exc})
+
+
 def encode_key(key: Any) -> bytes:
-    """``str`` keys become UTF-8; ``bytes`` stay; anything else is an ArgumentError."""
-    if type(key) is str:
-        return key.encode("utf-8")
+    """``str`` keys become UTF-8; ``bytes`` stay; anything else, and a
+    ``str`` that has no UTF-8 form, is an ArgumentError."""
+    if isinstance(key, str):
+        try:
+            return str.encode(key, "utf-8")
+        except UnicodeEncodeError as exc:
+            raise unencodable_key(key, exc) from None
     if isinstance(key, (bytes, bytearray)):
         return bytes(key)
-    if isinstance(key, str):
-        return str(key).encode("utf-8")
     raise ArgumentError({"message": "keys must be str or bytes, not %s" % type(key).__name__, "key": key})
 
 
@@ -126,14 +137,15 @@ def encode_value(value: Any, fmt: int) -> Tuple[bytes, int]:
     """Encode ``value`` in format ``fmt``; return ``(bytes, flags)``."""
     if fmt == FMT_AUTO:
         tp = type(value)
-        if tp is str:
-            return value.encode("utf-8"), FMT_UTF8
+        if isinstance(value, str):
+            try:
+                return str.encode(value, "utf-8"), FMT_UTF8
+            except UnicodeEncodeError as exc:
+                raise _fail("FMT_UTF8", value, str(exc), exc) from None
         if tp is bytes:
             return value, FMT_BYTES
         if isinstance(value, _BYTES_TYPES):
             return bytes(value), FMT_BYTES
-        if isinstance(value, str):
-            return str.encode(value, "utf-8"), FMT_UTF8
         if isinstance(value, _JSON_TYPES):
             fmt = FMT_JSON
         else:
@@ -146,7 +158,10 @@ def encode_value(value: Any, fmt: int) -> Tuple[bytes, int]:
         except Exception as exc:
             raise _fail("JSON", value, str(exc), exc) from exc
         if type(data) is str:
-            return data.encode("utf-8"), flags
+            try:
+                return data.encode("utf-8"), flags
+            except UnicodeEncodeError as exc:  # a lone surrogate in a string
+                raise _fail("JSON", value, str(exc), exc) from None
         if isinstance(data, _BYTES_TYPES):
             return bytes(data), flags
         raise _fail("JSON", value, "the JSON encoder returned %s" % type(data).__name__)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Callable, List, Optional, Tuple
 if TYPE_CHECKING:  # pragma: no cover
     from couchbase_core._engine.instance import Engine
 
-__all__ = ["resolve", "open_socket", "start_connect", "CONNECT_PENDING", "describe_errno"]
+__all__ = ["resolve", "filter_families", "open_socket", "start_connect", "CONNECT_PENDING", "describe_errno"]
 
 #: connect_ex results meaning "in progress".
 CONNECT_PENDING = {errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN, errno.EALREADY}
@@ -23,12 +23,32 @@ def describe_errno(err: int) -> str:
     return "%s (%s)" % (os.strerror(err), errno.errorcode.get(err, err))
 
 
+#: ``ipv6`` option value -> address families kept.
+_FAMILIES = {
+    "allow": (_socket.AF_INET, _socket.AF_INET6),
+    "disabled": (_socket.AF_INET,),
+    "only": (_socket.AF_INET6,),
+}
+
+
+def filter_families(infos: List[Any], ipv6: str) -> List[Any]:
+    """The ``getaddrinfo`` entries the ``ipv6`` option (``allow``,
+    ``disabled``, ``only``) lets the client use."""
+    keep = _FAMILIES.get(ipv6, _FAMILIES["allow"])
+    return [info for info in infos if info[0] in keep]
+
+
 def resolve(engine: "Engine", host: str, port: int, callback: ResolveCallback) -> None:
     """Resolve ``host`` and call ``callback(addrinfo_list, error)``.
 
     Numeric addresses resolve at once; names go to the IOPS's ``resolve``
     when it has one, else to a blocking ``getaddrinfo`` whose outcome is
-    reported from a zero-delay timer (never inside the caller's call)."""
+    reported from a zero-delay timer (never inside the caller's call).
+    Addresses of a family the ``ipv6`` setting excludes are dropped; if none
+    is left the callback gets an error saying so."""
+    ipv6 = getattr(engine.settings, "ipv6", "allow")
+    if ipv6 != "allow":
+        callback = _filtered(callback, host, ipv6)
     try:
         infos = _socket.getaddrinfo(host, port, 0, _socket.SOCK_STREAM, 0, _socket.AI_NUMERICHOST)
     except _socket.gaierror:
@@ -46,6 +66,18 @@ def resolve(engine: "Engine", host: str, port: int, callback: ResolveCallback) -
     except OSError as exc:
         infos, error = None, exc
     engine.defer(lambda: callback(infos, error))
+
+
+def _filtered(callback: ResolveCallback, host: str, ipv6: str) -> ResolveCallback:
+    def filtered(infos: Any, error: Optional[BaseException]) -> None:
+        if error is None and infos:
+            kept = filter_families(list(infos), ipv6)
+            if not kept:
+                wanted = "IPv6" if ipv6 == "only" else "IPv4"
+                error = OSError("ipv6=%s: %r has no %s address" % (ipv6, host, wanted))
+            infos = kept
+        callback(infos, error)
+    return filtered
 
 
 def open_socket(family: int, nodelay: bool = True, keepalive: bool = True) -> Any:

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import platform
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 from couchbase_core._engine.protocol import Feature
-from couchbase_core.connstr import ConnectionString, parse_bool, parse_duration, parse_int
-from couchbase_core.exceptions import ArgumentError
+from couchbase_core.connstr import (
+    KNOWN_OPTIONS,
+    ConnectionString,
+    UnknownOptionWarning,
+    _check_utf8,
+    _unknown_message,
+    parse_bool,
+    parse_duration,
+    parse_int,
+)
+from couchbase_core.exceptions import RC, ArgumentError, NotSupportedError, OptionIgnoredWarning
 
 __all__ = ["Settings", "DEFAULT_MAX_VALUE_MEMCACHED", "DEFAULT_MAX_VALUE_COUCHBASE", "COUCHBASE_FEATURES"]
 
@@ -74,6 +84,9 @@ class Settings:
     #: TLS: None for plain connections, else "verify" or "no_verify".
     tls: Optional[str] = None
     certpath: Optional[str] = None
+    #: Address families used: "allow" (IPv4 and IPv6), "disabled" (IPv4
+    #: only) or "only" (IPv6 only).
+    ipv6: str = "allow"
     _tls_context: Any = field(default=None, repr=False)
 
     @property
@@ -117,6 +130,8 @@ class Settings:
         for name, value in overrides.items():
             if value is not None:
                 cs.set_option(name, value)
+                if name not in KNOWN_OPTIONS:
+                    _warn(_unknown_message(name), UnknownOptionWarning)
         opts = dict(cs.options)
         s = cls(scheme=cs.scheme, options=opts)
         s.hosts = cs.kv_endpoints()
@@ -126,6 +141,10 @@ class Settings:
         s.bucket = cs.bucket
         s.username = username if username is not None else opts.get("username")
         s.password = password if password is not None else opts.get("password")
+        if s.username is not None:
+            _check_utf8(s.username, "username")
+        if s.password is not None:
+            _check_utf8(s.password, "password", secret=True)
 
         timeout = opts.get("operation_timeout", opts.get("timeout"))
         if timeout is not None:
@@ -176,7 +195,55 @@ class Settings:
         if cs.is_ssl:
             s.tls = "no_verify" if opts.get("ssl") == "no_verify" else "verify"
             s.certpath = opts.get("certpath")
+        elif "certpath" in opts:
+            _warn("certpath=%r is ignored: the connection is not TLS (use couchbases:// or ssl=on)"
+                  % opts["certpath"], OptionIgnoredWarning)
+        s.ipv6 = opts.get("ipv6", "allow").lower()
+        s._check_unsupported(opts)
         return s
+
+    def _check_unsupported(self, opts: Dict[str, str]) -> None:
+        """Options this client parses but does not act on: warn, or refuse
+        what cannot be honoured (see docs/connection-strings.md)."""
+        network = opts.get("network", "default")
+        if network.lower() not in ("default", "auto"):
+            raise NotSupportedError({"rc": RC.CLIENT_NOT_SUPPORTED, "message": "network=%s: alternate addresses are not supported; only "
+                                     "network=default (and auto, which picks it) are" % network})
+        if "enable_tracing" in opts and parse_bool(opts["enable_tracing"], "enable_tracing"):
+            _warn("enable_tracing=true: request tracing is not implemented yet; no spans are recorded",
+                  OptionIgnoredWarning)
+        if "dnssrv" in opts and parse_bool(opts["dnssrv"], "dnssrv"):
+            _warn("dnssrv=true: DNS SRV lookups are not implemented; the hosts are contacted as given",
+                  OptionIgnoredWarning)
+        if "detailed_errcodes" in opts and not parse_bool(opts["detailed_errcodes"], "detailed_errcodes"):
+            _warn("detailed_errcodes=false is ignored: extended error codes (HELLO XERROR) are always requested",
+                  OptionIgnoredWarning)
+        if self.scheme == "memcached":
+            moot = [name for name in _COUCHBASE_ONLY if name in opts]
+            if moot:
+                _warn("option(s) %s have no effect on memcached:// (plain memcached has no cluster map, "
+                      "SASL, Snappy, durability or HTTP services)" % ", ".join(moot), OptionIgnoredWarning)
+
+
+#: Options that only mean something for Couchbase clusters.
+_COUCHBASE_ONLY = ("bootstrap_on", "select_bucket", "sasl_mech_force", "http_poolsize", "http_timeout",
+                   "fetch_mutation_tokens", "enable_mutation_tokens", "config_poll_interval", "retry_nmv_delay",
+                   "durability_timeout", "durability_interval", "compression")
+
+
+def _warn(message: str, category: type) -> None:
+    """Warn, attributed to the first caller outside this package."""
+    import sys
+
+    level = 1
+    frame = sys._getframe(1)
+    while frame is not None:
+        module = frame.f_globals.get("__name__", "")
+        if not (module.startswith("couchbase_core.") or module.startswith("gcouchbase.")):
+            break
+        frame = frame.f_back  # type: ignore[assignment]
+        level += 1
+    warnings.warn(message, category, stacklevel=level)
 
 
 def snappy_available() -> bool:

@@ -12,6 +12,8 @@ import ssl
 import warnings
 from typing import Optional
 
+from couchbase_core.exceptions import ArgumentError
+
 __all__ = ["TLSSession", "make_context", "describe_handshake_error", "InsecureTLSWarning"]
 
 
@@ -22,10 +24,25 @@ class InsecureTLSWarning(UserWarning):
 def make_context(certpath: Optional[str], verify: bool = True) -> ssl.SSLContext:
     """A client context. ``certpath`` names the CA (or server) certificate
     to trust; without it the system's trust store is used. ``verify=False``
-    accepts any certificate: insecure, for tests only, and it warns."""
+    accepts any certificate: insecure, for tests only, and it warns.
+
+    Raises:
+        ArgumentError: ``certpath`` is missing, unreadable, a directory or
+            not PEM certificates (the message names the path and why).
+    """
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
     if certpath:
-        context.load_verify_locations(cafile=certpath)
+        try:
+            context.load_verify_locations(cafile=certpath)
+        except IsADirectoryError:
+            raise ArgumentError("certpath %r is a directory; it must name a PEM file of CA certificates"
+                                % certpath) from None
+        except OSError as exc:  # FileNotFoundError, PermissionError...
+            if isinstance(exc, ssl.SSLError):
+                raise ArgumentError({"message": "certpath %r holds no usable PEM certificate (%s)"
+                                     % (certpath, describe_handshake_error(exc)), "inner_cause": exc}) from None
+            raise ArgumentError({"message": "certpath %r cannot be read: %s" % (certpath, exc.strerror or exc),
+                                 "inner_cause": exc}) from None
     if not verify:
         warnings.warn("TLS certificate verification is disabled (ssl=no_verify): the connection is encrypted "
                       "but the server is not authenticated", InsecureTLSWarning, stacklevel=3)

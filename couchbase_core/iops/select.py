@@ -34,6 +34,10 @@ __all__ = ["SelectIOPS"]
 
 log = logging.getLogger(__name__)
 
+#: The longest single wait (seconds): epoll/poll take at most 2**31 - 1 ms;
+#: a timer further away is reached in several waits.
+_MAX_WAIT = 86400.0
+
 
 def _to_selector_mask(flags: int) -> int:
     mask = 0
@@ -162,6 +166,8 @@ class SelectIOPS(IOPS):
         wait = self._next_timeout()
         if timeout is not None:
             wait = timeout if wait is None else min(wait, timeout)
+        if wait is not None and wait > _MAX_WAIT:
+            wait = _MAX_WAIT  # a far timer: wake up early and look again (select/epoll refuse longer waits)
         if wait is None and not self._masks:
             return False
         if self._masks:

@@ -81,7 +81,19 @@ def view_path(bucket: str, design: str, view: str, spatial: bool, use_devmode: b
     if use_devmode and not design.startswith("dev_"):
         design = "dev_" + design
     kind = "_spatial" if spatial else "_view"
-    return "/%s/_design/%s/%s/%s" % (quote(bucket, safe=""), quote(design, safe=""), kind, quote(view, safe=""))
+    return "/%s/_design/%s/%s/%s" % (quote_name(bucket, "bucket"), quote_name(design, "design document"), kind,
+                                     quote_name(view, "view"))
+
+
+def quote_name(name: Any, what: str) -> str:
+    """``name`` percent-encoded for a URL path segment; a name that is not a
+    str or has no UTF-8 form (a lone surrogate) is an ArgumentError."""
+    if not isinstance(name, str):
+        raise ArgumentError("the %s name must be a str, not %s" % (what, type(name).__name__))
+    try:
+        return quote(name, safe="", errors="strict")
+    except UnicodeEncodeError as exc:
+        raise ArgumentError("the %s name %r has no UTF-8 form: %s" % (what, name, exc.reason)) from None
 
 
 def view_error(http_status: int, meta: Dict[str, Any], error: Optional[tuple], what: str) -> Optional[CouchbaseError]:

@@ -76,7 +76,7 @@ def _int(name: str, value: Any) -> str:
 
 def _json(name: str, value: Any) -> str:
     try:
-        return json.dumps(value, separators=(",", ":"))
+        return json.dumps(value, separators=(",", ":"), allow_nan=False)  # NaN/Infinity are not JSON
     except (TypeError, ValueError) as exc:
         raise ArgumentError("view parameter %s is not JSON-serialisable: %s" % (name, exc)) from exc
 
@@ -90,6 +90,10 @@ def _json_list(name: str, value: Any) -> str:
 def _string(name: str, value: Any) -> str:
     if not isinstance(value, str):
         raise ArgumentError("view parameter %s must be a str, not %r" % (name, value))
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ArgumentError("view parameter %s %r has no UTF-8 form: %s" % (name, value, exc.reason)) from None
     return value
 
 
