@@ -100,6 +100,19 @@ def test_a_greenlet_spawned_inside_a_pipeline_is_not_in_it(gbucket, unique_key):
     assert [r.key for r in pipe.results] == [k + "in"]
 
 
+def test_a_greenlet_running_in_a_copy_of_the_context_is_not_in_the_pipeline(gbucket, unique_key):
+    # Apps propagate request-scoped context variables to helper greenlets
+    # this way; the copy carries the pipeline's frame, which is not theirs.
+    b, k = gbucket, unique_key
+    b.upsert(k + "pre", "pre-value")
+    with b.pipeline() as pipe:
+        b.upsert(k + "in", 1)
+        child = gevent.spawn(contextvars.copy_context().run, lambda: b.get(k + "pre"))
+        got = child.get(timeout=GUARD)
+        assert got is not None and got.value == "pre-value"
+    assert [r.key for r in pipe.results] == [k + "in"]
+
+
 def test_a_greenlet_killed_inside_a_pipeline_leaves_nothing_behind(gbucket, unique_key):
     b, k = gbucket, unique_key
     inside = gevent.event.Event()
@@ -244,6 +257,42 @@ def test_an_async_pipeline_belongs_to_its_context(memcached_server, unique_key):
         iops.close()
 
 
+def test_an_asyncio_task_created_inside_an_async_pipeline_is_not_in_it(memcached_server, unique_key):
+    # asyncio tasks start in a copy of their creator's context
+    import asyncio
+
+    iops = SelectIOPS()
+    b, k = AsyncBucket(iops, memcached_server.connstr, operation_timeout=30), unique_key
+    connected = []
+    b.on_connect(connected.append)
+    _run(iops, lambda: connected)
+    try:
+        stored = b.upsert(k + "pre", "pre-value")
+        _run(iops, lambda: stored.done)
+
+        async def child():
+            got = []
+            b.get(k + "pre").callback = got.append
+            _run(iops, lambda: got)
+            return got[0].value
+
+        async def parent():
+            with b.pipeline():
+                mine = b.upsert(k + "in", 1)
+                value = await asyncio.create_task(child())
+                assert not mine.done
+            return value, mine
+
+        value, mine = asyncio.run(parent())
+        assert value == "pre-value"
+        _run(iops, lambda: mine.done)
+        assert mine[k + "in"].success
+    finally:
+        b.close()
+        iops.run_once(0)
+        iops.close()
+
+
 # ---------------------------------------------------------------- durability
 
 
@@ -291,13 +340,18 @@ def test_a_durability_block_belongs_to_its_greenlet(frozen, unique_key):
         cb.close()
 
 
-def test_overlapping_durability_blocks_leave_no_default_behind(frozen, unique_key):
+@pytest.mark.parametrize("shared", [False, True], ids=["own-blocks", "one-shared-block-object"])
+def test_overlapping_durability_blocks_leave_no_default_behind(frozen, unique_key, shared):
     cb, k = GBucket(_connstr(frozen), operation_timeout=30, **ADMIN), unique_key
     try:
         a_in, b_in, a_out = gevent.event.Event(), gevent.event.Event(), gevent.event.Event()
+        one = cb.durability(persist_to=0, replicate_to=1, timeout=2)
+
+        def block():
+            return one if shared else cb.durability(persist_to=0, replicate_to=1, timeout=2)
 
         def greenlet_a():
-            with cb.durability(persist_to=0, replicate_to=1, timeout=2):
+            with block():
                 a_in.set()
                 assert b_in.wait(GUARD)
             a_out.set()
@@ -305,7 +359,7 @@ def test_overlapping_durability_blocks_leave_no_default_behind(frozen, unique_ke
 
         def greenlet_b():
             assert a_in.wait(GUARD)
-            with cb.durability(persist_to=0, replicate_to=1, timeout=2):
+            with block():
                 b_in.set()
                 assert a_out.wait(GUARD)
                 with pytest.raises(TimeoutError):
@@ -354,6 +408,30 @@ def test_a_durability_block_belongs_to_its_thread(frozen, unique_key):
             t.join(GUARD)
         assert not errors, errors
         assert out["b"].success and out["a"] == "timed out"
+    finally:
+        cb.close()
+
+
+def test_nested_durability_blocks_restore_exactly(frozen, unique_key):
+    cb, k = GBucket(_connstr(frozen), operation_timeout=30, **ADMIN), unique_key
+    try:
+        with cb.durability(persist_to=0, replicate_to=1, timeout=2):
+            with cb.durability(persist_to=0, replicate_to=0):
+                assert cb.upsert(k + "inner", 1).success  # the inner block asks for nothing
+            with pytest.raises(TimeoutError):
+                cb.upsert(k + "outer", 1)  # the outer block is back
+        assert cb.upsert(k + "after", 1).success
+    finally:
+        cb.close()
+
+
+@pytest.mark.parametrize("flavour", ["blocking", "gevent"])
+def test_flush_is_refused_inside_a_pipeline_on_couchbase_buckets(cluster, flavour):
+    cb = (BlockingBucket if flavour == "blocking" else GBucket)(_connstr(cluster), **ADMIN)
+    try:
+        with pytest.raises(PipelineError):
+            with cb.pipeline():
+                cb.flush()
     finally:
         cb.close()
 
