@@ -19,7 +19,10 @@ result or raise), :meth:`BaseBucket._run_many` (a ``_multi`` call) and
 from __future__ import annotations
 
 import struct
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+import threading
+from contextvars import ContextVar
+from types import MappingProxyType
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from couchbase_core import _formats
 from couchbase_core import subdocument as SD
@@ -170,37 +173,131 @@ def _per_key_failure(key: Any, exc: CouchbaseError, item: Optional[Item], value_
     return res
 
 
+# ------------------------------------------------------------ caller scope
+#
+# A pipeline or durability block belongs to the caller that entered it, never
+# to the shared bucket: the greenlet (gevent bucket), the thread (blocking
+# bucket) or the context (AsyncBucket: an asyncio task, or whatever context
+# the caller runs in). Each open block is a frame in a ContextVar, because
+# every thread, every greenlet (greenlet >= 1.0, which gevent requires) and
+# every asyncio task has a contextvars context of its own. A frame also
+# records its owner (``bucket._caller()``): where a context is *copied* into
+# another caller (an asyncio task created inside the block; threads on
+# Pythons whose threads inherit the context), the copy does not carry the
+# block along. The ContextVar holds a mapping (never mutated once set) from a
+# bucket's scope key to the innermost frame of this context; frames chain to
+# the ones they were entered over, and a frame that has ended is skipped, so
+# blocks left in any order restore exactly what is still open.
+
+_NO_FRAMES: Mapping[Any, "_Frame"] = MappingProxyType({})
+#: bucket scope key -> innermost pipeline frame (Pipeline / _AsyncPipeline)
+_PIPELINES: ContextVar[Mapping[Any, "_Frame"]] = ContextVar("couchbase_pipelines", default=_NO_FRAMES)
+#: bucket scope key -> innermost durability frame ((persist_to, replicate_to, timeout))
+_DURABILITY: ContextVar[Mapping[Any, "_Frame"]] = ContextVar("couchbase_durability", default=_NO_FRAMES)
+
+
+class _Frame:
+    """One open block of one caller."""
+
+    __slots__ = ("owner", "value", "prev", "active")
+
+    def __init__(self, owner: Any, value: Any) -> None:
+        self.owner = owner
+        self.value = value
+        self.prev: Optional[_Frame] = None
+        self.active = True
+
+
+def _push_frame(var: ContextVar[Mapping[Any, _Frame]], key: Any, frame: _Frame) -> None:
+    frames = var.get()
+    frame.prev = frames.get(key)
+    new = dict(frames)
+    new[key] = frame
+    var.set(new)
+
+
+def _pop_frame(var: ContextVar[Mapping[Any, _Frame]], key: Any, frame: _Frame) -> None:
+    frame.active = False
+    frames = var.get()
+    top = frames.get(key)
+    if top is None or top.active:
+        return  # left out of order (or in another context): lookups skip it
+    while top is not None and not top.active:
+        top = top.prev
+    new = dict(frames)
+    if top is None:
+        del new[key]
+    else:
+        new[key] = top
+    var.set(new if new else _NO_FRAMES)
+
+
+def _innermost(frames: Mapping[Any, _Frame], key: Any, caller: Any) -> Optional[_Frame]:
+    """The caller's innermost open frame for ``key`` in ``frames``."""
+    frame = frames.get(key)
+    while frame is not None:
+        if frame.active and frame.owner == caller:
+            return frame
+        frame = frame.prev
+    return None
+
+
 class DurabilityContext:
     """``with bucket.durability(persist_to, replicate_to, timeout):`` — see
-    :meth:`BaseBucket.durability`."""
+    :meth:`BaseBucket.durability`. The block applies to the greenlet /
+    thread / context that entered it only; one DurabilityContext may be
+    entered by several greenlets at once, each for itself."""
 
     def __init__(self, bucket: "BaseBucket", persist_to: int, replicate_to: int, timeout: float) -> None:
         self._bucket = bucket
         self.persist_to = persist_to
         self.replicate_to = replicate_to
         self.timeout = timeout
-        self._saved: Any = None
+        #: caller -> its open frames of this object (innermost last)
+        self._frames: Dict[Any, List[_Frame]] = {}
 
     def __enter__(self) -> "DurabilityContext":
         bucket = self._bucket
         bucket._require_couchbase("durability()", "plain memcached neither persists nor replicates")
-        self._saved = bucket._durability_default
-        bucket._durability_default = (self.persist_to, self.replicate_to, self.timeout or None)
+        frame = _Frame(bucket._caller(), (self.persist_to, self.replicate_to, self.timeout or None))
+        _push_frame(_DURABILITY, bucket._scope, frame)
+        self._frames.setdefault(frame.owner, []).append(frame)
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self._bucket._durability_default = self._saved
+        bucket = self._bucket
+        caller = bucket._caller()
+        stack = self._frames.get(caller)
+        if not stack:
+            return
+        frame = stack.pop()
+        if not stack:
+            del self._frames[caller]
+        _pop_frame(_DURABILITY, bucket._scope, frame)
 
 
 class Pipeline:
     """Batches operations: inside ``with bucket.pipeline():`` every operation
-    is queued and sent together when the block ends.
+    of the calling greenlet (thread, on the blocking bucket) is queued, and
+    all of them are sent together when the block ends.
 
     Operations inside the block return ``None`` (on blocking and gevent
     buckets); their results are in :attr:`results`, in call order, once the
     block has ended. If any operation failed, leaving the block raises the
     first failure's exception, whose ``all_results`` maps every key to its
-    result. Pipelines do not nest.
+    result. Pipelines do not nest within one greenlet; stats, ping and flush
+    are refused inside one.
+
+    The block belongs to its greenlet: other greenlets sharing the bucket
+    (including greenlets spawned inside the block) run their operations as
+    usual meanwhile, may open pipelines of their own, and are never held
+    back. Nothing is written before the block ends, and then every queued
+    operation is handed to the engine at once (one write per node); timeouts
+    count from then. A block left by an exception that is not an
+    ``Exception`` (the greenlet was killed, ``gevent.Timeout``,
+    ``KeyboardInterrupt``) sends nothing; one left by an ordinary exception
+    still sends its operations and waits for them, then lets the exception
+    through.
     """
 
     def __init__(self, bucket: "BaseBucket") -> None:
@@ -208,6 +305,8 @@ class Pipeline:
         self._results: List[Any] = []
         self._latch = Latch()
         self._quiet: List[bool] = []
+        self._queue: List[Any] = []
+        self._frame: Optional[_Frame] = None
         self._active = False
 
     @property
@@ -221,15 +320,18 @@ class Pipeline:
 
     def __enter__(self) -> "Pipeline":
         bucket = self._bucket
+        if self._active:
+            raise PipelineError("this Pipeline is already in use; call bucket.pipeline() for each block")
         if bucket._pipeline is not None:
-            raise PipelineError("a pipeline is already active on this bucket")
+            raise PipelineError("a pipeline is already active on this bucket in this greenlet/thread")
         bucket._check_open()
         self._results = []
         self._quiet = []
+        self._queue = []
         self._latch = Latch()
         self._active = True
-        bucket._pipeline = self
-        bucket._engine.sched_enter()
+        self._frame = _Frame(bucket._caller(), self)
+        _push_frame(_PIPELINES, bucket._scope, self._frame)
         return self
 
     def _slot(self, quiet: bool) -> Callable[[Any], None]:
@@ -247,38 +349,35 @@ class Pipeline:
         return fill
 
     def add_one(self, op: Any, quiet: bool) -> None:
+        self._bucket._check_open()
         op.sink = self._slot(quiet)
-        try:
-            self._bucket._engine.submit(op)
-        except BaseException:
-            self._latch.count -= 1
-            self._results.pop()
-            self._quiet.pop()
-            raise
+        self._queue.append(op)
 
     def add_many(self, ops: List[Any], mres: MultiResult) -> MultiResult:
+        self._bucket._check_open()
         fill = self._slot(mres._quiet)
+        if not ops:
+            fill(mres)
+            return mres
         inner = Latch(len(ops))
         inner.on_zero = lambda: fill(mres)
         sink = _Collector(mres, inner)
-        engine = self._bucket._engine
         for op in ops:
             op.sink = sink
-            if op.multi_key:
-                engine.submit_batch(op)
-            else:
-                engine.submit(op)
-        if not ops:
-            fill(mres)
+        self._queue.extend(ops)
         return mres
 
     def __exit__(self, etype: Any, evalue: Any, tb: Any) -> None:
         bucket = self._bucket
-        bucket._pipeline = None
+        frame, self._frame = self._frame, None
+        if frame is not None:
+            _pop_frame(_PIPELINES, bucket._scope, frame)
+        queue, self._queue = self._queue, []
         try:
-            bucket._engine.sched_leave()
-            if self._latch.count:
-                bucket._wait_latch(self._latch)
+            if etype is not None and not issubclass(etype, Exception):
+                return None  # killed or interrupted: the block is abandoned, nothing is sent
+            if queue:
+                bucket._send_pipeline(queue, self._latch)
         finally:
             self._active = False
         if etype is not None:
@@ -334,8 +433,8 @@ class BaseBucket:
         self.default_format = default_format
         self.data_passthrough = data_passthrough
         self._timeout = self._settings.operation_timeout
-        self._pipeline: Optional[Pipeline] = None
-        self._durability_default: Optional[tuple] = None
+        #: This bucket's key in the callers' pipeline / durability scopes.
+        self._scope = object()
         self._iops = self._make_iops(kwargs)
         self._engine = Engine(self._iops, self._settings)
         self._start()
@@ -356,6 +455,62 @@ class BaseBucket:
     def _wait_latch(self, latch: Latch) -> None:
         """Return once ``latch.count`` is zero (must set ``latch.on_zero``)."""
         raise NotImplementedError
+
+    #: Who is calling: the owner recorded in the pipeline / durability
+    #: frames (the thread here; the greenlet on the gevent bucket).
+    _caller: Callable[[], Any] = staticmethod(threading.get_ident)
+
+    @property
+    def _pipeline(self) -> Any:
+        """The calling greenlet's (thread's, context's) open pipeline on this
+        bucket, or None."""
+        frames = _PIPELINES.get()
+        if frames:
+            frame = _innermost(frames, self._scope, self._caller())
+            if frame is not None:
+                return frame.value
+        return None
+
+    @property
+    def _durability_default(self) -> Optional[tuple]:
+        """(persist_to, replicate_to, timeout) of the calling greenlet's
+        (thread's, context's) innermost durability() block, or None."""
+        frames = _DURABILITY.get()
+        if frames:
+            frame = _innermost(frames, self._scope, self._caller())
+            if frame is not None:
+                return frame.value
+        return None
+
+    def _send_pipeline(self, ops: List[Any], latch: Latch) -> None:
+        """Hand a pipeline's queued operations to the engine at once, then
+        wait until ``latch`` (counting their results) reaches zero. The
+        engine's batch (sched_enter/leave) only spans this loop, which never
+        yields, so no other caller's writes are ever held back."""
+        engine = self._engine
+        if engine.closed:
+            raise ObjectDestroyedError("the bucket was closed inside the pipeline block")
+        engine.sched_enter()
+        try:
+            for op in ops:
+                if op.multi_key:
+                    engine.submit_batch(op)
+                else:
+                    engine.submit(op)
+        finally:
+            engine.sched_leave()
+        if latch.count:
+            try:
+                self._wait_latch(latch)
+            except BaseException:  # killed or interrupted: withdraw what is unwritten
+                for op in ops:
+                    op.sink = discard
+                    engine.cancel(op)
+                raise
+
+    def _refuse_in_pipeline(self, what: str) -> None:
+        if not self._is_async and _PIPELINES.get() and self._pipeline is not None:
+            raise PipelineError("%s cannot run inside a pipeline" % what)
 
     def _collect(self, ops: List[Any], mres: MultiResult, finish: Callable[[MultiResult], Any]) -> Any:
         """Submit ``ops``, wait until each has put its result in ``mres``,
@@ -392,15 +547,17 @@ class BaseBucket:
         return MultiResult()
 
     def _one(self, op: Any, quiet: bool = False) -> Any:
-        pipeline = self._pipeline
-        if pipeline is not None:
-            return pipeline.add_one(op, quiet)
+        if _PIPELINES.get():
+            pipeline = self._pipeline
+            if pipeline is not None:
+                return pipeline.add_one(op, quiet)
         return self._run_one(op, quiet)
 
     def _many(self, ops: List[Any], mres: MultiResult) -> Any:
-        pipeline = self._pipeline
-        if pipeline is not None:
-            return pipeline.add_many(ops, mres)
+        if _PIPELINES.get():
+            pipeline = self._pipeline
+            if pipeline is not None:
+                return pipeline.add_many(ops, mres)
         return self._run_many(ops, mres)
 
     def _check_open(self) -> None:
@@ -684,7 +841,12 @@ class BaseBucket:
         """A context manager: inside ``with bucket.durability(...)``,
         mutations without their own ``persist_to``/``replicate_to`` wait for
         these (``-1`` = every copy the bucket keeps; ``timeout`` 0 = the
-        ``durability_timeout`` setting)."""
+        ``durability_timeout`` setting).
+
+        The block applies to the calling greenlet (thread, on the blocking
+        bucket; context, on an AsyncBucket) only: other greenlets sharing the
+        bucket, including ones spawned inside the block, are unaffected.
+        Blocks nest; leaving one restores exactly what the caller had."""
         if timeout:
             timeout = _seconds(timeout, "timeout")
         return DurabilityContext(self, persist_to, replicate_to, timeout)
@@ -795,8 +957,8 @@ class BaseBucket:
         if ttl:
             ttl = _ttl(ttl)
         op = GetOp(key, kb, ttl, self._timeout, self._transcoder, no_format or self._data_passthrough)
-        if self._pipeline is not None:
-            return self._pipeline.add_one(op, self._quiet if quiet is None else quiet)
+        if _PIPELINES.get() and self._pipeline is not None:
+            return self._one(op, self._quiet if quiet is None else quiet)
         return self._run_one(op, self._quiet if quiet is None else quiet)
 
     def touch(self, key: Any, ttl: int = 0) -> Any:
@@ -1508,8 +1670,7 @@ class BaseBucket:
 
     def _broadcast(self, make_op: Callable[[str], Any]) -> List[Any]:
         self._check_open()
-        if self._pipeline is not None:
-            raise PipelineError("stats, ping and flush cannot run inside a pipeline")
+        self._refuse_in_pipeline("stats, ping and flush")
         ops = []
         for conn in self._engine.connections:
             op = make_op(conn.authority)
@@ -1599,6 +1760,7 @@ class BaseBucket:
             ops = self._broadcast(lambda node: FlushOp(node, timeout))
             return self._collect(ops, self._new_multi(), _raise_or_return)
         self._check_open()
+        self._refuse_in_pipeline("flush")
         from couchbase_core._httpops import HttpOp
 
         path = "/pools/default/buckets/%s/controller/doFlush" % _quote(self.bucket)
@@ -1698,7 +1860,9 @@ class BaseBucket:
         return itercls(query, self)
 
     def pipeline(self) -> Pipeline:
-        """Return a :class:`Pipeline`: ``with bucket.pipeline() as pipe: ...``."""
+        """Return a :class:`Pipeline`: ``with bucket.pipeline() as pipe: ...``.
+        The block batches the calling greenlet's (thread's) operations only;
+        see :class:`Pipeline`."""
         return Pipeline(self)
 
 

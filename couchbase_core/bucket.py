@@ -11,6 +11,9 @@ says what happens when two threads call it at once: ``LOCKMODE_EXC`` (the
 default) raises :class:`~couchbase_core.exceptions.ObjectThreadError` in the
 second thread, ``LOCKMODE_WAIT`` makes it wait for the first, and
 ``LOCKMODE_NONE`` checks nothing (the caller promises to serialise).
+``pipeline()`` and ``durability()`` blocks belong to the thread that entered
+them: other threads' calls are neither batched into a thread's pipeline nor
+made durable by its durability block.
 """
 
 from __future__ import annotations
@@ -125,6 +128,10 @@ class Bucket(BaseBucket):
     def _collect(self, ops: List[Any], mres: MultiResult, finish: Callable[[MultiResult], Any]) -> Any:
         with self._guard:
             return BaseBucket._collect(self, ops, mres, finish)
+
+    def _send_pipeline(self, ops: List[Any], latch: Latch) -> None:
+        with self._guard:
+            BaseBucket._send_pipeline(self, ops, latch)
 
     def _wait_latch(self, latch: Latch) -> None:
         iops = self._iops

@@ -12,6 +12,12 @@ detaches from its operations first: their replies are still read (the
 connection stays in step for everyone else) and then dropped, never handed
 to another greenlet. A server that stops answering parks no greenlet past
 the operation timeout, which is an engine timer, not a gevent timeout.
+
+``pipeline()`` and ``durability()`` blocks belong to the greenlet that
+entered them (each greenlet has its own ``contextvars`` context): other
+greenlets, including ones spawned inside the block, are neither batched nor
+held back by a greenlet's pipeline, nor made durable by its durability
+block. A greenlet killed inside a pipeline block sends nothing it queued.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from functools import partial
 from typing import Any, Dict
 
 from gevent.hub import Waiter, get_hub
+from greenlet import getcurrent
 
 from couchbase_core._bucketbase import BaseBucket, Latch, PingStatus, Pipeline
 from couchbase_core._kvops import discard
@@ -49,6 +56,8 @@ class Bucket(BaseBucket):
 
     _view_class = GView
     _n1ql_class = GN1QLRequest
+    #: pipeline() / durability() blocks belong to the calling greenlet.
+    _caller = staticmethod(getcurrent)
 
     def _make_iops(self, kwargs: Dict[str, Any]) -> IOPS:
         self._hub = get_hub()

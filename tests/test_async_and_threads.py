@@ -68,7 +68,9 @@ def test_async_pipeline_batches_writes(memcached_server):
     with b.pipeline():
         results = [b.upsert("ap%d" % i, i) for i in range(10)]
         assert conn._want_write is False, "nothing is flushed inside the block"
-        assert len(conn._queue) >= 10
+        assert not conn._queue and not conn.pending, "the block's operations wait in the pipeline"
+    # handed to the engine together: one write for the ten of them
+    assert len(conn.pending) == 10 and len(conn._queue) == 10
     assert conn._want_write is True
     _run(iops, lambda: all(r.done for r in results))
     got = []

@@ -25,10 +25,20 @@ integrations used): ``callback(err)`` with ``err`` None on success.
 
 from __future__ import annotations
 
+import sys
+import threading
 from typing import Any, Callable, Dict, List, Optional
 
-from couchbase_core._bucketbase import BaseBucket, Latch, _Collector
-from couchbase_core.exceptions import ArgumentError, CouchbaseError, PipelineError
+from couchbase_core._bucketbase import (
+    _PIPELINES,
+    BaseBucket,
+    Latch,
+    _Collector,
+    _Frame,
+    _pop_frame,
+    _push_frame,
+)
+from couchbase_core.exceptions import RC, ArgumentError, CouchbaseError, PipelineError
 from couchbase_core.iops.base import IOPS
 from couchbase_core.result import AsyncResult, MultiResult
 
@@ -48,24 +58,71 @@ class _SingleSink:
 
 
 class _AsyncPipeline:
-    """``with bucket.pipeline():`` on an AsyncBucket: the operations inside
-    return their AsyncResults as usual but are written together when the
-    block ends."""
+    """``with bucket.pipeline():`` on an AsyncBucket: the operations issued
+    inside the block (by the caller's context: an asyncio task, or the
+    context the callbacks run in) return their AsyncResults as usual, but
+    are handed to the engine together when the block ends (one write per
+    node). Operations from other contexts are neither batched nor held back.
+    """
 
     def __init__(self, bucket: "AsyncBucket") -> None:
         self._bucket = bucket
+        self._queue: List[Any] = []
+        self._frame: Optional[_Frame] = None
 
     def __enter__(self) -> "_AsyncPipeline":
-        if self._bucket._pipeline_depth:
-            raise PipelineError("a pipeline is already active on this bucket")
-        self._bucket._check_open()
-        self._bucket._pipeline_depth += 1
-        self._bucket._engine.sched_enter()
+        bucket = self._bucket
+        if self._frame is not None:
+            raise PipelineError("this pipeline is already in use; call bucket.pipeline() for each block")
+        if bucket._pipeline is not None:
+            raise PipelineError("a pipeline is already active on this bucket in this context")
+        bucket._check_open()
+        self._queue = []
+        self._frame = _Frame(bucket._caller(), self)
+        _push_frame(_PIPELINES, bucket._scope, self._frame)
         return self
 
+    def add(self, op: Any) -> None:
+        self._bucket._check_open()
+        self._queue.append(op)
+
     def __exit__(self, *exc: Any) -> None:
-        self._bucket._pipeline_depth -= 1
-        self._bucket._engine.sched_leave()
+        bucket = self._bucket
+        frame, self._frame = self._frame, None
+        if frame is not None:
+            _pop_frame(_PIPELINES, bucket._scope, frame)
+        queue, self._queue = self._queue, []
+        if not queue:
+            return
+        engine = bucket._engine
+        if engine.closed:  # closed inside the block: the errbacks hear it from the loop
+            engine.defer(lambda: engine.fail_ops(queue, RC.OBJECT_DESTROYED, "the bucket was closed"))
+            return
+        engine.sched_enter()
+        try:
+            for op in queue:
+                if op.multi_key:
+                    engine.submit_batch(op)
+                else:
+                    engine.submit(op)
+        finally:
+            engine.sched_leave()
+
+
+def _context_caller() -> Any:
+    """The owner of an AsyncBucket's pipeline / durability frames: the thread,
+    and the running asyncio task if there is one (tasks copy the context of
+    their creator, so a task created inside a block must not be in it)."""
+    ident = threading.get_ident()
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is not None:
+        try:
+            task = asyncio.current_task()
+        except RuntimeError:  # no running loop in this thread
+            task = None
+        if task is not None:
+            return (ident, task)
+    return ident
 
 
 class AsyncBucket(BaseBucket):
@@ -78,12 +135,12 @@ class AsyncBucket(BaseBucket):
     """
 
     _is_async = True
+    _caller = staticmethod(_context_caller)
 
     def __init__(self, iops: Optional[IOPS] = None, *args: Any, **kwargs: Any) -> None:
         if iops is None:
             raise ArgumentError("AsyncBucket needs an IOPS (e.g. couchbase_core.iops.select.SelectIOPS())")
         self._given_iops = iops
-        self._pipeline_depth = 0
         self._connect_listeners: List[Callable[[Optional[CouchbaseError]], None]] = []
         self._connect_result: Any = _PENDING
         #: 2.x hook: called with the bootstrap error (None on success).
@@ -134,8 +191,20 @@ class AsyncBucket(BaseBucket):
         ar = AsyncResult(single=True)
         ar._quiet = quiet
         op.sink = _SingleSink(ar)
-        self._engine.submit(op)
+        self._send(op)
         return ar
+
+    def _send(self, op: Any) -> None:
+        """Submit ``op``, or queue it in the caller's open pipeline."""
+        if _PIPELINES.get():
+            pipeline = self._pipeline
+            if pipeline is not None:
+                pipeline.add(op)
+                return
+        if op.multi_key:
+            self._engine.submit_batch(op)
+        else:
+            self._engine.submit(op)
 
     def _collect(self, ops: List[Any], mres: MultiResult, finish: Callable[[MultiResult], Any]) -> AsyncResult:
         ar: AsyncResult = mres  # type: ignore[assignment]
@@ -150,14 +219,10 @@ class AsyncBucket(BaseBucket):
 
         latch.on_zero = all_done
         sink = _Collector(ar, latch)
-        engine = self._engine
         for op in ops:
             op.sink = sink
             latch.count += 1
-            if op.multi_key:
-                engine.submit_batch(op)
-            else:
-                engine.submit(op)
+            self._send(op)
         if not latch.count:
             all_done()
         return ar
@@ -190,7 +255,8 @@ class AsyncBucket(BaseBucket):
         return BaseBucket.n1ql_query(self, query, *args, **kwargs)
 
     def pipeline(self) -> Any:  # type: ignore[override]
-        """Batch the writes of the operations issued inside the block."""
+        """Batch the operations the calling context issues inside the block:
+        they are handed to the engine together when it ends."""
         return _AsyncPipeline(self)
 
     def close(self) -> None:
