@@ -147,9 +147,15 @@ def test_a_greenlet_killed_while_its_pipeline_waits(fresh_memcached, unique_key)
                 leaving.set()  # no switch: the greenlet goes on into __exit__ and waits there
 
         fresh_memcached.pause()
+        conn = b._engine.connections[0]
         g = gevent.spawn(doomed)
         assert leaving.wait(GUARD)
-        gevent.sleep(0)
+        # Both requests written (a kill before that would withdraw them):
+        # the server executes them, their replies are dropped.
+        deadline = time.monotonic() + GUARD
+        while conn._queue or len(conn.pending) < 2:
+            assert time.monotonic() < deadline
+            gevent.sleep(0.001)
         g.kill(block=True, timeout=GUARD)
         assert g.dead
         fresh_memcached.resume()
