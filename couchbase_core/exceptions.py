@@ -45,7 +45,7 @@ __all__ = [
     "SubdocNumberTooBigError", "SubdocValueTooDeepError",
     "SubdocCantInsertValueError", "SubdocBadDeltaError",
     "SubdocMultipleErrors", "SubdocEmptyPathError", "SubdocInvalidComboError", "SubdocXattrError",
-    "QueueEmpty",
+    "QueueEmpty", "LimitExceededError",
     "DurabilityError", "DurabilityInvalidLevelError",
     "DurabilityImpossibleError", "DurabilitySyncWriteInProgressError",
     "DurabilitySyncWriteAmbiguousError", "DurabilitySyncWriteReCommitInProgressError",
@@ -125,6 +125,7 @@ class RC:
     AUTH_FAILED = 0x111
     INTERNAL = 0x112
     QUEUE_EMPTY = 0x113
+    LIMIT_EXCEEDED = 0x114
 
 
 # --------------------------------------------------------------------------
@@ -543,6 +544,16 @@ class QueueEmpty(CouchbaseDataError, IndexError):
     CODE = RC.QUEUE_EMPTY
 
 
+class LimitExceededError(CouchbaseNetworkError):
+    """The server sent more than one of the client's documented limits
+    allows (a value inflating beyond ``MAX_INFLATED_SIZE``, an HTTP body,
+    metadata or config beyond its cap, JSON nested too deeply). Only the
+    operation concerned fails; the message names the limit and, when it is
+    configurable, how to raise it. See docs/couchbase.md, "Limits"."""
+
+    CODE = RC.LIMIT_EXCEEDED
+
+
 class DurabilityError(CouchbaseError):
     """Base of the synchronous-replication (durability level) failures."""
 
@@ -650,6 +661,7 @@ RC_TABLE: Dict[int, Tuple[Type[CouchbaseError], str]] = {
     RC.AUTH_FAILED: (AuthError, "Authentication failed"),
     RC.INTERNAL: (InternalError, "Internal client error"),
     RC.QUEUE_EMPTY: (QueueEmpty, "The queue is empty"),
+    RC.LIMIT_EXCEEDED: (LimitExceededError, "The server sent more than a client limit allows"),
 }
 
 
