@@ -142,6 +142,12 @@ def test_a_value_inflating_beyond_the_limit_fails_that_get_only(flavour, cluster
         # the frame was read whole: the same connection carries on
         assert b.get("small").value == "b" * 2000
         assert b._engine.connections[0] is conn and conn.last_error is None
+        # in a batch, only that key's entry fails
+        with pytest.raises(LimitExceededError) as info:
+            b.get_multi(["small", "big"])
+        results = info.value.all_results
+        assert results["small"].value == "b" * 2000 and results["big"].rc == RC.LIMIT_EXCEEDED
+        assert conn.last_error is None
     finally:
         b.close()
 
