@@ -335,10 +335,14 @@ def test_config_stream_splits_at_every_boundary_and_in_one_piece(serve):
 def test_max_value_size_beyond_the_frame_limit_is_refused():
     from couchbase_core._engine.protocol import MAX_BODY
 
-    assert Settings.from_connstr("couchbase://h/b?max_value_size=%d" % MAX_BODY)
-    with pytest.raises(ArgumentError) as info:
-        Settings.from_connstr("couchbase://h/b?max_value_size=%d" % (MAX_BODY + 1))
-    assert "max_value_size" in str(info.value)
+    limit = MAX_BODY - 1024  # room for the key and extras in the frame
+    assert Settings.from_connstr("couchbase://h/b?max_value_size=%d" % limit).max_value_size == limit
+    for size in (limit + 1, 70 * 1000 * 1000):
+        with pytest.raises(ArgumentError) as info:
+            Settings.from_connstr("couchbase://h/b?max_value_size=%d" % size)
+        assert "max_value_size" in str(info.value)
+        with pytest.raises(ArgumentError):
+            Bucket("couchbase://127.0.0.1:1/b", max_value_size=size)
 
 
 # ---------------------------------------------------------------------------
