@@ -181,8 +181,10 @@ class View:
             if stream.http_status not in (0, 200) and not batch:
                 continue
             rows = self.row_processor.handle_rows(batch, self.bucket, self.include_docs)
-            self.rows_returned += len(rows)
-            yield from rows
+            for row in rows:
+                stream.check_open()
+                self.rows_returned += 1
+                yield row
         self._finish(stream)
 
     def _finish(self, stream: Any) -> None:
