@@ -566,3 +566,57 @@ def test_close_stops_a_stream_being_iterated(flavour, kind, cluster, monkeypatch
         gevent.sleep(0.02)
     assert state["closed"], "the HTTP connection of the stream stayed open"
     assert state["rows"] < 100000 - 1
+
+
+def test_close_fails_an_async_view_in_progress(cluster, monkeypatch):
+    from couchbase_core.asynchronous.bucket import AsyncBucket
+    from couchbase_core.asynchronous.view import AsyncViewBase
+    from couchbase_core.iops.select import SelectIOPS
+
+    async def rows():
+        import asyncio
+
+        yield b'{"total_rows":100000,"rows":['
+        for i in range(100000):
+            yield ('%s{"id":"k%d","key":%d,"value":null}' % ("," if i else "", i, i)).encode()
+            if i % 50 == 0:
+                await asyncio.sleep(0)
+        yield b"]}"
+
+    hostile_route(monkeypatch, lambda r: "/_view/" in r.path,
+                  lambda r: mock_httpd.HTTPResponse(200, rows(), {"Content-Type": "application/json"}))
+    iops = SelectIOPS()
+    bucket = AsyncBucket(iops, cluster.connstr_for("default"))
+    connected: List[Any] = []
+    bucket.on_connect(connected.append)
+    for _ in range(2000):
+        if connected:
+            break
+        iops.run_once(0.01)
+    assert connected == [None]
+    outcome: List[Any] = []
+
+    class Closing(AsyncViewBase):
+        received = 0
+
+        def on_rows(self, batch: List[Any]) -> None:
+            self.received += len(batch)
+            if not bucket.closed:
+                bucket.close()
+
+        def on_error(self, ex: BaseException) -> None:
+            outcome.append(ex)
+
+        def on_done(self) -> None:
+            outcome.append("done")
+
+    view = bucket.query("ddoc", "view", itercls=Closing)
+    view.start()
+    try:
+        for _ in range(2000):
+            if outcome:
+                break
+            iops.run_once(0.01)
+    finally:
+        iops.close()
+    assert len(outcome) == 1 and isinstance(outcome[0], ObjectDestroyedError)
