@@ -27,7 +27,6 @@ from typing import Any, Callable, List
 import gevent
 import pytest
 
-import couchbase_core._engine.config as config_mod
 import couchbase_core._engine.http as http_mod
 import couchbase_core._engine.rows as rows_mod
 import couchbase_core._engine.sasl as sasl_mod
@@ -45,6 +44,7 @@ from couchbase_core.exceptions import (
     AuthError,
     LimitExceededError,
     ObjectDestroyedError,
+    ProtocolError,
 )
 from couchbase_core.mock import MockCluster
 from couchbase_core.mock import httpd as mock_httpd
@@ -393,6 +393,17 @@ def test_deep_n1ql_metadata_is_a_limit_error(flavour, cluster, monkeypatch):
         with gevent.Timeout(15):
             with pytest.raises(LimitExceededError):
                 list(b.n1ql_query("SELECT 1"))
+    finally:
+        b.close()
+
+
+def test_view_rows_that_are_not_objects_are_a_protocol_error(cluster, monkeypatch):
+    hostile_route(monkeypatch, lambda r: "/_view/" in r.path,
+                  lambda r: json_response(b'{"total_rows":2,"rows":[{"id":"a","key":1,"value":2},[1,2]]}'))
+    b = Bucket(cluster.connstr_for("default"))
+    try:
+        with pytest.raises(ProtocolError):
+            list(b.query("ddoc", "view"))
     finally:
         b.close()
 

@@ -51,6 +51,9 @@ class RowProcessor:
 
     def handle_rows(self, rows: List[Dict[str, Any]], connection: Any, include_docs: bool) -> List[Any]:
         """Convert a batch of rows."""
+        for row in rows:
+            if not isinstance(row, dict):
+                raise exc_from_rc(RC.PROTOCOL, "a view row is not a JSON object: %.100r" % (row,))
         docs: Dict[str, Any] = {}
         if include_docs:
             ids = [r.get("id") for r in rows if r.get("id") is not None]
