@@ -733,7 +733,7 @@ class KVConnection:
                     except Exception:  # the other frames of this read still go out
                         log.exception("handling server request 0x%02x from %s failed", frame[1], self.authority)
                 elif failure is not None:
-                    log.warning("dropping an unclaimed reply: %s", failure[1])
+                    log.warning("dropping a frame nobody waits for: %s", failure[1])
                 continue  # the operation timed out or was abandoned
             try:
                 if failure is not None:
