@@ -11,7 +11,9 @@ with the bucket's credentials, and hands an
 from __future__ import annotations
 
 import json
+import logging
 import random
+import sys
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from couchbase_core._engine.http import HTTPConnection, HTTPRequest, basic_auth
@@ -20,7 +22,29 @@ from couchbase_core._kvops import LocalOp
 from couchbase_core.exceptions import RC
 from couchbase_core.result import HttpResult
 
-__all__ = ["HttpOp", "RowStreamOp", "service_endpoints"]
+log = logging.getLogger("couchbase_core.engine")
+
+__all__ = ["HttpOp", "RowStreamOp", "service_endpoints", "MAX_RESPONSE_BODY", "decode_json"]
+
+#: The largest body of a non-streamed reply (management, design documents,
+#: N1QL PREPARE): a server sending more fails the request with
+#: LimitExceededError instead of filling memory.
+MAX_RESPONSE_BODY = 64 * 1024 * 1024
+
+
+class ResponseLimitError(ValueError):
+    """A reply crosses one of the documented limits."""
+
+
+def decode_json(body: bytes) -> Any:
+    """``json.loads`` for server data: ValueError if it is not JSON,
+    :class:`ResponseLimitError` if it is nested deeper than the decoder
+    allows (the interpreter's recursion limit) -- never a RecursionError."""
+    try:
+        return json.loads(body)
+    except RecursionError as exc:
+        raise ResponseLimitError("the response is JSON nested deeper than the decoder allows "
+                                 "(the recursion limit, %d)" % sys.getrecursionlimit()) from exc
 
 
 def service_endpoints(engine: Any, service: str) -> List[Tuple[str, int]]:
@@ -40,7 +64,7 @@ class HttpOp(LocalOp):
     """One HTTP request to a service of the cluster."""
 
     __slots__ = ("service", "method", "path", "body", "headers", "_targets", "_status",
-                 "_resp_headers", "_chunks", "_conn", "_engine", "accept", "failure_rc")
+                 "_resp_headers", "_chunks", "_size", "_conn", "_engine", "accept", "failure_rc")
     error_result = HttpResult
 
     def __init__(self, service: str, method: str, path: str, body: bytes = b"",
@@ -57,6 +81,7 @@ class HttpOp(LocalOp):
         self._status = 0
         self._resp_headers: Dict[str, str] = {}
         self._chunks: List[bytes] = []
+        self._size = 0
         self._conn: Optional[HTTPConnection] = None
         self._engine: Any = None
         self.accept = accept
@@ -89,12 +114,28 @@ class HttpOp(LocalOp):
         self._conn = engine.http_pool.acquire(host, port)
         self._status = 0
         self._chunks = []
+        self._size = 0
         req = HTTPRequest(self.method, self.path, headers, self.body, self.timeout, on_head=self._on_head,
                           on_data=self._on_chunk, on_end=self._on_end, on_error=self._on_failure)
         self._conn.request(req)
 
     def _on_chunk(self, data: bytes) -> None:
+        if self.done:
+            return
+        self._size += len(data)
+        if self._size > MAX_RESPONSE_BODY:
+            self._chunks = []
+            self._abandon(RC.LIMIT_EXCEEDED, "the reply to %s %s exceeds %d bytes (_httpops.MAX_RESPONSE_BODY)"
+                          % (self.method, self.path, MAX_RESPONSE_BODY))
+            return
         self._chunks.append(data)
+
+    def _abandon(self, rc: int, message: str) -> None:
+        """Fail now, closing the connection (the rest of the reply is unread)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+        self.on_error(rc, message)
 
     def _on_head(self, status: int, headers: Dict[str, str]) -> None:
         self._status = status
@@ -106,10 +147,27 @@ class HttpOp(LocalOp):
             self._engine.http_pool.release(conn)
 
     def _on_end(self) -> None:
+        if self.done:
+            return
         self._release()
-        body = b"".join(self._chunks)
         try:
-            value: Any = json.loads(body) if body else None
+            self._complete()
+        except Exception as exc:  # noqa: BLE001 - the operation must end, whatever happened
+            log.exception("handling the reply to %s %s failed", self.method, self.path)
+            self.on_error(RC.INTERNAL, "handling the reply to %s %s failed: %r" % (self.method, self.path, exc))
+
+    def on_error(self, rc: int, message: str) -> None:
+        if not self.done:
+            LocalOp.on_error(self, rc, message)
+
+    def _complete(self) -> None:
+        body = b"".join(self._chunks)
+        self._chunks = []
+        try:
+            value: Any = decode_json(body) if body else None
+        except ResponseLimitError as exc:
+            self.on_error(RC.LIMIT_EXCEEDED, "%s %s: %s" % (self.method, self.path, exc))
+            return
         except ValueError:
             value = body.decode("utf-8", "replace")
         status = self._status
@@ -152,7 +210,9 @@ def error_meta(body: bytes) -> Dict[str, Any]:
     """The metadata of a refused request: its JSON object, or the text as
     ``{"body": text}`` when it is not a JSON object."""
     try:
-        value = json.loads(body) if body else {}
+        value = decode_json(body) if body else {}
+    except ResponseLimitError:
+        raise
     except ValueError:
         value = None
     if isinstance(value, dict):
@@ -200,7 +260,7 @@ class RowStreamOp(HttpOp):
         try:
             rows = self._parser.feed(data)
         except RowParseError as exc:
-            self._abort(RC.PROTOCOL, str(exc))
+            self._abort(exc.rc, str(exc))
             return
         if rows:
             self.consumer.rows_ready(rows)
@@ -211,13 +271,18 @@ class RowStreamOp(HttpOp):
         self._release()
         if not 200 <= self._status < 300:
             self.done = True
-            self.consumer.finished(error_meta(b"".join(self._error_body)[:MAX_ERROR_BODY]), self._status, None)
+            try:
+                meta = error_meta(b"".join(self._error_body)[:MAX_ERROR_BODY])
+            except ResponseLimitError as exc:
+                self.consumer.finished({}, self._status, (RC.LIMIT_EXCEEDED, str(exc)))
+                return
+            self.consumer.finished(meta, self._status, None)
             return
         try:
             meta = self._parser.close()
         except RowParseError as exc:
             self.done = True
-            self.consumer.finished({}, self._status, (RC.PROTOCOL, str(exc)))
+            self.consumer.finished({}, self._status, (exc.rc, str(exc)))
             return
         self.done = True
         self.consumer.finished(meta, self._status, None)

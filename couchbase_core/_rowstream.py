@@ -15,6 +15,7 @@ from collections import deque
 from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Tuple
 
 from couchbase_core._bucketbase import Latch
+from couchbase_core.exceptions import RC, ObjectDestroyedError
 
 __all__ = ["RowStream"]
 
@@ -75,13 +76,27 @@ class RowStream:
         self.op = self._make_op(self)
         self.bucket._engine.submit(self.op)
 
+    def check_open(self) -> None:
+        """Raise ObjectDestroyedError once the bucket is closed (the rows
+        still buffered are dropped and the request is cancelled)."""
+        if self.bucket._engine.closed:
+            self._buffer.clear()
+            if not self.done and self.op is not None:
+                self.op.cancel()
+            self.done = True
+            self.error = (RC.OBJECT_DESTROYED, "the bucket was closed")
+            raise ObjectDestroyedError("the bucket was closed while its rows were being read")
+
     def batches(self) -> Iterator[List[Any]]:
         """Yield lists of raw rows as they arrive (waiting cooperatively),
-        until the response ends. Cancels the request if abandoned."""
+        until the response ends. Cancels the request if abandoned; raises
+        ObjectDestroyedError if the bucket is closed meanwhile (iterators
+        also call :meth:`check_open` between the rows of a batch)."""
         self.start()
         buffer = self._buffer
         try:
             while True:
+                self.check_open()
                 if buffer:
                     count = min(len(buffer), self.batch_size)
                     batch = [buffer.popleft() for _ in range(count)]

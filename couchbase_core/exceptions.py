@@ -45,7 +45,7 @@ __all__ = [
     "SubdocNumberTooBigError", "SubdocValueTooDeepError",
     "SubdocCantInsertValueError", "SubdocBadDeltaError",
     "SubdocMultipleErrors", "SubdocEmptyPathError", "SubdocInvalidComboError", "SubdocXattrError",
-    "QueueEmpty",
+    "QueueEmpty", "LimitExceededError",
     "DurabilityError", "DurabilityInvalidLevelError",
     "DurabilityImpossibleError", "DurabilitySyncWriteInProgressError",
     "DurabilitySyncWriteAmbiguousError", "DurabilitySyncWriteReCommitInProgressError",
@@ -127,6 +127,7 @@ class RC:
     INTERNAL = 0x112
     QUEUE_EMPTY = 0x113
     OUTCOME_UNKNOWN = 0x114
+    LIMIT_EXCEEDED = 0x115
 
 
 # --------------------------------------------------------------------------
@@ -554,6 +555,16 @@ class QueueEmpty(CouchbaseDataError, IndexError):
     CODE = RC.QUEUE_EMPTY
 
 
+class LimitExceededError(CouchbaseNetworkError):
+    """The server sent more than one of the client's documented limits
+    allows (a value inflating beyond ``MAX_INFLATED_SIZE``, an HTTP body,
+    metadata or config beyond its cap, JSON nested too deeply). Only the
+    operation concerned fails; the message names the limit and, when it is
+    configurable, how to raise it. See docs/couchbase.md, "Limits"."""
+
+    CODE = RC.LIMIT_EXCEEDED
+
+
 class DurabilityError(CouchbaseError):
     """Base of the synchronous-replication (durability level) failures."""
 
@@ -663,6 +674,7 @@ RC_TABLE: Dict[int, Tuple[Type[CouchbaseError], str]] = {
     RC.QUEUE_EMPTY: (QueueEmpty, "The queue is empty"),
     RC.OUTCOME_UNKNOWN: (OutcomeUnknownError, "The connection failed after the mutation was sent: it may or may "
                                               "not have been applied"),
+    RC.LIMIT_EXCEEDED: (LimitExceededError, "The server sent more than a client limit allows"),
 }
 
 

@@ -397,6 +397,7 @@ class N1QLRequest:
             stream = self._stream(prepared)
             for batch in stream.batches():
                 for row in batch:
+                    stream.check_open()
                     self.rows_returned += 1
                     yield self.row_factory(row)
             self.meta = stream.meta

@@ -117,6 +117,25 @@ def _split_hostport(text: str) -> Tuple[str, int]:
     return host, int(port)
 
 
+def _vbucket_map(rows: Any, name: str, servers: int, replicas: int) -> List[List[int]]:
+    """Check a vBucket map before routing trusts it: a non-empty list of
+    rows of equal length (one active and ``replicas`` replica slots at
+    least), each entry a server index or -1 (no node)."""
+    if not isinstance(rows, list) or not rows:
+        raise ConfigError("%s is empty or not a list: every key would be unroutable" % name)
+    width = len(rows[0]) if isinstance(rows[0], list) else 0
+    if width < max(1, replicas + 1):
+        raise ConfigError("%s rows need %d entries (numReplicas %d), the first has %d"
+                          % (name, replicas + 1, replicas, width))
+    for vb, row in enumerate(rows):
+        if not isinstance(row, list) or len(row) != width:
+            raise ConfigError("%s row %d is not a list of %d server indexes" % (name, vb, width))
+        for index in row:
+            if type(index) is not int or not -1 <= index < servers:
+                raise ConfigError("%s row %d refers to server %r of %d" % (name, vb, index, servers))
+    return [list(row) for row in rows]
+
+
 class BucketConfig:
     """A parsed bucket config.
 
@@ -184,6 +203,16 @@ class BucketConfig:
     @classmethod
     def parse(cls, data: Any, source_host: str, tls: bool = False) -> "BucketConfig":
         """Parse config JSON (text, bytes or dict) received from ``source_host``."""
+        try:
+            return cls._parse(data, source_host, tls)
+        except RecursionError as exc:
+            # the decoder's (and _replace_host's) depth limit: the recursion limit
+            raise ConfigError("the config is nested too deeply") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError("the config is not UTF-8: %s" % exc) from exc
+
+    @classmethod
+    def _parse(cls, data: Any, source_host: str, tls: bool) -> "BucketConfig":
         if isinstance(data, (bytes, bytearray)):
             data = data.decode("utf-8")
         if isinstance(data, str):
@@ -208,25 +237,31 @@ class BucketConfig:
             for ext in raw.get("nodesExt", []) or []:
                 node_host = ext.get("hostname") or source_host
                 cfg.nodes.append(ServiceNode(node_host.strip("[]"), dict(ext.get("services", {}))))
-            if cfg.locator == "vbucket" and "vBucketServerMap" in raw:
-                smap = raw["vBucketServerMap"]
+            if cfg.locator == "vbucket":
+                smap = raw.get("vBucketServerMap")
+                if not isinstance(smap, dict):
+                    raise ConfigError("a vbucket config without a vBucketServerMap")
                 plain = [_split_hostport(s) for s in smap.get("serverList", [])]
-                cfg.vbmap = [list(row) for row in smap.get("vBucketMap", [])]
-                if smap.get("vBucketMapForward"):
-                    cfg.vbmap_forward = [list(row) for row in smap["vBucketMapForward"]]
                 cfg.num_replicas = int(smap.get("numReplicas", 0))
                 cfg.servers = [cfg._kv_endpoint(h.strip("[]"), p, tls) for h, p in plain]
+                cfg.vbmap = _vbucket_map(smap.get("vBucketMap"), "vBucketMap", len(cfg.servers), cfg.num_replicas)
+                if smap.get("vBucketMapForward"):
+                    cfg.vbmap_forward = _vbucket_map(smap["vBucketMapForward"], "vBucketMapForward",
+                                                     len(cfg.servers), cfg.num_replicas)
+                    if len(cfg.vbmap_forward) != len(cfg.vbmap):
+                        raise ConfigError("vBucketMapForward has %d vBuckets, vBucketMap %d"
+                                          % (len(cfg.vbmap_forward), len(cfg.vbmap)))
             else:
                 for entry in raw.get("nodes", []) or []:
                     h, _mgmt = _split_hostport(entry["hostname"])
                     port = int(entry.get("ports", {}).get("direct", 11210))
                     cfg.servers.append(cfg._kv_endpoint(h.strip("[]"), port, tls))
-        except (KeyError, TypeError, ValueError) as exc:
+        except ConfigError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ConfigError("malformed config: %r" % (exc,)) from exc
-        for row in cfg.vbmap:
-            for index in row:
-                if index >= len(cfg.servers):
-                    raise ConfigError("the vBucket map refers to server %d of %d" % (index, len(cfg.servers)))
+        if not cfg.servers:
+            raise ConfigError("the config lists no KV server")
         return cfg
 
     def _kv_endpoint(self, host: str, kv_port: int, tls: bool) -> Tuple[str, int]:

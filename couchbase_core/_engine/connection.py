@@ -73,6 +73,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from couchbase_core._engine import sasl as _sasl
+from couchbase_core._engine import snappy as _snappy
 from couchbase_core._engine.dial import describe_errno, resolve, start_connect
 from couchbase_core._engine.ops import KVOp
 from couchbase_core._engine.protocol import (
@@ -580,7 +581,7 @@ class KVConnection:
             try:
                 doc = json.loads(frame[8])
                 self.error_map = {int(code, 16): entry for code, entry in doc.get("errors", {}).items()}
-            except (ValueError, AttributeError, TypeError):
+            except (ValueError, AttributeError, TypeError, RecursionError):  # a hostile map: go on without it
                 self.error_map = {}
         self._authenticate()
 
@@ -900,17 +901,27 @@ class KVConnection:
         retry_statuses = self.engine.retry_statuses
         inflate = self._inflate
         for frame in frames:
+            failure = None
             if inflate and frame[3] & 0x02:
-                frame = _inflate(frame)
-                if frame is None:
-                    self._fail(RC.PROTOCOL, "%s sent a Snappy value that does not decompress" % self.authority)
-                    return False
+                try:
+                    frame = _inflate(frame)
+                except _snappy.InflateError as exc:
+                    rc = RC.LIMIT_EXCEEDED if isinstance(exc, _snappy.InflateLimitError) else RC.PROTOCOL
+                    failure = (rc, "%s: %s" % (self.authority, exc))
             op = pending.pop(frame[4], None)
             if op is None:
-                if frame[0] == Magic.SERVER_REQUEST:
-                    self.engine.on_server_request(self, frame)
+                if frame[0] == Magic.SERVER_REQUEST and failure is None:
+                    try:
+                        self.engine.on_server_request(self, frame)
+                    except Exception:  # the other frames of this read still go out
+                        log.exception("handling server request 0x%02x from %s failed", frame[1], self.authority)
+                elif failure is not None:
+                    log.warning("dropping a frame nobody waits for: %s", failure[1])
                 continue  # the operation timed out or was abandoned
             try:
+                if failure is not None:
+                    _undeliverable(op, frame, failure[0], failure[1])
+                    continue
                 if frame[2] in retry_statuses and self.engine.retry_after_status(self, op, frame):
                     continue
                 if op.multi_reply:
@@ -1105,23 +1116,20 @@ _COMPRESSIBLE = frozenset({0x01, 0x02, 0x03, 0x0E, 0x0F, 0x11, 0x12, 0x13, 0x19,
 
 
 def _compress(value: bytes, datatype: int, min_ratio: Optional[float]) -> Tuple[bytes, int]:
-    """Snappy-compress ``value`` if that saves enough (``min_ratio`` None:
-    always, the ``compression=force`` mode)."""
-    import cramjam
-
-    packed = bytes(cramjam.snappy.compress_raw(value))
-    if min_ratio is None or len(packed) < len(value) * min_ratio:
-        return packed, datatype | 0x02
-    return value, datatype
+    """Snappy-compress ``value`` if that saves enough (see snappy.py)."""
+    return _snappy.compress(value, datatype, min_ratio)
 
 
 def _inflate(frame: Any) -> Any:
-    import cramjam
-
-    try:
-        value = bytes(cramjam.snappy.decompress_raw(frame[8]))
-    except Exception:  # noqa: BLE001 - cramjam raises its own error types
-        return None
-    return frame[:3] + (frame[3] & ~0x02,) + frame[4:8] + (value,) + frame[9:]
+    """The frame with its value inflated (raises snappy.InflateError)."""
+    return _snappy.inflate_frame(frame)
 
 
+def _undeliverable(op: Any, frame: Any, rc: int, message: str) -> None:
+    """Fail the one operation (or batch entry) whose reply ``frame`` cannot
+    be delivered, though it was read whole (the stream is still in step)."""
+    if op.multi_reply and hasattr(op, "fail_entry"):
+        op.fail_entry(frame[4] - op.base, rc, message)
+        return
+    op.done = True
+    op.on_error(rc, message)

@@ -20,6 +20,7 @@ import base64
 import logging
 import math
 import ssl
+import weakref
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 import h11
@@ -44,6 +45,15 @@ __all__ = ["HTTPConnection", "HTTPRequest", "HTTPPool", "ConfigStream", "basic_a
 log = logging.getLogger("couchbase_core.engine")
 
 READ_SIZE = 65536
+
+#: The config stream: one config (the bytes between two separators) may not
+#: exceed this; a stream sending more without a separator is cut off with
+#: LimitExceededError and the bootstrap moves to another node. Real
+#: configs are a few hundred KiB at most.
+MAX_CONFIG_SIZE = 16 * 1024 * 1024
+#: How much of a refused config request's body is kept for the message.
+MAX_ERROR_TEXT = 4096
+_SEPARATOR = b"\n\n\n\n"
 _MSG_PEEK = _socket.MSG_PEEK
 
 
@@ -351,17 +361,22 @@ class HTTPConnection:
             if isinstance(event, h11.Response):
                 if req is not None:
                     headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in event.headers}
-                    req.on_head(event.status_code, headers)
+                    if not self._deliver(req, req.on_head, event.status_code, headers):
+                        return
             elif isinstance(event, h11.Data):
                 if req is not None and not req.finished:
-                    req.on_data(bytes(event.data))
+                    if not self._deliver(req, req.on_data, bytes(event.data)):
+                        return
             elif isinstance(event, h11.EndOfMessage):
                 self._disarm_timer()
                 self._request = None
                 self.resume_reading()  # a pause for this response is over
                 reusable = conn.our_state is h11.DONE and conn.their_state is h11.DONE
                 if req is not None and req._finish():
-                    req.on_end()
+                    try:
+                        req.on_end()
+                    except Exception:  # the request is over: all we can do is say so
+                        log.exception("HTTP %s %s: on_end raised", req.method, req.path)
                 if not reusable:
                     self.close()
                 return
@@ -373,6 +388,21 @@ class HTTPConnection:
                 return
             else:  # InformationalResponse and the like
                 continue
+
+    def _deliver(self, req: HTTPRequest, callback: Callable[..., None], *args: Any) -> bool:
+        """Run a response callback. One that raises fails the request (with
+        RC.INTERNAL) instead of escaping into the loop and leaving it
+        unfinished. False when the request is over."""
+        try:
+            callback(*args)
+        except Exception as exc:
+            log.exception("HTTP %s %s: a response callback raised", req.method, req.path)
+            if self._request is req:
+                self._fail(RC.INTERNAL, "handling the response of %s %s failed: %r" % (req.method, req.path, exc))
+            elif req._finish():
+                req.on_error(RC.INTERNAL, "handling the response of %s %s failed: %r" % (req.method, req.path, exc))
+            return False
+        return self._request is req and self.state != "closed"
 
     # ---------------------------------------------------------------- closing
 
@@ -413,6 +443,14 @@ class HTTPConnection:
         self._paused = False
         self._connect()  # the request and its timer stay
 
+    def abort(self, rc: int, message: str) -> None:
+        """Close the connection; a request in progress gets ``on_error(rc,
+        message)`` from the loop (never inside this call)."""
+        req, self._request = self._request, None
+        self.close()
+        if req is not None and req._finish():
+            self.engine.defer(lambda: req.on_error(rc, message))
+
     def close(self) -> None:
         """Close the connection (a request in progress gets no callback)."""
         self.state = "closed"
@@ -431,6 +469,9 @@ class HTTPPool:
         self.engine = engine
         self.per_node = per_node
         self._idle: Dict[Tuple[str, int], List[HTTPConnection]] = {}
+        # every connection handed out and not yet collected, so closing the
+        # bucket also stops the requests in progress (streams included)
+        self._lent: "weakref.WeakSet[HTTPConnection]" = weakref.WeakSet()
 
     def acquire(self, host: str, port: int) -> HTTPConnection:
         """An idle connection to ``host:port``, or a new one."""
@@ -440,14 +481,17 @@ class HTTPPool:
             if conn.state == "open" and not conn.busy and conn.still_open():
                 conn._paused = False
                 conn.reused = True
+                self._lent.add(conn)
                 return conn
             conn.close()
         conn = HTTPConnection(self.engine, host, port, tls=self.engine.tls_context is not None)
         conn.pool = self
+        self._lent.add(conn)
         return conn
 
     def release(self, conn: HTTPConnection) -> None:
         """Give back a connection whose response ended; kept if reusable."""
+        self._lent.discard(conn)
         if conn.state != "open" or conn.busy or conn._paused:
             conn.close()
             return
@@ -457,12 +501,18 @@ class HTTPPool:
             return
         idle.append(conn)
 
-    def close(self) -> None:
-        """Close every idle connection."""
+    def close(self, rc: int = RC.OBJECT_DESTROYED, message: str = "the bucket was closed") -> None:
+        """Close every connection: idle ones, and those carrying a request,
+        whose request fails with ``rc`` (from the loop)."""
         for conns in self._idle.values():
             for conn in conns:
                 conn.close()
         self._idle.clear()
+        lent = list(self._lent)
+        self._lent = weakref.WeakSet()
+        for conn in lent:
+            if conn.state != "closed":
+                conn.abort(rc, message)
 
 
 class ConfigStream:
@@ -477,7 +527,7 @@ class ConfigStream:
         self.on_config = on_config
         self.on_failure = on_failure
         self._conn: Optional[HTTPConnection] = None
-        self._buffer = b""
+        self._buffer = bytearray()
         self._status = 0
         self._paths = ["/pools/default/bs/%s", "/pools/default/bucketsStreaming/%s"]
         self._closed = False
@@ -498,7 +548,7 @@ class ConfigStream:
         headers = {}
         if user is not None:
             headers["Authorization"] = basic_auth(user, password or "")
-        self._buffer = b""
+        self._buffer = bytearray()
         self._status = 0
         self._conn = HTTPConnection(self.engine, self.host, self.port, tls=self.engine.tls_context is not None)
         req = HTTPRequest("GET", path, headers, timeout=None, on_head=self._on_head, on_data=self._on_data,
@@ -527,18 +577,34 @@ class ConfigStream:
         self._status = status
 
     def _on_data(self, data: bytes) -> None:
+        buffer = self._buffer
         if self._status != 200:
-            self._buffer += data[:4096]
+            buffer += data[:MAX_ERROR_TEXT - len(buffer)]  # only for the error message
             return
-        self._buffer += data
-        while True:
-            end = self._buffer.find(b"\n\n\n\n")
+        # Search only the new bytes (and the 3 before them, for a separator
+        # split across chunks), and cut every complete config out at once:
+        # linear in the bytes received, however they are chunked.
+        scan = max(0, len(buffer) - len(_SEPARATOR) + 1)
+        buffer += data
+        start = 0
+        while not self._closed:
+            end = buffer.find(_SEPARATOR, max(start, scan))
             if end < 0:
                 break
-            text, self._buffer = self._buffer[:end], self._buffer[end + 4:]
+            text = bytes(buffer[start:end])
+            start = end + len(_SEPARATOR)
             if text.strip():
                 self._got_first = True
                 self.on_config(self, text)
+        if self._closed:
+            return
+        if start:
+            del buffer[:start]
+        if len(buffer) > MAX_CONFIG_SIZE:
+            del buffer[:]
+            self._fail(RC.LIMIT_EXCEEDED, "the config stream from %s sent %d bytes without a config separator, "
+                       "more than the limit of %d (http.MAX_CONFIG_SIZE)" % (self.authority, len(buffer),
+                                                                           MAX_CONFIG_SIZE))
 
     def _on_end(self) -> None:
         status = self._status
@@ -554,7 +620,7 @@ class ConfigStream:
             self._fail(RC.AUTH_ERROR, "authentication failed on %s (HTTP 401)" % self.authority)
         else:
             self._fail(RC.HTTP, "HTTP %d from %s: %s" % (status, self.authority,
-                                                        self._buffer[:200].decode("utf-8", "replace")))
+                                                        bytes(self._buffer[:200]).decode("utf-8", "replace")))
 
     def _on_error(self, rc: int, message: str) -> None:
         self._fail(rc, message)

@@ -257,6 +257,14 @@ class Engine:
         if cfg.name and self.settings.bucket and cfg.name != self.settings.bucket:
             log.warning("ignoring a config for bucket %r (this is %r)", cfg.name, self.settings.bucket)
             return False
+        current = self.config
+        if current is not None and current.locator == cfg.locator == "vbucket" \
+                and cfg.num_vbuckets != current.num_vbuckets:
+            # A bucket's vBucket count never changes: keys would be routed to
+            # the wrong vBuckets. Such a config is broken or not this bucket's.
+            log.warning("ignoring a config with %d vBuckets (the bucket has %d)", cfg.num_vbuckets,
+                        current.num_vbuckets)
+            return False
         old = self.connections
         new: List[KVConnection] = []
         for index, (host, port) in enumerate(cfg.servers):

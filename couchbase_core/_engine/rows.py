@@ -16,6 +16,12 @@ A row that is not complete yet (it spans network chunks) is tracked by a
 small scanner that follows its brackets and strings through each new chunk
 only, and decoded once its closing bracket arrives: a row larger than many
 chunks costs linear work, and every row comes out as soon as it is whole.
+
+Limits (the server decides none of them): one row at most
+:data:`MAX_VALUE_CHARS` characters, all the metadata together (member names
+and values outside the rows) at most :data:`MAX_META_CHARS`, and no value
+nested deeper than the JSON decoder allows (the interpreter's recursion
+limit). Beyond one, :class:`RowParseError` with ``rc`` ``RC.LIMIT_EXCEEDED``.
 """
 
 from __future__ import annotations
@@ -23,13 +29,19 @@ from __future__ import annotations
 import codecs
 import json
 import re
+import sys
 from typing import Any, Dict, List, Optional
 
-__all__ = ["RowParser", "RowParseError"]
+from couchbase_core.exceptions import RC
 
-#: A single row or metadata value larger than this is refused (the largest
-#: document Couchbase stores is 20 MiB; JSON escaping can grow it).
+__all__ = ["RowParser", "RowParseError", "MAX_VALUE_CHARS", "MAX_META_CHARS"]
+
+#: A single row larger than this is refused (the largest document
+#: Couchbase stores is 20 MiB; JSON escaping can grow it).
 MAX_VALUE_CHARS = 64 * 1024 * 1024
+#: All the metadata of one response together (every member outside the
+#: rows: status, errors, warnings, metrics, profile, total_rows...).
+MAX_META_CHARS = 16 * 1024 * 1024
 
 _WS = re.compile(r"[ \t\n\r]*")
 _NUMBER_START = frozenset("-0123456789")
@@ -49,7 +61,17 @@ _END = 8            # after the closing brace
 
 
 class RowParseError(ValueError):
-    """The body is not the JSON object it should be."""
+    """The body is not the JSON object it should be (``rc`` ``RC.PROTOCOL``),
+    or it crosses one of the limits above (``RC.LIMIT_EXCEEDED``)."""
+
+    def __init__(self, message: str, rc: int = RC.PROTOCOL) -> None:
+        ValueError.__init__(self, message)
+        self.rc = rc
+
+
+def _too_big(what: str, limit: int, name: str) -> RowParseError:
+    return RowParseError("%s of the response exceeds %d characters (rows.%s)" % (what, limit, name),
+                         RC.LIMIT_EXCEEDED)
 
 
 _STRUCTURE = re.compile(r'["\[\]{}]')
@@ -119,6 +141,7 @@ class RowParser:
         self._may_close = True  # "}" / "]" allowed here (nothing after a ",")
         self._key: Optional[str] = None
         self._meta: Dict[str, Any] = {}
+        self._meta_chars = 0  # metadata text taken so far (names and values)
         self.rows_seen = 0
 
     # ----------------------------------------------------------------- input
@@ -146,21 +169,32 @@ class RowParser:
             raise RowParseError("the response ended in the middle of its JSON (%s)" % self._where())
         return self._meta
 
+    def _check_pending(self, size: int) -> None:
+        """The value being received (``size`` characters so far) must stay
+        within its limit: a row's, or what is left of the metadata's."""
+        if self._state == _ROW or self._state == _AFTER_ROW:
+            if size > MAX_VALUE_CHARS:
+                raise _too_big("a row", MAX_VALUE_CHARS, "MAX_VALUE_CHARS")
+        elif self._meta_chars + size > MAX_META_CHARS:
+            raise _too_big("the metadata", MAX_META_CHARS, "MAX_META_CHARS")
+
     def _take(self, text: str, final: bool) -> List[Any]:
         partial = self._partial
         if partial is not None:
             if text:
                 partial.pieces.append(text)
                 partial.size += len(text)
-                if partial.size > MAX_VALUE_CHARS:
-                    raise RowParseError("a value of the response exceeds %d characters" % MAX_VALUE_CHARS)
+                self._check_pending(partial.size)
             if not final and not partial.scan(text):
                 return []
             self._partial = None
             text = "".join(partial.pieces)
         self._buf = self._buf[self._pos:] + text
         self._pos = 0
-        return self._run(final)
+        rows = self._run(final)
+        if self._partial is None:  # e.g. a number that may go on
+            self._check_pending(len(self._buf) - self._pos)
+        return rows
 
     @property
     def meta(self) -> Dict[str, Any]:
@@ -187,6 +221,7 @@ class RowParser:
                         self._may_close = False
                         pos += 1
                         continue
+                    start = pos
                     value, stop = self._value(buf, pos, final)
                     if stop < 0:
                         break  # incomplete: wait for more text
@@ -195,6 +230,7 @@ class RowParser:
                         rows.append(value)
                         state = _AFTER_ROW
                     else:
+                        self._count_meta(stop - start)
                         self._meta[self._key] = value  # type: ignore[index]
                         state = _AFTER_MEMBER
                     continue
@@ -224,6 +260,7 @@ class RowParser:
                     key, stop = self._value(buf, pos, final)
                     if stop < 0:
                         break
+                    self._count_meta(stop - pos)
                     self._key, pos, state = key, stop, _COLON
                 elif state == _COLON:
                     if char != ":":
@@ -249,6 +286,11 @@ class RowParser:
         self.rows_seen += len(rows)
         return rows
 
+    def _count_meta(self, size: int) -> None:
+        self._meta_chars += size
+        if self._meta_chars > MAX_META_CHARS:
+            raise _too_big("the metadata", MAX_META_CHARS, "MAX_META_CHARS")
+
     def _value(self, buf: str, pos: int, final: bool) -> Any:
         """Decode the JSON value starting at ``pos``: (value, end) or
         (None, -1) when the buffer does not hold all of it yet."""
@@ -269,8 +311,11 @@ class RowParser:
                 partial.size = len(buf) - pos
                 self._partial = partial
             return None, -1
+        except ValueError as exc:  # not JSON's: an integer beyond sys.get_int_max_str_digits()
+            raise RowParseError("a value of the response cannot be decoded: %s" % exc, RC.LIMIT_EXCEEDED) from exc
         except RecursionError as exc:
-            raise RowParseError("a value of the response is nested too deeply") from exc
+            raise RowParseError("a value of the response is nested deeper than the JSON decoder allows "
+                                "(the recursion limit, %d)" % sys.getrecursionlimit(), RC.LIMIT_EXCEEDED) from exc
         if not final and buf[pos] in _NUMBER_START:
             # A number at the end of the text may go on in the next chunk
             # ("12" then "34,", "1." then "5,"): decide once something that

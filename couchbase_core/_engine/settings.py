@@ -7,7 +7,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-from couchbase_core._engine.protocol import Feature
+from couchbase_core._engine.protocol import MAX_BODY, Feature
 from couchbase_core.connstr import (
     KNOWN_OPTIONS,
     ConnectionString,
@@ -32,6 +32,10 @@ COUCHBASE_FEATURES = (Feature.TCPNODELAY, Feature.MUTATION_SEQNO, Feature.XATTR,
 DEFAULT_MAX_VALUE_MEMCACHED = 1024 * 1024
 #: Largest value sent to Couchbase Server.
 DEFAULT_MAX_VALUE_COUCHBASE = 20 * 1024 * 1024
+#: The most ``max_value_size`` may be: a reply frame's body (key, extras and
+#: value) must fit the frame limit protocol.MAX_BODY (64 MiB), or a value
+#: written could never be read back; 1 KiB is left for the key and extras.
+MAX_VALUE_SIZE_LIMIT = MAX_BODY - 1024
 
 
 def _client_string() -> str:
@@ -161,7 +165,8 @@ class Settings:
         if cs.scheme != "memcached":
             s.max_value_size = DEFAULT_MAX_VALUE_COUCHBASE
         if "max_value_size" in opts:
-            s.max_value_size = parse_int(opts["max_value_size"], "max_value_size", minimum=1)
+            s.max_value_size = parse_int(opts["max_value_size"], "max_value_size", minimum=1,
+                                         maximum=MAX_VALUE_SIZE_LIMIT)
         if "tcp_nodelay" in opts:
             s.tcp_nodelay = parse_bool(opts["tcp_nodelay"], "tcp_nodelay")
         if "tcp_keepalive" in opts:

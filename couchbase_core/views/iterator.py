@@ -51,6 +51,9 @@ class RowProcessor:
 
     def handle_rows(self, rows: List[Dict[str, Any]], connection: Any, include_docs: bool) -> List[Any]:
         """Convert a batch of rows."""
+        for row in rows:
+            if not isinstance(row, dict):
+                raise exc_from_rc(RC.PROTOCOL, "a view row is not a JSON object: %.100r" % (row,))
         docs: Dict[str, Any] = {}
         if include_docs:
             ids = [r.get("id") for r in rows if r.get("id") is not None]
@@ -193,8 +196,10 @@ class View:
             if stream.http_status not in (0, 200) and not batch:
                 continue
             rows = self.row_processor.handle_rows(batch, self.bucket, self.include_docs)
-            self.rows_returned += len(rows)
-            yield from rows
+            for row in rows:
+                stream.check_open()
+                self.rows_returned += 1
+                yield row
         self._finish(stream)
 
     def _finish(self, stream: Any) -> None:
