@@ -322,3 +322,23 @@ def test_a_slow_but_alive_connection_is_kept(memcached_server):
         finally:
             proxy.forward_replies.set()
             b.close()
+
+
+def test_a_config_changing_the_vbucket_count_is_ignored(cluster):
+    import json
+
+    b = open_bucket("blocking", cluster.connstr_for("default"), **ADMIN)
+    try:
+        b.upsert("vbcount", 1)
+        engine = b._engine
+        raw = dict(engine.config.raw)
+        smap = dict(raw["vBucketServerMap"])
+        smap["vBucketMap"] = smap["vBucketMap"][: len(smap["vBucketMap"]) // 2]
+        raw["vBucketServerMap"] = smap
+        raw["rev"] = engine.config.rev + 1000
+        before = engine.config
+        assert engine.on_config_text(json.dumps(raw).encode(), "127.0.0.1") is False
+        assert engine.config is before
+        assert b.get("vbcount").value == 1
+    finally:
+        b.close()
