@@ -45,7 +45,7 @@ __all__ = [
     "SubdocNumberTooBigError", "SubdocValueTooDeepError",
     "SubdocCantInsertValueError", "SubdocBadDeltaError",
     "SubdocMultipleErrors", "SubdocEmptyPathError", "SubdocInvalidComboError", "SubdocXattrError",
-    "QueueEmpty",
+    "QueueEmpty", "ForkError",
     "DurabilityError", "DurabilityInvalidLevelError",
     "DurabilityImpossibleError", "DurabilitySyncWriteInProgressError",
     "DurabilitySyncWriteAmbiguousError", "DurabilitySyncWriteReCommitInProgressError",
@@ -125,6 +125,7 @@ class RC:
     AUTH_FAILED = 0x111
     INTERNAL = 0x112
     QUEUE_EMPTY = 0x113
+    FORKED = 0x114
 
 
 # --------------------------------------------------------------------------
@@ -543,6 +544,17 @@ class QueueEmpty(CouchbaseDataError, IndexError):
     CODE = RC.QUEUE_EMPTY
 
 
+class ForkError(CouchbaseFatalError):
+    """The process forked (``os.fork()``, a pre-forking server, multiprocessing).
+
+    In the child process: an operation that was in flight at the fork belongs
+    to the parent (which receives its outcome) and fails with this error; and
+    a bucket on a caller-supplied IOPS that cannot say it survives a fork
+    raises it on every use. See "Forks" in ``docs/gevent.md``."""
+
+    CODE = RC.FORKED
+
+
 class DurabilityError(CouchbaseError):
     """Base of the synchronous-replication (durability level) failures."""
 
@@ -650,6 +662,7 @@ RC_TABLE: Dict[int, Tuple[Type[CouchbaseError], str]] = {
     RC.AUTH_FAILED: (AuthError, "Authentication failed"),
     RC.INTERNAL: (InternalError, "Internal client error"),
     RC.QUEUE_EMPTY: (QueueEmpty, "The queue is empty"),
+    RC.FORKED: (ForkError, "The process forked; the operation or bucket belongs to the parent process"),
 }
 
 
