@@ -588,3 +588,72 @@ def test_gunicorn_gevent_preload_serves_each_request_its_own_document(memcached_
     finally:
         _stop_group(proc)
         log.close()
+
+
+# ---------------------------------------------------------------------------
+# monkey-patched: gevent's os.fork (reinit in the child after our hook)
+
+
+PATCHED = '''
+from gevent import monkey
+monkey.patch_all()
+import json, os, sys
+import gevent
+from gcouchbase.bucket import Bucket
+
+bucket = Bucket(sys.argv[1])
+bucket.upsert_multi({"fork:patched:%d:%d" % (p, i): "v%d:%d" % (p, i) for p in range(3) for i in range(40)})
+
+
+def hammer(p):
+    bad = []
+
+    def run(g):
+        for n in range(150):
+            i = (n + g) % 40
+            try:
+                value = bucket.get("fork:patched:%d:%d" % (p, i)).value
+            except Exception as exc:
+                value = repr(exc)
+            if value != "v%d:%d" % (p, i):
+                bad.append(value)
+
+    gevent.joinall([gevent.spawn(run, g) for g in range(4)], timeout=30)
+    return bad
+
+
+kids = []
+for p in (1, 2):
+    r, w = os.pipe()
+    pid = os.fork()  # gevent's fork: reinit() runs in the child after the at-fork hooks
+    if pid == 0:
+        try:
+            os.write(w, json.dumps(hammer(p)).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    kids.append((pid, r))
+out = {"parent": hammer(0)}
+for p, (pid, r) in enumerate(kids, 1):
+    data = b""
+    while True:
+        chunk = os.read(r, 65536)  # cooperative under monkey-patching
+        if not chunk:
+            break
+        data += chunk
+    out["child%d" % p] = json.loads(data) if data else "no report"
+    os.waitpid(pid, 0)
+print(json.dumps(out))
+'''
+
+
+@pytest.mark.timeout(120)
+def test_monkey_patched_fork_parent_and_two_children(memcached_server, tmp_path):
+    script = tmp_path / "patched.py"
+    script.write_text(PATCHED)
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    proc = subprocess.run([sys.executable, str(script), memcached_server.connstr], env=env,
+                          capture_output=True, text=True, timeout=90)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out == {"parent": [], "child1": [], "child2": []}, out
