@@ -23,6 +23,7 @@ from typing import Any, Callable, Dict, List
 
 from couchbase_core import LOCKMODE_EXC, LOCKMODE_WAIT
 from couchbase_core._bucketbase import BaseBucket, DurabilityContext, Latch, PingStatus, Pipeline
+from couchbase_core._engine import forks as _forks
 from couchbase_core._kvops import discard
 from couchbase_core.exceptions import InternalError, ObjectThreadError
 from couchbase_core.iops.select import SelectIOPS
@@ -48,11 +49,18 @@ class _Box:
 class _ThreadGuard:
     """Enforces the bucket's lockmode around each call."""
 
-    __slots__ = ("_lock", "_mode")
+    __slots__ = ("_lock", "_mode", "__weakref__")
 
     def __init__(self, mode: int) -> None:
         self._mode = mode
         self._lock = threading.Lock() if mode in (LOCKMODE_EXC, LOCKMODE_WAIT) else None
+        _forks.register(self)
+
+    def after_fork_in_child(self) -> None:
+        """A thread that was inside a call at the fork does not exist in the
+        child: its hold on the lock must not outlive it."""
+        if self._lock is not None:
+            self._lock = threading.Lock()
 
     def __enter__(self) -> None:
         lock = self._lock

@@ -45,7 +45,7 @@ __all__ = [
     "SubdocNumberTooBigError", "SubdocValueTooDeepError",
     "SubdocCantInsertValueError", "SubdocBadDeltaError",
     "SubdocMultipleErrors", "SubdocEmptyPathError", "SubdocInvalidComboError", "SubdocXattrError",
-    "QueueEmpty", "LimitExceededError",
+    "QueueEmpty", "LimitExceededError", "ForkError",
     "DurabilityError", "DurabilityInvalidLevelError",
     "DurabilityImpossibleError", "DurabilitySyncWriteInProgressError",
     "DurabilitySyncWriteAmbiguousError", "DurabilitySyncWriteReCommitInProgressError",
@@ -128,6 +128,7 @@ class RC:
     QUEUE_EMPTY = 0x113
     OUTCOME_UNKNOWN = 0x114
     LIMIT_EXCEEDED = 0x115
+    FORKED = 0x116
 
 
 # --------------------------------------------------------------------------
@@ -563,6 +564,15 @@ class LimitExceededError(CouchbaseNetworkError):
     configurable, how to raise it. See docs/couchbase.md, "Limits"."""
 
     CODE = RC.LIMIT_EXCEEDED
+class ForkError(CouchbaseFatalError):
+    """The process forked (``os.fork()``, a pre-forking server, multiprocessing).
+
+    In the child process: an operation that was in flight at the fork belongs
+    to the parent (which receives its outcome) and fails with this error; and
+    a bucket on a caller-supplied IOPS that cannot say it survives a fork
+    raises it on every use. See "Forks" in ``docs/gevent.md``."""
+
+    CODE = RC.FORKED
 
 
 class DurabilityError(CouchbaseError):
@@ -675,6 +685,7 @@ RC_TABLE: Dict[int, Tuple[Type[CouchbaseError], str]] = {
     RC.OUTCOME_UNKNOWN: (OutcomeUnknownError, "The connection failed after the mutation was sent: it may or may "
                                               "not have been applied"),
     RC.LIMIT_EXCEEDED: (LimitExceededError, "The server sent more than a client limit allows"),
+    RC.FORKED: (ForkError, "The process forked; the operation or bucket belongs to the parent process"),
 }
 
 

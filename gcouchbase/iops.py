@@ -10,11 +10,22 @@ operation does, through its armed timeout timer.
 
 Callbacks run in the hub greenlet, which is what lets completed operations
 switch straight to the greenlets waiting for them.
+
+Forks: libev (gevent's default loop) notices the fork at its next iteration
+(``EVFLAG_FORKCHECK``; ``gevent.reinit()``, which the monkey-patched
+``os.fork`` calls, does the same at once), replaces its epoll fd and re-arms
+every watcher still active, so inherited socket watchers would go on firing
+in the child, for sockets the parent is using. :meth:`IOPS.after_fork` stops
+them first (on libev stopping a watcher is bookkeeping only; nothing reaches
+the shared epoll fd). Timers are forgotten the same way; the engine makes
+new ones.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+import os
+import weakref
+from typing import Any, Callable, List, Optional
 
 import gevent
 from gevent.hub import get_hub
@@ -57,6 +68,11 @@ class IOPS(base.IOPS):
     def __init__(self, hub: Any = None) -> None:
         self.hub = hub if hub is not None else get_hub()
         self.loop = self.hub.loop
+        self._pid = os.getpid()
+        # Events holding watchers, for after_fork().
+        self._io: "weakref.WeakSet[base.IOEvent]" = weakref.WeakSet()
+        self._timed: "weakref.WeakSet[base.TimerEvent]" = weakref.WeakSet()
+        self._forgotten: List[Any] = []
 
     def update_event(self, event: base.IOEvent, action: int, flags: int) -> None:
         if action == PYCBC_EVACTION_SUSPEND:
@@ -67,6 +83,7 @@ class IOPS(base.IOPS):
         if action == PYCBC_EVACTION_WATCH:
             if watchers is None:
                 watchers = event.pydata = _Watchers(self.loop, event.fileno())
+                self._io.add(event)
             old = watchers.flags
             if (flags ^ old) & LCB_READ_EVENT:
                 if flags & LCB_READ_EVENT:
@@ -109,6 +126,7 @@ class IOPS(base.IOPS):
             self.loop.update_now()
             watcher = timer.pydata = self.loop.timer(max(0, usecs) / 1e6)
             watcher.start(self._fire, timer, watcher)
+            self._timed.add(timer)
             timer.state = PYCBC_EVSTATE_ACTIVE
         elif action in (PYCBC_EVACTION_UNWATCH, PYCBC_EVACTION_SUSPEND):
             timer.state = PYCBC_EVSTATE_SUSPENDED
@@ -116,6 +134,43 @@ class IOPS(base.IOPS):
             timer.state = PYCBC_EVSTATE_FREED
         else:
             raise ValueError("unknown IOPS action %r" % (action,))
+
+    def after_fork(self) -> None:
+        """In the child of a fork: stop and forget every watcher made before
+        it (see the module documentation). Idempotent within a process."""
+        pid = os.getpid()
+        if pid == self._pid:
+            return
+        self._pid = pid
+        watchers: List[Any] = []
+        for event in list(self._io):
+            pair = event.pydata
+            if pair is not None:
+                watchers += (pair.reader, pair.writer)
+                event.pydata = None
+            event.state = PYCBC_EVSTATE_FREED
+        for timer in list(self._timed):
+            if timer.pydata is not None:
+                watchers.append(timer.pydata)
+                timer.pydata = None
+            timer.state = PYCBC_EVSTATE_FREED
+        self._io = weakref.WeakSet()
+        self._timed = weakref.WeakSet()
+        if "libev" in type(self.loop).__module__:
+            for watcher in watchers:
+                watcher.stop()
+        else:
+            # libuv stops and frees poll handles with epoll_ctl on the loop's
+            # fd, which is the parent's until gevent.reinit() has run (the
+            # monkey-patched os.fork runs it right after this hook): stop them
+            # from the loop, and keep them alive until then.
+            self._forgotten = watchers
+
+            def stop_forgotten() -> None:
+                for watcher in self._forgotten:
+                    watcher.stop()
+
+            self.loop.run_callback(stop_forgotten)
 
     @staticmethod
     def _fire(timer: base.TimerEvent, watcher: Any) -> None:

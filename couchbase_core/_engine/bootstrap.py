@@ -90,6 +90,14 @@ class Bootstrapper:
             self._http.close()
             self._http = None
 
+    def abandon_after_fork(self) -> None:
+        """In the child of a fork: stop for good without IOPS calls (the
+        engine drops the connections and fails the requests itself)."""
+        self._closed = True
+        http, self._http = self._http, None
+        if http is not None:
+            http.abandon_after_fork()
+
     # ------------------------------------------------------------------ CCCP
 
     def _next_cccp(self) -> None:

@@ -1044,6 +1044,43 @@ class KVConnection:
             fn(self, (rc, message))
         return pending
 
+    def abandon_after_fork(self) -> List[Tuple[int, KVOp]]:
+        """In the child of a fork: let go of the inherited socket and go back
+        to IDLE (the next operation reconnects); return the (opaque, op)
+        pairs that were pending (the parent's). The socket is neither read,
+        written nor shut down (its stream belongs to the parent): only the
+        child's copy of the descriptor is closed. No IOPS call is made (the
+        IOPS has forgotten the events from before the fork, or cannot be
+        trusted with them); listeners are dropped without being called."""
+        for event in (self._event, self._connect_timer):
+            if event is not None:
+                event._handler = _dead_handler
+        sock = self._sock
+        self._event = self._sock = self._connect_timer = None
+        if sock is not None:
+            try:
+                sock.close()
+            except OSError:
+                pass
+        if self.state is not CLOSED:
+            self.state = IDLE
+        self._want_write = False
+        self._hs_out = b""
+        self._tls = None
+        self._cipher = b""
+        self._decoder = None
+        self._hs_handler = None
+        self._probe = None
+        self._listeners = []
+        self._resolving = False
+        self.last_error = None
+        pending = list(self.pending.items())
+        self.pending.clear()
+        self._queue = deque()
+        self._head_sent = 0
+        self._dead = 0
+        return pending
+
 
 class _Probe(KVOp):
     """The NOOP of the dead-connection rule (see KVConnection.suspect)."""

@@ -116,6 +116,9 @@ class HTTPConnection:
         #: "send again on a fresh connection", not "the request failed"
         self.reused = False
         self._answered = False  # response bytes arrived for the current request
+        tracked = getattr(engine, "http_connections", None)  # for Engine.after_fork_in_child
+        if tracked is not None:
+            tracked.add(self)
 
     @property
     def authority(self) -> str:
@@ -461,6 +464,32 @@ class HTTPConnection:
         self._drop_socket()
         self._tls_session = None
 
+    def abandon_after_fork(self) -> Optional[HTTPRequest]:
+        """In the child of a fork: let go of the inherited socket without
+        reading, writing or shutting it down (no TLS close_notify either; only
+        the child's descriptor is closed) and without IOPS calls; the
+        connection is closed for good. Returns the request that was in
+        progress (the parent's), for the caller to fail."""
+        req = self._request
+        self._request = None
+        for event in (self._event, self._timer):
+            if event is not None:
+                event._handler = lambda flags: None
+        sock = self._sock
+        self._event = self._sock = self._timer = None
+        if sock is not None:
+            try:
+                sock.close()
+            except OSError:
+                pass
+        self.state = "closed"
+        self._tls_session = None
+        self._h11 = None
+        self._out = b""
+        if req is not None and req.finished:
+            return None
+        return req
+
 
 class HTTPPool:
     """Idle keep-alive connections per (host, port), for reuse."""
@@ -630,6 +659,16 @@ class ConfigStream:
             return
         self.close()
         self.on_failure(self, rc, message)
+
+    def abandon_after_fork(self) -> None:
+        """In the child of a fork: stop, without IOPS calls (the stream's
+        connection is abandoned by the engine with every other one)."""
+        self._closed = True
+        timer = getattr(self, "_first_timer", None)
+        if timer is not None:
+            timer._handler = lambda flags: None
+            self._first_timer = None
+        self._conn = None
 
     def close(self) -> None:
         """Stop streaming."""

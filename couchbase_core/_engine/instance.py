@@ -41,8 +41,10 @@ import logging
 import os
 import random
 import time
+import weakref
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
+from couchbase_core._engine import forks as _forks
 from couchbase_core._engine.config import BucketConfig, ConfigError, Ketama, authority
 from couchbase_core._engine.connection import CLOSED, READY, KVConnection
 from couchbase_core._engine.ops import EntryRetry, KVOp
@@ -124,6 +126,7 @@ class Engine:
 
         #: keep-alive HTTP connections (views, N1QL, management)
         self.http_pool = HTTPPool(self, max(1, settings.http_poolsize))
+        self._init_fork_state()
 
     # ------------------------------------------------------------- bootstrap
 
@@ -361,8 +364,10 @@ class Engine:
         completes ``op`` synchronously."""
         if self.closed:
             raise ObjectDestroyedError("the bucket is closed")
+        if self._pid != _forks.pid:
+            self._resume_after_fork()
         if op.local:
-            op.run(self)
+            self._run_local(op)
             return
         op.deadline = deadline = self.clock() + op.timeout
         # Deadlines.add, inlined for the common case (a queue for this timeout
@@ -418,6 +423,8 @@ class Engine:
         one opaque per key from a consecutive run."""
         if self.closed:
             raise ObjectDestroyedError("the bucket is closed")
+        if self._pid != _forks.pid:
+            self._resume_after_fork()
         n = len(batch.entries)
         base = self._opaque + 1
         if base + n > 0xFFFFFFFF:
@@ -717,6 +724,8 @@ class Engine:
         if self.closed:
             return
         self.closed = True
+        if self._fork_error is not None:
+            return  # a child of a fork whose IOPS cannot be trusted: no IOPS call
         if self._bootstrap_timer is not None:
             self.iops.update_timer(self._bootstrap_timer, PYCBC_EVACTION_CLEANUP, 0)
             self._bootstrap_timer = None
@@ -774,6 +783,196 @@ class Engine:
         timer._handler = fire
         iops.update_timer(timer, PYCBC_EVACTION_WATCH, 0)
 
+    # ----------------------------------------------------------------- forks
+    #
+    # See forks.py. after_fork_in_child() runs in the child right after the
+    # fork; the first use afterwards (the cheap pid check in submit) goes
+    # through _resume_after_fork().
+
+    def _init_fork_state(self) -> None:
+        #: the pid this engine's state belongs to, as forks.pid sees it; 0
+        #: after a fork until the first use (which restarts what must be).
+        self._pid = _forks.pid
+        self._owner_pid = _forks.pid
+        #: every HTTPConnection made for this engine (they add themselves)
+        self.http_connections: "weakref.WeakSet[Any]" = weakref.WeakSet()
+        self._local_ops: "weakref.WeakSet[KVOp]" = weakref.WeakSet()
+        #: set in a child of a fork when the IOPS cannot carry on there
+        self._fork_error: Optional[CouchbaseError] = None
+        self._fork_restarting = False
+        _forks.register(self)
+
+    def _run_local(self, op: KVOp) -> None:
+        """Start a local operation (tracked, so that a fork can fail it in
+        the child); after a fork it waits for the new bootstrap."""
+        self._local_ops.add(op)
+        if self._fork_restarting:
+            def run(err: Optional[CouchbaseError]) -> None:
+                if err is None:
+                    op.run(self)
+                elif not op.done:
+                    op.on_error(err.rc, err.message)
+
+            self._bootstrap_callbacks.append(run)
+            return
+        op.run(self)
+
+    def after_fork_in_child(self) -> None:
+        """The process forked and this is the child: drop every inherited
+        connection without touching its socket beyond closing the child's
+        descriptor, forget the IOPS's events (``iops.after_fork()``), fail
+        the parent's in-flight operations with ForkError from the loop, and
+        make new timers. The first use reconnects (``memcached://``) or
+        bootstraps afresh (``couchbase://``). With an IOPS that has no
+        ``after_fork`` the IOPS is not called at all and every use raises
+        ForkError."""
+        if self._owner_pid == _forks.pid:
+            return
+        self._owner_pid = _forks.pid
+        if self.closed:
+            self._pid = _forks.pid
+            return
+        iops = self.iops
+        recover = _forks.iops_recovers(iops)
+        if recover:
+            try:
+                iops.after_fork()  # type: ignore[misc]
+            except Exception:
+                log.exception("the IOPS failed to recover after fork")
+                recover = False
+        # Everything in flight is the parent's. Every KV operation and batch
+        # is in the deadline queues from submission until done.
+        inflight: Dict[int, KVOp] = {}
+        for queue in getattr(self.deadlines, "_queues", {}).values():
+            for op in queue:
+                inflight[id(op)] = op
+        for _when, _seq, op in self._retries:
+            op = op.batch if isinstance(op, EntryRetry) else op
+            inflight[id(op)] = op
+        for op in self._unrouted:
+            inflight[id(op)] = op
+        for conn in set(self.connections) | set(self._by_addr.values()):
+            for _opaque, op in conn.abandon_after_fork():
+                inflight[id(op)] = op
+        requests = []
+        for hconn in list(self.http_connections):
+            req = hconn.abandon_after_fork()
+            if req is not None:
+                requests.append(req)
+        if self._bootstrapper is not None:
+            self._bootstrapper.abandon_after_fork()
+            self._bootstrapper = None
+        # Local operations' outcomes are delivered once, below: until then
+        # whatever they hear from their parts goes nowhere.
+        local_ops = []
+        for op in list(self._local_ops):
+            if not op.done:
+                sink = getattr(op, "sink", None)
+                if sink is not None:
+                    op.sink = _ignore  # type: ignore[attr-defined]
+                local_ops.append((op, sink))
+        callbacks, self._bootstrap_callbacks = self._bootstrap_callbacks, []
+        for timer in (self._bootstrap_timer, self._poll_timer, self._retry_timer,
+                      getattr(self.deadlines, "_timer", None)):
+            if timer is not None:
+                timer._handler = _ignore
+        self.deadlines._closed = True
+        self._bootstrap_timer = self._poll_timer = None
+        self._retries = []
+        self._retry_armed = None
+        self._unrouted = []
+        self.dirty = set()
+        self.http_connections = weakref.WeakSet()
+        self._local_ops = weakref.WeakSet()
+        from couchbase_core._engine.http import HTTPPool
+
+        self.http_pool = HTTPPool(self, max(1, self.settings.http_poolsize))
+        self.client_id = binascii.hexlify(os.urandom(8)).decode("ascii")
+        pending = [op for op in inflight.values() if not op.done]
+        if not recover:
+            # Nothing can be delivered (no loop to deliver from): the
+            # operations stay unanswered in the child; every use raises.
+            self._fork_error = exc_from_rc(RC.FORKED, _forks.message_unsupported(iops))
+            self._fork_orphans = (pending, local_ops, requests, callbacks)
+            return
+        self.deadlines = Deadlines(iops, self.clock, self._expire, self._read_before_expiry)
+        self._retry_timer = iops.timer_event_factory()
+        self._retry_timer._handler = self._fire_retries
+        if self.couchbase:
+            # a fresh bootstrap on first use
+            self.bootstrapped = False
+            self.bootstrap_error = None
+            self.config = None
+            self._vbmap = None
+            self._ketama = None
+            self._single = None
+            self.connections = []
+            self._by_addr = {}
+        elif not self.bootstrapped:
+            self.bootstrap_error = None
+        self._pid = 0
+        message = _forks.message_inflight()
+        self.defer(lambda: self._fail_forked(pending, local_ops, requests, callbacks, message))
+
+    def _fail_forked(self, ops: List[KVOp], local_ops: List[Tuple[KVOp, Any]], requests: List[Any],
+                     callbacks: List[BootstrapCallback], message: str) -> None:
+        """In the child, from the loop: the parent's operations fail."""
+        error = exc_from_rc(RC.FORKED, message)
+        for fn in callbacks:
+            self._call_bootstrap_callback(fn, error)
+        self.fail_ops(ops, RC.FORKED, message)
+        for req in requests:
+            if req._finish():
+                try:
+                    req.on_error(RC.FORKED, message)
+                except Exception:
+                    log.exception("failing an HTTP request after fork raised")
+        for op, sink in local_ops:
+            try:
+                if sink is not None:
+                    op.sink = sink  # type: ignore[attr-defined]
+                    op.on_error(RC.FORKED, message)
+                elif not op.done:
+                    op.on_error(RC.FORKED, message)
+            except Exception:
+                log.exception("failing %s after fork raised", op.describe())
+            finally:
+                if sink is not None:
+                    op.sink = _ignore  # type: ignore[attr-defined]
+                op.done = True
+
+    def _resume_after_fork(self) -> None:
+        """First use in a child of a fork (``_pid`` differs from forks.pid)."""
+        if self._owner_pid != _forks.pid:
+            self.after_fork_in_child()  # the at-fork hook did not reach us
+        if self._fork_error is not None:
+            raise exc_from_rc(RC.FORKED, self._fork_error.message)
+        self._pid = _forks.pid
+        if not self.closed and not self.bootstrapped:
+            self._restart_after_fork()
+
+    def _restart_after_fork(self) -> None:
+        self.bootstrap_error = None
+        self._bootstrap_failures = {}
+        self._fork_restarting = True
+        self._bootstrap_callbacks.insert(0, self._after_fork_bootstrap)
+        timer = self._bootstrap_timer = self.iops.timer_event_factory()
+        timer._handler = self._on_bootstrap_timeout
+        self.iops.update_timer(timer, PYCBC_EVACTION_WATCH, int(self.settings.config_total_timeout * 1e6))
+        if not self.couchbase:
+            for conn in self.connections:
+                conn.add_listener(self._on_static_attempt)
+            return
+        from couchbase_core._engine.bootstrap import Bootstrapper
+
+        self._bootstrapper = Bootstrapper(self)
+        self._bootstrapper.start()
+
+    def _after_fork_bootstrap(self, err: Optional[CouchbaseError]) -> None:
+        self._fork_restarting = False
+        if err is not None:
+            self._pid = 0  # try again at the next use
+
     @property
     def servers(self) -> List[Tuple[str, int]]:
         """(host, port) of every KV node."""
@@ -783,6 +982,10 @@ class Engine:
     def connected(self) -> bool:
         """True when at least one connection is ready."""
         return not self.closed and any(c.state is READY for c in self.connections)
+
+
+def _ignore(*_args: Any) -> None:
+    """Stands in for handlers and sinks that must hear nothing more."""
 
 
 def _rc_for_reason(_why: str) -> int:

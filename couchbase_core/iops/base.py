@@ -58,6 +58,20 @@ Blocking waits
 Errors
     The engine's callbacks never raise into the loop. An IOPS should still
     protect its loop from a raising callback (log and continue).
+
+Forks (optional) — :attr:`IOPS.after_fork`
+    An IOPS that knows how to carry on in the child of ``os.fork()`` has an
+    ``after_fork()`` method. The engines it drives call it in the child,
+    right after the fork (from ``os.register_at_fork``), possibly more than
+    once (do the work once per process). Afterwards every event and timer
+    from before the fork is forgotten: none fires again, and the IOPS must
+    not have touched kernel state shared with the parent (an inherited
+    epoll/kqueue fd is the parent's too: close the child's copy, never
+    unregister from it). Events created afterwards work normally. The engine
+    never passes an event from before the fork again; it closes the child's
+    copies of its sockets itself. Without the method, a bucket created before
+    a fork refuses to work in the child
+    (:class:`~couchbase_core.exceptions.ForkError`).
 """
 
 from __future__ import annotations
@@ -203,6 +217,12 @@ class IOPS:
 
     def stop_watching(self) -> None:
         """Make a running :meth:`start_watching` return."""
+
+    # Optional: survive a fork. ``after_fork()`` is called in the child; it
+    # forgets every event and timer from before the fork without touching
+    # kernel objects shared with the parent (see the module documentation).
+    # Without it, buckets made before a fork raise ForkError in the child.
+    after_fork: Optional[Callable[[], None]] = None
 
     # Optional: a non-blocking resolver. The engine calls
     # ``resolve(host, port, callback)`` when present and expects

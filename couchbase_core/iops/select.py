@@ -10,6 +10,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import os
 import selectors
 import time
 from typing import Dict, List, Optional, Tuple
@@ -64,6 +65,7 @@ class SelectIOPS(IOPS):
         self._timer_seq = itertools.count()
         self._armed: Dict[int, int] = {}  # id(timer) -> seq of its live heap entry
         self._running = False
+        self._pid = os.getpid()
 
     # -- sockets ------------------------------------------------------------
 
@@ -205,6 +207,29 @@ class SelectIOPS(IOPS):
             self._running = False
 
     def stop_watching(self) -> None:
+        self._running = False
+
+    # -- forks ------------------------------------------------------------------
+
+    def after_fork(self) -> None:
+        """In the child of a fork: forget every event and timer from before
+        it. The inherited selector (an epoll or kqueue fd shared with the
+        parent) is never unregistered from, only closed (the child's copy);
+        a new one takes its place. Idempotent within a process."""
+        pid = os.getpid()
+        if pid == self._pid:
+            return
+        self._pid = pid
+        old = self._selector
+        self._selector = selectors.DefaultSelector()
+        try:
+            old.close()  # closes our descriptor only; no unregister calls
+        except OSError:
+            pass
+        self._masks.clear()
+        self._events.clear()
+        self._timers.clear()
+        self._armed.clear()
         self._running = False
 
     def close(self) -> None:
