@@ -490,15 +490,7 @@ class BaseBucket:
         engine = self._engine
         if engine.closed:
             raise ObjectDestroyedError("the bucket was closed inside the pipeline block")
-        engine.sched_enter()
-        try:
-            for op in ops:
-                if op.multi_key:
-                    engine.submit_batch(op)
-                else:
-                    engine.submit(op)
-        finally:
-            engine.sched_leave()
+        engine.submit_all(ops)
         if latch.count:
             try:
                 self._wait_latch(latch)

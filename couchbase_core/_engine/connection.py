@@ -734,12 +734,8 @@ class KVConnection:
             self._want_write = False
             self.iops.update_event(self._event, PYCBC_EVACTION_WATCH, LCB_READ_EVENT)  # type: ignore[arg-type]
             return
-        try:
-            sent = self._sock.send(data)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:
-            self._fail(RC.NETWORK, "error writing to %s: %s" % (self.authority, exc))
+        sent = self._send(data)
+        if sent < 0:
             return
         self._consume(sent)
         if not self._queue:
@@ -793,6 +789,17 @@ class KVConnection:
                 break
         self._head_sent = head_sent
 
+    def _send(self, data: Any) -> int:
+        """Hand ``data`` to the socket: the number of bytes it took (0 when
+        it would block), or -1 when the connection failed (already handled)."""
+        try:
+            return self._sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            return 0
+        except OSError as exc:
+            self._fail(RC.NETWORK, "error writing to %s: %s" % (self.authority, exc))
+            return -1
+
     def _write_handshake(self) -> None:
         """Write the pending handshake request (NEGOTIATING)."""
         data = self._hs_out
@@ -804,12 +811,8 @@ class KVConnection:
             self._flush_cipher()
             return
         if data:
-            try:
-                sent = self._sock.send(data)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                self._fail(RC.NETWORK, "error writing to %s: %s" % (self.authority, exc))
+            sent = self._send(data)
+            if sent < 0:
                 return
             data = self._hs_out = data[sent:]
         if not data:
@@ -821,12 +824,8 @@ class KVConnection:
         once READY, while requests wait in the queue)."""
         data = self._cipher
         if data:
-            try:
-                sent = self._sock.send(data)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
-            except OSError as exc:
-                self._fail(RC.NETWORK, "error writing to %s: %s" % (self.authority, exc))
+            sent = self._send(data)
+            if sent < 0:
                 return
             self._cipher = data[sent:]
         want = bool(self._cipher) or (self.state is READY and bool(self._queue))

@@ -478,6 +478,19 @@ class Engine:
             return self.connections[self._vbmap[self.config.vbucket_of(kb)][0]]  # type: ignore[union-attr]
         return self.connections[self._ketama.server_for(kb)]  # type: ignore[union-attr]
 
+    def submit_all(self, ops: List[KVOp]) -> None:
+        """Submit ``ops`` (single operations and batches) in order, their
+        writes held back until the last is queued, so they go out together."""
+        self.sched_enter()
+        try:
+            for op in ops:
+                if op.multi_key:
+                    self.submit_batch(op)
+                else:
+                    self.submit(op)
+        finally:
+            self.sched_leave()
+
     def sched_enter(self) -> None:
         """Hold back writes until the matching :meth:`sched_leave` (batches)."""
         self.batch_depth += 1

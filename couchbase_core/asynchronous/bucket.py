@@ -98,15 +98,7 @@ class _AsyncPipeline:
         if engine.closed:  # closed inside the block: the errbacks hear it from the loop
             engine.defer(lambda: engine.fail_ops(queue, RC.OBJECT_DESTROYED, "the bucket was closed"))
             return
-        engine.sched_enter()
-        try:
-            for op in queue:
-                if op.multi_key:
-                    engine.submit_batch(op)
-                else:
-                    engine.submit(op)
-        finally:
-            engine.sched_leave()
+        engine.submit_all(queue)
 
 
 def _context_caller() -> Any:
