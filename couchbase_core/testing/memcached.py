@@ -21,6 +21,8 @@ import sys
 import time
 from typing import List, Optional
 
+from couchbase_core.testing.signals import continue_process, stop_process
+
 __all__ = ["MemcachedServer", "find_memcached", "MemcachedMissing"]
 
 _CANDIDATES = ("/usr/bin/memcached", "/usr/sbin/memcached", "/usr/local/bin/memcached",
@@ -135,16 +137,22 @@ class MemcachedServer:
                 time.sleep(0.02)
         return False
 
-    def pause(self) -> None:
-        """Freeze the server (SIGSTOP): it keeps its sockets but answers nothing."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGSTOP)
-        self.paused = True
+    def pause(self, timeout: float = 10.0) -> None:
+        """Freeze the server (SIGSTOP): it keeps its sockets but answers nothing.
 
-    def resume(self) -> None:
-        """Thaw a paused server (SIGCONT)."""
+        Returns once every thread of the server is stopped (read from
+        ``/proc`` on Linux), so not one more request is served after this
+        returns; raises :class:`~couchbase_core.testing.signals.SignalNotObserved`
+        if that does not happen within ``timeout`` seconds."""
         assert self.proc is not None
-        self.proc.send_signal(signal.SIGCONT)
+        self.paused = True
+        stop_process(self.proc.pid, timeout, "memcached on %s" % self.address)
+
+    def resume(self, timeout: float = 10.0) -> None:
+        """Thaw a paused server (SIGCONT); returns once no thread of it is
+        stopped any more (bounded like :meth:`pause`)."""
+        assert self.proc is not None
+        continue_process(self.proc.pid, timeout, "memcached on %s" % self.address)
         self.paused = False
 
     def kill(self) -> None:
