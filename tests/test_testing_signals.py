@@ -8,8 +8,12 @@ import time
 
 import pytest
 
-from couchbase_core.testing.signals import (SignalNotObserved, continue_process, stop_process,
-                                            thread_states)
+from couchbase_core.testing.signals import (
+    SignalNotObserved,
+    continue_process,
+    stop_process,
+    thread_states,
+)
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
