@@ -1064,7 +1064,7 @@ def test_memcached_bucket_matches_real_memcached(mock: ThreadedMock, memcached: 
                 try:
                     reply = client.request(opcode, key, extras, value)
                     outcomes.append(((reply.opcode, reply.status, reply.extras, reply.key, reply.value),
-                                     client.is_closed(1.0)))
+                                     client.probe_closed()))
                 except Closed:
                     outcomes.append(("closed",))
                 finally:
