@@ -124,7 +124,7 @@ def test_node_dying_mid_batch_accounts_for_every_key(flavour, fresh_memcached):
 
 def test_garbage_from_the_server_is_a_protocol_error(flavour, memcached_server):
     with FaultProxy("127.0.0.1", memcached_server.port) as proxy:
-        b = open_bucket(flavour, proxy.connstr, operation_timeout=5)
+        b = open_bucket(flavour, proxy.connstr, operation_timeout=30)
         try:
             b.upsert("garbage", 1)
             proxy.forward_replies.clear()

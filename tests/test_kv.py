@@ -554,7 +554,7 @@ def test_properties(bucket, memcached_server):
 def test_options_from_the_connection_string(flavour, memcached_server):
     from tests.flavours import open_bucket
 
-    b = open_bucket(flavour, memcached_server.connstr + "?operation_timeout=0.75&config_node_timeout=1")
+    b = open_bucket(flavour, memcached_server.connstr + "?operation_timeout=0.75&config_node_timeout=30")
     try:
         assert b.timeout == 0.75
     finally:
