@@ -51,3 +51,24 @@ def test_a_zombie_is_reported_at_once():
             continue_process(proc.pid, timeout=5)
     finally:
         proc.wait()
+
+
+def test_a_paused_server_answers_nothing_until_resumed(fresh_memcached):
+    # Before pause() waited, SIGSTOP landed "soon": on a loaded machine more
+    # than half of these requests were still answered while "paused".
+    import socket
+
+    for _ in range(20):
+        with socket.create_connection((fresh_memcached.host, fresh_memcached.port), timeout=30) as c:
+            c.sendall(b"version\r\n")
+            assert c.recv(100).startswith(b"VERSION")
+            fresh_memcached.pause()
+            try:
+                c.sendall(b"version\r\n")
+                c.settimeout(0.2)
+                with pytest.raises(socket.timeout):
+                    c.recv(100)
+            finally:
+                fresh_memcached.resume()
+            c.settimeout(30)
+            assert c.recv(100).startswith(b"VERSION")  # answered once thawed
