@@ -301,6 +301,10 @@ def test_stop_and_restart_node(cluster: MockCluster, fault: Any) -> None:
     fault.stop_node(2)
     assert c2.is_closed()
     assert refused(port) and refused(mgmt)  # KV and HTTP both down
+    # ...but their ports stay reserved for the restart: no one else can take them
+    for held in (port, mgmt):
+        with socket.socket() as other, pytest.raises(OSError):
+            other.bind((HOST, held))
     assert 2 in Map(cluster, config_of(c0)).nodes  # still in the map until failed over
     fault.restart_node(2)
     assert kv_port(cluster, 2) == port
