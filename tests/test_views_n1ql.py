@@ -21,6 +21,8 @@ from __future__ import annotations
 import gc
 import json
 import resource
+import select
+import socket
 import time
 import types
 from contextlib import contextmanager
@@ -382,6 +384,17 @@ def test_n1ql_is_tried_on_another_node_when_the_connection_is_refused(small_clus
         b.close()
 
 
+def _hung_up(sock: socket.socket) -> bool:
+    """The peer closed ``sock`` (its EOF is waiting to be read)."""
+    readable, _, _ = select.select([sock], [], [], 0)
+    if not readable:
+        return False
+    try:
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except ConnectionResetError:
+        return True
+
+
 def test_requests_after_the_server_dropped_idle_http_connections(small_cluster, fixed_node_order):
     fixed_node_order()  # always the same node, so the pooled connection is the one asked for
     b = Bucket(small_cluster.connstr_for("default"), operation_timeout=LONG, **ADMIN)
@@ -389,7 +402,13 @@ def test_requests_after_the_server_dropped_idle_http_connections(small_cluster, 
         assert b.n1ql_query("SELECT 1 AS x").get_single_result() == {"x": 1}
         assert len(list(b.query("d", "v"))) == 10
         small_cluster.drop_connections()  # e.g. the services' idle timeout
-        time.sleep(0.2)
+        # The FIN is in on every pooled connection (waited for, not slept for)
+        idle = [c for conns in b._engine.http_pool._idle.values() for c in conns]
+        assert idle
+        deadline = time.monotonic() + 30
+        while not all(_hung_up(c._sock) for c in idle):
+            assert time.monotonic() < deadline, "the emulator never closed the pooled connections"
+            time.sleep(0.01)
         failures = []
         for name, run in (("n1ql", lambda: b.n1ql_query("SELECT 1 AS x").get_single_result()),
                           ("view", lambda: len(list(b.query("d", "v"))))):
