@@ -158,6 +158,8 @@ class MemcachedServer:
                 return False
             try:
                 with socket.create_connection((self.host, self.port), timeout=5) as sock:
+                    if "binary" in self.extra_args:  # -B binary: no text "stats"; the port file is the proof
+                        return True
                     sock.sendall(b"stats\r\n")
                     data = b""
                     while not data.endswith(b"END\r\n"):
