@@ -6,7 +6,11 @@
 The server listens on 127.0.0.1 only, is stopped when the ``with`` block (or
 :meth:`MemcachedServer.stop`) ends, and on Linux also dies with the process
 that started it, so an interrupted test run leaves nothing behind. It can be
-frozen and thawed (SIGSTOP / SIGCONT) to simulate a hung server.
+frozen and thawed (SIGSTOP / SIGCONT) to simulate a hung server; both return
+only once every thread of the server is stopped / running again (see
+:mod:`couchbase_core.testing.signals`), so no request slips through a freeze.
+memcached picks its own free port, so no other process can take it between
+choosing and binding.
 """
 
 from __future__ import annotations
