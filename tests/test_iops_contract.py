@@ -13,7 +13,6 @@ from couchbase_core.iops.select import SelectIOPS
 from couchbase_core.iops.testkit import IOPSContract
 from gcouchbase.iops import IOPS as GeventIOPS
 
-
 # The contract's waits end as soon as their condition holds; their bound is
 # only a guard against a hang, so it is stretched for a loaded machine.
 GUARD = 30.0
