@@ -693,6 +693,7 @@ def test_reduce_framing(sales):
     assert chunks == [b'{"rows":[\n', b'{"key":null,"value":7}', b"\n]\n}"]
 
 
+@pytest.mark.timeout(600)  # ~10 s idle; the 120 s default is tight for a loaded machine
 def test_streaming_100k_documents():
     dd, store, eng = setup({"v": {"map": "function (doc, meta) { emit([doc.t, doc.n], doc.n); }",
                                   "reduce": "_count"}})
