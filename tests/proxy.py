@@ -12,6 +12,7 @@ from __future__ import annotations
 import socket
 import struct
 import threading
+import time
 from typing import List, Optional
 
 HELLO = 0x1F
@@ -26,6 +27,7 @@ class FaultProxy:
             (close the client's connection).
         accepted: number of client connections accepted so far.
         hellos: number of HELLO frames seen.
+        requests: number of request frames forwarded to the server.
     """
 
     def __init__(self, target_host: str, target_port: int, hello_mode: str = "pass") -> None:
@@ -33,6 +35,7 @@ class FaultProxy:
         self.hello_mode = hello_mode
         self.accepted = 0
         self.hellos = 0
+        self.requests = 0
         self.forward_replies = threading.Event()
         self.forward_replies.set()
         self._listener = socket.socket()
@@ -92,6 +95,8 @@ class FaultProxy:
                         if self.hello_mode == "close":
                             raise ConnectionError("closing on HELLO")
                     out += frame
+                    with self._lock:
+                        self.requests += 1
                 if out and id(client) not in self._holes:
                     upstream.sendall(out)
         except OSError:
@@ -124,6 +129,14 @@ class FaultProxy:
         with self._lock:
             if (client, upstream) in self._pairs:
                 self._pairs.remove((client, upstream))
+
+    def wait_requests(self, count: int, timeout: float = 30.0) -> None:
+        """Wait until ``count`` request frames have been forwarded in all."""
+        deadline = time.monotonic() + timeout
+        while self.requests < count:
+            if time.monotonic() > deadline:
+                raise AssertionError("the proxy saw %d requests, not %d" % (self.requests, count))
+            time.sleep(0.002)
 
     def drop_connections(self) -> int:
         """Close every proxied connection at once; return how many."""

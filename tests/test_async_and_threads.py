@@ -15,7 +15,7 @@ from couchbase_core.iops.select import SelectIOPS
 from couchbase_core.result import AsyncResult
 
 
-def _run(iops, cond, timeout=5):
+def _run(iops, cond, timeout=30):
     deadline = time.monotonic() + timeout
     while not cond():
         assert time.monotonic() < deadline
@@ -82,14 +82,19 @@ def test_async_pipeline_batches_writes(memcached_server):
 
 
 def test_lockmode_exc_refuses_concurrent_threads(fresh_memcached):
-    b = Bucket(fresh_memcached.connstr, lockmode=LOCKMODE_EXC, operation_timeout=2)
+    # The thread's get must outlast the test's steps while the server is
+    # frozen, however slowly they run: a long timeout.
+    b = Bucket(fresh_memcached.connstr, lockmode=LOCKMODE_EXC, operation_timeout=60)
     b.upsert("lm", 1)
     fresh_memcached.pause()
     errors = []
     t = threading.Thread(target=lambda: _catch(errors, b.get, "lm"))
     try:
         t.start()
-        time.sleep(0.2)  # the thread is now waiting inside the bucket
+        deadline = time.monotonic() + 30
+        while not b._guard._lock.locked():  # the thread is now waiting inside the bucket
+            assert time.monotonic() < deadline and t.is_alive(), errors
+            time.sleep(0.002)
         with pytest.raises(ObjectThreadError):
             b.get("lm")
     finally:

@@ -19,11 +19,18 @@ from couchbase_core.exceptions import (
     CouchbaseError,
     KeyExistsError,
     NotFoundError,
+    TemporaryFailError,
+    TimeoutError,
 )
 from couchbase_core.mock import MockCluster
 from tests.flavours import open_bucket
 
 ADMIN = {"username": "Administrator", "password": "password"}
+# Bootstrap timeouts far longer than any test waits: a test that must fail
+# "quickly" uses them, so "quick" is told from "waited for a timeout" by a
+# wide margin that no machine's slowness bridges.
+SLOW_BOOTSTRAP = {"config_total_timeout": 60, "config_node_timeout": 60, "connect_timeout": 60}
+_SLOW = "&".join("%s=%s" % kv for kv in SLOW_BOOTSTRAP.items())
 
 
 @pytest.fixture(scope="module")
@@ -118,17 +125,19 @@ def test_seed_hosts_are_tried_in_turn(cluster):
 def test_wrong_password_is_a_quick_auth_error(flavour, cluster):
     start = time.monotonic()
     with pytest.raises(AuthError) as info:
-        open_bucket(flavour, cluster.connstr_for("default"), username="Administrator", password="nope")
-    assert time.monotonic() - start < 1.0
+        open_bucket(flavour, cluster.connstr_for("default", **SLOW_BOOTSTRAP), username="Administrator",
+                    password="nope")
+    # Quick: the refusal ends the bootstrap, the 60 s timeouts are not awaited.
+    assert time.monotonic() - start < 30
     assert "nope" not in str(info.value)
 
 
 def test_wrong_password_over_http_bootstrap(cluster):
     start = time.monotonic()
     with pytest.raises(AuthError):
-        open_bucket("blocking", "couchbase://%s/default?bootstrap_on=http" % _http_hosts(cluster),
+        open_bucket("blocking", "couchbase://%s/default?bootstrap_on=http&%s" % (_http_hosts(cluster), _SLOW),
                     username="Administrator", password="nope")
-    assert time.monotonic() - start < 1.0
+    assert time.monotonic() - start < 30  # not the 60 s timeouts
 
 
 @pytest.mark.parametrize("bootstrap", ["cccp", "http"])
@@ -145,18 +154,19 @@ def test_missing_bucket(bootstrap, cluster):
 def test_unreachable_cluster_is_a_connect_error():
     start = time.monotonic()
     with pytest.raises(ConnectError):
-        open_bucket("blocking", "couchbase://127.0.0.1:1/default?bootstrap_on=cccp", **ADMIN)
-    assert time.monotonic() - start < 2.0
+        open_bucket("blocking", "couchbase://127.0.0.1:1/default?bootstrap_on=cccp&" + _SLOW, **ADMIN)
+    assert time.monotonic() - start < 30  # refused at once, the 60 s timeouts not awaited
 
 
 def test_config_total_timeout_bounds_the_bootstrap(cluster):
-    cluster.delay(3.0)
+    cluster.delay(60.0)
     try:
         start = time.monotonic()
         with pytest.raises(CouchbaseError):
             open_bucket("blocking", cluster.connstr_for("default", config_total_timeout=1,
-                                                        config_node_timeout=5), **ADMIN)
-        assert time.monotonic() - start < 2.0
+                                                        config_node_timeout=60, connect_timeout=60), **ADMIN)
+        # Ended by the 1 s total, not by the 60 s node timeout or the delay.
+        assert time.monotonic() - start < 30
     finally:
         cluster.delay(0)
 
@@ -288,21 +298,24 @@ def test_plain_sasl_is_refused_on_cleartext_unless_forced(cluster):
 
 def test_stopped_node_fails_within_timeout_then_works_after_failover():
     with MockCluster(nodes=3, replicas=1) as c:
-        b = open_bucket("gevent", c.connstr_for("default", operation_timeout=1.0), **ADMIN)
+        b = open_bucket("gevent", c.connstr_for("default", operation_timeout=30), **ADMIN)
         try:
             cfg = b._engine.config
             keys = ["st:%d" % i for i in range(120)]
             on_node1 = [k for k in keys if cfg.vbmap[cfg.vbucket_of(k.encode())][0] == 1]
             assert on_node1
             b.upsert_multi({k: k for k in keys})
+            b.timeout = 1.0
             c.stop_node(1)
             start = time.monotonic()
             with pytest.raises(CouchbaseError) as info:
                 b.get(on_node1[0])
-            assert time.monotonic() - start < 1.0 + 0.5
+            # Within its timeout (the bound only tells "the 1 s timeout or a
+            # prompt network error ended it" from "parked")
+            assert time.monotonic() - start < 1.0 + 20
             assert info.value.is_network
             c.failover(1)
-            deadline = time.monotonic() + 5
+            deadline = time.monotonic() + 30
             while True:
                 try:
                     assert b.get(on_node1[0]).value == on_node1[0]
@@ -310,6 +323,7 @@ def test_stopped_node_fails_within_timeout_then_works_after_failover():
                 except CouchbaseError:
                     assert time.monotonic() < deadline, "no recovery after failover"
                     gevent.sleep(0.05)
+            b.timeout = 30
             assert {k: r.value for k, r in b.get_multi(keys).items()} == {k: k for k in keys}
             assert len(b.server_nodes) == 2
         finally:
@@ -323,7 +337,7 @@ def test_config_push_reaches_an_idle_gevent_bucket():
             b.upsert("push", 1)
             rev = b._engine.config.rev
             c.failover(2)
-            deadline = time.monotonic() + 3
+            deadline = time.monotonic() + 30
             while b._engine.config.rev == rev:
                 assert time.monotonic() < deadline, "no pushed config"
                 gevent.sleep(0.02)
@@ -337,28 +351,34 @@ def test_mixed_gevent_load_survives_failover_and_rebalance():
     another is added and rebalanced in: every operation succeeds or fails
     with a documented error within its timeout, no greenlet hangs, and every
     acknowledged write reads back."""
-    timeout = 2.5
+    timeout = 10.0
     with MockCluster(nodes=3, replicas=1) as c:
         b = open_bucket("gevent", c.connstr_for("default", operation_timeout=timeout), **ADMIN)
         acknowledged = {}
         outcomes = {"ok": 0, "error": 0}
+        errors = []
         slowest = [0.0]
         phase = [0]
         per_phase = [0, 0, 0]
+        ok_per_phase = [0, 0, 0]
         keys = ["load:%d" % i for i in range(2000)]
 
         import gevent.event
 
         started = gevent.event.Event()
+        failed_over = gevent.event.Event()
         chaos_done = gevent.event.Event()
 
+        # The phases are paced by events, not by the clock: every worker's
+        # operations 100-149 run after the failover and 150-199 after the
+        # new node is in, however slowly the machine goes.
         def worker(wid):
             rng = random.Random(wid)
             for n in range(200):
-                if n == 50:
-                    started.set()
+                if n == 100:
+                    failed_over.wait(120)
                 elif n == 150:
-                    chaos_done.wait(60)  # the last quarter runs on the new topology
+                    chaos_done.wait(120)  # the last quarter runs on the new topology
                 key = keys[rng.randrange(len(keys))]
                 start = time.monotonic()
                 try:
@@ -369,19 +389,27 @@ def test_mixed_gevent_load_survives_failover_and_rebalance():
                     else:
                         b.get(key, quiet=True)
                     outcomes["ok"] += 1
-                except CouchbaseError:
+                    ok_per_phase[phase[0]] += 1
+                except CouchbaseError as exc:
                     outcomes["error"] += 1
+                    errors.append(exc)
                     acknowledged.pop(key, None)  # its last value is uncertain now
                 slowest[0] = max(slowest[0], time.monotonic() - start)
                 per_phase[phase[0]] += 1
+                if sum(per_phase) >= 1000:
+                    started.set()
 
         def chaos():
             # control calls run on gevent's thread pool, so the load goes on
             pool = gevent.get_hub().threadpool
-            started.wait(60)
+            started.wait(120)
             pool.apply(c.failover, (0,))
             phase[0] = 1
-            gevent.sleep(0.1)
+            failed_over.set()
+            deadline = time.monotonic() + 120
+            while per_phase[1] < 1000:  # load on the reduced cluster
+                assert time.monotonic() < deadline, per_phase
+                gevent.sleep(0.01)
             pool.apply(c.add_node, (True,))
             phase[0] = 2
             chaos_done.set()
@@ -390,17 +418,25 @@ def test_mixed_gevent_load_survives_failover_and_rebalance():
             before = list(b.server_nodes)
             jobs = [gevent.spawn(worker, i) for i in range(100)]
             chaos_job = gevent.spawn(chaos)
-            finished = gevent.joinall(jobs + [chaos_job], timeout=120)
+            finished = gevent.joinall(jobs + [chaos_job], timeout=600)
             assert len(finished) == 101, "some greenlets hung"
             assert chaos_job.successful(), chaos_job.exception
             assert outcomes["ok"] + outcomes["error"] == 20000
-            assert slowest[0] < timeout + 1.0
-            assert outcomes["ok"] > 15000
+            # Within its timeout: the bound tells "ended by its timeout at the
+            # latest" from "parked", with room for a loaded machine.
+            assert slowest[0] < timeout + 20
+            # The failures are the documented ones of a topology change.
+            assert all(e.is_network or isinstance(e, (TimeoutError, TemporaryFailError))
+                       for e in errors), set(map(repr, errors[:10]))
+            # Work goes on in every phase and, once the new node is in, the
+            # load runs on a healthy cluster again.
+            assert all(ok_per_phase), ok_per_phase
+            assert ok_per_phase[2] > per_phase[2] // 2, (ok_per_phase, per_phase)
             for key, value in acknowledged.items():
                 assert b.get(key).value == value, key
             after = b.server_nodes
             assert len(after) == 3 and before[0] not in after and len(set(after) - set(before)) == 1
             # the load ran before, between and after the two changes
-            assert all(count > 100 for count in per_phase), per_phase
+            assert per_phase[0] >= 1000 and per_phase[1] >= 1000 and per_phase[2] >= 100 * 50, per_phase
         finally:
             b.close()

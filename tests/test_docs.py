@@ -50,7 +50,7 @@ class TestDocumentedPollIOPS(IOPSContract):
         return _doc_poll_iops()()
 
     def run_loop(self, iops, until, timeout):
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + max(timeout, 30)  # a hang guard, stretched for a loaded machine
         while not until() and time.monotonic() < deadline:
             iops.run_once(0.01)
 
@@ -84,7 +84,7 @@ class TestDocumentedAsyncioIOPS(IOPSContract):
         return _doc_asyncio_namespace()["AsyncioIOPS"](self._loop)
 
     def run_loop(self, iops, until, timeout):
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + max(timeout, 30)  # a hang guard, stretched for a loaded machine
         while not until() and time.monotonic() < deadline:
             iops.loop.run_until_complete(_asyncio_tick())
 
@@ -230,9 +230,11 @@ def _check_usage_durability_context(cluster, ns):
                 pass
             else:
                 raise AssertionError("the durability() block did not apply")
+        # a write still waiting for the stalled replica would time out (or
+        # take 60 s); a plain one returns at once, however slow the machine
         started = time.monotonic()
         assert cb.upsert("order:5", {"state": "paid"}).success
-        assert time.monotonic() - started < 1.0
+        assert time.monotonic() - started < 20
     finally:
         cluster.clear_faults()
 

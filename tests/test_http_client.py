@@ -95,6 +95,11 @@ class ScriptedServer:
         self._stop = threading.Event()
         threading.Thread(target=self._accept, daemon=True).start()
 
+    def hold(self) -> None:
+        """Keep a handler (and its connection) waiting until the test ends:
+        a server that never answers, for as long as any client could wait."""
+        self._stop.wait(120)
+
     def _accept(self) -> None:
         while not self._stop.is_set():
             try:
@@ -174,7 +179,7 @@ class FakeEngine:
         timer._handler = fire
         self.iops.update_timer(timer, PYCBC_EVACTION_WATCH, 0)
 
-    def run_until(self, done: Callable[[], bool], timeout: float = 5.0) -> None:
+    def run_until(self, done: Callable[[], bool], timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         while not done():
             assert time.monotonic() < deadline, "the loop never got there"
@@ -194,7 +199,7 @@ class Recorder:
         self.data: List[bytes] = []
 
     def request(self, method: str = "GET", path: str = "/", body: bytes = b"",
-                headers: Optional[Dict[str, str]] = None, timeout: Optional[float] = 5.0) -> HTTPRequest:
+                headers: Optional[Dict[str, str]] = None, timeout: Optional[float] = 30.0) -> HTTPRequest:
         return HTTPRequest(method, path, headers or {}, body, timeout,
                            on_head=lambda status, hdrs: self.events.append(("head", status, hdrs)),
                            on_data=self._data,
@@ -249,20 +254,24 @@ def test_content_length_body(engine, serve):
 
 def test_chunked_body_dribbled_byte_by_byte_streams_in_pieces(engine, serve):
     payload = json.dumps({"total_rows": 3, "rows": [{"id": "r%d" % i} for i in range(3)]}).encode()
+    rec = Recorder()
 
     def handler(sock: socket.socket, server: ScriptedServer) -> None:
         server.next_request(sock)
         sock.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
-        for i in range(0, len(payload), 7):
+        for n, i in enumerate(range(0, len(payload), 7)):
             piece = payload[i:i + 7]
             sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
-            time.sleep(0.002)
+            # the next piece only once the client has seen this one (not
+            # after a fixed pause, which a slow client could fall behind)
+            deadline = time.monotonic() + 30
+            while len(rec.data) <= n and time.monotonic() < deadline:
+                time.sleep(0.001)
         sock.sendall(b"0\r\n\r\n")
         server.next_request(sock)  # keep the connection open until the client leaves
 
     server = serve(handler)
     conn = HTTPConnection(engine, "127.0.0.1", server.port)
-    rec = Recorder()
     conn.request(rec.request())
     engine.run_until(lambda: rec.finished)
     assert rec.endings == [("end",)]
@@ -345,13 +354,15 @@ def test_server_closing_mid_body_is_one_network_error(engine, serve):
 
 def test_connection_refused_is_a_connect_error(engine):
     sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
+    sock.bind(("127.0.0.1", 0))  # bound, never listening: refused, and no one else can take it
     port = sock.getsockname()[1]
-    sock.close()  # nothing listens there now
     conn = HTTPConnection(engine, "127.0.0.1", port)
     rec = Recorder()
     conn.request(rec.request())
-    engine.run_until(lambda: rec.finished)
+    try:
+        engine.run_until(lambda: rec.finished)
+    finally:
+        sock.close()
     assert [e[:2] for e in rec.endings] == [("error", RC.CONNECT)]
     assert "refused" in rec.endings[0][2].lower()
 
@@ -359,7 +370,7 @@ def test_connection_refused_is_a_connect_error(engine):
 def test_a_server_that_never_answers_times_out_once(engine, serve):
     def handler(sock: socket.socket, server: ScriptedServer) -> None:
         server.next_request(sock)
-        time.sleep(3)  # read the request, never answer
+        server.hold()  # read the request, never answer
 
     server = serve(handler)
     conn = HTTPConnection(engine, "127.0.0.1", server.port)
@@ -370,7 +381,7 @@ def test_a_server_that_never_answers_times_out_once(engine, serve):
     elapsed = time.monotonic() - started
     engine.spin(0.2)  # nothing else arrives later
     assert [e[:2] for e in rec.endings] == [("error", RC.TIMEOUT)]
-    assert 0.24 <= elapsed < 1.5
+    assert 0.24 <= elapsed < 0.25 + 20  # never early; the upper bound only guards against a hang
     assert "timed out" in rec.endings[0][2]
     assert conn.state == "closed"
 
@@ -482,7 +493,7 @@ def test_401_is_a_clear_http_error(serve):
 def test_http_timeout_on_a_silent_server(serve):
     def handler(sock: socket.socket, server: ScriptedServer) -> None:
         server.next_request(sock)
-        time.sleep(3)
+        server.hold()
 
     server = serve(handler)
     admin = Admin("Administrator", "password", host="127.0.0.1", port=server.port, http_timeout=0.3)
@@ -490,23 +501,27 @@ def test_http_timeout_on_a_silent_server(serve):
         started = time.monotonic()
         with pytest.raises(TimeoutError):
             admin.buckets_list()
-        assert 0.29 <= time.monotonic() - started < 2
+        # never early; its 0.3 s, not the 75 s default (wide margin for a slow machine)
+        assert 0.29 <= time.monotonic() - started < 30
     finally:
         admin.close()
 
 
 def test_a_server_closing_an_idle_keepalive_connection_does_not_fail_the_next_request(serve):
+    closed = threading.Event()
+
     def handler(sock: socket.socket, server: ScriptedServer) -> None:
         server.next_request(sock)
         sock.sendall(response(b'{"n":1}'))  # keep-alive response...
         time.sleep(0.05)
         sock.close()  # ...then the server's idle timeout closes it
+        closed.set()
 
     server = serve(handler)
     admin = Admin("Administrator", "password", host="127.0.0.1", port=server.port)
     try:
         assert admin.http_request("/one").value == {"n": 1}
-        time.sleep(0.3)  # the FIN is in; the blocking bucket's loop is not running
+        assert closed.wait(30)  # the FIN is in; the blocking bucket's loop is not running
         assert admin.http_request("/two").value == {"n": 1}
     finally:
         admin.close()

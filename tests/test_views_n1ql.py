@@ -21,6 +21,8 @@ from __future__ import annotations
 import gc
 import json
 import resource
+import select
+import socket
 import time
 import types
 from contextlib import contextmanager
@@ -67,6 +69,10 @@ from gcouchbase.bucket import GN1QLRequest, GView
 from gcouchbase.iops import IOPS as GeventIOPS
 
 ADMIN = {"username": "Administrator", "password": "password"}
+# KV timeout of buckets whose operations must succeed: the emulator serves
+# views and N1QL on the same loop, and a loaded machine must not turn a
+# slow answer into a failure (tests of timeouts set their own).
+LONG = 30
 
 #: 30 small documents for the view and N1QL semantics tests.
 V_DOCS = {"v:%02d" % i: {"type": "v", "name": "n%02d" % i, "n": i, "grp": i % 3, "tag": "same",
@@ -104,14 +110,14 @@ STREAM_DDOC = {"views": {
 @pytest.fixture(scope="module")
 def cluster():
     with MockCluster(nodes=3, replicas=1, buckets=["default", "noidx", "idx", "prep"]) as c:
-        b = Bucket(c.connstr_for("default"), **ADMIN)
+        b = Bucket(c.connstr_for("default"), operation_timeout=LONG, **ADMIN)
         try:
             b.upsert_multi(V_DOCS)
             for start in range(0, S_COUNT, 1000):
                 b.upsert_multi({k: S_DOCS[k] for k in list(S_DOCS)[start:start + 1000]})
             mgr = b.bucket_manager()
-            mgr.design_create("dd", MAIN_DDOC, use_devmode=False, syncwait=10)
-            mgr.design_create("stream", STREAM_DDOC, use_devmode=False, syncwait=10)
+            mgr.design_create("dd", MAIN_DDOC, use_devmode=False, syncwait=60)
+            mgr.design_create("stream", STREAM_DDOC, use_devmode=False, syncwait=60)
             # build the indexes once, so later queries may use stale=ok
             for ddoc, view in (("dd", "by_name"), ("stream", "small")):
                 assert list(b.query(ddoc, view, stale=False, limit=1))
@@ -123,14 +129,14 @@ def cluster():
 
 @pytest.fixture
 def bucket(cluster):
-    b = Bucket(cluster.connstr_for("default"), **ADMIN)
+    b = Bucket(cluster.connstr_for("default"), operation_timeout=LONG, **ADMIN)
     yield b
     b.close()
 
 
 @pytest.fixture
 def gbucket(cluster):
-    b = GBucket(cluster.connstr_for("default"), **ADMIN)
+    b = GBucket(cluster.connstr_for("default"), operation_timeout=LONG, **ADMIN)
     yield b
     b.close()
 
@@ -318,7 +324,7 @@ def test_tls_view_and_n1ql():
             b.upsert_multi({"t:%d" % i: {"kind": "tls", "i": i} for i in range(5)})
             mgr = b.bucket_manager()
             mgr.design_create("t", {"views": {"v": {"map": "function (doc) { if (doc.kind) emit(doc.i, null); }"}}},
-                              use_devmode=False, syncwait=5)
+                              use_devmode=False, syncwait=60)
             assert keys_of(b.query("t", "v", stale=False)) == [0, 1, 2, 3, 4]
             mgr.n1ql_index_create_primary()
             rows = list(b.n1ql_query("SELECT RAW i FROM `default` WHERE kind = 'tls' ORDER BY i"))
@@ -335,12 +341,12 @@ def test_tls_view_and_n1ql():
 def small_cluster():
     """Two nodes, for tests that stop nodes or drop connections."""
     with MockCluster(nodes=2, replicas=1) as c:
-        b = Bucket(c.connstr_for("default"), **ADMIN)
+        b = Bucket(c.connstr_for("default"), operation_timeout=LONG, **ADMIN)
         try:
             b.upsert_multi({"k:%d" % i: {"i": i} for i in range(10)})
             mgr = b.bucket_manager()
             mgr.design_create("d", {"views": {"v": {"map": "function (doc) { emit(doc.i, null); }"}}},
-                              use_devmode=False, syncwait=5)
+                              use_devmode=False, syncwait=60)
             mgr.n1ql_index_create_primary()
         finally:
             b.close()
@@ -348,7 +354,7 @@ def small_cluster():
 
 
 def test_view_get_is_retried_on_another_node_when_one_is_down(small_cluster, fixed_node_order):
-    b = Bucket(small_cluster.connstr_for("default"), **ADMIN)
+    b = Bucket(small_cluster.connstr_for("default"), operation_timeout=LONG, **ADMIN)
     dead = small_cluster.info["nodes"][1]["ports"]
     small_cluster.stop_node(1)
     try:
@@ -363,7 +369,7 @@ def test_view_get_is_retried_on_another_node_when_one_is_down(small_cluster, fix
 
 
 def test_n1ql_is_tried_on_another_node_when_the_connection_is_refused(small_cluster, fixed_node_order):
-    b = Bucket(small_cluster.connstr_for("default"), **ADMIN)
+    b = Bucket(small_cluster.connstr_for("default"), operation_timeout=LONG, **ADMIN)
     dead = small_cluster.info["nodes"][1]["ports"]
     small_cluster.stop_node(1)
     try:
@@ -378,14 +384,31 @@ def test_n1ql_is_tried_on_another_node_when_the_connection_is_refused(small_clus
         b.close()
 
 
+def _hung_up(sock: socket.socket) -> bool:
+    """The peer closed ``sock`` (its EOF is waiting to be read)."""
+    readable, _, _ = select.select([sock], [], [], 0)
+    if not readable:
+        return False
+    try:
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except ConnectionResetError:
+        return True
+
+
 def test_requests_after_the_server_dropped_idle_http_connections(small_cluster, fixed_node_order):
     fixed_node_order()  # always the same node, so the pooled connection is the one asked for
-    b = Bucket(small_cluster.connstr_for("default"), **ADMIN)
+    b = Bucket(small_cluster.connstr_for("default"), operation_timeout=LONG, **ADMIN)
     try:
         assert b.n1ql_query("SELECT 1 AS x").get_single_result() == {"x": 1}
         assert len(list(b.query("d", "v"))) == 10
         small_cluster.drop_connections()  # e.g. the services' idle timeout
-        time.sleep(0.2)
+        # The FIN is in on every pooled connection (waited for, not slept for)
+        idle = [c for conns in b._engine.http_pool._idle.values() for c in conns]
+        assert idle
+        deadline = time.monotonic() + 30
+        while not all(_hung_up(c._sock) for c in idle):
+            assert time.monotonic() < deadline, "the emulator never closed the pooled connections"
+            time.sleep(0.01)
         failures = []
         for name, run in (("n1ql", lambda: b.n1ql_query("SELECT 1 AS x").get_single_result()),
                           ("view", lambda: len(list(b.query("d", "v"))))):
@@ -403,16 +426,18 @@ def test_view_timeout_then_the_bucket_keeps_working(cluster, bucket):
     # by the query) outlasts views_timeout
     bucket.bucket_manager().design_create(
         "slow", {"views": {"v": {"map": "function (doc, meta) { if (doc.slow) { var t = Date.now(); "
-                                        "while (Date.now() - t < 1000) {} } if (doc.slow) emit(meta.id, null); }"}}},
+                                        "while (Date.now() - t < 2500) {} } if (doc.slow) emit(meta.id, null); }"}}},
         use_devmode=False)
     bucket.upsert("slow:1", {"slow": True})
     bucket.views_timeout = 0.2
     started = time.monotonic()
+    # Without the timeout the query would answer (after 2.5 s): the error is
+    # the proof; the upper bound only guards against a hang.
     with pytest.raises(TimeoutError) as info:
         list(bucket.query("slow", "v"))
-    assert 0.19 <= time.monotonic() - started < 0.9
+    assert 0.19 <= time.monotonic() - started < 20
     assert "timed out" in str(info.value)
-    bucket.views_timeout = 10
+    bucket.views_timeout = 60
     assert bucket.get("slow:1").value == {"slow": True}
     assert keys_of(bucket.query("slow", "v", stale=False)) == ["slow:1"]
     bucket.remove("slow:1")
@@ -589,7 +614,7 @@ def test_spatial_view(bucket):
 def test_development_and_production_views(bucket):
     mgr = bucket.bucket_manager()
     mgr.design_create("devonly", {"views": {"v": {"map": "function (doc) { if (doc.type == 'v') emit(doc.n, null); }"}}},
-                      use_devmode=True, syncwait=5)
+                      use_devmode=True, syncwait=60)
     try:
         full = list(bucket.query("devonly", "v", use_devmode=True, full_set=True, stale=False))
         assert keys_of(full) == list(range(30))
@@ -698,7 +723,7 @@ def test_consistent_with_mutation_state(bucket, sent_requests):
 
 
 def test_prepared_statements_send_only_the_name_the_second_time(cluster, sent_requests):
-    b = Bucket(cluster.connstr_for("default"), **ADMIN)
+    b = Bucket(cluster.connstr_for("default"), operation_timeout=LONG, **ADMIN)
     try:
         statement = "SELECT RAW name FROM `default` WHERE type = 'v' AND n = $1"
         q = N1QLQuery(statement, 4)
@@ -721,7 +746,7 @@ def test_prepared_statements_send_only_the_name_the_second_time(cluster, sent_re
 
 
 def test_a_prepared_statement_the_server_forgot_is_prepared_again(cluster, sent_requests):
-    b = Bucket(cluster.connstr_for("default"), **ADMIN)
+    b = Bucket(cluster.connstr_for("default"), operation_timeout=LONG, **ADMIN)
     try:
         statement = "SELECT RAW n FROM `default` WHERE type = 'v' AND grp = $1 ORDER BY n LIMIT 2"
         q = N1QLQuery(statement, 1)
@@ -742,7 +767,7 @@ def test_a_prepared_statement_the_server_forgot_is_prepared_again(cluster, sent_
 
 
 def test_prepared_without_enhanced_statements_sends_the_plan(cluster, sent_requests, monkeypatch):
-    b = Bucket(cluster.connstr_for("default"), **ADMIN)
+    b = Bucket(cluster.connstr_for("default"), operation_timeout=LONG, **ADMIN)
     try:
         monkeypatch.setattr(b._engine.config, "cluster_capabilities", {})
         statement = "SELECT RAW n FROM `default` WHERE type = 'v' AND n < $1 ORDER BY n"
@@ -756,7 +781,7 @@ def test_prepared_without_enhanced_statements_sends_the_plan(cluster, sent_reque
 
 
 def test_prepared_statement_across_a_dropped_and_recreated_index(cluster, sent_requests):
-    b = Bucket(cluster.connstr_for("prep"), **ADMIN)
+    b = Bucket(cluster.connstr_for("prep"), operation_timeout=LONG, **ADMIN)
     try:
         b.upsert_multi({"p:%d" % i: {"n": i} for i in range(5)})
         mgr = b.bucket_manager()
@@ -877,7 +902,7 @@ def test_gn1ql_request_on_gevent(gbucket):
 def test_design_document_lifecycle(bucket):
     mgr = bucket.bucket_manager()
     design = {"views": {"names": {"map": "function (doc) { if (doc.type == 'v' && doc.n < 3) emit(doc.name, null); }"}}}
-    mgr.design_create("life", design, use_devmode=True, syncwait=5)
+    mgr.design_create("life", design, use_devmode=True, syncwait=60)
     try:
         got = mgr.design_get("life", use_devmode=True)
         assert got.value == design
@@ -886,7 +911,7 @@ def test_design_document_lifecycle(bucket):
         assert keys_of(bucket.query("life", "names", use_devmode=True, full_set=True, stale=False)) == \
             ["n00", "n01", "n02"]
 
-        mgr.design_publish("life", syncwait=5)
+        mgr.design_publish("life", syncwait=60)
         assert keys_of(bucket.query("life", "names", stale=False)) == ["n00", "n01", "n02"]
         listing = mgr.design_list()
         assert "_design/life" in listing and "_design/dev_life" not in listing
@@ -894,7 +919,7 @@ def test_design_document_lifecycle(bucket):
             mgr.design_get("life", use_devmode=True)
         assert info.value.result.http_status == 404
     finally:
-        mgr.design_delete("life", use_devmode=False, syncwait=5)
+        mgr.design_delete("life", use_devmode=False, syncwait=60)
     with pytest.raises(ViewEngineError):
         list(bucket.query("life", "names"))
     assert "_design/life" not in mgr.design_list()
@@ -903,7 +928,7 @@ def test_design_document_lifecycle(bucket):
 
 
 def test_n1ql_index_management(cluster):
-    b = Bucket(cluster.connstr_for("idx"), **ADMIN)
+    b = Bucket(cluster.connstr_for("idx"), operation_timeout=LONG, **ADMIN)
     try:
         b.upsert_multi({"i:%d" % i: {"a": i, "b": "x%d" % (i % 2)} for i in range(6)})
         mgr = b.bucket_manager()
@@ -919,7 +944,7 @@ def test_n1ql_index_management(cluster):
         mgr.n1ql_index_create("ix_a", fields=["a"], ignore_exists=True)
 
         assert sorted(mgr.n1ql_index_build_deferred()) == ["#primary", "ix_b"]
-        mgr.n1ql_index_watch(["ix_a", "ix_b"], watch_primary=True, timeout=10)
+        mgr.n1ql_index_watch(["ix_a", "ix_b"], watch_primary=True, timeout=60)
         listing = {ix.name: ix for ix in mgr.n1ql_index_list()}
         assert all(ix.state == "online" for ix in listing.values())
         assert listing["ix_b"].fields == ["`b`"] and listing["ix_b"].keyspace == "idx"
@@ -950,7 +975,7 @@ def test_admin_buckets_and_users(cluster):
     with Admin("Administrator", "password", port=cluster.http_port) as admin:
         assert admin.bucket_create("made", ram_quota=100, flush_enabled=True).http_status == 202
         try:
-            info = admin.wait_ready("made", timeout=10)
+            info = admin.wait_ready("made", timeout=60)
             assert info.value["name"] == "made"
             assert "made" in {b["name"] for b in admin.buckets_list()}
             assert admin.bucket_info("made").value["name"] == "made"
@@ -960,7 +985,7 @@ def test_admin_buckets_and_users(cluster):
             with pytest.raises(ArgumentError):
                 admin.bucket_create("odd", bucket_type="nosql")
 
-            b = Bucket(cluster.connstr_for("made"), **ADMIN)
+            b = Bucket(cluster.connstr_for("made"), operation_timeout=LONG, **ADMIN)
             try:
                 b.upsert_multi({"m:%d" % i: i for i in range(20)})
                 assert b.flush().http_status == 200
@@ -993,8 +1018,8 @@ def test_admin_buckets_and_users(cluster):
 def test_flush_refused_when_the_bucket_does_not_allow_it(cluster):
     with Admin("Administrator", "password", port=cluster.http_port) as admin:
         admin.bucket_create("noflush", ram_quota=100, flush_enabled=False)
-        admin.wait_ready("noflush", timeout=10)
-        b = Bucket(cluster.connstr_for("noflush"), **ADMIN)
+        admin.wait_ready("noflush", timeout=60)
+        b = Bucket(cluster.connstr_for("noflush"), operation_timeout=LONG, **ADMIN)
         try:
             b.upsert("kept", 1)
             with pytest.raises(NotSupportedError) as info:  # as flush()'s docstring says
@@ -1051,7 +1076,7 @@ def test_a_killed_greenlet_leaves_the_bucket_usable(gbucket):
             gevent.sleep(0.01)
 
     glet = gevent.spawn(slow_consumer)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30
     while "view" not in state or state["view"]._stream is None or not state["view"]._stream._paused:
         assert time.monotonic() < deadline, "the stream never paused"
         gevent.sleep(0.01)
@@ -1078,11 +1103,12 @@ def test_a_killed_greenlet_leaves_the_bucket_usable(gbucket):
 def test_gevent_timeout_while_waiting_for_rows(gbucket):
     gbucket.bucket_manager().design_create(
         "slow2", {"views": {"v": {"map": "function (doc, meta) { if (doc.slow2) { var t = Date.now(); "
-                                         "while (Date.now() - t < 600) {} emit(meta.id, null); } }"}}},
+                                         "while (Date.now() - t < 2000) {} emit(meta.id, null); } }"}}},
         use_devmode=False)
     gbucket.upsert("slow2:1", {"slow2": True})
     try:
         view = gbucket.query("slow2", "v")
+        # the rows take 2 s: far longer than the 0.15 s, on any machine
         with pytest.raises(gevent.Timeout):
             with gevent.Timeout(0.15):
                 list(view)
@@ -1237,7 +1263,7 @@ def big():
                 b.upsert_multi({"big:%06d" % i: {"n": i, "pad": pad} for i in range(start, start + 5000)})
             mgr = b.bucket_manager()
             mgr.design_create("big", {"views": {"all": {"map": "function (doc) { emit(doc.n, doc.pad); }"}}},
-                              use_devmode=False, syncwait=10)
+                              use_devmode=False, syncwait=60)
             assert len(list(b.query("big", "all", stale=False, limit=1))) == 1  # index built
             mgr.n1ql_index_create_primary()
             yield b
@@ -1266,9 +1292,8 @@ def _stream_and_measure(rows: Iterator[Any], stream_of: Callable[[], Any], check
             first = {"done": stream.done, "rows_received": stream.rows_received,
                      "seconds": time.monotonic() - started}
             # a slow consumer: the stream reads ahead up to the high-water mark, then pauses
-            for _ in range(200):
-                if stream._paused:
-                    break
+            deadline = time.monotonic() + 60  # a guard: it pauses as soon as the buffer is full
+            while not stream._paused and not stream.done and time.monotonic() < deadline:
                 gevent.sleep(0.01)
             first["paused"] = stream._paused
             first["buffered"] = len(stream._buffer)
@@ -1296,7 +1321,10 @@ def _assert_streamed(result: Dict[str, Any]) -> None:
     assert result["growth_mb"] < 50
 
 
+# The per-test limit (setup.cfg: 120 s) counts the 100,000-document fixture,
+# which takes ~25 s on an idle machine: a loaded one gets more room.
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_100k_row_view_streams_through_gview_with_bounded_memory(big):
     view = big.query("big", "all", stale=STALE_OK)
     assert isinstance(view, GView)
@@ -1310,6 +1338,7 @@ def test_100k_row_view_streams_through_gview_with_bounded_memory(big):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_100k_row_n1ql_streams_through_gn1qlrequest_with_bounded_memory(big):
     req = big.n1ql_query("SELECT META().id AS id, n, pad FROM `default`", itercls=ProbeN1QL)
     seen = bytearray(BIG_COUNT)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 import ssl
 from typing import Any, Dict, List, Optional, Set
 
@@ -83,6 +84,10 @@ class NodeRuntime:
         self.sessions: Set[KVSession] = set()
         self.http_connections: Set[Any] = set()
         self._servers: Dict[str, Any] = {}
+        #: While the node is stopped: a socket bound (never listening) to
+        #: each of its ports, so connections are refused as by a dead node
+        #: but no other process can take the port before the restart.
+        self._held: Dict[str, socket.socket] = {}
 
     def _fixed_port(self, service: str) -> int:
         base = self.app.options.base_port
@@ -97,6 +102,7 @@ class NodeRuntime:
         tls = self.app.ssl_context
         kv_services = [("kv", None)] + ([("kvSSL", tls)] if tls is not None else [])
         for service, context in kv_services:
+            self._release(service)
             server = await loop.create_server(lambda: KVSession(self), host, self._fixed_port(service),
                                               ssl=context, reuse_address=True)
             self._servers[service] = server
@@ -107,6 +113,7 @@ class NodeRuntime:
         if tls is not None:
             http_services += [("mgmtSSL", tls), ("capiSSL", tls), ("n1qlSSL", tls)]
         for service, context in http_services:
+            self._release(service)
             router = self.app.router_for(service.replace("SSL", ""), self)
             server = await httpd.serve(router, host, self._fixed_port(service), context, self.http_connections)
             self._servers[service] = server
@@ -125,8 +132,10 @@ class NodeRuntime:
             count += 1
         return count
 
-    async def stop(self) -> None:
-        """The node goes down: listeners closed, connections dropped."""
+    async def stop(self, hold_ports: bool = False) -> None:
+        """The node goes down: listeners closed, connections dropped. With
+        ``hold_ports`` (a node that may be restarted) its ports stay reserved
+        (see :attr:`_held`); otherwise they are let go."""
         for server in self._servers.values():
             server.close()
         self.drop_connections()
@@ -135,9 +144,34 @@ class NodeRuntime:
                 await asyncio.wait_for(server.wait_closed(), 2)
             except (asyncio.TimeoutError, Exception):  # noqa: BLE001 - closing is best effort
                 pass
+        services = list(self._servers)
         self._servers.clear()
+        if hold_ports:
+            for service in services:
+                self._hold(service)
+        else:
+            for service in list(self._held):
+                self._release(service)
         if self.node.state != FAILED:
             self.node.state = STOPPED
+
+    def _hold(self, service: str) -> None:
+        port = self.node.ports.get(service)
+        if not port or service in self._held:
+            return
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((self.node.host, port))
+        except OSError:  # best effort: the restart binds the port again anyway
+            sock.close()
+            return
+        self._held[service] = sock
+
+    def _release(self, service: str) -> None:
+        sock = self._held.pop(service, None)
+        if sock is not None:
+            sock.close()
 
 
 class MockApp:
@@ -247,8 +281,9 @@ class MockApp:
         await self.runtimes[index].stop()
 
     async def stop_node(self, index: int) -> None:
-        """Take a node down (it stays in the cluster map until failed over)."""
-        await self.runtimes[index].stop()
+        """Take a node down (it stays in the cluster map until failed over);
+        its ports stay reserved for :meth:`restart_node`."""
+        await self.runtimes[index].stop(hold_ports=True)
 
     async def restart_node(self, index: int) -> None:
         """Bring a stopped node back on its ports."""

@@ -6,7 +6,11 @@
 The server listens on 127.0.0.1 only, is stopped when the ``with`` block (or
 :meth:`MemcachedServer.stop`) ends, and on Linux also dies with the process
 that started it, so an interrupted test run leaves nothing behind. It can be
-frozen and thawed (SIGSTOP / SIGCONT) to simulate a hung server.
+frozen and thawed (SIGSTOP / SIGCONT) to simulate a hung server; both return
+only once every thread of the server is stopped / running again (see
+:mod:`couchbase_core.testing.signals`), so no request slips through a freeze.
+memcached picks its own free port, so no other process can take it between
+choosing and binding.
 """
 
 from __future__ import annotations
@@ -18,8 +22,11 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from typing import List, Optional
+
+from couchbase_core.testing.signals import continue_process, stop_process
 
 __all__ = ["MemcachedServer", "find_memcached", "MemcachedMissing"]
 
@@ -50,12 +57,6 @@ def find_memcached() -> str:
         "memcached is not installed. The key-value tests need a real memcached: run `make test` "
         "(it installs the Debian package when run as root), or install it yourself "
         "(sudo apt-get install memcached / brew install memcached), or set MEMCACHED=/path/to/memcached.")
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child
@@ -97,54 +98,101 @@ class MemcachedServer:
         """``memcached://host:port``."""
         return "memcached://%s" % self.address
 
-    def _command(self) -> List[str]:
-        cmd = [self.binary, "-l", self.host, "-p", str(self.port), "-U", "0",
+    def _command(self, port: int) -> List[str]:
+        cmd = [self.binary, "-l", self.host, "-p", str(port), "-U", "0",
                "-m", str(self.memory_mb), "-t", str(self.threads), "-c", "4096"]
         if hasattr(os, "geteuid") and os.geteuid() == 0:
             cmd += ["-u", "root"]
         return cmd + self.extra_args
 
-    def start(self, timeout: float = 10.0) -> "MemcachedServer":
-        """Start the server and wait until it accepts connections."""
-        attempts = 0
-        while True:
-            attempts += 1
-            if not self.port or attempts > 1:
-                self.port = _free_port()
-            self.proc = subprocess.Popen(self._command(), stdin=subprocess.DEVNULL,
-                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                         preexec_fn=_die_with_parent)
-            if self._wait_ready(timeout):
-                return self
-            err = b""
+    def start(self, timeout: float = 30.0) -> "MemcachedServer":
+        """Start the server and wait until it accepts connections.
+
+        Without a port, memcached binds an ephemeral port itself (``-p -1``)
+        and reports it through ``MEMCACHED_PORT_FILENAME``: no port is chosen
+        here and bound later, so no other process can take it in between.
+        With a port (given, or kept by :meth:`restart`) that port is used and
+        a clear error raised if memcached cannot listen on it."""
+        fixed = self.port
+        err = ""
+        for _attempt in range(5):
+            with tempfile.TemporaryDirectory(prefix="memcached-port-") as tmp:
+                port_file = os.path.join(tmp, "port")
+                env = dict(os.environ, MEMCACHED_PORT_FILENAME=port_file)
+                self.proc = subprocess.Popen(self._command(fixed or -1), stdin=subprocess.DEVNULL,
+                                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                             preexec_fn=_die_with_parent, env=env)
+                port = fixed or self._read_port_file(port_file, timeout)
+            if port:
+                self.port = port
+                if self._wait_ready(timeout):
+                    return self
             if self.proc.poll() is not None and self.proc.stderr is not None:
-                err = self.proc.stderr.read() or b""
+                err = (self.proc.stderr.read() or b"").decode(errors="replace")
             self._kill()
-            if attempts >= 5:
-                raise RuntimeError("memcached did not start on %s: %s" % (self.address, err.decode(errors="replace")))
+        raise RuntimeError("memcached did not start%s: %s"
+                           % (" on port %d" % fixed if fixed else "", err.strip() or "no error output"))
+
+    def _read_port_file(self, path: str, timeout: float) -> int:
+        """The TCP port memcached wrote to ``MEMCACHED_PORT_FILENAME``
+        (it writes ``<path>.lck`` and renames it, so a file seen is whole)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is None or self.proc.poll() is not None:
+                return 0
+            try:
+                with open(path) as f:
+                    text = f.read()
+            except FileNotFoundError:
+                time.sleep(0.005)
+                continue
+            for line in text.splitlines():
+                if line.startswith("TCP INET:"):
+                    return int(line.split(":")[1])
+            return 0
+        return 0
 
     def _wait_ready(self, timeout: float) -> bool:
+        """Wait until the port answers and it is *this* memcached answering
+        (its ``stats`` report our child's pid), not another process that
+        happens to listen on the port."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc is None or self.proc.poll() is not None:
                 return False
             try:
-                with socket.create_connection((self.host, self.port), timeout=0.5):
-                    return True
+                with socket.create_connection((self.host, self.port), timeout=5) as sock:
+                    if "binary" in self.extra_args:  # -B binary: no text "stats"; the port file is the proof
+                        return True
+                    sock.sendall(b"stats\r\n")
+                    data = b""
+                    while not data.endswith(b"END\r\n"):
+                        chunk = sock.recv(65536)
+                        if not chunk:
+                            break
+                        data += chunk
             except OSError:
                 time.sleep(0.02)
+                continue
+            return (b"STAT pid %d\r\n" % self.proc.pid) in data
         return False
 
-    def pause(self) -> None:
-        """Freeze the server (SIGSTOP): it keeps its sockets but answers nothing."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGSTOP)
-        self.paused = True
+    def pause(self, timeout: float = 10.0) -> None:
+        """Freeze the server (SIGSTOP): it keeps its sockets but answers nothing.
 
-    def resume(self) -> None:
-        """Thaw a paused server (SIGCONT)."""
+        Returns once every thread of the server is stopped (read from
+        ``/proc`` on Linux), so not one more request is served after this
+        returns; raises :class:`~couchbase_core.testing.signals.SignalNotObserved`
+        if that does not happen within ``timeout`` seconds."""
         assert self.proc is not None
-        self.proc.send_signal(signal.SIGCONT)
+        self.paused = True
+        stop_process(self.proc.pid, timeout, "memcached on %s" % self.address)
+
+    def resume(self, timeout: float = 10.0) -> None:
+        """Thaw a paused server (SIGCONT); returns once no thread of it is
+        stopped any more (bounded like :meth:`pause`)."""
+        assert self.proc is not None
+        continue_process(self.proc.pid, timeout, "memcached on %s" % self.address)
         self.paused = False
 
     def kill(self) -> None:

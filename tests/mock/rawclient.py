@@ -66,7 +66,10 @@ def durability_frame(level: int, timeout_ms: Optional[int] = None) -> bytes:
 class RawClient:
     """One connection to one KV port."""
 
-    def __init__(self, host: str, port: int, timeout: float = 5.0) -> None:
+    def __init__(self, host: str, port: int, timeout: float = 30.0) -> None:
+        # Replies are awaited up to ``timeout``: it only bounds a server that
+        # never answers, so it is long enough for a loaded machine; tests that
+        # expect silence set a short one on the socket themselves.
         self.sock = socket.create_connection((host, port), timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.opaque = 0
@@ -141,8 +144,10 @@ class RawClient:
             if response.opaque == opaque and response.opcode == 0x0A:
                 return out
 
-    def is_closed(self, wait: float = 2.0) -> bool:
-        """True when the server hangs up (nothing else arrives first)."""
+    def is_closed(self, wait: float = 30.0) -> bool:
+        """True when the server hangs up (nothing else arrives first).
+        Returns as soon as it does: ``wait`` bounds a server that stays
+        silent (pass a short one only where silence is what is expected)."""
         self.sock.settimeout(wait)
         try:
             data = self.sock.recv(1)
@@ -151,6 +156,25 @@ class RawClient:
         except socket.timeout:
             return False
         return data == b""
+
+    def probe_closed(self, wait: float = 30.0) -> bool:
+        """Whether the server has hung up, told by evidence either way rather
+        than by silence: a NOOP is sent and the responses read up to its own
+        (open: False) or to the hang-up (True). ``wait`` only bounds a server
+        that does neither."""
+        try:
+            opaque = self.send(0x0A)
+        except (BrokenPipeError, ConnectionResetError):
+            return True
+        self.sock.settimeout(wait)
+        try:
+            while True:
+                if self.recv().opaque == opaque:
+                    return False
+        except Closed:
+            return True
+        except socket.timeout:
+            raise AssertionError("the server neither answered a NOOP nor hung up within %.0f s" % wait) from None
 
     # ----------------------------------------------------------- handshake
 

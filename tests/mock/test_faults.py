@@ -301,6 +301,10 @@ def test_stop_and_restart_node(cluster: MockCluster, fault: Any) -> None:
     fault.stop_node(2)
     assert c2.is_closed()
     assert refused(port) and refused(mgmt)  # KV and HTTP both down
+    # ...but their ports stay reserved for the restart: no one else can take them
+    for held in (port, mgmt):
+        with socket.socket() as other, pytest.raises(OSError):
+            other.bind((HOST, held))
     assert 2 in Map(cluster, config_of(c0)).nodes  # still in the map until failed over
     fault.restart_node(2)
     assert kv_port(cluster, 2) == port
@@ -315,26 +319,30 @@ def test_drop_connections(cluster: MockCluster, fault: Any) -> None:
     stream.next_config()
     assert fault.drop_connections(node=1) >= 2  # the KV connection and the HTTP stream
     assert clients[1].is_closed()
-    with pytest.raises((rawhttp.HTTPError, OSError)):
-        stream.next_config(timeout=2)
-    assert roundtrip(clients[0]) < 1 and roundtrip(clients[2]) < 1  # other nodes untouched
+    with pytest.raises((rawhttp.HTTPError, OSError)) as info:
+        stream.next_config(timeout=30)
+    assert not isinstance(info.value, socket.timeout), "the stream was not dropped"
+    roundtrip(clients[0])  # other nodes untouched: they still answer
+    roundtrip(clients[2])
     assert fault.drop_connections() >= 2
     assert clients[0].is_closed() and clients[2].is_closed()
-    assert roundtrip(connect(cluster, 1)) < 1  # new connections are welcome
+    roundtrip(connect(cluster, 1))  # new connections are welcome
 
 
 # --------------------------------------------------------- per-connection
 
 
 def test_delay(cluster: MockCluster, fault: Any) -> None:
+    # "Not delayed" is told from "delayed" by a margin no slow machine
+    # bridges: undelayed replies take well under a second even when loaded.
     c0, c1 = connect(cluster, 0), connect(cluster, 1)
-    assert roundtrip(c0) < 0.3
-    fault.delay(0.6)
-    assert 0.6 <= roundtrip(c0) < 5
+    assert roundtrip(c0) < 1.0
+    fault.delay(2.0)
+    assert 2.0 <= roundtrip(c0) < 30
     fault.delay(0)
-    assert roundtrip(c0) < 0.3
-    fault.delay(0.6, node=1)
-    assert 0.6 <= roundtrip(c1) < 5 and roundtrip(c0) < 0.3
+    assert roundtrip(c0) < 1.0
+    fault.delay(2.0, node=1)
+    assert 2.0 <= roundtrip(c1) < 30 and roundtrip(c0) < 1.0
 
 
 def test_stall_after_bytes(cluster: MockCluster, fault: Any) -> None:
@@ -345,7 +353,7 @@ def test_stall_after_bytes(cluster: MockCluster, fault: Any) -> None:
     fault.stall(40, node=0)
     # A fresh connection (no handshake: the password-less default bucket is
     # open) so the byte count starts at 0.
-    raw = track(RawClient(HOST, kv_port(cluster, 0), timeout=5.0))
+    raw = track(RawClient(HOST, kv_port(cluster, 0), timeout=30.0))
     raw.send(NOOP)
     raw.send(GET, key, vbucket=config.vbucket(key))
     received = raw._read(40)  # the NOOP reply (24) and 16 bytes of the GET reply...
@@ -354,7 +362,7 @@ def test_stall_after_bytes(cluster: MockCluster, fault: Any) -> None:
         raw._read(1)  # ...then nothing
     assert received[:2] == b"\x81\x0a" and received[24:26] == b"\x81\x00"
     fault.stall(None)
-    assert roundtrip(connect(cluster, 0)) < 1
+    roundtrip(connect(cluster, 0))  # answered again
 
 
 def test_force_status(cluster: MockCluster, fault: Any) -> None:
@@ -364,7 +372,7 @@ def test_force_status(cluster: MockCluster, fault: Any) -> None:
     vb = config.vbucket(key)
     fault.force_status(ETMPFAIL, count=2, node=0)
     assert [store(c0, key, b"x", vb).status for _ in range(3)] == [ETMPFAIL, ETMPFAIL, SUCCESS]
-    assert roundtrip(c0) < 1  # connection commands are not data operations
+    roundtrip(c0)  # connection commands are not data operations (a NOOP succeeds)
     fault.force_status(SUCCESS, node=0)  # a bare success that does nothing
     assert store(c0, key, b"lost", vb).status == SUCCESS
     assert c0.request(GET, key, vbucket=vb).value == b"x"
@@ -383,7 +391,7 @@ def test_malformed_responses(cluster: MockCluster, fault: Any) -> None:
     c0.sock.settimeout(0.3)
     with pytest.raises(socket.timeout):
         c0._read(1)  # nothing else came for that request
-    c0.sock.settimeout(5)
+    c0.sock.settimeout(30)
     assert c0.request(NOOP).status == SUCCESS  # the next reply is well formed
 
 
@@ -444,7 +452,7 @@ def test_clear_faults(cluster: MockCluster, fault: Any) -> None:
     config = Map(cluster, config_of(c0))
     key = config.key_on(0)
     vb = config.vbucket(key)
-    fault.delay(0.8)
+    fault.delay(5.0)
     fault.force_status(ETMPFAIL, count=5)
     fault.cccp(False)
     fault.persist_delay(60)
@@ -452,7 +460,7 @@ def test_clear_faults(cluster: MockCluster, fault: Any) -> None:
     fault.malformed(count=3)
     fault.stall(1_000_000_000)
     fault.clear_faults()
-    assert roundtrip(c0) < 0.4  # no delay, no garbage
+    assert roundtrip(c0) < 2.5  # no delay (of 5 s), no garbage
     assert store(c0, key, b"v", vb).status == SUCCESS  # no forced status
     assert observe_state(c0, key, vb) == 0x01  # persisted at once
     assert config_of(c0)["name"] == "default"  # CCCP back on

@@ -507,7 +507,7 @@ def test_n1ql_system_indexes(cluster: MockCluster, primary: None) -> None:
     assert (deferred["state"], deferred["keyspace_id"], deferred["using"]) == ("deferred", "default", "gsi")
     assert deferred["index_key"] == ["`g`"] and "is_primary" not in deferred
     assert n1ql(cluster, {"statement": "BUILD INDEX ON `default`(by_g)"})[0] == 200
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30
     while index("by_g")["state"] != "online":
         assert time.monotonic() < deadline, index("by_g")
         time.sleep(0.05)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import socket
 import struct
-import threading
 import time
 from typing import Iterator, List, Optional, Tuple
 
@@ -132,6 +132,17 @@ def lags(mock: ThreadedMock, persist: float = 0.0, replicate: float = 0.0) -> It
 
 def advance(mock: ThreadedMock, seconds: float) -> None:
     mock.call(lambda app: app.cluster.clock.advance(seconds))
+
+
+def wait_sync_write_pending(mock: ThreadedMock, key: bytes, timeout: float = 30.0) -> None:
+    """Wait until the emulator holds a durable write of ``key`` (it got the
+    request), instead of sleeping and hoping it did."""
+    from couchbase_core.mock import kvops
+
+    deadline = time.monotonic() + timeout
+    while not mock.call(lambda app: any(key in keys for keys in list(kvops._PENDING.values()))):
+        assert time.monotonic() < deadline, "the durable write of %r never arrived" % key
+        time.sleep(0.005)
 
 
 def op(cc: ClusterClients, opcode: int, key: bytes, extras: bytes = b"", value: bytes = b"", copy: int = 0,
@@ -706,18 +717,23 @@ def test_durable_write_waits_and_blocks_the_key(mock: ThreadedMock, cb: ClusterC
     upsert(cb, key, b"before")
     writer = cb.connect(cb.node_of(key))
     try:
-        with lags(mock, replicate=0.4):
-            started = time.monotonic()
-            opaque = durable(cb, key, 1, 5000, client=writer)
-            time.sleep(0.1)
+        # Replication takes 30 s of the cluster's clock: the write waits
+        # however long the checks below take on a slow machine, and ends
+        # when the clock is moved past it.
+        with lags(mock, replicate=30):
+            opaque = durable(cb, key, 1, 60000, client=writer)
+            wait_sync_write_pending(mock, key)
             assert op(cb, SET, key, store_extras(), b"other").status == proto.SYNC_WRITE_IN_PROGRESS
             assert op(old, SET, key, store_extras(), b"other").status == proto.ETMPFAIL
             assert op(cb, GET_LOCKED, key).status == proto.SYNC_WRITE_IN_PROGRESS
             assert op(cb, GET, key).value == b"before"  # readers see the committed value
+            writer.sock.settimeout(0.2)
+            with pytest.raises(socket.timeout):
+                writer.recv()  # still waiting for the replica
+            writer.sock.settimeout(30)
+            advance(mock, 31)
             reply = writer.recv()
-            elapsed = time.monotonic() - started
             assert reply.opaque == opaque and reply.status == 0 and len(reply.extras) == 16
-            assert 0.3 <= elapsed < 3, elapsed
             assert op(cb, GET, key).value == b"durable"
             assert observed(observe(cb, cb.node_of(key, 1), [key]))[0][1] in (0x00, 0x01)  # replicated
     finally:
@@ -727,10 +743,10 @@ def test_durable_write_waits_and_blocks_the_key(mock: ThreadedMock, cb: ClusterC
 def test_durable_write_timeout_is_ambiguous(mock: ThreadedMock, cb: ClusterClients) -> None:
     key = fresh()
     upsert(cb, key, b"before")
-    with lags(mock, replicate=5, persist=5):
+    with lags(mock, replicate=60, persist=60):
         started = time.monotonic()
         assert durable_reply(cb, key, 1, 150).status == proto.SYNC_WRITE_AMBIGUOUS
-        assert time.monotonic() - started < 3
+        assert time.monotonic() - started < 30  # its 150 ms, not the 60 s lag
         assert durable_reply(cb, key, 3, 150, opcode=DELETE, extras=b"", value=b"").status \
             == proto.SYNC_WRITE_AMBIGUOUS
     assert op(cb, GET, key).value == b"before"  # nothing was applied
@@ -743,12 +759,12 @@ def test_durable_write_completes_when_the_clock_moves(mock: ThreadedMock, cb: Cl
         try:
             started = time.monotonic()
             opaque = durable(cb, key, 3, None, opcode=INCR, extras=arith_extras(1, 7), value=b"", client=writer)
-            timer = threading.Timer(0.2, lambda: advance(mock, 8.5))
-            timer.start()
+            wait_sync_write_pending(mock, key)  # moved only once the write waits (not after 0.2 s)
+            advance(mock, 8.5)
             reply = writer.recv()
-            timer.join()
             assert (reply.opaque, reply.status, reply.value) == (opaque, 0, struct.pack(">Q", 7))
-            assert time.monotonic() - started < 3
+            # before the 8 s the lags take in real time: the clock move ended it
+            assert time.monotonic() - started < 8
         finally:
             writer.close()
     # the next requests on the connection were held back, then answered in order
@@ -1064,7 +1080,7 @@ def test_memcached_bucket_matches_real_memcached(mock: ThreadedMock, memcached: 
                 try:
                     reply = client.request(opcode, key, extras, value)
                     outcomes.append(((reply.opcode, reply.status, reply.extras, reply.key, reply.value),
-                                     client.is_closed(1.0)))
+                                     client.probe_closed()))
                 except Closed:
                     outcomes.append(("closed",))
                 finally:
