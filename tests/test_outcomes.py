@@ -19,6 +19,7 @@ Real servers only: memcached, the emulator, and a forwarding proxy.
 
 from __future__ import annotations
 
+import select
 import time
 
 import gevent
@@ -249,7 +250,12 @@ def test_a_reply_waiting_in_the_socket_beats_a_late_timer(memcached_server):
         for _ in range(5):
             job = gevent.spawn(b.get, "stall")
             gevent.sleep(0)  # the request is written; the greenlet waits
-            time.sleep(0.5)  # the hub is held up past the deadline (CPU starvation)
+            # The hub is held up (CPU starvation): the process blocks until the
+            # reply sits in the socket and the deadline has passed.
+            started = time.monotonic()
+            sock = b._engine.connections[0]._sock
+            assert select.select([sock], [], [], 30)[0], "no reply within 30 s"
+            time.sleep(max(0.0, 0.3 - (time.monotonic() - started)))
             job.join(5)
             assert job.successful(), job.exception
             assert job.value.value == "here"
