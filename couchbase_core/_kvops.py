@@ -64,37 +64,32 @@ def _token(op: Any, extras: bytes) -> Optional[MutationToken]:
 class _KeyOp(KVOp):
     """An operation on one key (``_multi`` calls use :class:`KeyBatch`)."""
 
-    __slots__ = ("key", "sink", "durability")
+    __slots__ = ("key", "sink")
 
     #: The result class: OperationResult for mutations, ValueResult for reads.
     result_class: Any = OperationResult
+    #: (persist_to, replicate_to, timeout, interval) to wait for after
+    #: success (set on the operation only when asked for).
+    durability: Optional[tuple] = None
 
     def __init__(self, key: Any, opcode: int, kb: bytes, extras: bytes = b"", value: bytes = b"",
                  cas: int = 0, timeout: float = 2.5) -> None:
-        # KVOp's fields, assigned here directly: this runs once per operation.
+        # KVOp's slots, assigned here directly: this runs once per operation.
         self.opcode = opcode
         self.kb = kb
         self.extras = extras
         self.value = value
         self.cas = cas
-        self.datatype = 0
         self.timeout = timeout
         self.vbucket = 0
         self.opaque = 0
         self.deadline = 0.0
         self.done = False
         self.conn = None
-        self.target = None
-        self.retries = 0
-        self.last_error = None
-        self.replica = 0
-        self.framing = b""
         self.wire = None
         self.written = False
         self.key = key
         self.sink: Callable[[Any], None] = discard
-        #: (persist_to, replicate_to, timeout, interval) to wait for after success.
-        self.durability: Optional[tuple] = None
 
     def on_response(self, frame: Any) -> None:
         status = frame[2]
@@ -146,10 +141,26 @@ class GetOp(_KeyOp):
 
     def __init__(self, key: Any, kb: bytes, ttl: int, timeout: float, decoder: Optional[Any],
                  no_format: bool) -> None:
+        # Flat (no call to _KeyOp.__init__): the hottest constructor.
         if ttl:
-            _KeyOp.__init__(self, key, Opcode.GAT, kb, _FLAGS.pack(ttl), b"", 0, timeout)
+            self.opcode = Opcode.GAT
+            self.extras = _FLAGS.pack(ttl)
         else:
-            _KeyOp.__init__(self, key, Opcode.GET, kb, b"", b"", 0, timeout)
+            self.opcode = Opcode.GET
+            self.extras = b""
+        self.kb = kb
+        self.value = b""
+        self.cas = 0
+        self.timeout = timeout
+        self.vbucket = 0
+        self.opaque = 0
+        self.deadline = 0.0
+        self.done = False
+        self.conn = None
+        self.wire = None
+        self.written = False
+        self.key = key
+        self.sink = discard
         self.decoder = decoder
         self.no_format = no_format
 

@@ -76,11 +76,13 @@ class Bucket(BaseBucket):
             raise err
 
     def _run_one(self, op: Any, quiet: bool) -> Any:
-        waiter = Waiter(self._hub)
-        op.sink = waiter.switch
+        # No Waiter: the engine never completes an operation inside the
+        # caller's own call, only from the hub, so the greenlet is always
+        # parked in hub.switch() when its completion switches to it.
+        op.sink = getcurrent().switch
         self._engine.submit(op)
         try:
-            res = waiter.get()
+            res = self._hub.switch()
         except BaseException:
             # Killed or interrupted: never wake anyone later, and withdraw
             # what was not written yet (a composite starts no further step).

@@ -213,51 +213,56 @@ class KVConnection:
         """Take ``op`` (its opaque already stamped) and send it when possible."""
         op.conn = self
         op.written = False
+        opaque = op.opaque
+        pending = self.pending
+        pending[opaque] = op
         kb = op.kb
         extras = op.extras
+        value = op.value
+        if op.framing or self._deflate:
+            data = self._encode_unusual(op)
+        else:
+            data = _pack_header(0x80, op.opcode, len(kb), len(extras), op.datatype, op.vbucket,
+                                len(kb) + len(extras) + len(value), opaque, op.cas) + extras + kb + value
+        queue = self._queue
+        if self.state is READY:
+            if queue or self._tls is not None or len(pending) != 1 or self.engine.batch_depth:
+                op.wire = data
+                queue.append(op)
+                if not self._want_write:
+                    self._request_write()
+                return
+            # An idle connection: nothing to coalesce with, so send now
+            # rather than after a trip through the loop (halves the
+            # latency of a lone caller). Errors are left to the loop.
+            try:
+                sent = self._sock.send(data)
+            except OSError:
+                sent = 0
+            if sent:
+                op.written = True
+                if sent == len(data):
+                    op.wire = None
+                    return
+                self._head_sent = sent
+            op.wire = data
+            queue.append(op)
+            self._request_write()
+            return
+        op.wire = data
+        queue.append(op)
+        if self.state is IDLE:
+            self.connect()
+
+    def _encode_unusual(self, op: KVOp) -> bytes:
+        """The request bytes of ``op`` when it has framing extras or the
+        connection compresses values."""
         value = op.value
         datatype = op.datatype
         if self._deflate and len(value) >= self._min_compress and op.opcode in _COMPRESSIBLE:
             value, datatype = _compress(value, datatype, self._min_ratio)
-        self.pending[op.opaque] = op
-        framing = op.framing
-        if framing:
-            header = _pack_alt_header(0x08, op.opcode, len(framing), len(kb), len(extras), datatype,
-                                      op.vbucket, len(framing) + len(kb) + len(extras) + len(value),
-                                      op.opaque, op.cas) + framing
-        else:
-            header = _pack_header(0x80, op.opcode, len(kb), len(extras), datatype, op.vbucket,
-                                  len(kb) + len(extras) + len(value), op.opaque, op.cas)
-        data = header + extras + kb + value
-        queue = self._queue
-        if self.state is READY:
-            if not queue and len(self.pending) == 1 and not self.engine.batch_depth and self._tls is None:
-                # An idle connection: nothing to coalesce with, so send now
-                # rather than after a trip through the loop (halves the
-                # latency of a lone caller). Errors are left to the loop.
-                try:
-                    sent = self._sock.send(data)
-                except OSError:
-                    sent = 0
-                if sent:
-                    op.written = True
-                    if sent == len(data):
-                        op.wire = None
-                        return
-                    self._head_sent = sent
-                op.wire = data
-                queue.append(op)
-                self._request_write()
-                return
-            op.wire = data
-            queue.append(op)
-            if not self._want_write:
-                self._request_write()
-        else:
-            op.wire = data
-            queue.append(op)
-            if self.state is IDLE:
-                self.connect()
+        return encode_request(op.opcode, op.kb, op.extras, value, op.vbucket, op.opaque, op.cas, datatype,
+                              op.framing)
 
     def enqueue_batch(self, batch: Any, indexes: Optional[List[int]] = None) -> None:
         """Take the entries ``indexes`` (default: all) of a batch whose
@@ -896,43 +901,57 @@ class KVConnection:
         if not frames:
             return frames is not None
         self.last_activity = self.last_read
-        pending = self.pending
-        retry_statuses = self.engine.retry_statuses
+        pop = self.pending.pop
         inflate = self._inflate
         for frame in frames:
-            failure = None
-            if inflate and frame[3] & 0x02:
-                try:
-                    frame = _inflate(frame)
-                except _snappy.InflateError as exc:
-                    rc = RC.LIMIT_EXCEEDED if isinstance(exc, _snappy.InflateLimitError) else RC.PROTOCOL
-                    failure = (rc, "%s: %s" % (self.authority, exc))
-            op = pending.pop(frame[4], None)
-            if op is None:
-                if frame[0] == Magic.SERVER_REQUEST and failure is None:
-                    try:
-                        self.engine.on_server_request(self, frame)
-                    except Exception:  # the other frames of this read still go out
-                        log.exception("handling server request 0x%02x from %s failed", frame[1], self.authority)
-                elif failure is not None:
-                    log.warning("dropping a frame nobody waits for: %s", failure[1])
-                continue  # the operation timed out or was abandoned
+            op = pop(frame[4], None)
+            # The common reply (success, plain value, single-reply request)
+            # takes the short way; everything else goes through _unusual.
+            if op is None or frame[2] or op.multi_reply or (inflate and frame[3] & 0x02):
+                self._unusual(frame, op)
+                continue
+            op.done = True
             try:
-                if failure is not None:
-                    _undeliverable(op, frame, failure[0], failure[1])
-                    continue
-                if frame[2] in retry_statuses and self.engine.retry_after_status(self, op, frame):
-                    continue
-                if op.multi_reply:
-                    if not op.on_part(frame):
-                        pending[frame[4]] = op
-                    continue
-                op.done = True
                 op.on_response(frame)
             except Exception:  # never let a result handler break the stream
                 log.exception("completing %s failed", op.describe())
         self.engine.deadlines.trim()
         return True
+
+    def _unusual(self, frame: Any, op: Optional[KVOp]) -> None:
+        """Deliver a reply that is not a plain success: compressed, an error
+        status (maybe retried), part of a multi-reply operation, a server
+        request, or one nobody waits for any more."""
+        failure = None
+        if self._inflate and frame[3] & 0x02:
+            try:
+                frame = _inflate(frame)
+            except _snappy.InflateError as exc:
+                rc = RC.LIMIT_EXCEEDED if isinstance(exc, _snappy.InflateLimitError) else RC.PROTOCOL
+                failure = (rc, "%s: %s" % (self.authority, exc))
+        if op is None:
+            if frame[0] == Magic.SERVER_REQUEST and failure is None:
+                try:
+                    self.engine.on_server_request(self, frame)
+                except Exception:  # the other frames of this read still go out
+                    log.exception("handling server request 0x%02x from %s failed", frame[1], self.authority)
+            elif failure is not None:
+                log.warning("dropping a frame nobody waits for: %s", failure[1])
+            return  # the operation timed out or was abandoned
+        try:
+            if failure is not None:
+                _undeliverable(op, frame, failure[0], failure[1])
+                return
+            if frame[2] in self.engine.retry_statuses and self.engine.retry_after_status(self, op, frame):
+                return
+            if op.multi_reply:
+                if not op.on_part(frame):
+                    self.pending[frame[4]] = op
+                return
+            op.done = True
+            op.on_response(frame)
+        except Exception:  # never let a result handler break the stream
+            log.exception("completing %s failed", op.describe())
 
     def _read_handshake(self) -> None:
         frames = self._frames(" during the handshake")
