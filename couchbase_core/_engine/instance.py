@@ -362,6 +362,30 @@ class Engine:
         """Route ``op`` (by ``op.target`` when set, else by its key) and send
         it. Raises ObjectDestroyedError if the engine is closed; never
         completes ``op`` synchronously."""
+        if self.closed or self._pid != _forks.pid or op.local:
+            self._submit_unusual(op)
+            return
+        timeout = op.timeout
+        op.deadline = deadline = self.clock() + timeout
+        # Deadlines.add, inlined for the common case (a queue for this timeout
+        # exists and the timer is armed no later than this deadline).
+        deadlines = self.deadlines
+        armed = deadlines._armed_for
+        queue = deadlines._queues.get(timeout) if armed is not None and armed <= deadline else None
+        if queue is not None:
+            queue.append(op)
+        else:
+            deadlines.add(op)
+        conn = op.target or self._single
+        if conn is None:
+            self._dispatch(op)
+            return
+        op.opaque = self._opaque = (self._opaque + 1) & 0xFFFFFFFF
+        conn.enqueue(op)
+
+    def _submit_unusual(self, op: KVOp) -> None:
+        """submit() for a closed engine, the first use after a fork, or a
+        local operation."""
         if self.closed:
             raise ObjectDestroyedError("the bucket is closed")
         if self._pid != _forks.pid:
@@ -369,25 +393,7 @@ class Engine:
         if op.local:
             self._run_local(op)
             return
-        op.deadline = deadline = self.clock() + op.timeout
-        # Deadlines.add, inlined for the common case (a queue for this timeout
-        # exists and the timer is armed no later than this deadline).
-        deadlines = self.deadlines
-        queue = deadlines._queues.get(op.timeout)
-        armed = deadlines._armed_for
-        if queue is not None and armed is not None and armed <= deadline:
-            queue.append(op)
-        else:
-            deadlines.add(op)
-        conn = op.target
-        if conn is None:
-            conn = self._single
-            if conn is None:
-                self._dispatch(op)
-                return
-        self._opaque = opaque = (self._opaque + 1) & 0xFFFFFFFF
-        op.opaque = opaque
-        conn.enqueue(op)
+        self.submit(op)
 
     def _dispatch(self, op: KVOp) -> None:
         """Route a keyed operation (not yet stamped with an opaque) and send it."""
