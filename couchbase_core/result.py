@@ -46,13 +46,17 @@ class Result:
         rc: result code; 0 on success (see :mod:`couchbase_core.exceptions`).
     """
 
-    __slots__ = ("key", "rc", "_message", "_exc")
+    # ``_message`` and ``_exc`` are set on failures only: class-level
+    # defaults, stored in the instance dict when set (one result is made per
+    # operation, most of them successes, so this saves stores and memory).
+    __slots__ = ("key", "rc", "__dict__")
+
+    _message: Optional[str] = None
+    _exc: Optional[CouchbaseError] = None
 
     def __init__(self, key: Any = None, rc: int = 0) -> None:
         self.key = key
         self.rc = rc
-        self._message: Optional[str] = None
-        self._exc: Optional[CouchbaseError] = None
 
     @property
     def success(self) -> bool:
@@ -106,8 +110,6 @@ class OperationResult(Result):
     def __init__(self, key: Any = None, rc: int = 0, cas: int = 0) -> None:
         self.key = key
         self.rc = rc
-        self._message = None
-        self._exc = None
         self.cas = cas
         self.mutation_token: Optional[MutationToken] = None
 
@@ -125,14 +127,14 @@ class ValueResult(OperationResult):
 
     __slots__ = ("value", "flags")
 
+    #: Reads have none; counters set one (in the instance dict).
+    mutation_token: Optional[MutationToken] = None  # type: ignore[assignment]
+
     def __init__(self, key: Any = None, rc: int = 0, cas: int = 0, value: Any = None, flags: int = 0) -> None:
         # Flat on purpose: one of these is made per read.
         self.key = key
         self.rc = rc
-        self._message = None
-        self._exc = None
         self.cas = cas
-        self.mutation_token = None
         self.value = value
         self.flags = flags
 

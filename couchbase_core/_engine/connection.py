@@ -166,6 +166,8 @@ class KVConnection:
         self._head_sent = 0
         #: Withdrawn entries still in the queue (compacted when they pile up).
         self._dead = 0
+        #: (bytes, requests) taken by the fast path of the last _gather.
+        self._gathered: Optional[Tuple[int, int]] = None
         #: Handshake requests (HELLO, SASL...) waiting to be written.
         self._hs_out = b""
         self._want_write = False
@@ -758,7 +760,9 @@ class KVConnection:
             # The common case, with C-level loops: whole requests, none
             # withdrawn, a few hundred at most per write.
             parts = [entry.wire for entry in islice(queue, _GATHER_FAST)]
-            if sum(map(len, parts)) <= WRITE_CHUNK:
+            total = sum(map(len, parts))
+            if total <= WRITE_CHUNK:
+                self._gathered = (total, len(parts))
                 return parts[0] if len(parts) == 1 else b"".join(parts)
         parts = []
         size = 0
@@ -782,8 +786,18 @@ class KVConnection:
         """``n`` bytes of what :meth:`_gather` returned were written: mark the
         requests they belong to as written, drop the finished ones."""
         queue = self._queue
-        head_sent = self._head_sent
         popleft = queue.popleft
+        gathered = self._gathered
+        if gathered is not None:
+            self._gathered = None
+            if n == gathered[0]:
+                # All that the fast path of _gather took was written.
+                for _ in range(gathered[1]):
+                    entry = popleft()
+                    entry.written = True
+                    entry.wire = None
+                return
+        head_sent = self._head_sent
         while queue:
             entry = queue[0]
             wire = entry.wire
@@ -1050,6 +1064,7 @@ class KVConnection:
         self._queue = deque()
         self._head_sent = 0
         self._dead = 0
+        self._gathered = None
         return pending
 
     def close(self, rc: int = RC.OBJECT_DESTROYED, message: str = "the bucket was closed") -> List[KVOp]:
@@ -1108,6 +1123,7 @@ class KVConnection:
         self._queue = deque()
         self._head_sent = 0
         self._dead = 0
+        self._gathered = None
         return pending
 
 

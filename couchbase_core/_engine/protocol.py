@@ -285,7 +285,7 @@ class FrameDecoder:
         max_body = self.max_body
         pos = 0
         size = len(buf)
-        while size - pos >= HEADER_LEN:
+        while size - pos >= 24:
             magic, opcode, keylen, extlen, datatype, status, bodylen, opaque, cas = unpack(buf, pos)
             if magic != 0x81 or extlen + keylen > bodylen or bodylen > max_body:
                 # Not a plain response, or a bad one: the careful way.
@@ -295,13 +295,14 @@ class FrameDecoder:
                 append(frame)
                 pos = end
                 continue
-            end = pos + HEADER_LEN + bodylen
+            end = pos + 24 + bodylen
             if end > size:
                 break
-            p = pos + HEADER_LEN + extlen
+            p = pos + 24
+            e = p + extlen
+            k = e + keylen
             # Empty slices are the shared b"": no allocation for absent parts.
-            append((0x81, opcode, status, datatype, opaque, cas, buf[pos + HEADER_LEN:p], buf[p:p + keylen],
-                    buf[p + keylen:end], b""))
+            append((0x81, opcode, status, datatype, opaque, cas, buf[p:e], buf[e:k], buf[k:end], b""))
             pos = end
         return frames, pos
 
