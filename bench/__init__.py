@@ -7,6 +7,7 @@ Run it with ``make bench`` (or ``.venv/bin python -m bench --help``); see
 ``_multi`` calls), ``python -m bench.parked`` (memory per greenlet parked on
 a frozen server) and ``python -m bench.rows`` (view/N1QL rows per second).
 
-This package deliberately imports nothing at import time, so ``python -m bench.worker`` can monkeypatch before any socket or
-threading module is loaded.
+This package deliberately imports nothing at import time, so ``python -m
+bench.worker`` can monkeypatch before any socket or threading module is
+loaded.
 """
