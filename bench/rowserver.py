@@ -43,6 +43,8 @@ CITIES = ("Lyon", "Porto", "Kraków", "Austin", "Osaka", "Nairobi", "Lima", "Osl
 TAGS = ("new", "vip", "mobile", "newsletter", "beta", "trial", "partner")
 VIEW_PATH = "/default/_design/bench/_view/by_city"
 STATEMENT = "SELECT META(u).id AS id, u.* FROM `default` u WHERE u.type = 'user'"
+#: The view the canned body stands for (and that --emulator defines).
+MAP_FUNCTION = "function (doc, meta) { if (doc.type == 'user') { emit([doc.city, doc.age], doc); } }"
 
 
 def make_docs(n: int, seed: int = 42) -> List[Tuple[str, Dict[str, Any]]]:
@@ -139,6 +141,25 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
+def load_emulator(connstr: str, docs: List[Tuple[str, Dict[str, Any]]]) -> None:
+    """Store ``docs`` in the emulator's ``default`` bucket, define the view
+    (built by one ``stale=false`` query) and a primary index."""
+    from couchbase_core.bucket import Bucket
+
+    bucket = Bucket(connstr + "/default?operation_timeout=60&views_timeout=300&query_timeout=300",
+                    username="Administrator", password="password")
+    try:
+        for start in range(0, len(docs), 5000):
+            bucket.upsert_multi(dict(docs[start:start + 5000]))
+        design, view = VIEW_PATH.split("/_design/")[1].split("/_view/")
+        mgr = bucket.bucket_manager()
+        mgr.design_create(design, {"views": {view: {"map": MAP_FUNCTION}}}, use_devmode=False, syncwait=60)
+        list(bucket.query(design, view, stale=False, limit=1))
+        mgr.n1ql_index_create_primary(ignore_exists=True)
+    finally:
+        bucket.close()
+
+
 def _redirect_services(port: int) -> Any:
     def apply(app: Any) -> None:
         for node in app.cluster.nodes:
@@ -153,6 +174,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("rows", type=int)
     p.add_argument("--chunk-bytes", type=int, default=16384, help="bytes per HTTP chunk (default 16384)")
+    p.add_argument("--emulator", action="store_true",
+                   help="no canned bodies: store the documents in the emulator and let its own view and "
+                        "N1QL engines answer (slow: they, not the client, are then the bottleneck)")
     p.add_argument("--max-seconds", type=float, default=900, help="exit after this long whatever happens")
     args = p.parse_args(argv)
 
@@ -160,30 +184,42 @@ def main(argv: Optional[List[str]] = None) -> int:
     killer.daemon = True
     killer.start()
     docs = make_docs(args.rows)
-    vbody, nbody = view_body(docs), n1ql_body(docs)
-    Handler.bodies = {"view": chunked(vbody, args.chunk_bytes), "n1ql": chunked(nbody, args.chunk_bytes)}
-    sizes = {"view_bytes": len(vbody), "n1ql_bytes": len(nbody)}
-    sample = docs[0][1] if docs else {}
-    del docs, vbody, nbody
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.daemon_threads = True
-    threading.Thread(target=httpd.serve_forever, name="rows-http", daemon=True).start()
 
     from couchbase_core.mock.inprocess import ThreadedMock
     from couchbase_core.mock.runtime import ClusterOptions
 
+    httpd = None
     mock = ThreadedMock(ClusterOptions(nodes=1, replicas=0)).start()
     try:
-        mock.call(_redirect_services(httpd.server_address[1]))
+        if args.emulator:
+            load_emulator(mock.info["connstr"], docs)
+            info = mock.info
+            views, query = info["views_port"], info["query_port"]
+            source = "the emulator's own view and N1QL engines"
+            sizes: Dict[str, Any] = {}
+        else:
+            vbody, nbody = view_body(docs), n1ql_body(docs)
+            Handler.bodies = {"view": chunked(vbody, args.chunk_bytes), "n1ql": chunked(nbody, args.chunk_bytes)}
+            sizes = {"view_bytes": len(vbody), "n1ql_bytes": len(nbody)}
+            del vbody, nbody
+            httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+            httpd.daemon_threads = True
+            threading.Thread(target=httpd.serve_forever, name="rows-http", daemon=True).start()
+            views = query = httpd.server_address[1]
+            mock.call(_redirect_services(views))
+            source = "canned bodies (%d-byte HTTP chunks) behind an emulator bucket" % args.chunk_bytes
         info = mock.info
-        line = dict(sizes, connstr=info["connstr"], http_port=httpd.server_address[1], rows=args.rows,
-                    view_path=VIEW_PATH, query_path="/query/service", statement=STATEMENT,
-                    chunk_bytes=args.chunk_bytes, sample_doc=sample)
+        line = dict(sizes, connstr=info["connstr"], rows=args.rows, source=source, ordered=not args.emulator,
+                    view_url="http://127.0.0.1:%d%s" % (views, VIEW_PATH),
+                    query_url="http://127.0.0.1:%d/query/service" % query, statement=STATEMENT,
+                    sample_doc=docs[0][1] if docs else {})
+        del docs
         sys.stdout.write(json.dumps(line) + "\n")
         sys.stdout.flush()
         sys.stdin.read()  # until the parent closes the pipe (or dies)
     finally:
-        httpd.shutdown()
+        if httpd is not None:
+            httpd.shutdown()
         mock.stop()
     return 0
 
