@@ -347,8 +347,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p.add_argument("--ops", default="get,upsert", help="comma-separated subset of get,upsert (default both)")
     p.add_argument("--timeout", type=float, default=60.0,
                    help="operation timeout in seconds, long enough that nothing times out (default 60)")
-    p.add_argument("--deadline", type=float, default=600.0,
-                   help="the watchdog stops everything after this many seconds (default 600)")
+    p.add_argument("--deadline", type=float, default=300.0,
+                   help="the watchdog stops everything after this many seconds (default 300)")
     p.add_argument("--json", metavar="PATH", help="also write every figure and site to PATH")
     p.add_argument("--worker", nargs=7, metavar=("MODE", "KIND", "N", "HOST", "PORT", "PID", "TIMEOUT"),
                    help=argparse.SUPPRESS)

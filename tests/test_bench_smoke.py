@@ -80,3 +80,11 @@ def test_rows_streams_every_row_through_client_and_baseline(tmp_path):
         assert len(data["runs"][name]) == 1
         assert data["summary"][name]["median"] > 0
     assert data["server"]["rows"] == 1000 and data["server"]["view_bytes"] > 1000
+
+
+@pytest.mark.timeout(200)
+def test_rows_can_take_the_rows_from_the_emulator_engines(tmp_path):
+    stdout, data = run_bench("rows", ["--rows", "300", "--repeat", "1", "--emulator"], tmp_path)
+    assert "emulator's own view and N1QL engines" in stdout
+    assert data["problems"] == []
+    assert all(data["summary"][name]["median"] > 0 for name in data["summary"])
