@@ -286,7 +286,8 @@ def summarize(results: Dict[str, Dict[str, Any]], n: int, kinds: List[str]) -> D
                               "beyond": (s["bytes"] - b) / n, "count_per_greenlet": s["count"] / n})
             sites.sort(key=lambda s: -s["beyond"])
             row["top_sites"] = sites[:TOP_SITES]
-            row["client_code"] = sum(s["per_greenlet"] for s in sites if s["site"].startswith(CLIENT_CODE))
+            row["client_code"] = sum(s["per_greenlet"] for s in sites if s["site"].startswith(CLIENT_CODE)) \
+                if sites else None
         summary[kind] = row
     return summary
 
@@ -323,7 +324,7 @@ def report(summary: Dict[str, Any], results: Dict[str, Dict[str, Any]], kinds: L
         measured = [v for v in (s.get("rss_beyond"), s.get("tracemalloc_beyond")) if v is not None]
         problems = [r.get("error") or r.get("problem") for m in MODES for r in (results[m].get(kind, {}),
                                                                               results[m].get("baseline", {}))]
-        problems = [p for p in problems if p]
+        problems = sorted({p for p in problems if p})
         if len(measured) < 2 or problems:
             lines.append("%s: not measured (%s); <= 4 KB per parked greenlet beyond gevent's: FAIL"
                          % (LABELS[kind], "; ".join(problems) or "a run failed"))
@@ -336,7 +337,9 @@ def report(summary: Dict[str, Any], results: Dict[str, Dict[str, Any]], kinds: L
     for mode in MODES:
         for kind, res in results[mode].items():
             if res.get("error"):
-                lines.append("!! %s/%s: %s\n%s" % (mode, kind, res["error"], res.get("stderr", "").rstrip()))
+                lines.append("!! %s/%s: %s" % (mode, kind, res["error"]))
+                if res.get("stderr", "").strip():
+                    lines.append(res["stderr"].rstrip())
     return "\n".join(lines)
 
 
