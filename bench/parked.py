@@ -192,6 +192,7 @@ class Watchdog:
         self._timer.daemon = True
 
     def start(self) -> "Watchdog":
+        """Arm the timer."""
         self._timer.start()
         return self
 
@@ -209,6 +210,7 @@ class Watchdog:
         self.server.stop()
 
     def cancel(self) -> None:
+        """Disarm the timer."""
         self._timer.cancel()
 
 
@@ -344,6 +346,7 @@ def report(summary: Dict[str, Any], results: Dict[str, Dict[str, Any]], kinds: L
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
+    """The command line (see ``--help``; ``--worker`` is for the parent only)."""
     p = argparse.ArgumentParser(prog="python -m bench.parked", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--greenlets", type=int, default=10_000, help="parked greenlets per run (default 10000)")
@@ -365,6 +368,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """Run every worker and print the report (or, with ``--worker``, be one); 1 if a run failed."""
     args = parse_args(argv)
     if args.worker:
         mode, kind, n, host, port, pid, timeout = args.worker

@@ -57,6 +57,7 @@ class RowServer:
         self.info: Dict[str, Any] = {}
 
     def start(self) -> "RowServer":
+        """Start the server and wait for its JSON line."""
         cmd = [sys.executable, "-m", "bench.rowserver", str(self.rows), "--chunk-bytes", str(self.chunk_bytes)]
         if self.emulator:
             cmd.append("--emulator")
@@ -71,6 +72,7 @@ class RowServer:
         return self
 
     def stop(self) -> None:
+        """Close its stdin and wait for it to exit (kill it after 10 s)."""
         proc, self.proc = self.proc, None
         if proc is None:
             return
@@ -201,6 +203,7 @@ def report(summary: Dict[str, Dict[str, float]], result: Dict[str, Any], rows: i
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
+    """The command line (see ``--help``)."""
     p = argparse.ArgumentParser(prog="python -m bench.rows", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", type=int, default=100_000, help="rows per response (default 100000)")
@@ -218,6 +221,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """Start the server, measure, print the table; 1 if a stream returned wrong rows."""
     args = parse_args(argv)
     print("row streaming: gcouchbase view and N1QL iteration vs urllib + json.loads")
     print("  %s" % machine_line())

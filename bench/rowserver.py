@@ -1,7 +1,7 @@
 """The server side of ``bench.rows``: a Couchbase bucket whose views and
 N1QL answers come from memory, in a process of its own.
 
-    python -m bench.rowserver ROWS [--chunk-bytes B] [--max-seconds S]
+    python -m bench.rowserver ROWS [--chunk-bytes B] [--emulator] [--max-seconds S]
 
 It builds two response bodies of ROWS realistic small documents -- a view
 response (``{"total_rows":N,"rows":[{"id","key","value"},...]}``) and a
@@ -20,6 +20,8 @@ canned server, so the config every client receives (``nodesExt``) sends
 view and N1QL requests there, while bootstrap and KV stay with the
 emulator. The emulator's own query engines are not used: for 100,000 rows
 they, not the client, would be the bottleneck (see docs/performance.md).
+With ``--emulator`` they are used anyway: the documents are stored in the
+emulator, with the view and a primary index, and nothing is canned.
 
 Prints one JSON line once ready (``connstr``, ``http_port``, ``rows``, the
 body sizes, ``view_path``, ``query_path``, ``sample_doc``) and runs until its
@@ -120,6 +122,7 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
 
     def do_GET(self) -> None:  # noqa: N802 - the http.server naming
+        """A view query gets the view body; anything else a 404."""
         self._drain()
         if "/_view/" in self.path:
             self.counts["view"] += 1
@@ -129,6 +132,7 @@ class Handler(BaseHTTPRequestHandler):
             self._send(404, b'{"error":"not_found","reason":"bench row server"}', False)
 
     def do_POST(self) -> None:  # noqa: N802
+        """A N1QL query gets the N1QL body; anything else a 404."""
         self._drain()
         if self.path.startswith("/query/service"):
             self.counts["n1ql"] += 1
@@ -138,6 +142,7 @@ class Handler(BaseHTTPRequestHandler):
             self._send(404, b'{"error":"not_found"}', False)
 
     def log_message(self, *args: Any) -> None:
+        """Quiet: no line per request."""
         pass
 
 
@@ -161,6 +166,10 @@ def load_emulator(connstr: str, docs: List[Tuple[str, Dict[str, Any]]]) -> None:
 
 
 def _redirect_services(port: int) -> Any:
+    """For ``ThreadedMock.call``: every node advertises ``port`` as its
+    views and N1QL port from the next config on (the emulator's own
+    listeners stay where they are, unused)."""
+
     def apply(app: Any) -> None:
         for node in app.cluster.nodes:
             node.ports["capi"] = port
@@ -170,6 +179,7 @@ def _redirect_services(port: int) -> Any:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """Build the bodies, start the servers, print the JSON line, serve until stdin closes."""
     p = argparse.ArgumentParser(prog="python -m bench.rowserver", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("rows", type=int)

@@ -181,6 +181,7 @@ def report(rows: List[Dict[str, Any]]) -> str:
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
+    """The command line (see ``--help``)."""
     p = argparse.ArgumentParser(prog="python -m bench.stall", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--keys", default="100000,10000", help="comma-separated key counts (default 100000,10000)")
@@ -199,6 +200,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """Start memcached, measure, print the table; 1 if a call returned wrong results."""
     args = parse_args(argv)
     from couchbase_core.testing.memcached import MemcachedServer
 
