@@ -23,9 +23,10 @@ they, not the client, would be the bottleneck (see docs/performance.md).
 With ``--emulator`` they are used anyway: the documents are stored in the
 emulator, with the view and a primary index, and nothing is canned.
 
-Prints one JSON line once ready (``connstr``, ``http_port``, ``rows``, the
-body sizes, ``view_path``, ``query_path``, ``sample_doc``) and runs until its
-stdin closes, it is signalled, or ``--max-seconds`` pass.
+Prints one JSON line once ready (``connstr``, ``rows``, ``source``,
+``ordered``, ``view_url``, ``query_url``, ``statement``, the body sizes,
+``sample_doc``) and runs until its stdin closes, it is signalled, or
+``--max-seconds`` pass; started by ``bench.rows`` it also dies with it.
 """
 
 from __future__ import annotations
