@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: venv memcached demo test bench lint clean
+.PHONY: venv memcached demo test bench bench-extra lint clean
 
 venv:
 	@PYTHON=$(PYTHON) VENV=$(VENV) ./scripts/ensure-venv
@@ -20,6 +20,12 @@ test: venv memcached
 
 bench: venv memcached
 	$(PY) -m bench
+
+# hub stalls, memory per parked greenlet, row streaming (docs/performance.md)
+bench-extra: venv memcached
+	$(PY) -m bench.stall
+	$(PY) -m bench.parked
+	$(PY) -m bench.rows
 
 lint: venv
 	$(PY) -m ruff check couchbase_core gcouchbase tests bench

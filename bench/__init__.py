@@ -2,7 +2,12 @@
 gevent-friendly memcached clients and a hand-written raw-socket baseline.
 
 Run it with ``make bench`` (or ``.venv/bin python -m bench --help``); see
-``docs/performance.md``. This package deliberately imports nothing at import
-time, so ``python -m bench.worker`` can monkeypatch before any socket or
-threading module is loaded.
+``docs/performance.md``. Three more measurements run on their own
+(``make bench-extra``): ``python -m bench.stall`` (hub stalls during big
+``_multi`` calls), ``python -m bench.parked`` (memory per greenlet parked on
+a frozen server) and ``python -m bench.rows`` (view/N1QL rows per second).
+
+This package deliberately imports nothing at import time, so ``python -m
+bench.worker`` can monkeypatch before any socket or threading module is
+loaded.
 """
