@@ -19,7 +19,7 @@ creates a :class:`ServiceRequest` and starts it. The request:
   start, whichever nodes it tries;
 * tries the next node when the request cannot have reached the server (the
   connection was refused, the host did not resolve), and, for idempotent
-  requests, when the connection failed before any byte of the response;
+  requests, when the connection failed before the response's head;
 * hands its connection back to the pool once the response has ended, and
   closes it instead when the request is cancelled or fails half-way (the
   rest of the response was never read, so the connection is out of step).
@@ -234,8 +234,10 @@ class ServiceRequest:
         # (no connection) is safe to send there whatever its method; one
         # that may have reached the server only if repeating it is harmless,
         # and only while nothing of the response has been seen.
+        # (A connection closed before the response's first byte is a
+        # NETWORK or, as h11 sees it, a PROTOCOL error.)
         never_sent = rc in (RC.CONNECT, RC.UNKNOWN_HOST)
-        unanswered = rc == RC.NETWORK and self.idempotent and self.status == 0
+        unanswered = rc in (RC.NETWORK, RC.PROTOCOL) and self.idempotent and self.status == 0
         if self._targets and not self.engine.closed and (never_sent or unanswered):
             log.debug("%s: %s; trying the next node", self.describe(), message)
             self._send()
