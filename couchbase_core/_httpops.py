@@ -26,7 +26,7 @@ import json
 import logging
 import random
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from couchbase_core._engine.httpreq import ServiceRequest, service_endpoints
 from couchbase_core._engine.rows import RowParseError, RowParser
@@ -95,7 +95,8 @@ class HttpOp(LocalOp):
 
     def __init__(self, service: str, method: str, path: str, body: bytes = b"",
                  headers: Optional[Dict[str, str]] = None, timeout: float = 75.0,
-                 accept: Any = None, failure_rc: Any = None) -> None:
+                 accept: Optional[Callable[[int], bool]] = None,
+                 failure_rc: Optional[Callable[[int, Any], int]] = None) -> None:
         LocalOp.__init__(self, path, 0, b"", timeout)
         self.service = service
         self.method = method

@@ -430,36 +430,6 @@ class Engine:
         op.opaque = opaque
         conn.enqueue(op)  # type: ignore[union-attr]
 
-    def http_request(self, service: str, method: str, path: str, body: bytes = b"",
-                     headers: Optional[Dict[str, str]] = None, timeout: float = 75.0, *,
-                     on_head: Optional[HeadCallback] = None, on_chunk: Optional[ChunkCallback] = None,
-                     on_end: Optional[EndCallback] = None, on_error: Optional[ErrorCallback] = None,
-                     idempotent: Optional[bool] = None, order: Optional[NodeOrder] = None) -> ServiceRequest:
-        """Send one HTTP request to a node offering ``service`` (``mgmt``,
-        ``capi``, ``n1ql``) and stream its response to the callbacks:
-        ``on_head(status, headers)``, ``on_chunk(bytes)``..., then exactly one
-        of ``on_end()`` or ``on_error(rc, message)``, never inside this call.
-        ``timeout`` (seconds, > 0) bounds the whole request, every node tried
-        included. ``idempotent`` (default: GET and HEAD) allows sending it
-        to another node after a connection failed before any response byte;
-        ``order`` orders the candidate nodes in place (default: random).
-        Returns the request's handle (``cancel()``, ``pause()``,
-        ``resume()``). Raises ObjectDestroyedError once the engine is closed.
-        See :mod:`couchbase_core._engine.httpreq`."""
-        if self.closed:
-            raise ObjectDestroyedError("the bucket is closed")
-        if not timeout > 0:
-            raise ValueError("an HTTP request needs a timeout greater than 0, not %r" % (timeout,))
-        if self._pid != _forks.pid:
-            self._resume_after_fork()
-        request = ServiceRequest(self, service, method, path, body, headers, timeout, on_head, on_chunk, on_end,
-                                 on_error, idempotent, order)
-        if self._fork_restarting:
-            self._bootstrap_callbacks.append(request.start_after_bootstrap)
-        else:
-            request.start()
-        return request
-
     def submit_batch(self, batch: Any) -> None:
         """Send a batch of keys (``batch.entries``), each to its node, with
         one opaque per key from a consecutive run."""
@@ -1037,6 +1007,38 @@ class Engine:
     def connected(self) -> bool:
         """True when at least one connection is ready."""
         return not self.closed and any(c.state is READY for c in self.connections)
+
+    # ------------------------------------------------------------------ HTTP
+
+    def http_request(self, service: str, method: str, path: str, body: bytes = b"",
+                     headers: Optional[Dict[str, str]] = None, timeout: float = 75.0, *,
+                     on_head: Optional[HeadCallback] = None, on_chunk: Optional[ChunkCallback] = None,
+                     on_end: Optional[EndCallback] = None, on_error: Optional[ErrorCallback] = None,
+                     idempotent: Optional[bool] = None, order: Optional[NodeOrder] = None) -> ServiceRequest:
+        """Send one HTTP request to a node offering ``service`` (``mgmt``,
+        ``capi``, ``n1ql``) and stream its response to the callbacks:
+        ``on_head(status, headers)``, ``on_chunk(bytes)``..., then exactly one
+        of ``on_end()`` or ``on_error(rc, message)``, never inside this call.
+        ``timeout`` (seconds, > 0) bounds the whole request, every node tried
+        included. ``idempotent`` (default: GET and HEAD) allows sending it
+        to another node when its connection broke before the response's head;
+        ``order`` orders the candidate nodes in place (default: random).
+        Returns the request's handle (``cancel()``, ``pause()``,
+        ``resume()``). Raises ObjectDestroyedError once the engine is closed.
+        See :mod:`couchbase_core._engine.httpreq`."""
+        if self.closed:
+            raise ObjectDestroyedError("the bucket is closed")
+        if not timeout > 0:
+            raise ValueError("an HTTP request needs a timeout greater than 0, not %r" % (timeout,))
+        if self._pid != _forks.pid:
+            self._resume_after_fork()
+        request = ServiceRequest(self, service, method, path, body, headers, timeout, on_head, on_chunk, on_end,
+                                 on_error, idempotent, order)
+        if self._fork_restarting:
+            self._bootstrap_callbacks.append(request.start_after_bootstrap)
+        else:
+            request.start()
+        return request
 
 
 def _ignore(*_args: Any) -> None:
