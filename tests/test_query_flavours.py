@@ -190,3 +190,42 @@ def test_a_plan_stale_twice_is_one_error_after_one_reprepare_in_every_flavour(fl
     assert rows == [] and isinstance(error, N1QLError) and error.code == 4050
     sent = what_was_sent(query_log)
     assert [s.split(":")[0] for s in sent] == ["PREPARE", "prepared", "PREPARE", "prepared"]
+
+
+def test_a_management_call_abandoned_by_its_greenlet_closes_its_connection(cluster, monkeypatch):
+    import asyncio
+
+    original = mock_httpd.Router.dispatch
+
+    async def dispatch(self: Any, request: Any) -> Any:
+        if "/_design/slow" in request.path:
+            await asyncio.sleep(30)  # longer than anyone waits here
+        return await original(self, request)
+
+    monkeypatch.setattr(mock_httpd.Router, "dispatch", dispatch)
+    b = GBucket(cluster.connstr_for("default"), operation_timeout=30, **ADMIN)
+    try:
+        engine = b._engine
+        started: List[Tuple[Any, Any]] = []
+        real = engine.http_request
+
+        def spy(*args: Any, **kwargs: Any) -> Any:
+            handle = real(*args, **kwargs)
+            started.append((handle, handle.connection))
+            return handle
+
+        monkeypatch.setattr(engine, "http_request", spy)
+        mgr = b.bucket_manager()
+        with pytest.raises(gevent.Timeout):
+            with gevent.Timeout(0.3):
+                mgr.design_get("slow", use_devmode=False)
+        (handle, conn), = started
+        assert handle.done and handle.connection is None
+        assert conn.state == "closed"  # half-way: closed, never pooled
+        assert all(c is not conn for conns in engine.http_pool._idle.values() for c in conns)
+        # the bucket goes on: KV, and HTTP on a fresh connection
+        b.upsert("after", {"ok": True})
+        assert b.get("after").value == {"ok": True}
+        assert list(b.n1ql_query(N1QLQuery(STATEMENT, 5))) == [5]
+    finally:
+        b.close()
