@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Tuple
 
-from couchbase_core._bucketbase import Latch
+from couchbase_core._latch import Latch
 from couchbase_core.exceptions import RC, ObjectDestroyedError
 
 __all__ = ["RowStream"]

@@ -1,0 +1,326 @@
+"""The ``_multi`` operations: many keys in one call.
+
+Each ``*_multi`` method turns its input (a dict, an iterable of keys, an
+:class:`~couchbase_core.items.ItemCollection`) into entries, builds one
+request per entry into a :class:`~couchbase_core._kvops.KeyBatch` (a key
+that fails its checks gets a failed result of its own instead) and collects
+the results in a :class:`~couchbase_core.result.MultiResult`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+
+from couchbase_core._bucket_args import _MAX_KEY, _TTL, _cas, _ttl
+from couchbase_core._engine.protocol import Opcode
+from couchbase_core._kvops import KIND_COUNTER, KIND_GET, KIND_MUTATION, KeyBatch
+from couchbase_core.exceptions import ArgumentError, CouchbaseError
+from couchbase_core.items import Item, ItemCollection
+from couchbase_core.result import OperationResult, Result, ValueResult
+
+__all__ = ["MultiMixin"]
+
+
+_NO_OPTIONS: Dict[str, Any] = {}
+
+
+def _per_key_failure(key: Any, exc: CouchbaseError, item: Optional[Item], value_result: bool) -> Result:
+    res: Result
+    if item is not None:
+        res = item
+    elif value_result:
+        res = ValueResult(key)
+    else:
+        res = OperationResult(key)
+    res.rc = exc.rc
+    res._message = exc.message
+    res._exc = exc
+    if exc.key is None:
+        exc.key = key
+    return res
+
+
+class MultiMixin:
+    """``_multi`` operations of :class:`~couchbase_core._bucketbase.BaseBucket`."""
+
+    # ------------------------------------------------------------- _multi ops
+
+    def _run_entries(self, entries: Iterable[Tuple[Any, Any, Optional[Item], Dict[str, Any]]],
+                     build: Callable[[Any, Any, Optional[Item], Dict[str, Any]], tuple],
+                     quiet: bool, kind: int, no_format: bool = False,
+                     durability: Tuple[Optional[tuple], bytes] = (None, b""),
+                     idempotent: Optional[bool] = None) -> Any:
+        """Build one request per entry (``build`` returns ``(opcode, kb,
+        extras, value, cas)`` or raises for that key alone), batch them per
+        node and run them."""
+        self._check_open()
+        mres = self._new_multi()
+        mres._quiet = quiet
+        batch = KeyBatch(kind, self._timeout, mres, self._transcoder, no_format or self._data_passthrough)
+        observe, framing = durability
+        if observe is not None:
+            batch.durability = observe
+            batch.timeout += observe[2]  # the batch waits for the observations too
+        batch.framing = framing
+        if idempotent is not None:
+            batch.idempotent = idempotent
+        add = batch.entries.append
+        value_results = kind != KIND_MUTATION
+        for key, arg, item, options in entries:
+            try:
+                opcode, kb, extras, value, cas = build(key, arg, item, options)
+            except CouchbaseError as exc:
+                mres[key] = _per_key_failure(key, exc, item, value_results)
+                continue
+            add((key, kb, opcode, extras, value, cas, item))
+        return self._many(self._split(batch), mres)
+
+    @staticmethod
+    def _split(batch: KeyBatch) -> List[KeyBatch]:
+        """The batch as the list of operations to run (the engine sends each
+        entry to its node)."""
+        return [batch] if len(batch) else []
+
+    @staticmethod
+    def _entries_with_values(kvs: Any, what: str) -> List[Tuple[Any, Any, Optional[Item], Dict[str, Any]]]:
+        if isinstance(kvs, ItemCollection):
+            return [(item.key, item.value, item, dict(opts)) for item, opts in kvs]
+        if isinstance(kvs, dict):
+            return [(k, v, None, _NO_OPTIONS) for k, v in kvs.items()]
+        raise ArgumentError("%s needs a dict of key -> value or an item collection, not %s"
+                            % (what, type(kvs).__name__))
+
+    @staticmethod
+    def _entries_keys(keys: Any, what: str, scalar: Optional[str] = None) -> List[Tuple[Any, Any, Optional[Item], Dict[str, Any]]]:
+        if isinstance(keys, ItemCollection):
+            return [(item.key, None, item, dict(opts)) for item, opts in keys]
+        if isinstance(keys, (str, bytes)):
+            raise ArgumentError("%s needs a collection of keys, not a single %s" % (what, type(keys).__name__))
+        if isinstance(keys, dict):
+            out = []
+            for k, v in keys.items():
+                if isinstance(v, dict):
+                    out.append((k, None, None, dict(v)))
+                elif scalar is not None and v is not None:
+                    out.append((k, None, None, {scalar: v}))
+                else:
+                    out.append((k, None, None, _NO_OPTIONS))
+            return out
+        try:
+            return [(k, None, None, _NO_OPTIONS) for k in keys]
+        except TypeError:
+            raise ArgumentError("%s needs an iterable of keys, not %s" % (what, type(keys).__name__)) from None
+
+    def _store_multi(self, opcode: int, kvs: Any, ttl: Any, fmt: Any, persist_to: Any, replicate_to: Any,
+                     what: str, use_item_cas: bool, durability_level: Any = 0) -> Any:
+        durability = self._mutation_extras(persist_to, replicate_to, durability_level)
+        ttl = _ttl(ttl)
+        entries = self._entries_with_values(kvs, what)
+        store_parts = self._store_parts
+
+        def build(key: Any, value: Any, item: Optional[Item], options: Dict[str, Any]) -> tuple:
+            if not options:
+                return store_parts(opcode, key, value, 0, ttl, fmt)
+            if options.get("persist_to") or options.get("replicate_to"):
+                raise ArgumentError({"message": "give persist_to/replicate_to to the %s call, not per item"
+                                     % what, "key": key})
+            cas = options.get("cas", item.cas if (item is not None and use_item_cas) else 0)
+            return store_parts(opcode, key, value, cas, options.get("ttl", ttl), options.get("format", fmt))
+
+        def build_items(key: Any, value: Any, item: Optional[Item], options: Dict[str, Any]) -> tuple:
+            if item is not None and use_item_cas and "cas" not in options:
+                options = dict(options, cas=item.cas)
+            return build(key, value, item, options)
+
+        return self._run_entries(entries, build_items if use_item_cas else build, False, KIND_MUTATION,
+                                 durability=durability)
+
+    def upsert_multi(self, keys: Any, ttl: int = 0, format: Optional[int] = None,  # noqa: A002
+                     persist_to: int = 0, replicate_to: int = 0,
+                     durability_level: int = 0) -> Any:
+        """:meth:`upsert` for many keys: ``keys`` is a dict of key -> value or
+        an item collection (per-item options allowed). Returns a
+        :class:`~couchbase_core.result.MultiResult`; if any key failed, raises
+        that key's exception with ``all_results`` holding every key's result."""
+        return self._store_multi(Opcode.SET, keys, ttl, format, persist_to, replicate_to, "upsert_multi", False,
+                                 durability_level)
+
+    def insert_multi(self, keys: Any, ttl: int = 0, format: Optional[int] = None,  # noqa: A002
+                     persist_to: int = 0, replicate_to: int = 0,
+                     durability_level: int = 0) -> Any:
+        """:meth:`insert` for many keys (see :meth:`upsert_multi`)."""
+        return self._store_multi(Opcode.ADD, keys, ttl, format, persist_to, replicate_to, "insert_multi", False,
+                                 durability_level)
+
+    def replace_multi(self, keys: Any, ttl: int = 0, format: Optional[int] = None,  # noqa: A002
+                      persist_to: int = 0, replicate_to: int = 0,
+                      durability_level: int = 0) -> Any:
+        """:meth:`replace` for many keys; items use their own CAS."""
+        return self._store_multi(Opcode.REPLACE, keys, ttl, format, persist_to, replicate_to, "replace_multi", True,
+                                 durability_level)
+
+    def _concat_multi(self, opcode: int, kvs: Any, fmt: Any, persist_to: Any, replicate_to: Any, what: str,
+                      durability_level: Any) -> Any:
+        durability = self._mutation_extras(persist_to, replicate_to, durability_level)
+        entries = self._entries_with_values(kvs, what)
+
+        def build(key: Any, value: Any, item: Optional[Item], options: Dict[str, Any]) -> tuple:
+            cas = options.get("cas", item.cas if item is not None else 0)
+            return self._concat_parts(opcode, key, value, cas, options.get("format", fmt))
+
+        return self._run_entries(entries, build, False, KIND_MUTATION, durability=durability)
+
+    def append_multi(self, keys: Any, format: Optional[int] = None,  # noqa: A002
+                     persist_to: int = 0, replicate_to: int = 0, durability_level: int = 0) -> Any:
+        """:meth:`append` for many keys (dict of key -> fragment)."""
+        return self._concat_multi(Opcode.APPEND, keys, format, persist_to, replicate_to, "append_multi",
+                                  durability_level)
+
+    def prepend_multi(self, keys: Any, format: Optional[int] = None,  # noqa: A002
+                      persist_to: int = 0, replicate_to: int = 0, durability_level: int = 0) -> Any:
+        """:meth:`prepend` for many keys (dict of key -> fragment)."""
+        return self._concat_multi(Opcode.PREPEND, keys, format, persist_to, replicate_to, "prepend_multi",
+                                  durability_level)
+
+    def get_multi(self, keys: Any, ttl: int = 0, quiet: Optional[bool] = None, replica: bool = False,
+                  no_format: bool = False) -> Any:
+        """:meth:`get` for many keys: an iterable of keys, a dict whose values
+        are per-key ttls (or option dicts with ``ttl``), or an item collection
+        (whose items receive the values). Returns a MultiResult."""
+        if replica:
+            if ttl:
+                raise ArgumentError("a replica read cannot change the expiry (ttl); replicas are read-only")
+            return self.rget_multi(keys, None, quiet, no_format)
+        ttl = _ttl(ttl)
+        quiet = self._quiet if quiet is None else bool(quiet)
+        if not ttl and self._transcoder is None and type(keys) in (list, tuple):
+            batch_entries = _plain_get_entries(keys)
+            if batch_entries is not None:  # every key is a valid str/bytes key
+                self._check_open()
+                mres = self._new_multi()
+                mres._quiet = quiet
+                batch = KeyBatch(KIND_GET, self._timeout, mres, None, bool(no_format) or self._data_passthrough)
+                batch.entries = batch_entries
+                return self._many(self._split(batch), mres)
+        entries = self._entries_keys(keys, "get_multi", "ttl")
+        kb_of = self._kb
+        plain = (Opcode.GAT, _TTL.pack(ttl)) if ttl else (Opcode.GET, b"")
+
+        def build(key: Any, _arg: Any, item: Optional[Item], options: Dict[str, Any]) -> tuple:
+            kb = kb_of(key)
+            if options:
+                key_ttl = _ttl(options.get("ttl", ttl))
+                if key_ttl:
+                    return Opcode.GAT, kb, _TTL.pack(key_ttl), b"", 0
+                return Opcode.GET, kb, b"", b"", 0
+            return plain[0], kb, plain[1], b"", 0
+
+        return self._run_entries(entries, build, quiet, KIND_GET, bool(no_format))
+
+    def touch_multi(self, keys: Any, ttl: int = 0) -> Any:
+        """:meth:`touch` for many keys (a dict gives per-key ttls)."""
+        ttl = _ttl(ttl)
+        entries = self._entries_keys(keys, "touch_multi", "ttl")
+
+        def build(key: Any, _arg: Any, item: Optional[Item], options: Dict[str, Any]) -> tuple:
+            return Opcode.TOUCH, self._kb(key), _TTL.pack(_ttl(options.get("ttl", ttl))), b"", 0
+
+        return self._run_entries(entries, build, False, KIND_MUTATION)
+
+    def remove_multi(self, keys: Any, quiet: Optional[bool] = None, persist_to: int = 0,
+                     replicate_to: int = 0, durability_level: int = 0) -> Any:
+        """:meth:`remove` for many keys (a dict gives per-key CAS values;
+        items use their own CAS)."""
+        durability = self._mutation_extras(persist_to, replicate_to, durability_level)
+        entries = self._entries_keys(keys, "remove_multi", "cas")
+
+        def build(key: Any, _arg: Any, item: Optional[Item], options: Dict[str, Any]) -> tuple:
+            cas = options.get("cas", item.cas if item is not None else 0)
+            return Opcode.DELETE, self._kb(key), b"", b"", _cas(cas)
+
+        return self._run_entries(entries, build, self._quiet if quiet is None else bool(quiet), KIND_MUTATION,
+                                 durability=durability)
+
+    def counter_multi(self, kvs: Any, delta: int = 1, initial: Optional[int] = None, ttl: int = 0,
+                      durability_level: int = 0) -> Any:
+        """:meth:`counter` for many keys (a dict gives per-key deltas or
+        option dicts with ``delta``/``initial``/``ttl``)."""
+        durability = self._mutation_extras(0, 0, durability_level)
+        entries = self._entries_keys(kvs, "counter_multi", "delta")
+
+        def build(key: Any, _arg: Any, item: Optional[Item], options: Dict[str, Any]) -> tuple:
+            return self._counter_parts(key, options.get("delta", delta), options.get("initial", initial),
+                                       options.get("ttl", ttl))
+
+        return self._run_entries(entries, build, False, KIND_COUNTER, durability=durability)
+
+    def incr_multi(self, keys: Any, amount: int = 1, initial: Optional[int] = None, ttl: int = 0) -> Any:
+        """``counter_multi`` with a positive ``amount`` (2.x alias)."""
+        return self.counter_multi(keys, amount, initial, ttl)
+
+    def decr_multi(self, keys: Any, amount: int = 1, initial: Optional[int] = None, ttl: int = 0) -> Any:
+        """``counter_multi`` with ``-amount`` (2.x alias)."""
+        return self.counter_multi(keys, -amount, initial, ttl)
+
+    def rget_multi(self, keys: Any, replica_index: Optional[int] = None, quiet: Optional[bool] = None,
+                   no_format: bool = False) -> Any:
+        """:meth:`rget` for many keys (Couchbase buckets only)."""
+        self._require_couchbase("rget_multi", "plain memcached keeps no replicas")
+        entries = self._entries_keys(keys, "rget_multi")
+        self._replica_list(replica_index)  # validates
+        ops = [self._replica_op(key, replica_index, no_format) for key, _a, _i, _o in entries]
+        mres = self._new_multi()
+        mres._quiet = self._quiet if quiet is None else bool(quiet)
+        return self._many(ops, mres)
+
+    def lock_multi(self, keys: Any, ttl: int = 0) -> Any:
+        """:meth:`lock` for many keys (Couchbase buckets only)."""
+        self._require_couchbase("lock_multi", "plain memcached has no document locking (GET_LOCKED)")
+        ttl = _ttl(ttl)
+        entries = self._entries_keys(keys, "lock_multi", "ttl")
+        extras = _TTL.pack(ttl) if ttl else b""
+
+        def build(key: Any, _arg: Any, item: Optional[Item], options: Dict[str, Any]) -> tuple:
+            lock_time = _ttl(options["ttl"]) if "ttl" in options else ttl
+            return Opcode.GET_LOCKED, self._kb(key), _TTL.pack(lock_time) if lock_time else extras, b"", 0
+
+        return self._run_entries(entries, build, False, KIND_GET, idempotent=False)
+
+    def unlock_multi(self, keys: Any) -> Any:
+        """:meth:`unlock` for many keys: a dict of key -> CAS, the result of
+        ``lock_multi``, or an item collection (Couchbase buckets only)."""
+        self._require_couchbase("unlock_multi", "plain memcached has no document locking (UNLOCK_KEY)")
+        if isinstance(keys, dict):
+            keys = {k: (v.cas if isinstance(v, Result) else v) for k, v in keys.items()}
+        entries = self._entries_keys(keys, "unlock_multi", "cas")
+
+        def build(key: Any, _arg: Any, item: Optional[Item], options: Dict[str, Any]) -> tuple:
+            cas = options.get("cas", item.cas if item is not None else 0)
+            if not cas:
+                raise ArgumentError({"message": "unlock needs the CAS returned by lock", "key": key})
+            return Opcode.UNLOCK_KEY, self._kb(key), b"", b"", _cas(cas)
+
+        return self._run_entries(entries, build, False, KIND_MUTATION)
+
+
+def _plain_get_entries(keys: Any) -> Optional[List[tuple]]:
+    """Batch entries for a list of plain keys, or None if any key needs the
+    general path (not str/bytes, not UTF-8, empty, too long)."""
+    out = []
+    append = out.append
+    get = Opcode.GET
+    for key in keys:
+        tp = type(key)
+        if tp is str:
+            try:
+                kb = key.encode()
+            except UnicodeEncodeError:
+                return None  # the general path reports it for that key alone
+        elif tp is bytes:
+            kb = key
+        else:
+            return None
+        if not 0 < len(kb) <= _MAX_KEY:
+            return None
+        append((key, kb, get, b"", b"", 0, None))
+    return out

@@ -1,0 +1,60 @@
+"""View and N1QL queries: the bucket methods that start them.
+
+The requests themselves (HTTP, row streaming, iteration) live in
+:mod:`couchbase_core.views.iterator` and :mod:`couchbase_core.n1ql`; each
+flavour picks the iterator class through ``_view_class``/``_n1ql_class``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from couchbase_core.exceptions import ArgumentError
+
+__all__ = ["QueryMixin"]
+
+
+class QueryMixin:
+    """View and N1QL queries of :class:`~couchbase_core._bucketbase.BaseBucket`."""
+
+    # ------------------------------------------------------------------ views
+
+    #: The iterator class ``query`` returns (GView on the gevent bucket).
+    _view_class: Any = None
+
+    def query(self, design: str, view: str, use_devmode: bool = False, **kwargs: Any) -> Any:
+        """A view query: returns an iterable :class:`~couchbase_core.views.iterator.View`
+        (on the gevent bucket a ``GView``; on an AsyncBucket pass
+        ``itercls=`` an :class:`~couchbase_core.asynchronous.view.AsyncViewBase`
+        subclass). Keyword arguments are view parameters
+        (:mod:`couchbase_core.views.params`) plus ``include_docs``,
+        ``query``, ``row_processor``, ``spatial``, ``streaming``."""
+        self._require_couchbase("views", "plain memcached has no view engine")
+        itercls = kwargs.pop("itercls", None) or self._view_class
+        if itercls is None:
+            from couchbase_core.views.iterator import View
+
+            itercls = View
+        return itercls(self, design, view, use_devmode=use_devmode, **kwargs)
+
+    #: The request class ``n1ql_query`` returns (GN1QLRequest on gevent).
+    _n1ql_class: Any = None
+
+    def n1ql_query(self, query: Any, *args: Any, **kwargs: Any) -> Any:
+        """A N1QL query: returns an iterable
+        :class:`~couchbase_core.n1ql.N1QLRequest` (a ``GN1QLRequest`` on the
+        gevent bucket; pass ``itercls=`` an
+        :class:`~couchbase_core.asynchronous.n1ql.AsyncN1QLRequest` subclass
+        on an AsyncBucket). ``query`` is a :class:`N1QLQuery` or a statement
+        string; ``*args``/``**kwargs`` are its parameters then."""
+        from couchbase_core.n1ql import N1QLQuery, N1QLRequest
+
+        itercls = kwargs.pop("itercls", None) or self._n1ql_class or N1QLRequest
+        row_factory = kwargs.pop("row_factory", None)
+        if isinstance(query, str):
+            query = N1QLQuery(query, *args, **kwargs)
+        elif args or kwargs:
+            raise ArgumentError("parameters go into the N1QLQuery when one is given")
+        if row_factory is not None:
+            return itercls(query, self, row_factory)
+        return itercls(query, self)
