@@ -439,10 +439,12 @@ class FakeNode:
         self.store: Dict[bytes, bytes] = {}
         self.applied: List[bytes] = []
         self.buffers: Dict[int, bytearray] = {}
+        #: bytes sent right behind the HELLO reply: (in the same chunk, in the next)
+        self.after_hello: Optional[Any] = None
 
-    def config(self) -> bytes:
+    def config(self, rev: int = 1) -> bytes:
         return json.dumps({
-            "rev": 1, "name": "default", "nodeLocator": "vbucket", "uuid": "u",
+            "rev": rev, "name": "default", "nodeLocator": "vbucket", "uuid": "u",
             "nodesExt": [{"hostname": "127.0.0.1", "services": {"kv": 11210, "mgmt": 8091}}],
             "vBucketServerMap": {"hashAlgorithm": "CRC", "numReplicas": 0, "serverList": ["127.0.0.1:11210"],
                                  "vBucketMap": [[0]] * 4},
@@ -459,7 +461,12 @@ class FakeNode:
             del buf[:24 + bodylen]
             key = body[extlen:extlen + keylen]
             value = body[extlen + keylen:]
-            sock.feed(self.answer(opcode, key, value, opaque))
+            reply = self.answer(opcode, key, value, opaque)
+            if opcode == Opcode.HELLO and self.after_hello is not None:
+                same, following = self.after_hello
+                sock.feed(reply + same, following)
+            else:
+                sock.feed(reply)
 
     def answer(self, opcode: int, key: bytes, value: bytes, opaque: int) -> bytes:
         if opcode == Opcode.HELLO:
@@ -481,7 +488,7 @@ def _store(key: str, value: bytes) -> StoreOp:
     return StoreOp(key, Opcode.SET, key.encode(), struct.pack(">II", 0, 0), value, 0, 30.0)
 
 
-def _bootstrapped(node: FakeNode):
+def _bootstrapped(node: FakeNode) -> Any:
     iops = ManualIOPS()
     net = ScriptedNetwork(default=lambda: ScriptedSocket(peer=node))
     settings = Settings.from_connstr("couchbase://127.0.0.1/default?bootstrap_on=cccp")
@@ -583,3 +590,17 @@ def test_kv_abandon_after_fork_leaves_the_parents_stream_alone():
     assert pending == []
     assert sock.closed and sock.io_calls == io_before
     assert conn.state == "idle" and conn._sock is None
+
+
+def test_kv_bytes_behind_the_last_handshake_reply_reach_the_decoder():
+    """A config push that the server sends right behind its HELLO reply
+    (part of it in the same read) is decoded and applied, not dropped."""
+    node = FakeNode()
+    push = b"\x82" + encode_response(0x01, 0, value=node.config(rev=7))[1:]
+    node.after_hello = (push[:30], push[30:])
+    iops, net, engine = _bootstrapped(node)
+    iops.pump_until(lambda: engine.config is not None and engine.config.rev == 7)
+    store = _store("after-push", b"ok")
+    engine.submit(store)
+    assert _run(iops, store)[0].rc == 0
+    engine.close()

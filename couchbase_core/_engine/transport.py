@@ -356,7 +356,7 @@ class Transport:
                 self._fail(RC.NETWORK, "error writing to %s: %s" % (self.authority, exc))
                 return -1
         if self.phase is not OPEN:
-            return -1
+            return -1 if self.phase is CLOSED else 0  # handshaking: nothing taken yet
         if len(self._cipher) >= self.tls_backlog:
             return 0
         try:
@@ -369,9 +369,9 @@ class Transport:
         return len(data) if self.phase is OPEN else -1
 
     def try_send(self, data: Any) -> int:
-        """Like :meth:`send` on a plain (non-TLS) stream, but an error is not
-        reported: 0 is returned and the loop finds the failure later. For
-        writing inside a caller's own call, where no callback may run."""
+        """Like :meth:`send` on an open plain (non-TLS) stream, but an error
+        is not reported: 0 is returned and the loop finds the failure later.
+        For writing inside a caller's own call, where no callback may run."""
         try:
             return self._sock.send(data)
         except OSError:
