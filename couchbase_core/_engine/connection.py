@@ -56,6 +56,11 @@ client came to hang). Hence:
   skips HELLO from then on, and carries on without features. Nothing is
   set by the user and no queued operation is lost in the process.
 
+These rules live in :class:`~couchbase_core._engine.session.Session`, the
+handshake as a sans-I/O state machine that the connection feeds and obeys.
+The socket itself (resolving, connecting, TLS, readiness, ``send``/``recv``)
+is a :class:`~couchbase_core._engine.transport.Transport`, one per socket.
+
 Failures never reach a caller inside its own call into the engine: an error
 found while the caller is still on the stack (e.g. a refused ``connect``) is
 reported from a zero-delay timer.
@@ -160,7 +165,7 @@ class KVConnection:
         self._head_sent = 0
         #: Withdrawn entries still in the queue (compacted when they pile up).
         self._dead = 0
-        #: Handshake request bytes (HELLO, SASL...) waiting to be written.
+        #: Handshake requests (HELLO, SASL...) waiting to be written.
         self._hs_out = b""
         self._want_write = False
         #: Bumped for every new socket, so late events of an old one are ignored.
