@@ -1,8 +1,9 @@
 """The transport seam (couchbase_core/_engine/transport.py) driven without
 sockets: scripted sockets (couchbase_core/testing/scripted.py) decide what
 each send and recv does, and a hand-driven IOPS decides when readiness is
-reported. Then the KV connection over the same doubles: what the write
-queue learns from partial writes decides retry versus "outcome unknown"."""
+reported. Then the KV and HTTP connections over the same doubles: what
+the KV write queue learns from partial writes decides retry versus
+"outcome unknown"; HTTP responses cut anywhere arrive whole."""
 
 from __future__ import annotations
 
@@ -10,17 +11,19 @@ import errno
 import json
 import ssl
 import struct
+from types import SimpleNamespace
 from typing import Any, Dict, List, Optional
 
 import pytest
 
+from couchbase_core._engine.http import HTTPConnection, HTTPRequest
 from couchbase_core._engine.instance import Engine
 from couchbase_core._engine.protocol import HEADER, FrameDecoder, Opcode, Status, encode_response
 from couchbase_core._engine.settings import Settings
 from couchbase_core._engine.transport import CLOSED, OPEN, TLS_HANDSHAKE, Transport
 from couchbase_core._kvops import GetOp, StoreOp
 from couchbase_core.exceptions import RC
-from couchbase_core.iops.base import LCB_READ_EVENT, LCB_WRITE_EVENT
+from couchbase_core.iops.base import LCB_READ_EVENT, LCB_WRITE_EVENT, PYCBC_EVACTION_WATCH
 from couchbase_core.testing.scripted import (
     ManualIOPS,
     ScriptedNetwork,
@@ -604,3 +607,73 @@ def test_kv_bytes_behind_the_last_handshake_reply_reach_the_decoder():
     engine.submit(store)
     assert _run(iops, store)[0].rc == 0
     engine.close()
+
+
+# ---------------------------------------------------- the HTTP connection
+
+class HTTPEngine:
+    """What HTTPConnection needs from an engine, on the hand-driven IOPS."""
+
+    def __init__(self, net: ScriptedNetwork) -> None:
+        self.iops = ManualIOPS()
+        self.settings = SimpleNamespace(client_string="transport-test/1.0")
+        self.tls_context = None
+        self.socket_factory = net.factory
+
+    def defer(self, fn: Any) -> None:
+        timer = self.iops.timer_event_factory()
+        timer._handler = lambda _flags: fn()
+        self.iops.update_timer(timer, PYCBC_EVACTION_WATCH, 0)
+
+
+def _http_request(log: List[Any]) -> HTTPRequest:
+    return HTTPRequest("GET", "/x", on_head=lambda status, headers: log.append(("head", status)),
+                       on_data=lambda data: log.append(("data", data)), on_end=lambda: log.append("end"),
+                       on_error=lambda rc, message: log.append(("error", rc, message)))
+
+
+def test_http_response_split_at_every_byte_is_delivered_whole():
+    response = b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nhello world"
+    for cut in range(1, len(response)):
+        net = ScriptedNetwork()
+        sock = net.add(peer=lambda s, data, cut=cut: s.feed(response[:cut], response[cut:])
+                       if data.endswith(b"\r\n\r\n") else None)
+        engine = HTTPEngine(net)
+        conn = HTTPConnection(engine, "127.0.0.1", 8091)  # type: ignore[arg-type]
+        log: List[Any] = []
+        conn.request(_http_request(log))
+        engine.iops.pump_until(lambda log=log: "end" in log)
+        assert log[0] == ("head", 200) and log[-1] == "end"
+        assert b"".join(e[1] for e in log if e[0] == "data") == b"hello world"
+        assert bytes(sock.sent).startswith(b"GET /x HTTP/1.1\r\n")
+
+
+def test_http_reset_mid_response_is_one_error():
+    net = ScriptedNetwork()
+    sock = net.add(peer=lambda s, data: s.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\nhal",
+                                               ConnectionResetError(errno.ECONNRESET, "Connection reset by peer")))
+    engine = HTTPEngine(net)
+    conn = HTTPConnection(engine, "127.0.0.1", 8091)  # type: ignore[arg-type]
+    log: List[Any] = []
+    conn.request(_http_request(log))
+    engine.iops.pump_until(lambda: any(isinstance(e, tuple) and e[0] == "error" for e in log))
+    for _ in range(3):
+        engine.iops.pump()
+    errors = [e for e in log if e[0] == "error"]
+    assert errors == [("error", RC.NETWORK, "error reading from 127.0.0.1:8091: [Errno 104] Connection reset by "
+                                            "peer")]
+    assert log[:2] == [("head", 200), ("data", b"hal")] and sock.closed and conn.state == "closed"
+
+
+def test_http_abandon_after_fork_touches_nothing():
+    net = ScriptedNetwork()
+    sock = net.add()
+    engine = HTTPEngine(net)
+    conn = HTTPConnection(engine, "127.0.0.1", 8091)  # type: ignore[arg-type]
+    log: List[Any] = []
+    req = _http_request(log)
+    conn.request(req)
+    engine.iops.pump_until(lambda: sock.sent)
+    io_before = list(sock.io_calls)
+    assert conn.abandon_after_fork() is req
+    assert sock.closed and sock.io_calls == io_before and log == []
