@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import errno
 import itertools
+import socket
 from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
@@ -170,10 +171,12 @@ class ScriptedSocket:
         if not self._recv_script:
             raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
         entry = self._recv_script[0]
+        peek = bool(flags & socket.MSG_PEEK)
         if _is_exception(entry):
-            self._recv_script.popleft()
+            if not peek:
+                self._recv_script.popleft()
             _raise(entry)
-        if flags:  # MSG_PEEK
+        if peek:
             return entry[:size]
         self._recv_script.popleft()
         if len(entry) > size:
@@ -218,7 +221,6 @@ class ScriptedNetwork:
 def scripted_resolver(*sockaddrs: Any, error: Optional[BaseException] = None) -> Callable[..., None]:
     """A transport ``resolve`` that answers at once with IPv4 ``sockaddrs``
     (or with ``error``)."""
-    import socket
 
     def resolve(host: str, port: int, callback: Callable[[Any, Optional[BaseException]], None]) -> None:
         if error is not None:
