@@ -1,7 +1,8 @@
 """Rows of a streamed request, buffered for an iterator.
 
 :class:`RowStream` sits between a :class:`~couchbase_core._httpops.RowStreamOp`
-(which parses rows as bytes arrive) and whoever iterates: the blocking and
+(which parses rows as bytes arrive, on the engine's HTTP entry point) and
+whoever iterates: the blocking and
 gevent buckets wait for rows through their waiting strategy
 (``bucket._wait_latch``), so the same iterator code serves both. When the
 consumer falls behind, the stream pauses reading the socket, so memory stays
@@ -74,7 +75,7 @@ class RowStream:
             return
         self.started = True
         self.op = self._make_op(self)
-        self.bucket._engine.submit(self.op)
+        self.op.start(self.bucket._engine)
 
     def check_open(self) -> None:
         """Raise ObjectDestroyedError once the bucket is closed (the rows

@@ -12,20 +12,28 @@ running the query service and yields rows while the response streams in.
 ``meta`` (status, metrics, errors, warnings...) is available afterwards.
 
 Prepared statements: with ``query.adhoc = False`` the statement is prepared
-once (``PREPARE``) and its plan cached per bucket; later executions send
-only the prepared name (and the plan, when the cluster lacks the
-``enhancedPreparedStatements`` capability). A failure that says the plan is
-stale (codes 4040-4090, or 5000 about an index) re-prepares and retries
+once (``PREPARE``) and its plan cached per bucket (:func:`prepared_cache`,
+at most 5000 statements, least recently used dropped first); later
+executions send only the prepared name (and the plan, when the cluster lacks
+the ``enhancedPreparedStatements`` capability). A failure that says the plan
+is stale (codes 4040-4090, or 5000 about an index) re-prepares and retries
 once, if no row was delivered yet.
+
+Every flavour runs a query through the same request machine
+(:mod:`couchbase_core._querymachine`): it builds the ``/query/service``
+bodies, decides when to prepare, and maps the outcome to an error. The
+iterator here drives it with the bucket's waiting strategy (blocking, or
+the greenlet sleeping on gevent); ``AsyncN1QLRequest`` drives it from
+callbacks.
 """
 
 from __future__ import annotations
 
 import json
-from collections import OrderedDict
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
-from couchbase_core.exceptions import RC, ArgumentError, CouchbaseError, HTTPError, exc_from_rc
+from couchbase_core._engine.prepared import PreparedCache
+from couchbase_core.exceptions import RC, ArgumentError, CouchbaseError
 
 __all__ = ["N1QLQuery", "N1QLRequest", "N1QLError", "MutationState", "CONSISTENCY_NONE",
            "CONSISTENCY_REQUEST", "CONSISTENCY_UNBOUNDED", "STATEMENT_PLUS", "PROFILE_OFF", "PROFILE_PHASES",
@@ -44,9 +52,6 @@ STATEMENT_PLUS = "statement_plus"
 PROFILE_OFF = "off"
 PROFILE_PHASES = "phases"
 PROFILE_TIMINGS = "timings"
-
-_REPREPARE_CODES = set(range(4040, 4091))
-
 
 class N1QLError(CouchbaseError):
     """The query service reported errors. ``code`` and ``msg`` are the first
@@ -270,56 +275,10 @@ class N1QLQuery:
         return "N1QLQuery(%r)" % (self._body,)
 
 
-class _PreparedCache:
-    """statement text -> prepare result (LRU)."""
-
-    def __init__(self, size: int = 5000) -> None:
-        self.size = size
-        self._entries: "OrderedDict[str, Dict[str, Any]]" = OrderedDict()
-
-    def get(self, statement: str) -> Optional[Dict[str, Any]]:
-        entry = self._entries.get(statement)
-        if entry is not None:
-            self._entries.move_to_end(statement)
-        return entry
-
-    def put(self, statement: str, entry: Dict[str, Any]) -> None:
-        self._entries[statement] = entry
-        self._entries.move_to_end(statement)
-        while len(self._entries) > self.size:
-            self._entries.popitem(last=False)
-
-    def drop(self, statement: str) -> None:
-        self._entries.pop(statement, None)
-
-
-def prepared_cache(bucket: Any) -> _PreparedCache:
-    """The bucket's prepared-statement cache."""
-    cache = bucket.__dict__.get("_n1ql_prepared")
-    if cache is None:
-        cache = bucket.__dict__["_n1ql_prepared"] = _PreparedCache()
-    return cache
-
-
-def query_error(meta: Dict[str, Any], http_status: int, error: Optional[tuple]) -> Optional[CouchbaseError]:
-    """The exception for a failed response, or None."""
-    if error is not None and error[0]:
-        return exc_from_rc(error[0], "N1QL request failed: %s" % error[1])
-    errors = meta.get("errors")
-    if errors:
-        first = errors[0] if isinstance(errors, list) and errors else {}
-        exc = N1QLError({"message": "N1QL error %s: %s" % (first.get("code"), first.get("msg")),
-                         "objextra": errors})
-        exc.http_status = http_status  # type: ignore[attr-defined]
-        return exc
-    status = meta.get("status")
-    if http_status not in (0, 200) or (status is not None and status not in ("success", "completed")):
-        detail = meta.get("body")
-        exc2 = HTTPError({"message": "N1QL request failed (HTTP %d, status %r)%s" % (
-            http_status, status, ": %s" % detail[:300] if detail else ""), "objextra": meta})
-        exc2.http_status = http_status  # type: ignore[attr-defined]
-        return exc2
-    return None
+def prepared_cache(bucket: Any) -> PreparedCache:
+    """The bucket's prepared-statement cache (its engine's; at most
+    :data:`~couchbase_core._engine.prepared.MAX_PREPARED` statements)."""
+    return bucket._engine.prepared_cache
 
 
 class N1QLRequest:
@@ -341,46 +300,37 @@ class N1QLRequest:
         self._iterated = False
         self._done = False
 
-    # -- request building ---------------------------------------------------------
+    # -- the request machine -------------------------------------------------------
 
-    def _body_for(self, prepared: Optional[Dict[str, Any]]) -> bytes:
-        body = self.params.encoded_body(self.bucket.n1ql_timeout)
-        if self.params.cross_bucket:
-            user, password = self.bucket._settings.sasl_credentials()
-            body["creds"] = [{"user": "local:%s" % (user or self.bucket.bucket), "pass": password or ""}]
-        if prepared is not None:
-            body.pop("statement", None)
-            body["prepared"] = prepared["name"]
-            caps = (self.bucket._engine.config.cluster_capabilities if self.bucket._engine.config else {}) or {}
-            if "enhancedPreparedStatements" not in caps.get("n1ql", []) and prepared.get("encoded_plan"):
-                body["encoded_plan"] = prepared["encoded_plan"]
-        return dump_body(body).encode("utf-8")
+    def _new_machine(self) -> Any:
+        """A :class:`~couchbase_core._querymachine.QueryMachine` for this
+        request (after the checks every flavour makes before sending)."""
+        from couchbase_core._querymachine import QueryMachine, QueryOptions
 
-    def _stream(self, prepared: Optional[Dict[str, Any]]) -> Any:
+        bucket = self.bucket
+        bucket._require_couchbase("N1QL", "plain memcached has no query service")
+        engine = bucket._engine
+        user, password = bucket._settings.sasl_credentials()
+        caps = (engine.config.cluster_capabilities if engine.config is not None else {}) or {}
+        options = QueryOptions(default_timeout=bucket.n1ql_timeout, bucket=bucket.bucket or "", username=user,
+                               password=password,
+                               send_plan="enhancedPreparedStatements" not in caps.get("n1ql", []))
+        return QueryMachine(self.params, engine.prepared_cache, options)
+
+    @staticmethod
+    def _request_op(send: Any, consumer: Any) -> Any:
+        """The streamed HTTP request for one ``SendRequest`` of the machine."""
         from couchbase_core._httpops import RowStreamOp
+
+        return RowStreamOp(send.service, send.method, send.path, send.body, send.headers, send.timeout, consumer,
+                           "results")
+
+    def _stream(self, send: Any) -> Any:
+        """The row stream of one request the machine asked for (rows are
+        buffered for the iterator; see :mod:`couchbase_core._rowstream`)."""
         from couchbase_core._rowstream import RowStream
 
-        body = self._body_for(prepared)
-        timeout = (self.params.timeout or self.bucket.n1ql_timeout) + 1.0
-
-        def make_op(consumer: Any) -> Any:
-            return RowStreamOp("n1ql", "POST", "/query/service", body, {"Content-Type": "application/json"},
-                               timeout, consumer, "results")
-
-        return RowStream(self.bucket, make_op)
-
-    def _prepare(self) -> Dict[str, Any]:
-        """PREPARE the statement (blocking/gevent buckets)."""
-        cache = prepared_cache(self.bucket)
-        entry = cache.get(self.params.statement)
-        if entry is not None:
-            return entry
-        prep = N1QLQuery("PREPARE " + self.params.statement)
-        rows = list(N1QLRequest(prep, self.bucket))
-        if not rows or "name" not in rows[0]:
-            raise N1QLError({"message": "PREPARE returned no plan", "objextra": []})
-        cache.put(self.params.statement, rows[0])
-        return rows[0]
+        return RowStream(self.bucket, lambda consumer: self._request_op(send, consumer))
 
     # -- iteration ------------------------------------------------------------------
 
@@ -390,28 +340,22 @@ class N1QLRequest:
 
             raise AlreadyQueriedError("this N1QL request has already been iterated; create a new one")
         self._iterated = True
-        self.bucket._require_couchbase("N1QL", "plain memcached has no query service")
-        prepared = None if self.params.adhoc else self._prepare()
-        attempt = 0
-        while True:
-            stream = self._stream(prepared)
+        from couchbase_core._querymachine import Failed, Finished
+
+        machine = self._new_machine()
+        action = machine.start()
+        while not isinstance(action, (Finished, Failed)):
+            stream = self._stream(action)
             for batch in stream.batches():
-                for row in batch:
+                for row in machine.feed_rows(batch):
                     stream.check_open()
                     self.rows_returned += 1
                     yield self.row_factory(row)
-            self.meta = stream.meta
-            self._done = True
-            exc = query_error(stream.meta, stream.http_status, stream.error)
-            if exc is None:
-                return
-            if (prepared is not None and attempt == 0 and self.rows_returned == 0
-                    and isinstance(exc, N1QLError) and _stale_plan(exc)):
-                prepared_cache(self.bucket).drop(self.params.statement)
-                prepared = self._prepare()
-                attempt += 1
-                continue
-            raise exc
+            action = machine.end(stream.meta, stream.http_status, stream.error)
+        self.meta = machine.meta
+        self._done = True
+        if isinstance(action, Failed):
+            raise action.error
 
     def execute(self) -> "N1QLRequest":
         """Run the request to completion (rows are discarded); returns self."""
@@ -449,9 +393,3 @@ class N1QLRequest:
 
     def __repr__(self) -> str:
         return "<%s %r>" % (type(self).__name__, self.params.statement)
-
-
-def _stale_plan(exc: N1QLError) -> bool:
-    if exc.code in _REPREPARE_CODES:
-        return True
-    return exc.code == 5000 and "index" in exc.msg.lower()

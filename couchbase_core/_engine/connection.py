@@ -56,6 +56,11 @@ client came to hang). Hence:
   skips HELLO from then on, and carries on without features. Nothing is
   set by the user and no queued operation is lost in the process.
 
+These rules live in :class:`~couchbase_core._engine.session.Session`, the
+handshake as a sans-I/O state machine that the connection feeds and obeys.
+The socket itself (resolving, connecting, TLS, readiness, ``send``/``recv``)
+is a :class:`~couchbase_core._engine.transport.Transport`, one per socket.
+
 Failures never reach a caller inside its own call into the engine: an error
 found while the caller is still on the stack (e.g. a refused ``connect``) is
 reported from a zero-delay timer.
@@ -63,19 +68,17 @@ reported from a zero-delay timer.
 
 from __future__ import annotations
 
-import _socket
+import functools
 import json
 import logging
 import math
-import ssl
 import struct
 from collections import deque
 from itertools import islice
 from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Tuple
 
-from couchbase_core._engine import sasl as _sasl
 from couchbase_core._engine import snappy as _snappy
-from couchbase_core._engine.dial import describe_errno, resolve, start_connect
+from couchbase_core._engine.dial import resolve
 from couchbase_core._engine.ops import KVOp
 from couchbase_core._engine.protocol import (
     ALT_HEADER,
@@ -86,19 +89,21 @@ from couchbase_core._engine.protocol import (
     FrameError,
     Magic,
     Opcode,
-    Status,
-    encode_request,
 )
-from couchbase_core._engine.tls import TLSSession, describe_handshake_error
+from couchbase_core._engine.session import (
+    Done,
+    Failed,
+    HelloAnswered,
+    RestartWithoutHello,
+    Send,
+    Session,
+)
+from couchbase_core._engine.transport import Transport
 from couchbase_core.exceptions import RC
 from couchbase_core.iops.base import (
-    LCB_READ_EVENT,
-    LCB_RW_EVENT,
-    LCB_WRITE_EVENT,
     PYCBC_EVACTION_CLEANUP,
     PYCBC_EVACTION_UNWATCH,
     PYCBC_EVACTION_WATCH,
-    IOEvent,
     TimerEvent,
 )
 
@@ -131,9 +136,6 @@ PROBE_MAX_TIMEOUT = 5.0
 
 _pack_header = HEADER.pack
 _pack_alt_header = ALT_HEADER.pack
-_HELLO_REFUSED = {Status.UNKNOWN_COMMAND, Status.NOT_SUPPORTED, Status.EACCESS}
-
-Address = Tuple[int, Any]  # (family, sockaddr)
 
 
 class KVConnection:
@@ -177,26 +179,21 @@ class KVConnection:
         self.last_read = 0.0
         #: The NOOP sent to check a silent connection, while it is pending.
         self._probe: Any = None
-        self._sock: Any = None
-        self._event: Optional[IOEvent] = None
+        #: The stream of the current socket (see transport.py), and the
+        #: handshake running on it (see session.py).
+        self._transport: Optional[Transport] = None
+        self._session: Optional[Session] = None
         self._decoder: Optional[FrameDecoder] = None
-        self._addresses: List[Address] = []
         self._connect_started = 0.0
         self._listeners: List[Callable[["KVConnection", Optional[Tuple[int, str]]], None]] = []
-        self._hs_opaque = 0
-        self._hs_handler: Optional[Callable[[Any], None]] = None
-        self._hs_silence_ok = False
-        self._hs_keyed = False
         self._connect_timer: Optional[TimerEvent] = None
-        self._resolving = False
+        #: The TLS session of the current socket (None: cleartext).
         self._tls: Any = None
-        self._cipher = b""  # TLS bytes waiting to be sent
         #: Snappy negotiated: compress request values / expect compressed replies.
         self._deflate = False
         self._inflate = False
         self._min_compress = _MIN_COMPRESS
         self._min_ratio: Optional[float] = _MIN_RATIO
-        self._mech: Optional[_sasl.Mechanism] = None
         #: Error map from GET_ERROR_MAP (status code -> entry), when fetched.
         self.error_map: Dict[int, Dict[str, Any]] = {}
 
@@ -240,10 +237,7 @@ class KVConnection:
             # An idle connection: nothing to coalesce with, so send now
             # rather than after a trip through the loop (halves the
             # latency of a lone caller). Errors are left to the loop.
-            try:
-                sent = self._sock.send(data)
-            except OSError:
-                sent = 0
+            sent = self._transport.try_send(data)  # type: ignore[union-attr]
             if sent:
                 op.written = True
                 if sent == len(data):
@@ -320,13 +314,13 @@ class KVConnection:
             engine.dirty.add(self)
             return
         self._want_write = True
-        self.iops.update_event(self._event, PYCBC_EVACTION_WATCH, LCB_RW_EVENT)  # type: ignore[arg-type]
+        self._transport.want_write(True)  # type: ignore[union-attr]
 
     def flush_soon(self) -> None:
         """Ask for write readiness if there is something to write (end of a batch)."""
         if self.state is READY and self._queue and not self._want_write:
             self._want_write = True
-            self.iops.update_event(self._event, PYCBC_EVACTION_WATCH, LCB_RW_EVENT)  # type: ignore[arg-type]
+            self._transport.want_write(True)  # type: ignore[union-attr]
 
     def forget(self, op: KVOp) -> None:
         """Drop ``op`` from the pending table (it timed out or was cancelled);
@@ -405,7 +399,7 @@ class KVConnection:
         self.state = CONNECTING
         self._connect_started = self.engine.clock()
         self._arm_connect_timer(self.engine.settings.connect_timeout)
-        self._resolve()
+        self._open_transport()
 
     def _arm_connect_timer(self, seconds: float) -> None:
         if self._connect_timer is None:
@@ -417,58 +411,49 @@ class KVConnection:
         if self._connect_timer is not None:
             self.iops.update_timer(self._connect_timer, PYCBC_EVACTION_UNWATCH, 0)
 
-    def _resolve(self) -> None:
-        self._resolving = True
-        resolve(self.engine, self.host, self.port, self._on_resolved)
-
-    def _on_resolved(self, infos: Any, error: Optional[BaseException]) -> None:
-        self._resolving = False
-        if self.state is not CONNECTING:
-            return
-        if error is not None or not infos:
-            self._fail_soon(RC.UNKNOWN_HOST, "cannot resolve host %r: %s" % (self.host, error or "no address"))
-            return
-        self._addresses = [(family, sockaddr) for family, _t, _p, _c, sockaddr in infos]
-        self._try_next_address(None)
-
-    def _try_next_address(self, previous_error: Optional[str]) -> None:
-        settings = self.engine.settings
-        sock, error = start_connect(self._addresses, previous_error, settings.tcp_nodelay, settings.tcp_keepalive)
-        if sock is None:
-            self._fail_soon(RC.CONNECT, "cannot connect to %s: %s" % (self.authority, error))
-            return
-        self._attach(sock)
-        # Even an immediate success is taken up from the loop (writable), so
-        # nothing downstream runs inside a caller's own call.
-        self.iops.update_event(self._event, PYCBC_EVACTION_WATCH, LCB_WRITE_EVENT)  # type: ignore[arg-type]
-
-    def _attach(self, sock: Any) -> None:
-        self._sock = sock
+    def _open_transport(self) -> None:
+        """A new stream for this attempt: resolve, connect, [TLS]; then the
+        handshake (``_on_connected``). The socket comes from the engine's
+        ``socket_factory`` when it has one (tests), else from dial.py."""
+        engine = self.engine
+        settings = engine.settings
         self.generation += 1
-        event = self._event = self.iops.io_event_factory()
-        event.fd = sock.fileno()
-        event._handler = self._on_io
         self._decoder = FrameDecoder()
+        transport = self._transport = Transport(
+            self.iops, self.host, self.port, resolve=functools.partial(resolve, engine),
+            on_connected=self._on_connected, on_readable=self._read_handshake, on_writable=self._write_handshake,
+            on_eof=self._on_eof, on_error=self._on_transport_error, on_tls_started=self._on_tls_started,
+            tls_context=engine.tls_context, socket_factory=getattr(engine, "socket_factory", None),
+            nodelay=settings.tcp_nodelay, keepalive=settings.tcp_keepalive, read_size=READ_SIZE,
+            tls_backlog=WRITE_CHUNK)
+        transport.connect()
+
+    @property
+    def _sock(self) -> Any:
+        """The current socket, or None (diagnostics and tests only: all I/O
+        goes through the transport)."""
+        transport = self._transport
+        return transport.sock if transport is not None else None
+
+    def _on_transport_error(self, rc: int, message: str) -> None:
+        if self.state is CONNECTING:
+            # Resolving or connecting failed; this may be inside a caller's
+            # call (a numeric address refused at once).
+            self._fail_soon(rc, message)
+        else:
+            self._fail(rc, message)
 
     def _detach(self) -> None:
         """Close the socket and free its event; keep pending operations."""
-        event, sock = self._event, self._sock
-        self._event = None
-        self._sock = None
+        transport = self._transport
+        self._transport = None
+        self._session = None
         self._want_write = False
         self._hs_out = b""
         self._tls = None
-        self._cipher = b""
         self._probe = None
-        if event is not None:
-            self.iops.update_event(event, PYCBC_EVACTION_UNWATCH, 0)
-            self.iops.update_event(event, PYCBC_EVACTION_CLEANUP, 0)
-            event._handler = _dead_handler
-        if sock is not None:
-            try:
-                sock.close()
-            except OSError:
-                pass
+        if transport is not None:
+            transport.close()
 
     def _on_connect_timeout(self, _flags: int) -> None:
         timeout = self.engine.settings.connect_timeout
@@ -476,47 +461,19 @@ class KVConnection:
             self._fail(RC.CONNECT, "timed out connecting to %s after %.1fs" % (self.authority, timeout))
         elif self.state is TLS_HANDSHAKE:
             self._fail(RC.CONNECT, "timed out in the TLS handshake with %s after %.1fs" % (self.authority, timeout))
-        elif self.state is NEGOTIATING:
-            if self._hs_silence_ok:
-                # The server swallowed HELLO without a word: carry on without it.
-                log.info("%s did not answer HELLO; reconnecting without it", self.authority)
-                self._restart_without_hello()
-            else:
-                self._fail(RC.CONNECT, "timed out negotiating with %s after %.1fs" % (self.authority, timeout))
+        elif self.state is NEGOTIATING and self._session is not None:
+            self._apply(self._session.timeout(timeout))
+
+    def _on_tls_started(self) -> None:
+        self.state = TLS_HANDSHAKE
 
     def _on_connected(self) -> None:
-        try:
-            self.local_address = self._sock.getsockname()
-        except OSError:
-            self.local_address = None
-        context = self.engine.tls_context
-        if context is not None:
-            self.state = TLS_HANDSHAKE
-            self._tls = TLSSession(context, self.host)
-            self._advance_tls()
-            return
+        transport = self._transport
+        assert transport is not None
+        self.local_address = transport.local_address
+        self._tls = transport.tls
         self.state = NEGOTIATING
-        self.iops.update_event(self._event, PYCBC_EVACTION_WATCH, LCB_READ_EVENT)  # type: ignore[arg-type]
         self._start_handshake()
-
-    def _advance_tls(self) -> None:
-        try:
-            done = self._tls.handshake()
-        except ssl.SSLError as exc:
-            self._fail(RC.CONNECT, "TLS handshake with %s failed: %s"
-                       % (self.authority, describe_handshake_error(exc)))
-            return
-        self._cipher += self._tls.outgoing()
-        if self._cipher:
-            self._flush_cipher()
-            if self.state is not TLS_HANDSHAKE:
-                return
-        if done:
-            self.state = NEGOTIATING
-            self._start_handshake()
-            return
-        flags = LCB_RW_EVENT if self._cipher else LCB_READ_EVENT
-        self.iops.update_event(self._event, PYCBC_EVACTION_WATCH, flags)  # type: ignore[arg-type]
 
     # -------------------------------------------------------------- handshake
     #
@@ -527,149 +484,67 @@ class KVConnection:
     def _start_handshake(self) -> None:
         self._want_write = False
         self._hs_out = b""
-        self.iops.update_event(self._event, PYCBC_EVACTION_WATCH, LCB_READ_EVENT)  # type: ignore[arg-type]
-        if self.hello_disabled:
-            self.features = frozenset()
-            self._after_hello()
-            return
         settings = self.engine.settings
-        if settings.hello_agent:
+        hello = not self.hello_disabled
+        if not hello:
+            self.features = frozenset()
+        if hello and settings.hello_agent:
             agent = json.dumps({"a": settings.client_string[:150], "i": self.engine.client_id},
                                separators=(",", ":")).encode("utf-8")
         else:
             agent = b""
-        value = b"".join(struct.pack(">H", f) for f in settings.hello_features)
-        self._hs_silence_ok = True
-        # Silence is only tolerated for part of the connect timeout.
-        elapsed = self.engine.clock() - self._connect_started
-        budget = max(0.05, settings.connect_timeout - elapsed)
-        self._arm_connect_timer(budget / 2)
-        self._hs_keyed = bool(agent)
-        self._send_handshake(Opcode.HELLO, agent, b"", value, self._on_hello)
+        user, password = settings.sasl_credentials()
+        session = self._session = Session(
+            self.authority, self.engine.next_opaque, hello=hello, features=settings.hello_features, agent=agent,
+            user=user, password=password, mech_force=settings.sasl_mech_force, bucket=settings.bucket,
+            select_bucket=settings.select_bucket, tls=self._tls is not None)
+        if hello:
+            # Silence is only tolerated for part of the connect timeout.
+            elapsed = self.engine.clock() - self._connect_started
+            budget = max(0.05, settings.connect_timeout - elapsed)
+            self._arm_connect_timer(budget / 2)
+        self._apply(session.start())
 
-    def _send_handshake(self, opcode: int, key: bytes, extras: bytes, value: bytes,
-                        handler: Callable[[Any], None]) -> None:
-        self._hs_opaque = self.engine.next_opaque()
-        self._hs_handler = handler
-        self._hs_out += encode_request(opcode, key, extras, value, opaque=self._hs_opaque)
-        self._want_write = True
-        self.iops.update_event(self._event, PYCBC_EVACTION_WATCH, LCB_RW_EVENT)  # type: ignore[arg-type]
-
-    def _on_hello(self, frame: Any) -> None:
-        status = frame[2]
-        self._hs_silence_ok = False
-        # the rest of the handshake gets what is left of the connect timeout
-        elapsed = self.engine.clock() - self._connect_started
-        self._arm_connect_timer(max(0.05, self.engine.settings.connect_timeout - elapsed))
-        if status == Status.SUCCESS:
-            value = frame[8]
-            granted = {struct.unpack_from(">H", value, i)[0] for i in range(0, len(value) - 1, 2)}
-            self.features = frozenset(granted)
-            self._after_hello()
-        elif status in _HELLO_REFUSED:
-            # Not a Couchbase server. After a keyed HELLO plain memcached may
-            # be out of step with us (see the module docs): start over on a
-            # fresh socket. After a keyless one the stream is intact.
-            self.hello_disabled = True
-            if self._hs_keyed:
-                log.info("%s refused HELLO (status 0x%02x); reconnecting without it", self.authority, status)
+    def _apply(self, events: List[Any]) -> None:
+        """Carry out what the session asked for, in order."""
+        for event in events:
+            if self.state is not NEGOTIATING:
+                return
+            kind = type(event)
+            if kind is Send:
+                self._hs_out += event.data
+                self._want_write = True
+                self._transport.want_write(True)  # type: ignore[union-attr]
+            elif kind is HelloAnswered:
+                if event.granted is None:  # not a Couchbase server: no HELLO from now on
+                    self.hello_disabled = True
+                    self.features = frozenset()
+                else:
+                    self.features = event.granted
+                # the rest of the handshake gets what is left of the connect timeout
+                elapsed = self.engine.clock() - self._connect_started
+                self._arm_connect_timer(max(0.05, self.engine.settings.connect_timeout - elapsed))
+            elif kind is Done:
+                self._handshake_done(event)
+            elif kind is Failed:
+                self._fail(event.rc, event.message)
+            elif kind is RestartWithoutHello:
+                log.info("%s; reconnecting without it", event.reason)
                 self._restart_without_hello()
-            else:
-                self.features = frozenset()
-                self._after_hello()
-        else:
-            self._fail(RC.PROTOCOL, "%s answered HELLO with status 0x%02x" % (self.authority, status))
-
-    def _after_hello(self) -> None:
-        if Feature.XERROR in self.features:
-            self._send_handshake(Opcode.GET_ERROR_MAP, b"", b"", struct.pack(">H", 2), self._on_error_map)
-        else:
-            self._authenticate()
-
-    def _on_error_map(self, frame: Any) -> None:
-        if frame[2] == Status.SUCCESS:
-            try:
-                doc = json.loads(frame[8])
-                self.error_map = {int(code, 16): entry for code, entry in doc.get("errors", {}).items()}
-            except (ValueError, AttributeError, TypeError, RecursionError):  # a hostile map: go on without it
-                self.error_map = {}
-        self._authenticate()
-
-    def _authenticate(self) -> None:
-        settings = self.engine.settings
-        user, password = settings.sasl_credentials()
-        if user is None:
-            self._select_bucket()
-            return
-        self._send_handshake(Opcode.SASL_LIST_MECHS, b"", b"", b"", self._on_mechs)
-
-    def _on_mechs(self, frame: Any) -> None:
-        settings = self.engine.settings
-        user, password = settings.sasl_credentials()
-        if frame[2] != Status.SUCCESS:
-            self._fail(RC.AUTH_FAILED, "%s does not offer SASL authentication (status 0x%02x)"
-                       % (self.authority, frame[2]))
-            return
-        offered = frame[8].decode("ascii", "replace").split()
-        try:
-            mech = self._mech = _sasl.choose_mechanism(offered, user or "", password or "",
-                                                       tls=self._tls is not None, forced=settings.sasl_mech_force)
-        except _sasl.SaslError as exc:
-            self._fail(RC.AUTH_FAILED, "cannot authenticate to %s: %s" % (self.authority, exc))
-            return
-        self._send_handshake(Opcode.SASL_AUTH, mech.name.encode("ascii"), b"", mech.start(), self._on_auth)
-
-    def _on_auth(self, frame: Any) -> None:
-        status = frame[2]
-        mech = self._mech
-        assert mech is not None
-        try:
-            if status == Status.AUTH_CONTINUE:
-                reply = mech.step(frame[8])
-                self._send_handshake(Opcode.SASL_STEP, mech.name.encode("ascii"), b"", reply, self._on_auth)
-                return
-            if status == Status.SUCCESS:
-                mech.finish(frame[8]) if isinstance(mech, _sasl.Scram) else None
-                self._mech = None
-                self._select_bucket()
-                return
-        except _sasl.SaslError as exc:
-            self._fail(RC.AUTH_FAILED, "authentication with %s failed: %s" % (self.authority, exc))
-            return
-        if status in (Status.AUTH_ERROR, Status.EACCESS):
-            self._fail(RC.AUTH_ERROR, "authentication failed for user %r on %s (wrong user name or password)"
-                       % (self.engine.settings.sasl_credentials()[0], self.authority))
-        else:
-            self._fail(RC.AUTH_FAILED, "authentication with %s failed: status 0x%02x" % (self.authority, status))
-
-    def _select_bucket(self) -> None:
-        bucket = self.engine.settings.bucket
-        if bucket and Feature.SELECT_BUCKET in self.features and self.engine.settings.select_bucket:
-            self._send_handshake(Opcode.SELECT_BUCKET, bucket.encode("utf-8"), b"", b"", self._on_selected)
-        else:
-            self._handshake_done()
-
-    def _on_selected(self, frame: Any) -> None:
-        status = frame[2]
-        bucket = self.engine.settings.bucket
-        if status == Status.SUCCESS:
-            self._handshake_done()
-        elif status == Status.KEY_ENOENT:
-            self._fail(RC.BUCKET_NOT_FOUND, "bucket %r does not exist" % bucket)
-        elif status == Status.EACCESS:
-            self._fail(RC.EACCESS, "no access to bucket %r (it does not exist, or the user may not use it)" % bucket)
-        else:
-            self._fail(RC.PROTOCOL, "selecting bucket %r on %s failed: status 0x%02x" % (bucket, self.authority, status))
 
     def _restart_without_hello(self) -> None:
         self.hello_disabled = True
         self._detach()
         self.state = IDLE
-        self._hs_handler = None
         self.connect()
 
-    def _handshake_done(self) -> None:
-        self._hs_handler = None
+    def _handshake_done(self, done: Done) -> None:
+        transport = self._transport
+        assert transport is not None
+        self._session = None
+        self.features = done.features
+        if done.error_map is not None:
+            self.error_map = done.error_map
         self._disarm_connect_timer()
         self.engine.server_features = self.features
         snappy = Feature.SNAPPY in self.features
@@ -681,76 +556,41 @@ class KVConnection:
         self.state = READY
         self.last_error = None
         self.last_read = self.engine.clock()
+        # from now on readiness goes straight to the dispatch loop
+        transport.on_readable = self._read
+        transport.on_writable = self._write
         self._want_write = False
+        transport.want_write(False)
         if self._queue:
             self._request_write()
-        else:
-            self.iops.update_event(self._event, PYCBC_EVACTION_WATCH, LCB_READ_EVENT)  # type: ignore[arg-type]
         listeners, self._listeners = self._listeners, []
         for fn in listeners:
             fn(self, None)
         self.engine.on_connection_ready(self)
+        if done.rest and self.state is READY and self._transport is transport:
+            # what the server sent after its last handshake reply, in the
+            # same read: the normal decoder takes it from here
+            transport.unread(done.rest)
+            self._read()
 
     # ------------------------------------------------------------------- I/O
 
-    def _on_io(self, flags: int) -> None:
-        state = self.state
-        if state is READY:
-            if flags & LCB_WRITE_EVENT:
-                self._write()
-            if flags & LCB_READ_EVENT and self.state is READY:
-                self._read()
-        elif state is CONNECTING:
-            if flags & (LCB_WRITE_EVENT | LCB_READ_EVENT):
-                self._finish_connect()
-        elif state is TLS_HANDSHAKE:
-            if flags & LCB_WRITE_EVENT and self._cipher:
-                self._flush_cipher()
-            if flags & LCB_READ_EVENT and self.state is TLS_HANDSHAKE:
-                self._recv()
-            if self.state is TLS_HANDSHAKE:
-                self._advance_tls()
-        elif state is NEGOTIATING:
-            if flags & LCB_WRITE_EVENT:
-                self._write_handshake()
-            if flags & LCB_READ_EVENT and self.state is NEGOTIATING:
-                self._read_handshake()
-
-    def _finish_connect(self) -> None:
-        err = self._sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_ERROR)
-        if err == 0:
-            self._on_connected()
-            return
-        self._detach()
-        self._try_next_address(describe_errno(err))
-
     def _write(self) -> None:
         """Write what the queue holds (READY only)."""
-        tls = self._tls
-        if tls is not None:
-            # Plaintext moves into TLS only while little ciphertext waits, so
-            # requests stay withdrawable until the socket can take them.
-            if self._queue and len(self._cipher) < WRITE_CHUNK:
-                data = self._gather()
-                if data:
-                    tls.send(data)
-                    self._cipher += tls.outgoing()
-                self._consume(len(data))
-            self._flush_cipher()
-            return
+        transport = self._transport
         data = self._gather()
         if not data:
             self._consume(0)
             self._want_write = False
-            self.iops.update_event(self._event, PYCBC_EVACTION_WATCH, LCB_READ_EVENT)  # type: ignore[arg-type]
+            transport.want_write(False)  # type: ignore[union-attr]
             return
-        sent = self._send(data)
+        sent = transport.send(data)  # type: ignore[union-attr]
         if sent < 0:
             return
         self._consume(sent)
         if not self._queue:
             self._want_write = False
-            self.iops.update_event(self._event, PYCBC_EVACTION_WATCH, LCB_READ_EVENT)  # type: ignore[arg-type]
+            transport.want_write(False)  # type: ignore[union-attr]
 
     def _gather(self) -> Any:
         """The next bytes to write: from the head of the queue (less what was
@@ -819,90 +659,30 @@ class KVConnection:
                 break
         self._head_sent = head_sent
 
-    def _send(self, data: Any) -> int:
-        """Hand ``data`` to the socket: the number of bytes it took (0 when
-        it would block), or -1 when the connection failed (already handled)."""
-        try:
-            return self._sock.send(data)
-        except (BlockingIOError, InterruptedError):
-            return 0
-        except OSError as exc:
-            self._fail(RC.NETWORK, "error writing to %s: %s" % (self.authority, exc))
-            return -1
-
     def _write_handshake(self) -> None:
         """Write the pending handshake request (NEGOTIATING)."""
+        transport = self._transport
+        assert transport is not None
         data = self._hs_out
-        if self._tls is not None:
-            if data:
-                self._tls.send(data)
-                self._hs_out = b""
-                self._cipher += self._tls.outgoing()
-            self._flush_cipher()
-            return
         if data:
-            sent = self._send(data)
+            sent = transport.send(data)
             if sent < 0:
                 return
             data = self._hs_out = data[sent:]
         if not data:
             self._want_write = False
-            self.iops.update_event(self._event, PYCBC_EVACTION_WATCH, LCB_READ_EVENT)  # type: ignore[arg-type]
-
-    def _flush_cipher(self) -> None:
-        """Send pending TLS bytes; keep write interest while some remain (or,
-        once READY, while requests wait in the queue)."""
-        data = self._cipher
-        if data:
-            sent = self._send(data)
-            if sent < 0:
-                return
-            self._cipher = data[sent:]
-        want = bool(self._cipher) or (self.state is READY and bool(self._queue))
-        if want != self._want_write or self.state is TLS_HANDSHAKE:
-            self._want_write = want
-            self.iops.update_event(self._event, PYCBC_EVACTION_WATCH,  # type: ignore[arg-type]
-                                   LCB_RW_EVENT if want else LCB_READ_EVENT)
-
-    def _recv(self) -> Optional[bytes]:
-        """Read what the socket has. None means nothing now or the connection
-        failed (already handled)."""
-        try:
-            data = self._sock.recv(READ_SIZE)
-        except (BlockingIOError, InterruptedError):
-            return None
-        except OSError as exc:
-            self._fail(RC.NETWORK, "error reading from %s: %s" % (self.authority, exc))
-            return None
-        if not data:
-            self._on_eof()
-            return None
-        tls = self._tls
-        if tls is not None:
-            try:
-                data = tls.receive(data)
-            except ssl.SSLError as exc:
-                self._fail(RC.NETWORK, "TLS error from %s: %s" % (self.authority, exc))
-                return None
-            pending = tls.outgoing()
-            if pending:  # e.g. a key update: send it along
-                self._cipher += pending
-                self._flush_cipher()
-            if not data:
-                return None
-        return data
+            transport.want_write(False)
 
     def _on_eof(self) -> None:
-        if self.state is NEGOTIATING and self._hs_silence_ok and not self.hello_disabled:
-            log.info("%s closed the connection on HELLO; reconnecting without it", self.authority)
-            self._restart_without_hello()
+        if self.state is NEGOTIATING and self._session is not None:
+            self._apply(self._session.eof())  # a server that closes on HELLO is not lost
             return
         self._fail(RC.NETWORK, "connection to %s closed by the server" % self.authority)
 
     def _frames(self, during: str) -> Optional[List[Any]]:
-        """Read and decode what the socket has; None when there is nothing or
+        """Read and decode what the stream has; None when there is nothing or
         the connection failed (already handled)."""
-        data = self._recv()
+        data = self._transport.recv()  # type: ignore[union-attr]
         if data is None:
             return None
         self.last_read = self.engine.clock()
@@ -979,17 +759,12 @@ class KVConnection:
             log.exception("completing %s failed", op.describe())
 
     def _read_handshake(self) -> None:
-        frames = self._frames(" during the handshake")
-        if not frames:
+        """Feed what the stream has to the handshake (NEGOTIATING)."""
+        data = self._transport.recv()  # type: ignore[union-attr]
+        if data is None or self._session is None:
             return
-        for frame in frames:
-            if self.state is not NEGOTIATING:
-                return
-            if frame[4] != self._hs_opaque or self._hs_handler is None:
-                self._fail(RC.PROTOCOL, "unexpected reply (opcode 0x%02x) from %s during the handshake"
-                           % (frame[1], self.authority))
-                return
-            self._hs_handler(frame)
+        self.last_read = self.engine.clock()
+        self._apply(self._session.receive(data))
 
     # ------------------------------------------------------ dead connections
 
@@ -1046,7 +821,6 @@ class KVConnection:
         pending = self._take_pending()
         self._detach()
         self.state = IDLE
-        self._hs_handler = None
         listeners, self._listeners = self._listeners, []
         for fn in listeners:
             fn(self, (rc, message))
@@ -1093,30 +867,25 @@ class KVConnection:
         to IDLE (the next operation reconnects); return the (opaque, op)
         pairs that were pending (the parent's). The socket is neither read,
         written nor shut down (its stream belongs to the parent): only the
-        child's copy of the descriptor is closed. No IOPS call is made (the
+        child's copy of the descriptor is closed (see
+        :meth:`Transport.abandon_after_fork`). No IOPS call is made (the
         IOPS has forgotten the events from before the fork, or cannot be
         trusted with them); listeners are dropped without being called."""
-        for event in (self._event, self._connect_timer):
-            if event is not None:
-                event._handler = _dead_handler
-        sock = self._sock
-        self._event = self._sock = self._connect_timer = None
-        if sock is not None:
-            try:
-                sock.close()
-            except OSError:
-                pass
+        if self._connect_timer is not None:
+            self._connect_timer._handler = _dead_handler
+        transport = self._transport
+        self._transport = self._connect_timer = None
+        if transport is not None:
+            transport.abandon_after_fork()
         if self.state is not CLOSED:
             self.state = IDLE
         self._want_write = False
         self._hs_out = b""
         self._tls = None
-        self._cipher = b""
         self._decoder = None
-        self._hs_handler = None
+        self._session = None
         self._probe = None
         self._listeners = []
-        self._resolving = False
         self.last_error = None
         pending = list(self.pending.items())
         self.pending.clear()

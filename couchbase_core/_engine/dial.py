@@ -10,12 +10,17 @@ from typing import TYPE_CHECKING, Any, Callable, List, Optional, Tuple
 if TYPE_CHECKING:  # pragma: no cover
     from couchbase_core._engine.instance import Engine
 
-__all__ = ["resolve", "filter_families", "open_socket", "start_connect", "CONNECT_PENDING", "describe_errno"]
+__all__ = ["resolve", "filter_families", "open_socket", "start_connect", "CONNECT_PENDING", "describe_errno",
+           "SocketFactory"]
 
 #: connect_ex results meaning "in progress".
 CONNECT_PENDING = {errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN, errno.EALREADY}
 
 ResolveCallback = Callable[[Any, Optional[BaseException]], None]
+#: ``factory(family, nodelay, keepalive)`` -> a non-blocking stream socket
+#: (:func:`open_socket`, or a test double such as
+#: :class:`couchbase_core.testing.scripted.ScriptedSocket`).
+SocketFactory = Callable[[int, bool, bool], Any]
 
 
 def describe_errno(err: int) -> str:
@@ -96,16 +101,18 @@ def open_socket(family: int, nodelay: bool = True, keepalive: bool = True) -> An
 
 
 def start_connect(addresses: List[Tuple[int, Any]], previous_error: Optional[str], nodelay: bool = True,
-                  keepalive: bool = True) -> Tuple[Any, str]:
+                  keepalive: bool = True, factory: Optional[SocketFactory] = None) -> Tuple[Any, str]:
     """Start a non-blocking connect to the first of ``addresses`` (family,
     sockaddr; each is removed as it is tried) that accepts one. Returns
     ``(socket, "")``, or ``(None, why the last attempt failed)`` when none is
-    left. The caller learns the outcome from the socket becoming writable."""
+    left. The caller learns the outcome from the socket becoming writable.
+    Sockets come from ``factory`` (default :func:`open_socket`)."""
     error = previous_error or "no address"
+    make = factory or open_socket
     while addresses:
         family, sockaddr = addresses.pop(0)
         try:
-            sock = open_socket(family, nodelay, keepalive)
+            sock = make(family, nodelay, keepalive)
         except OSError as exc:
             error = str(exc)
             continue

@@ -15,23 +15,19 @@ never-ending body into configs at each ``\\n\\n\\n\\n``.
 
 from __future__ import annotations
 
-import _socket
 import base64
+import functools
 import logging
 import math
-import ssl
 import weakref
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 import h11
 
-from couchbase_core._engine.dial import describe_errno, resolve, start_connect
-from couchbase_core._engine.tls import TLSSession, describe_handshake_error
+from couchbase_core._engine.dial import resolve
+from couchbase_core._engine.transport import Transport
 from couchbase_core.exceptions import RC
 from couchbase_core.iops.base import (
-    LCB_READ_EVENT,
-    LCB_RW_EVENT,
-    LCB_WRITE_EVENT,
     PYCBC_EVACTION_CLEANUP,
     PYCBC_EVACTION_UNWATCH,
     PYCBC_EVACTION_WATCH,
@@ -54,7 +50,6 @@ MAX_CONFIG_SIZE = 16 * 1024 * 1024
 #: How much of a refused config request's body is kept for the message.
 MAX_ERROR_TEXT = 4096
 _SEPARATOR = b"\n\n\n\n"
-_MSG_PEEK = _socket.MSG_PEEK
 
 
 def basic_auth(user: str, password: str) -> str:
@@ -99,15 +94,12 @@ class HTTPConnection:
         self.port = port
         self.tls = tls
         self.state = "idle"  # idle, connecting, tls, open, closed
-        self._sock: Any = None
-        self._event: Any = None
-        self._tls_session: Any = None
+        #: The stream of the current socket (see transport.py).
+        self._stream: Optional[Transport] = None
         self._h11: Optional[h11.Connection] = None
-        self._out = b""
+        self._out = b""  # request bytes the stream has not taken yet
         self._request: Optional[HTTPRequest] = None
         self._timer: Any = None
-        self._addresses: List[Tuple[int, Any]] = []
-        self._want_write = False
         self._paused = False
         #: the engine's pool this connection returns to when idle
         self.pool: Any = None
@@ -150,16 +142,15 @@ class HTTPConnection:
     def still_open(self) -> bool:
         """Whether an idle connection can carry another request: the server
         has not closed it and sent nothing unasked (a non-blocking peek)."""
-        sock = self._sock
-        if sock is None:
-            return False
-        try:
-            sock.recv(1, _MSG_PEEK)
-        except (BlockingIOError, InterruptedError):
-            return True  # nothing to read: still open
-        except OSError:
-            return False
-        return False  # end of stream, or bytes nobody asked for
+        stream = self._stream
+        return stream is not None and stream.still_open()
+
+    @property
+    def _sock(self) -> Any:
+        """The current socket, or None (diagnostics and tests only: all I/O
+        goes through the stream)."""
+        stream = self._stream
+        return stream.sock if stream is not None else None
 
     def _arm_timer(self, seconds: float) -> None:
         if self._timer is None:
@@ -202,146 +193,72 @@ class HTTPConnection:
 
     def _connect(self) -> None:
         self.state = "connecting"
-        resolve(self.engine, self.host, self.port, self._on_resolved)
-
-    def _on_resolved(self, infos: Any, error: Optional[BaseException]) -> None:
-        if self.state != "connecting":
-            return
-        if error is not None or not infos:
-            self._fail(RC.UNKNOWN_HOST, "cannot resolve host %r: %s" % (self.host, error or "no address"))
-            return
-        self._addresses = [(family, sockaddr) for family, _t, _p, _c, sockaddr in infos]
-        self._next_address(None)
-
-    def _next_address(self, previous: Optional[str]) -> None:
-        sock, error = start_connect(self._addresses, previous)
-        if sock is None:
-            self._fail(RC.CONNECT, "cannot connect to %s: %s" % (self.authority, error))
-            return
-        self._sock = sock
-        event = self._event = self.iops.io_event_factory()
-        event.fd = sock.fileno()
-        event._handler = self._on_io
-        self._set_watch(LCB_WRITE_EVENT)
-
-    def _set_watch(self, flags: int) -> None:
+        engine = self.engine
+        stream = self._stream = Transport(
+            self.iops, self.host, self.port, resolve=functools.partial(resolve, engine),
+            on_connected=self._on_connected, on_readable=self._read, on_writable=self._flush, on_eof=self._on_eof,
+            on_error=self._fail, on_tls_started=self._on_tls_started,
+            tls_context=engine.tls_context if self.tls else None,
+            socket_factory=getattr(engine, "socket_factory", None), read_size=READ_SIZE)
         if self._paused:
-            flags &= ~LCB_READ_EVENT
-        if flags:
-            self.iops.update_event(self._event, PYCBC_EVACTION_WATCH, flags)
-        else:
-            self.iops.update_event(self._event, PYCBC_EVACTION_UNWATCH, 0)
+            stream.pause_reading()
+        stream.connect()
+
+    def _on_tls_started(self) -> None:
+        self.state = "tls"
+        self._h11 = h11.Connection(h11.CLIENT)
+
+    def _on_connected(self) -> None:
+        if self._h11 is None:
+            self._h11 = h11.Connection(h11.CLIENT)
+        self.state = "open"
+        if self._request is not None:
+            self._send_request()
 
     def pause_reading(self) -> None:
         """Stop reading the socket (flow control: the consumer is behind)."""
         if not self._paused:
             self._paused = True
-            if self._event is not None and self.state in ("open", "tls"):
-                self._set_watch(LCB_WRITE_EVENT if self._out else 0)
+            if self._stream is not None:
+                self._stream.pause_reading()
 
     def resume_reading(self) -> None:
         """Read again after :meth:`pause_reading`."""
         if self._paused:
             self._paused = False
-            if self._event is not None and self.state in ("open", "tls"):
-                self._set_watch(LCB_RW_EVENT if self._out else LCB_READ_EVENT)
-
-    def _on_io(self, flags: int) -> None:
-        state = self.state
-        if state == "connecting":
-            import _socket
-
-            err = self._sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_ERROR)
-            if err:
-                self._drop_socket()
-                self._next_address(describe_errno(err))
-                return
-            self._h11 = h11.Connection(h11.CLIENT)
-            context = self.engine.tls_context if self.tls else None
-            if context is not None:
-                self.state = "tls"
-                self._tls_session = TLSSession(context, self.host)
-                self._advance_tls()
-                return
-            self.state = "open"
-            self._set_watch(LCB_READ_EVENT)
-            if self._request is not None:
-                self._send_request()
-            return
-        if flags & LCB_WRITE_EVENT:
-            self._flush()
-        if flags & LCB_READ_EVENT and self.state in ("open", "tls"):
-            self._read()
-
-    def _advance_tls(self) -> None:
-        try:
-            done = self._tls_session.handshake()
-        except ssl.SSLError as exc:
-            self._fail(RC.CONNECT, "TLS handshake with %s failed: %s"
-                       % (self.authority, describe_handshake_error(exc)))
-            return
-        self._out += self._tls_session.outgoing()
-        self._flush()
-        if done and self.state == "tls":
-            self.state = "open"
-            if self._request is not None:
-                self._send_request()
+            if self._stream is not None:
+                self._stream.resume_reading()
 
     # -------------------------------------------------------------------- I/O
 
     def _write(self, data: bytes) -> None:
-        if self._tls_session is not None:
-            self._tls_session.send(data)
-            data = self._tls_session.outgoing()
         self._out += data
         self._flush()
 
     def _flush(self) -> None:
-        if self._sock is None:
+        stream = self._stream
+        if stream is None:
             return
         if self._out:
-            try:
-                sent = self._sock.send(self._out)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
-            except OSError as exc:
-                self._fail(RC.NETWORK, "error writing to %s: %s" % (self.authority, exc))
-                return
+            sent = stream.send(self._out)
+            if sent < 0:
+                return  # failed (reported by the stream)
             self._out = self._out[sent:]
-        want = bool(self._out)
-        if want != self._want_write or self.state == "tls":
-            self._want_write = want
-            self._set_watch(LCB_RW_EVENT if want else LCB_READ_EVENT)
+        stream.want_write(bool(self._out))
 
     def _read(self) -> None:
-        try:
-            data = self._sock.recv(READ_SIZE)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:
-            self._fail(RC.NETWORK, "error reading from %s: %s" % (self.authority, exc))
-            return
-        if self._tls_session is not None:
-            if not data:
-                plain = b""
-            else:
-                try:
-                    plain = self._tls_session.receive(data)
-                except ssl.SSLError as exc:
-                    self._fail(RC.NETWORK, "TLS error from %s: %s" % (self.authority, exc))
-                    return
-                pending = self._tls_session.outgoing()
-                if pending:
-                    self._out += pending
-                    self._flush()
-                if self.state == "tls":
-                    self._advance_tls()
-                    if not plain:
-                        return
-                if not plain:
-                    return
-            data = plain if data else b""
-        self._receive(data)
+        stream = self._stream
+        data = stream.recv() if stream is not None else None
+        if data is not None:
+            self._receive(data)
+
+    def _on_eof(self) -> None:
+        stream = self._stream
+        self._receive(b"")
+        if self._stream is stream and self.state != "closed":
+            # h11 saw nothing wrong (no request in progress...), but this
+            # stream is gone: the connection cannot be used again
+            self._fail(RC.NETWORK, "connection to %s closed" % self.authority)
 
     def _receive(self, data: bytes) -> None:
         conn = self._h11
@@ -410,17 +327,10 @@ class HTTPConnection:
     # ---------------------------------------------------------------- closing
 
     def _drop_socket(self) -> None:
-        event, sock = self._event, self._sock
-        self._event = self._sock = None
-        if event is not None:
-            self.iops.update_event(event, PYCBC_EVACTION_UNWATCH, 0)
-            self.iops.update_event(event, PYCBC_EVACTION_CLEANUP, 0)
-            event._handler = lambda flags: None
-        if sock is not None:
-            try:
-                sock.close()
-            except OSError:
-                pass
+        stream = self._stream
+        self._stream = None
+        if stream is not None:
+            stream.close()
 
     def _fail(self, rc: int, message: str) -> None:
         req = self._request
@@ -439,10 +349,8 @@ class HTTPConnection:
     def _reconnect(self) -> None:
         self.reused = False
         self._drop_socket()
-        self._tls_session = None
         self._h11 = None
         self._out = b""
-        self._want_write = False
         self._paused = False
         self._connect()  # the request and its timer stay
 
@@ -462,28 +370,23 @@ class HTTPConnection:
             self.iops.update_timer(self._timer, PYCBC_EVACTION_CLEANUP, 0)
             self._timer = None
         self._drop_socket()
-        self._tls_session = None
 
     def abandon_after_fork(self) -> Optional[HTTPRequest]:
         """In the child of a fork: let go of the inherited socket without
         reading, writing or shutting it down (no TLS close_notify either; only
-        the child's descriptor is closed) and without IOPS calls; the
+        the child's descriptor is closed: see
+        :meth:`Transport.abandon_after_fork`) and without IOPS calls; the
         connection is closed for good. Returns the request that was in
         progress (the parent's), for the caller to fail."""
         req = self._request
         self._request = None
-        for event in (self._event, self._timer):
-            if event is not None:
-                event._handler = lambda flags: None
-        sock = self._sock
-        self._event = self._sock = self._timer = None
-        if sock is not None:
-            try:
-                sock.close()
-            except OSError:
-                pass
+        if self._timer is not None:
+            self._timer._handler = lambda flags: None
+        stream = self._stream
+        self._stream = self._timer = None
+        if stream is not None:
+            stream.abandon_after_fork()
         self.state = "closed"
-        self._tls_session = None
         self._h11 = None
         self._out = b""
         if req is not None and req.finished:

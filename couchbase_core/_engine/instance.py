@@ -47,7 +47,16 @@ from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 from couchbase_core._engine import forks as _forks
 from couchbase_core._engine.config import BucketConfig, ConfigError, Ketama, authority
 from couchbase_core._engine.connection import CLOSED, READY, KVConnection
+from couchbase_core._engine.httpreq import (
+    ChunkCallback,
+    EndCallback,
+    ErrorCallback,
+    HeadCallback,
+    NodeOrder,
+    ServiceRequest,
+)
 from couchbase_core._engine.ops import EntryRetry, KVOp
+from couchbase_core._engine.prepared import PreparedCache
 from couchbase_core._engine.protocol import Frame, Opcode, Status
 from couchbase_core._engine.settings import Settings
 from couchbase_core._engine.timeouts import Deadlines
@@ -126,6 +135,9 @@ class Engine:
 
         #: keep-alive HTTP connections (views, N1QL, management)
         self.http_pool = HTTPPool(self, max(1, settings.http_poolsize))
+        #: N1QL prepared statements of this bucket, by statement text (LRU,
+        #: at most PreparedCache.size entries; see couchbase_core.n1ql)
+        self.prepared_cache = PreparedCache()
         self._init_fork_state()
 
     # ------------------------------------------------------------- bootstrap
@@ -1001,6 +1013,38 @@ class Engine:
     def connected(self) -> bool:
         """True when at least one connection is ready."""
         return not self.closed and any(c.state is READY for c in self.connections)
+
+    # ------------------------------------------------------------------ HTTP
+
+    def http_request(self, service: str, method: str, path: str, body: bytes = b"",
+                     headers: Optional[Dict[str, str]] = None, timeout: float = 75.0, *,
+                     on_head: Optional[HeadCallback] = None, on_chunk: Optional[ChunkCallback] = None,
+                     on_end: Optional[EndCallback] = None, on_error: Optional[ErrorCallback] = None,
+                     idempotent: Optional[bool] = None, order: Optional[NodeOrder] = None) -> ServiceRequest:
+        """Send one HTTP request to a node offering ``service`` (``mgmt``,
+        ``capi``, ``n1ql``) and stream its response to the callbacks:
+        ``on_head(status, headers)``, ``on_chunk(bytes)``..., then exactly one
+        of ``on_end()`` or ``on_error(rc, message)``, never inside this call.
+        ``timeout`` (seconds, > 0) bounds the whole request, every node tried
+        included. ``idempotent`` (default: GET and HEAD) allows sending it
+        to another node when its connection broke before the response's head;
+        ``order`` orders the candidate nodes in place (default: random).
+        Returns the request's handle (``cancel()``, ``pause()``,
+        ``resume()``). Raises ObjectDestroyedError once the engine is closed.
+        See :mod:`couchbase_core._engine.httpreq`."""
+        if self.closed:
+            raise ObjectDestroyedError("the bucket is closed")
+        if not timeout > 0:
+            raise ValueError("an HTTP request needs a timeout greater than 0, not %r" % (timeout,))
+        if self._pid != _forks.pid:
+            self._resume_after_fork()
+        request = ServiceRequest(self, service, method, path, body, headers, timeout, on_head, on_chunk, on_end,
+                                 on_error, idempotent, order)
+        if self._fork_restarting:
+            self._bootstrap_callbacks.append(request.start_after_bootstrap)
+        else:
+            request.start()
+        return request
 
 
 def _ignore(*_args: Any) -> None:

@@ -5,21 +5,18 @@ Subclass it (or set the handlers on an instance), create it with
 :meth:`AsyncN1QLRequest.start`: ``on_rows(rows)`` receives batches as the
 response streams in, then exactly one of ``on_done()`` or ``on_error(exc)``
 is called. ``meta`` holds the response's metadata by then.
+
+It runs the same request machine as the iterator flavour
+(:mod:`couchbase_core._querymachine`: prepare, execute, re-prepare once on a
+stale plan), driven from the loop's callbacks instead of a waiting caller.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any, Dict, List, Optional
 
-from couchbase_core.n1ql import (
-    N1QLError,
-    N1QLQuery,
-    N1QLRequest,
-    _stale_plan,
-    prepared_cache,
-    query_error,
-)
+from couchbase_core.exceptions import CouchbaseError
+from couchbase_core.n1ql import N1QLRequest
 
 __all__ = ["AsyncN1QLRequest"]
 
@@ -30,8 +27,7 @@ class AsyncN1QLRequest(N1QLRequest):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._op: Any = None
-        self._prepared: Optional[Dict[str, Any]] = None
-        self._attempt = 0
+        self._machine: Any = None
         self._reported = False
         self.started = False
 
@@ -52,52 +48,34 @@ class AsyncN1QLRequest(N1QLRequest):
         if self.started:
             return self
         self.started = True
-        self.bucket._require_couchbase("N1QL", "plain memcached has no query service")
-        if self.params.adhoc:
-            self._send(None)
-        else:
-            entry = prepared_cache(self.bucket).get(self.params.statement)
-            if entry is not None:
-                self._send(entry)
-            else:
-                self._prepare_then_send()
+        machine = self._machine = self._new_machine()
+        self._perform(machine.start())
         return self
 
-    def _prepare_then_send(self) -> None:
-        from couchbase_core._httpops import HttpOp
+    def _perform(self, action: Any) -> None:
+        """Carry out the machine's next action."""
+        from couchbase_core._querymachine import Failed, Finished
 
-        body = json.dumps(N1QLQuery("PREPARE " + self.params.statement).encoded_body(self.bucket.n1ql_timeout),
-                          separators=(",", ":")).encode("utf-8")
-        op = HttpOp("n1ql", "POST", "/query/service", body, {"Content-Type": "application/json"},
-                    self.bucket.n1ql_timeout + 1.0, accept=lambda status: True)
-        op.sink = self._prepared_reply
-        self.bucket._engine.submit(op)
-
-    def _prepared_reply(self, res: Any) -> None:
-        meta = res.value if isinstance(res.value, dict) else {}
-        exc = query_error(meta, res.http_status, (res.rc, res.errstr) if res.rc else None)
-        results = meta.get("results") or []
-        if exc is None and (not results or "name" not in results[0]):
-            exc = N1QLError({"message": "PREPARE returned no plan", "objextra": []})
-        if exc is not None:
-            self._fail(exc)
+        if isinstance(action, Finished):
+            self.meta = action.meta
+            if not self._reported:
+                self._reported = True
+                self.on_done()
             return
-        prepared_cache(self.bucket).put(self.params.statement, results[0])
-        self._send(results[0])
-
-    def _send(self, prepared: Optional[Dict[str, Any]]) -> None:
-        from couchbase_core._httpops import RowStreamOp
-
-        self._prepared = prepared
-        body = self._body_for(prepared)
-        timeout = (self.params.timeout or self.bucket.n1ql_timeout) + 1.0
-        self._op = RowStreamOp("n1ql", "POST", "/query/service", body, {"Content-Type": "application/json"},
-                               timeout, self, "results")
-        self.bucket._engine.submit(self._op)
+        if isinstance(action, Failed):
+            self.meta = action.meta
+            self._fail(action.error)
+            return
+        self._op = self._request_op(action, self)
+        self._op.start(self.bucket._engine)
 
     # consumer protocol of RowStreamOp
     def rows_ready(self, rows: List[Any]) -> None:
+        """Rows of the current response (from the loop)."""
         if self._reported:
+            return
+        rows = self._machine.feed_rows(rows)
+        if not rows:
             return
         rows = [self.row_factory(r) for r in rows]
         self.rows_returned += len(rows)
@@ -108,21 +86,13 @@ class AsyncN1QLRequest(N1QLRequest):
             self._fail(exc)
 
     def finished(self, meta: Dict[str, Any], http_status: int, error: Optional[tuple]) -> None:
+        """The current response ended or failed (from the loop)."""
         if self._reported:
             return
-        self.meta = meta
-        exc = query_error(meta, http_status, error)
-        if exc is None:
-            self._reported = True
-            self.on_done()
-            return
-        if (self._prepared is not None and self._attempt == 0 and self.rows_returned == 0
-                and isinstance(exc, N1QLError) and _stale_plan(exc)):
-            self._attempt += 1
-            prepared_cache(self.bucket).drop(self.params.statement)
-            self._prepare_then_send()
-            return
-        self._fail(exc)
+        try:
+            self._perform(self._machine.end(meta, http_status, error))
+        except CouchbaseError as exc:  # the next request could not start (the bucket was closed)
+            self._fail(exc)
 
     def _fail(self, exc: BaseException) -> None:
         if self._reported:

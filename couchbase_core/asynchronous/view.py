@@ -54,12 +54,8 @@ class AsyncViewBase(View):
             raise AlreadyQueriedError("this view has already been started")
         self.started = True
         self._iterated = True
-        from couchbase_core._httpops import RowStreamOp
-
-        self.bucket._check_open()
-        method, path, body, headers = self._request()
-        self._op = RowStreamOp("capi", method, path, body, headers, self.bucket.views_timeout, self, "rows")
-        self.bucket._engine.submit(self._op)
+        self._op = self._request_op(self)
+        self._op.start(self.bucket._engine)
         return self
 
     def __iter__(self) -> Any:

@@ -1,1 +1,3 @@
-"""Helpers for testing applications (and this project) against real servers."""
+"""Helpers for testing applications (and this project): real servers
+(:mod:`.memcached`, :mod:`.signals`) and scripted sockets for the engine's
+transport seam (:mod:`.scripted`)."""

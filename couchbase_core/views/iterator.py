@@ -174,18 +174,21 @@ class View:
             return "POST", path, body, {"Content-Type": "application/json"}
         return "GET", path, b"", {}
 
-    def _make_stream(self) -> Any:
+    def _request_op(self, consumer: Any) -> Any:
+        """The streamed HTTP request of this view, its rows and end going to
+        ``consumer`` (a row stream for the iterator, the view itself for
+        AsyncViewBase). ObjectDestroyedError if the bucket is closed."""
         from couchbase_core._httpops import RowStreamOp
-        from couchbase_core._rowstream import RowStream
 
         self.bucket._check_open()
         method, path, body, headers = self._request()
-        timeout = self.bucket.views_timeout
+        return RowStreamOp("capi", method, path, body, headers, self.bucket.views_timeout, consumer, "rows")
 
-        def make_op(consumer: Any) -> Any:
-            return RowStreamOp("capi", method, path, body, headers, timeout, consumer, "rows")
+    def _make_stream(self) -> Any:
+        from couchbase_core._rowstream import RowStream
 
-        return RowStream(self.bucket, make_op)
+        self.bucket._check_open()
+        return RowStream(self.bucket, self._request_op)
 
     def __iter__(self) -> Iterator[Any]:
         if self._iterated:
