@@ -89,6 +89,7 @@ from couchbase_core._engine.protocol import (
     FrameError,
     Magic,
     Opcode,
+    encode_request,
 )
 from couchbase_core._engine.session import (
     Done,
