@@ -15,6 +15,7 @@ import time
 from typing import Any, Callable, Dict, Optional
 
 from couchbase_core import transcoder as _tc
+from couchbase_core._engine.batch import Batch
 from couchbase_core._engine.durability import ObserveOp, Observer
 from couchbase_core._engine.ops import KVOp
 from couchbase_core._engine.protocol import Opcode
@@ -360,66 +361,68 @@ KIND_MUTATION = 1
 KIND_COUNTER = 2
 
 
-class KeyBatch(KVOp):
-    """Many single-key requests of one ``_multi`` call, bound for one node.
+class KeyBatch(Batch):
+    """The results side of a ``_multi`` call's batch (the engine side, with
+    the entries, opaques, retries and completion, is
+    :class:`couchbase_core._engine.batch.Batch`).
 
-    ``entries`` holds one tuple per key: ``(key, kb, opcode, extras, value,
-    cas, item)``. The engine gives the batch a run of consecutive opaques
-    (``base`` .. ``base + n - 1``), one per entry, writes every request in one
-    go and routes each reply back here; the entry is ``entries[opaque -
-    base]``. Per key this saves an operation object, a deadline entry and the
-    calls around them, which is most of a ``_multi`` call's cost. Results go
-    straight into ``mres``; ``sink(None)`` is called once, when every key has
-    its result.
+    Each reply becomes the entry's result, put straight into ``mres``:
+    a :class:`ValueResult` with the decoded value for reads, an
+    :class:`OperationResult` with the new CAS for mutations, a
+    :class:`ValueResult` with the count for counters. An entry that has an
+    item (``ItemCollection`` calls) fills that item instead.
     """
 
-    __slots__ = ("kind", "entries", "mres", "sink", "base", "remaining", "waiting", "decoder",
-                 "no_format", "key", "vbuckets", "conns", "idempotent", "durability", "engine", "chunks",
-                 "entry_retries")
-    multi_reply = True
-    multi_key = True
+    __slots__ = ("kind", "mres", "decoder", "no_format", "key", "durability")
 
-    def __init__(self, kind: int, timeout: float, mres: Any, decoder: Any = None, no_format: bool = False) -> None:
-        KVOp.__init__(self, 0, b"", b"", b"", 0, 0, timeout)
+    def __init__(self, kind: int, timeout: float, mres: Any, decoder: Any = None, no_format: bool = False,
+                 opcode: int = 0, extras: bytes = b"") -> None:
+        Batch.__init__(self, timeout, opcode, extras)
         self.kind = kind
-        self.entries: list = []
         self.mres = mres
-        self.sink: Callable[[Any], None] = discard
-        self.base = 0
-        self.remaining = 0
-        self.waiting = bytearray()
         self.decoder = decoder
         self.no_format = no_format
         self.key = None
-        #: vBucket of each entry (set by the engine for Couchbase buckets).
-        self.vbuckets: list = []
-        #: Connections holding some of the entries.
-        self.conns: set = set()
-        #: The engine's write chunks of this batch (one per connection).
-        self.chunks: list = []
-        #: Entries re-sent on their own (``EntryRetry`` operations).
-        self.entry_retries: list = []
         self.idempotent = kind == KIND_GET
         #: (persist_to, replicate_to, timeout, interval) for each mutation.
         self.durability: Optional[tuple] = None
-        self.engine: Any = None
 
-    def __len__(self) -> int:
-        return len(self.entries)
-
-    def opaques(self) -> list:
-        """Opaques still waiting for a reply."""
-        base = self.base
-        return [base + i for i, w in enumerate(self.waiting) if w]
+    def sibling(self) -> "KeyBatch":
+        """An empty batch with the same settings (for the next chunk of a
+        big call)."""
+        other = KeyBatch(self.kind, self.timeout, self.mres, self.decoder, self.no_format, self.opcode, self.extras)
+        other.durability = self.durability
+        other.idempotent = self.idempotent
+        if self.framing:
+            other.framing = self.framing
+        return other
 
     def on_part(self, frame: Any) -> bool:
+        # The common reply of a read batch, inline: a success for an entry
+        # without an item whose value needs no decoding. Anything else takes
+        # the generic way (Batch.on_part -> on_reply).
         i = frame[4] - self.base
         waiting = self.waiting
-        if i < 0 or i >= len(waiting) or not waiting[i]:
-            return True  # not ours (cannot happen) or already answered
+        if (self.kind or frame[2] or self.items is not None or not 0 <= i < len(waiting)
+                or not waiting[i]):
+            return Batch.on_part(self, frame)
+        extras = frame[6]
+        flags = _FLAGS.unpack_from(extras)[0] if len(extras) >= 4 else 0
+        if not self.no_format and flags != _FMT_BYTES:
+            return Batch.on_part(self, frame)
         waiting[i] = 0
+        key = self.keys[i]
+        self.mres[key] = ValueResult(key, 0, frame[5], frame[8], flags)
+        self.remaining -= 1
+        if self.remaining == 0:
+            self.done = True
+            self.sink(None)
+        return True
+
+    def on_reply(self, i: int, frame: Any) -> None:
         status = frame[2]
-        key, _kb, _op, _ex, _val, _cas, item = self.entries[i]
+        key = self.keys[i]
+        item = self.items[i] if self.items is not None else None
         kind = self.kind
         if kind == KIND_GET:
             if status:
@@ -479,12 +482,8 @@ class KeyBatch(KVOp):
         self.mres[key] = res
         if self.durability is not None and kind != KIND_GET and not res.rc:
             self._observe(i, res)
-            return True
-        self.remaining -= 1
-        if self.remaining == 0:
-            self.done = True
-            self.sink(None)
-        return True
+            return
+        self.settled()
 
     def _token(self, i: int, extras: bytes) -> Optional[MutationToken]:
         if len(extras) != 16:
@@ -497,54 +496,24 @@ class KeyBatch(KVOp):
     def _observe(self, i: int, res: Any) -> None:
         """Wait for entry ``i``'s durability before counting it done."""
         persist_to, replicate_to, timeout, interval = self.durability  # type: ignore[misc]
-        entry = self.entries[i]
+        opcode, kb, _extras, _value, _cas = self.request(i)
 
         def done(rc: int, message: str) -> None:
             if rc:
                 res.rc = rc
                 res._message = message
-            self.remaining -= 1
-            if self.remaining == 0:
-                self.done = True
-                self.sink(None)
+            self.settled()
 
-        Observer(self.engine, entry[1], res.cas, persist_to, replicate_to, entry[2] == Opcode.DELETE,
+        Observer(self.engine, kb, res.cas, persist_to, replicate_to, opcode == Opcode.DELETE,
                  timeout, interval, done).start()
 
-    def on_response(self, frame: Any) -> None:  # pragma: no cover - batches use on_part
-        self.on_part(frame)
-
-    def _error_entry(self, i: int, rc: int, message: str) -> None:
-        key = self.entries[i][0]
-        item = self.entries[i][6]
+    def on_failure(self, i: int, rc: int, message: str) -> None:
+        key = self.keys[i]
+        item = self.items[i] if self.items is not None else None
         res = item if item is not None else (ValueResult(key) if self.kind != KIND_MUTATION else OperationResult(key))
         res.rc = rc
         res._message = message
         self.mres[key] = res
-
-    def fail_entry(self, i: int, rc: int, message: str) -> None:
-        """Entry ``i`` failed without a reply (its retry timed out...)."""
-        if self.done or not self.waiting[i]:
-            return
-        self.waiting[i] = 0
-        self._error_entry(i, rc, message)
-        self.remaining -= 1
-        if self.remaining == 0:
-            self.done = True
-            self.sink(None)
-
-    def on_error(self, rc: int, message: str) -> None:
-        waiting = self.waiting
-        for i, w in enumerate(waiting):
-            if w:
-                waiting[i] = 0
-                self._error_entry(i, rc, message)
-        self.remaining = 0
-        self.done = True
-        self.sink(None)
-
-    def describe(self) -> str:
-        return "a batch of %d keys" % len(self.entries)
 
 
 # --------------------------------------------------------------------------

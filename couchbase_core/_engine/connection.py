@@ -74,7 +74,7 @@ import logging
 import math
 import struct
 from collections import deque
-from itertools import islice
+from itertools import islice, repeat
 from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from couchbase_core._engine import snappy as _snappy
@@ -109,6 +109,7 @@ from couchbase_core.iops.base import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
+    from couchbase_core._engine.batch import Batch
     from couchbase_core._engine.instance import Engine
 
 __all__ = ["KVConnection", "IDLE", "CONNECTING", "TLS_HANDSHAKE", "NEGOTIATING", "READY", "CLOSED"]
@@ -264,25 +265,56 @@ class KVConnection:
         return encode_request(op.opcode, op.kb, op.extras, value, op.vbucket, op.opaque, op.cas, datatype,
                               op.framing)
 
-    def enqueue_batch(self, batch: Any, indexes: Optional[List[int]] = None) -> None:
+    def enqueue_batch(self, batch: "Batch", indexes: Optional[List[int]] = None) -> None:
         """Take the entries ``indexes`` (default: all) of a batch whose
         opaques run from ``batch.base``; ``batch.vbuckets`` (when set) gives
         each entry's vBucket. They are written as one :class:`WriteChunk`."""
         batch.conns.add(self)
         base = batch.base
-        entries = batch.entries
+        kbs = batch.kbs
         vbuckets = batch.vbuckets
         parts: List[Any] = []
         append = parts.append
         pack = _pack_header
-        if indexes is None:
-            indexes = range(len(entries))  # type: ignore[assignment]
         pending = self.pending
         framing = batch.framing
+        requests = batch.requests
+        if requests is None and not framing and not batch.value:
+            # Every entry is the batch's own keyed command (a plain
+            # get_multi): one header and the key each, and the opaques
+            # registered with C-level loops.
+            opcode = batch.opcode
+            extras = batch.extras
+            elen = len(extras)
+            if indexes is None:
+                indexes = range(len(kbs))  # type: ignore[assignment]
+                if vbuckets is None:
+                    for i, kb in enumerate(kbs):
+                        klen = len(kb)
+                        append(pack(0x80, opcode, klen, elen, 0, 0, klen + elen, base + i, 0))
+                        if elen:
+                            append(extras)
+                        append(kb)
+                    pending.update(zip(range(base, base + len(kbs)), repeat(batch)))
+                    self._queue_chunk(batch, parts)
+                    return
+            for i in indexes:  # type: ignore[union-attr]
+                kb = kbs[i]
+                klen = len(kb)
+                append(pack(0x80, opcode, klen, elen, 0, vbuckets[i] if vbuckets else 0, klen + elen, base + i, 0))
+                if elen:
+                    append(extras)
+                append(kb)
+                pending[base + i] = batch
+            self._queue_chunk(batch, parts)
+            return
+        if indexes is None:
+            indexes = range(len(kbs))  # type: ignore[assignment]
         deflate = self._deflate
         min_compress, min_ratio = self._min_compress, self._min_ratio
+        request = batch.request
         for i in indexes:  # type: ignore[union-attr]
-            _key, kb, opcode, extras, value, cas, _item = entries[i]
+            opcode, kb, extras, value, cas = request(i)
             datatype = 0
             if deflate and len(value) >= min_compress and opcode in _COMPRESSIBLE:
                 value, datatype = _compress(value, 0, min_ratio)
@@ -300,6 +332,10 @@ class KVConnection:
             if value:
                 append(value)
             pending[base + i] = batch
+        self._queue_chunk(batch, parts)
+
+    def _queue_chunk(self, batch: "Batch", parts: List[Any]) -> None:
+        """Queue a batch's requests (``parts``) as one write chunk."""
         chunk = WriteChunk(self, b"".join(parts))
         batch.chunks.append(chunk)
         self._queue.append(chunk)

@@ -106,32 +106,3 @@ class KVOp:
 
         key: Any = self.kb
         return "%s %r" % (opcode_name(self.opcode), key[:40] if key else "")
-
-
-class EntryRetry(KVOp):
-    """One entry of a batch, re-sent on its own (after NOT_MY_VBUCKET, a
-    temporary failure or a lost connection); its outcome goes back into the
-    batch as if the batch had received it."""
-
-    __slots__ = ("batch", "index", "idempotent")
-
-    def __init__(self, batch: Any, index: int) -> None:
-        _key, kb, opcode, extras, value, cas, _item = batch.entries[index]
-        KVOp.__init__(self, opcode, kb, extras, value, cas, 0, batch.timeout)
-        self.batch = batch
-        self.index = index
-        self.deadline = batch.deadline
-        self.idempotent = batch.idempotent
-        if batch.framing:
-            self.framing = batch.framing
-        batch.entry_retries.append(self)
-
-    def on_response(self, frame: Frame) -> None:
-        batch = self.batch
-        batch.on_part(frame[:4] + (batch.base + self.index,) + frame[5:])
-
-    def on_error(self, rc: int, message: str) -> None:
-        self.batch.fail_entry(self.index, rc, message)
-
-    def describe(self) -> str:
-        return "entry %d of %s" % (self.index, self.batch.describe())
