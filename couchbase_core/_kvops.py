@@ -34,6 +34,8 @@ __all__ = ["GetOp", "StoreOp", "RemoveOp", "CounterOp", "TouchOp", "StatOp", "No
 _FLAGS = struct.Struct(">I")
 _TOKEN = struct.Struct(">QQ")
 _FMT_BYTES = 0x03000002
+#: The extras of a value stored with FMT_BYTES (the flags, big-endian).
+_EXTRAS_FMT_BYTES = _FLAGS.pack(_FMT_BYTES)
 _U64 = struct.Struct(">Q")
 
 
@@ -373,7 +375,7 @@ class KeyBatch(Batch):
     item (``ItemCollection`` calls) fills that item instead.
     """
 
-    __slots__ = ("kind", "mres", "decoder", "no_format", "key", "durability")
+    __slots__ = ("kind", "mres", "decoder", "no_format", "key", "durability", "plain")
 
     def __init__(self, kind: int, timeout: float, mres: Any, decoder: Any = None, no_format: bool = False,
                  opcode: int = 0, extras: bytes = b"") -> None:
@@ -386,6 +388,7 @@ class KeyBatch(Batch):
         self.idempotent = kind == KIND_GET
         #: (persist_to, replicate_to, timeout, interval) for each mutation.
         self.durability: Optional[tuple] = None
+        self.plain = False
 
     def sibling(self) -> "KeyBatch":
         """An empty batch with the same settings (for the next chunk of a
@@ -397,27 +400,34 @@ class KeyBatch(Batch):
             other.framing = self.framing
         return other
 
+    def start(self, engine: Any, base: int, deadline: float) -> None:
+        Batch.start(self, engine, base, deadline)
+        #: Plain reads (no items): replies may take the short way of on_part.
+        self.plain = self.kind == KIND_GET and self.items is None
+
     def on_part(self, frame: Any) -> bool:
         # The common reply of a read batch, inline: a success for an entry
         # without an item whose value needs no decoding. Anything else takes
         # the generic way (Batch.on_part -> on_reply).
         i = frame[4] - self.base
         waiting = self.waiting
-        if (self.kind or frame[2] or self.items is not None or not 0 <= i < len(waiting)
-                or not waiting[i]):
-            return Batch.on_part(self, frame)
-        extras = frame[6]
-        flags = _FLAGS.unpack_from(extras)[0] if len(extras) >= 4 else 0
-        if not self.no_format and flags != _FMT_BYTES:
-            return Batch.on_part(self, frame)
-        waiting[i] = 0
-        key = self.keys[i]
-        self.mres[key] = ValueResult(key, 0, frame[5], frame[8], flags)
-        self.remaining -= 1
-        if self.remaining == 0:
-            self.done = True
-            self.sink(None)
-        return True
+        if self.plain and not frame[2] and 0 <= i < len(waiting) and waiting[i]:
+            extras = frame[6]
+            if extras == _EXTRAS_FMT_BYTES:
+                flags = _FMT_BYTES
+            elif self.no_format and len(extras) == 4:
+                flags = _FLAGS.unpack(extras)[0]
+            else:
+                return Batch.on_part(self, frame)
+            waiting[i] = 0
+            key = self.keys[i]
+            self.mres[key] = ValueResult(key, 0, frame[5], frame[8], flags)
+            self.remaining -= 1
+            if self.remaining == 0:
+                self.done = True
+                self.sink(None)
+            return True
+        return Batch.on_part(self, frame)
 
     def on_reply(self, i: int, frame: Any) -> None:
         status = frame[2]

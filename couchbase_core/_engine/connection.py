@@ -747,13 +747,17 @@ class KVConnection:
         inflate = self._inflate
         for frame in frames:
             op = pop(frame[4], None)
-            # The common reply (success, plain value, single-reply request)
-            # takes the short way; everything else goes through _unusual.
-            if op is None or frame[2] or op.multi_reply or (inflate and frame[3] & 0x02):
+            # The common reply (a success, not compressed) takes the short
+            # way; everything else goes through _unusual.
+            if op is None or frame[2] or (inflate and frame[3] & 0x02):
                 self._unusual(frame, op)
                 continue
-            op.done = True
             try:
+                if op.multi_reply:
+                    if not op.on_part(frame):
+                        self.pending[frame[4]] = op
+                    continue
+                op.done = True
                 op.on_response(frame)
             except Exception:  # never let a result handler break the stream
                 log.exception("completing %s failed", op.describe())
