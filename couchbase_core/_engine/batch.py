@@ -135,7 +135,7 @@ class Batch(KVOp):
 
     def on_part(self, frame: Frame) -> bool:
         """A reply for one entry (never kept pending: one reply per opaque)."""
-        i = self.index_of(frame[F_OPAQUE])
+        i = self.index_of(frame[F_OPAQUE])  # type: ignore[arg-type]
         if i >= 0:
             self.waiting[i] = 0
             self.on_reply(i, frame)
@@ -220,7 +220,7 @@ class EntryRetry(KVOp):
 
     def on_response(self, frame: Frame) -> None:
         batch = self.batch
-        batch.on_part(frame[:F_OPAQUE] + (batch.base + self.index,) + frame[F_OPAQUE + 1:])
+        batch.on_part(frame[:F_OPAQUE] + (batch.base + self.index,) + frame[F_OPAQUE + 1:])  # type: ignore[arg-type]
 
     def on_error(self, rc: int, message: str) -> None:
         self.batch.fail_entry(self.index, rc, message)

@@ -319,7 +319,7 @@ class Engine:
             for op in waiting:
                 if op.done:
                     continue
-                if op.multi_key:
+                if isinstance(op, Batch):
                     self._route_batch(op)
                 else:
                     self._dispatch(op)
@@ -500,7 +500,7 @@ class Engine:
         self.sched_enter()
         try:
             for op in ops:
-                if op.multi_key:
+                if isinstance(op, Batch):
                     self.submit_batch(op)
                 else:
                     self.submit(op)
