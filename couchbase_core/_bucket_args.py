@@ -202,7 +202,13 @@ class ArgumentsMixin:
 
     @staticmethod
     def _with_durability(op: Any, extras: Tuple[Optional[tuple], bytes]) -> Any:
-        op.durability, op.framing = extras
+        observe, framing = extras
+        # Set only when asked for: both are class-level defaults on the
+        # operation, and setting one costs the operation an instance dict.
+        if observe is not None:
+            op.durability = observe
+        if framing:
+            op.framing = framing
         return op
 
     def _needs_couchbase(self, what: str, why: str) -> NotSupportedError:

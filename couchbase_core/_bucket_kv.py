@@ -13,6 +13,7 @@ from typing import Any, List, Optional
 from couchbase_core import subdocument as SD
 from couchbase_core._bucket_args import (
     _COUNTER_EXTRAS,
+    _MAX_KEY,
     _STORE_EXTRAS,
     _TTL,
     _U32,
@@ -139,13 +140,19 @@ class KeyValueMixin:
                 raise ArgumentError("a replica read cannot change the expiry (ttl); replicas are read-only")
             op = self._replica_op(key, None, no_format)
             return self._one(op, self._quiet if quiet is None else quiet)
-        kb = self._kb(key)
+        tc = self._transcoder
+        if type(key) is str and tc is None and key.isascii() and 0 < len(key) <= _MAX_KEY:
+            kb = key.encode()  # the common key, checked inline (see _kb)
+        else:
+            kb = self._kb(key)
         if ttl:
             ttl = _ttl(ttl)
-        op = GetOp(key, kb, ttl, self._timeout, self._transcoder, no_format or self._data_passthrough)
+        op = GetOp(key, kb, ttl, self._timeout, tc, no_format or self._data_passthrough)
+        if quiet is None:
+            quiet = self._quiet
         if _PIPELINES.get() and self._pipeline is not None:
-            return self._one(op, self._quiet if quiet is None else quiet)
-        return self._run_one(op, self._quiet if quiet is None else quiet)
+            return self._one(op, quiet)
+        return self._run_one(op, quiet)
 
     def touch(self, key: Any, ttl: int = 0) -> Any:
         """Set the expiry of ``key`` without reading it."""

@@ -23,6 +23,10 @@ __all__ = ["MultiMixin"]
 
 _NO_OPTIONS: Dict[str, Any] = {}
 
+#: Keys per batch: a bigger ``_multi`` call is sent as several batches, and
+#: the gevent hub gets a turn between them (no call holds it for long).
+_CHUNK = 1024
+
 
 def _per_key_failure(key: Any, exc: CouchbaseError, item: Optional[Item], value_result: bool) -> Result:
     res: Result
@@ -61,25 +65,37 @@ class MultiMixin:
         if observe is not None:
             batch.durability = observe
             batch.timeout += observe[2]  # the batch waits for the observations too
-        batch.framing = framing
+        if framing:
+            batch.framing = framing
         if idempotent is not None:
             batch.idempotent = idempotent
-        add = batch.entries.append
         value_results = kind != KIND_MUTATION
+        batches = [batch]
+        keys, kbs, requests, items = batch.keys, batch.kbs, [], []
+        has_items = False
         for key, arg, item, options in entries:
             try:
                 opcode, kb, extras, value, cas = build(key, arg, item, options)
             except CouchbaseError as exc:
                 mres[key] = _per_key_failure(key, exc, item, value_results)
                 continue
-            add((key, kb, opcode, extras, value, cas, item))
-        return self._many(self._split(batch), mres)
-
-    @staticmethod
-    def _split(batch: KeyBatch) -> List[KeyBatch]:
-        """The batch as the list of operations to run (the engine sends each
-        entry to its node)."""
-        return [batch] if len(batch) else []
+            keys.append(key)
+            kbs.append(kb)
+            requests.append((opcode, extras, value, cas))
+            items.append(item)
+            if item is not None:
+                has_items = True
+            if len(kbs) == _CHUNK:
+                # A big call: the rest goes into further batches, and the
+                # loop gets a turn now (encoding is most of a call's work).
+                batch.requests, batch.items = requests, (items if has_items else None)
+                batch = batch.sibling()
+                batches.append(batch)
+                keys, kbs, requests, items = batch.keys, batch.kbs, [], []
+                has_items = False
+                self._breathe()
+        batch.requests, batch.items = requests, (items if has_items else None)
+        return self._many([b for b in batches if len(b)], mres)
 
     @staticmethod
     def _entries_with_values(kvs: Any, what: str) -> List[Tuple[Any, Any, Optional[Item], Dict[str, Any]]]:
@@ -194,14 +210,19 @@ class MultiMixin:
         ttl = _ttl(ttl)
         quiet = self._quiet if quiet is None else bool(quiet)
         if not ttl and self._transcoder is None and type(keys) in (list, tuple):
-            batch_entries = _plain_get_entries(keys)
-            if batch_entries is not None:  # every key is a valid str/bytes key
+            kbs = _plain_key_bytes(keys)
+            if kbs is not None:  # every key is a valid str/bytes key
                 self._check_open()
                 mres = self._new_multi()
                 mres._quiet = quiet
-                batch = KeyBatch(KIND_GET, self._timeout, mres, None, bool(no_format) or self._data_passthrough)
-                batch.entries = batch_entries
-                return self._many(self._split(batch), mres)
+                no_format = bool(no_format) or self._data_passthrough
+                batches = []
+                for start in range(0, len(kbs), _CHUNK):
+                    batch = KeyBatch(KIND_GET, self._timeout, mres, None, no_format, Opcode.GET)
+                    batch.keys = list(keys[start:start + _CHUNK])
+                    batch.kbs = kbs[start:start + _CHUNK]
+                    batches.append(batch)
+                return self._many(batches, mres)
         entries = self._entries_keys(keys, "get_multi", "ttl")
         kb_of = self._kb
         plain = (Opcode.GAT, _TTL.pack(ttl)) if ttl else (Opcode.GET, b"")
@@ -303,24 +324,20 @@ class MultiMixin:
         return self._run_entries(entries, build, False, KIND_MUTATION)
 
 
-def _plain_get_entries(keys: Any) -> Optional[List[tuple]]:
-    """Batch entries for a list of plain keys, or None if any key needs the
-    general path (not str/bytes, not UTF-8, empty, too long)."""
-    out = []
-    append = out.append
-    get = Opcode.GET
-    for key in keys:
-        tp = type(key)
-        if tp is str:
-            try:
-                kb = key.encode()
-            except UnicodeEncodeError:
-                return None  # the general path reports it for that key alone
-        elif tp is bytes:
-            kb = key
-        else:
-            return None
-        if not 0 < len(kb) <= _MAX_KEY:
-            return None
-        append((key, kb, get, b"", b"", 0, None))
-    return out
+def _plain_key_bytes(keys: Any) -> Optional[List[bytes]]:
+    """The encoded keys of a list of plain keys, or None if any key needs
+    the general path (not str/bytes, not UTF-8, empty, too long). C-level
+    loops only: this runs for every key of a plain ``get_multi``."""
+    types = set(map(type, keys))
+    if types == {str}:
+        try:
+            kbs = list(map(str.encode, keys))
+        except UnicodeEncodeError:
+            return None  # the general path reports it for that key alone
+    elif types == {bytes}:
+        kbs = list(keys)
+    else:
+        return None
+    if kbs and (min(map(len, kbs)) == 0 or max(map(len, kbs)) > _MAX_KEY):
+        return None
+    return kbs

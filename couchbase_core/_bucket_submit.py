@@ -42,31 +42,41 @@ class SubmitMixin:
         """Return once ``latch.count`` is zero (must set ``latch.on_zero``)."""
         raise NotImplementedError
 
+    def _breathe(self) -> None:
+        """Let the loop run between the chunks of a big ``_multi`` call (the
+        gevent bucket hands the hub a turn; the others have nobody to wait
+        for them)."""
+
     def _collect(self, ops: List[Any], mres: MultiResult, finish: Callable[[MultiResult], Any]) -> Any:
         """Submit ``ops``, wait until each has put its result in ``mres``,
-        and return ``finish(mres)`` (which may raise)."""
+        and return ``finish(mres)`` (which may raise). A big call comes as
+        several batches: the loop gets a turn between them."""
         latch = Latch()
         sink = _Collector(mres, latch)
         engine = self._engine
-        for op in ops:
-            op.sink = sink
-            latch.count += 1
-            try:
-                if op.multi_key:
-                    engine.submit_batch(op)
-                else:
-                    engine.submit(op)
-            except BaseException:
-                latch.count -= 1
-                raise
-        if latch.count:
-            try:
+        submitted = 0
+        try:
+            for op in ops:
+                if submitted and op.multi_key:
+                    self._breathe()
+                op.sink = sink
+                latch.count += 1
+                try:
+                    if op.multi_key:
+                        engine.submit_batch(op)
+                    else:
+                        engine.submit(op)
+                except BaseException:
+                    latch.count -= 1
+                    raise
+                submitted += 1
+            if latch.count:
                 self._wait_latch(latch)
-            except BaseException:  # killed or interrupted: see _run_one
-                for op in ops:
-                    op.sink = discard
-                    engine.cancel(op)
-                raise
+        except BaseException:  # killed or interrupted: see _run_one
+            for op in ops[:submitted]:
+                op.sink = discard
+                engine.cancel(op)
+            raise
         return finish(mres)
 
     def _run_many(self, ops: List[Any], mres: MultiResult) -> Any:

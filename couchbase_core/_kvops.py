@@ -15,6 +15,7 @@ import time
 from typing import Any, Callable, Dict, Optional
 
 from couchbase_core import transcoder as _tc
+from couchbase_core._engine.batch import Batch
 from couchbase_core._engine.durability import ObserveOp, Observer
 from couchbase_core._engine.ops import KVOp
 from couchbase_core._engine.protocol import Opcode
@@ -33,6 +34,8 @@ __all__ = ["GetOp", "StoreOp", "RemoveOp", "CounterOp", "TouchOp", "StatOp", "No
 _FLAGS = struct.Struct(">I")
 _TOKEN = struct.Struct(">QQ")
 _FMT_BYTES = 0x03000002
+#: The extras of a value stored with FMT_BYTES (the flags, big-endian).
+_EXTRAS_FMT_BYTES = _FLAGS.pack(_FMT_BYTES)
 _U64 = struct.Struct(">Q")
 
 
@@ -64,37 +67,32 @@ def _token(op: Any, extras: bytes) -> Optional[MutationToken]:
 class _KeyOp(KVOp):
     """An operation on one key (``_multi`` calls use :class:`KeyBatch`)."""
 
-    __slots__ = ("key", "sink", "durability")
+    __slots__ = ("key", "sink")
 
     #: The result class: OperationResult for mutations, ValueResult for reads.
     result_class: Any = OperationResult
+    #: (persist_to, replicate_to, timeout, interval) to wait for after
+    #: success (set on the operation only when asked for).
+    durability: Optional[tuple] = None
 
     def __init__(self, key: Any, opcode: int, kb: bytes, extras: bytes = b"", value: bytes = b"",
                  cas: int = 0, timeout: float = 2.5) -> None:
-        # KVOp's fields, assigned here directly: this runs once per operation.
+        # KVOp's slots, assigned here directly: this runs once per operation.
         self.opcode = opcode
         self.kb = kb
         self.extras = extras
         self.value = value
         self.cas = cas
-        self.datatype = 0
         self.timeout = timeout
         self.vbucket = 0
         self.opaque = 0
         self.deadline = 0.0
         self.done = False
         self.conn = None
-        self.target = None
-        self.retries = 0
-        self.last_error = None
-        self.replica = 0
-        self.framing = b""
         self.wire = None
         self.written = False
         self.key = key
         self.sink: Callable[[Any], None] = discard
-        #: (persist_to, replicate_to, timeout, interval) to wait for after success.
-        self.durability: Optional[tuple] = None
 
     def on_response(self, frame: Any) -> None:
         status = frame[2]
@@ -146,10 +144,26 @@ class GetOp(_KeyOp):
 
     def __init__(self, key: Any, kb: bytes, ttl: int, timeout: float, decoder: Optional[Any],
                  no_format: bool) -> None:
+        # Flat (no call to _KeyOp.__init__): the hottest constructor.
         if ttl:
-            _KeyOp.__init__(self, key, Opcode.GAT, kb, _FLAGS.pack(ttl), b"", 0, timeout)
+            self.opcode = Opcode.GAT
+            self.extras = _FLAGS.pack(ttl)
         else:
-            _KeyOp.__init__(self, key, Opcode.GET, kb, b"", b"", 0, timeout)
+            self.opcode = Opcode.GET
+            self.extras = b""
+        self.kb = kb
+        self.value = b""
+        self.cas = 0
+        self.timeout = timeout
+        self.vbucket = 0
+        self.opaque = 0
+        self.deadline = 0.0
+        self.done = False
+        self.conn = None
+        self.wire = None
+        self.written = False
+        self.key = key
+        self.sink = discard
         self.decoder = decoder
         self.no_format = no_format
 
@@ -349,66 +363,76 @@ KIND_MUTATION = 1
 KIND_COUNTER = 2
 
 
-class KeyBatch(KVOp):
-    """Many single-key requests of one ``_multi`` call, bound for one node.
+class KeyBatch(Batch):
+    """The results side of a ``_multi`` call's batch (the engine side, with
+    the entries, opaques, retries and completion, is
+    :class:`couchbase_core._engine.batch.Batch`).
 
-    ``entries`` holds one tuple per key: ``(key, kb, opcode, extras, value,
-    cas, item)``. The engine gives the batch a run of consecutive opaques
-    (``base`` .. ``base + n - 1``), one per entry, writes every request in one
-    go and routes each reply back here; the entry is ``entries[opaque -
-    base]``. Per key this saves an operation object, a deadline entry and the
-    calls around them, which is most of a ``_multi`` call's cost. Results go
-    straight into ``mres``; ``sink(None)`` is called once, when every key has
-    its result.
+    Each reply becomes the entry's result, put straight into ``mres``:
+    a :class:`ValueResult` with the decoded value for reads, an
+    :class:`OperationResult` with the new CAS for mutations, a
+    :class:`ValueResult` with the count for counters. An entry that has an
+    item (``ItemCollection`` calls) fills that item instead.
     """
 
-    __slots__ = ("kind", "entries", "mres", "sink", "base", "remaining", "waiting", "decoder",
-                 "no_format", "key", "vbuckets", "conns", "idempotent", "durability", "engine", "chunks",
-                 "entry_retries")
-    multi_reply = True
-    multi_key = True
+    __slots__ = ("kind", "mres", "decoder", "no_format", "key", "durability", "plain")
 
-    def __init__(self, kind: int, timeout: float, mres: Any, decoder: Any = None, no_format: bool = False) -> None:
-        KVOp.__init__(self, 0, b"", b"", b"", 0, 0, timeout)
+    def __init__(self, kind: int, timeout: float, mres: Any, decoder: Any = None, no_format: bool = False,
+                 opcode: int = 0, extras: bytes = b"") -> None:
+        Batch.__init__(self, timeout, opcode, extras)
         self.kind = kind
-        self.entries: list = []
         self.mres = mres
-        self.sink: Callable[[Any], None] = discard
-        self.base = 0
-        self.remaining = 0
-        self.waiting = bytearray()
         self.decoder = decoder
         self.no_format = no_format
         self.key = None
-        #: vBucket of each entry (set by the engine for Couchbase buckets).
-        self.vbuckets: list = []
-        #: Connections holding some of the entries.
-        self.conns: set = set()
-        #: The engine's write chunks of this batch (one per connection).
-        self.chunks: list = []
-        #: Entries re-sent on their own (``EntryRetry`` operations).
-        self.entry_retries: list = []
         self.idempotent = kind == KIND_GET
         #: (persist_to, replicate_to, timeout, interval) for each mutation.
         self.durability: Optional[tuple] = None
-        self.engine: Any = None
+        self.plain = False
 
-    def __len__(self) -> int:
-        return len(self.entries)
+    def sibling(self) -> "KeyBatch":
+        """An empty batch with the same settings (for the next chunk of a
+        big call)."""
+        other = KeyBatch(self.kind, self.timeout, self.mres, self.decoder, self.no_format, self.opcode, self.extras)
+        other.durability = self.durability
+        other.idempotent = self.idempotent
+        if self.framing:
+            other.framing = self.framing
+        return other
 
-    def opaques(self) -> list:
-        """Opaques still waiting for a reply."""
-        base = self.base
-        return [base + i for i, w in enumerate(self.waiting) if w]
+    def start(self, engine: Any, base: int, deadline: float) -> None:
+        Batch.start(self, engine, base, deadline)
+        #: Plain reads (no items): replies may take the short way of on_part.
+        self.plain = self.kind == KIND_GET and self.items is None
 
     def on_part(self, frame: Any) -> bool:
+        # The common reply of a read batch, inline: a success for an entry
+        # without an item whose value needs no decoding. Anything else takes
+        # the generic way (Batch.on_part -> on_reply).
         i = frame[4] - self.base
         waiting = self.waiting
-        if i < 0 or i >= len(waiting) or not waiting[i]:
-            return True  # not ours (cannot happen) or already answered
-        waiting[i] = 0
+        if self.plain and not frame[2] and 0 <= i < len(waiting) and waiting[i]:
+            extras = frame[6]
+            if extras == _EXTRAS_FMT_BYTES:
+                flags = _FMT_BYTES
+            elif self.no_format and len(extras) == 4:
+                flags = _FLAGS.unpack(extras)[0]
+            else:
+                return Batch.on_part(self, frame)
+            waiting[i] = 0
+            key = self.keys[i]
+            self.mres[key] = ValueResult(key, 0, frame[5], frame[8], flags)
+            self.remaining -= 1
+            if self.remaining == 0:
+                self.done = True
+                self.sink(None)
+            return True
+        return Batch.on_part(self, frame)
+
+    def on_reply(self, i: int, frame: Any) -> None:
         status = frame[2]
-        key, _kb, _op, _ex, _val, _cas, item = self.entries[i]
+        key = self.keys[i]
+        item = self.items[i] if self.items is not None else None
         kind = self.kind
         if kind == KIND_GET:
             if status:
@@ -468,12 +492,8 @@ class KeyBatch(KVOp):
         self.mres[key] = res
         if self.durability is not None and kind != KIND_GET and not res.rc:
             self._observe(i, res)
-            return True
-        self.remaining -= 1
-        if self.remaining == 0:
-            self.done = True
-            self.sink(None)
-        return True
+            return
+        self.settled()
 
     def _token(self, i: int, extras: bytes) -> Optional[MutationToken]:
         if len(extras) != 16:
@@ -486,54 +506,24 @@ class KeyBatch(KVOp):
     def _observe(self, i: int, res: Any) -> None:
         """Wait for entry ``i``'s durability before counting it done."""
         persist_to, replicate_to, timeout, interval = self.durability  # type: ignore[misc]
-        entry = self.entries[i]
+        opcode, kb, _extras, _value, _cas = self.request(i)
 
         def done(rc: int, message: str) -> None:
             if rc:
                 res.rc = rc
                 res._message = message
-            self.remaining -= 1
-            if self.remaining == 0:
-                self.done = True
-                self.sink(None)
+            self.settled()
 
-        Observer(self.engine, entry[1], res.cas, persist_to, replicate_to, entry[2] == Opcode.DELETE,
+        Observer(self.engine, kb, res.cas, persist_to, replicate_to, opcode == Opcode.DELETE,
                  timeout, interval, done).start()
 
-    def on_response(self, frame: Any) -> None:  # pragma: no cover - batches use on_part
-        self.on_part(frame)
-
-    def _error_entry(self, i: int, rc: int, message: str) -> None:
-        key = self.entries[i][0]
-        item = self.entries[i][6]
+    def on_failure(self, i: int, rc: int, message: str) -> None:
+        key = self.keys[i]
+        item = self.items[i] if self.items is not None else None
         res = item if item is not None else (ValueResult(key) if self.kind != KIND_MUTATION else OperationResult(key))
         res.rc = rc
         res._message = message
         self.mres[key] = res
-
-    def fail_entry(self, i: int, rc: int, message: str) -> None:
-        """Entry ``i`` failed without a reply (its retry timed out...)."""
-        if self.done or not self.waiting[i]:
-            return
-        self.waiting[i] = 0
-        self._error_entry(i, rc, message)
-        self.remaining -= 1
-        if self.remaining == 0:
-            self.done = True
-            self.sink(None)
-
-    def on_error(self, rc: int, message: str) -> None:
-        waiting = self.waiting
-        for i, w in enumerate(waiting):
-            if w:
-                waiting[i] = 0
-                self._error_entry(i, rc, message)
-        self.remaining = 0
-        self.done = True
-        self.sink(None)
-
-    def describe(self) -> str:
-        return "a batch of %d keys" % len(self.entries)
 
 
 # --------------------------------------------------------------------------

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import sys
+from operator import attrgetter
 from typing import Any, Callable, NamedTuple, Optional
 
 from couchbase_core.exceptions import RC, CouchbaseError, exc_from_rc, rc_description
@@ -46,18 +47,32 @@ class Result:
         rc: result code; 0 on success (see :mod:`couchbase_core.exceptions`).
     """
 
-    __slots__ = ("key", "rc", "_message", "_exc")
+    # ``_message`` and ``_exc`` are set on failures only: class-level
+    # defaults, stored in the instance dict when set (one result is made per
+    # operation, most of them successes, so this saves stores and memory).
+    # ``success`` is stored next to the result code rather than computed:
+    # applications read it once or twice per result (often per key of a big
+    # _multi), and a stored attribute costs no Python call. ``rc`` keeps the
+    # two in step; its getter is C-level (attrgetter), its setter runs only
+    # when a result changes code after it was made.
+    __slots__ = ("key", "_rc", "success", "__dict__")
+
+    _message: Optional[str] = None
+    _exc: Optional[CouchbaseError] = None
 
     def __init__(self, key: Any = None, rc: int = 0) -> None:
         self.key = key
-        self.rc = rc
-        self._message: Optional[str] = None
-        self._exc: Optional[CouchbaseError] = None
+        self._rc = rc
+        self.success = not rc
 
-    @property
-    def success(self) -> bool:
-        """True when the operation succeeded (``rc == 0``)."""
-        return self.rc == 0
+    def _set_rc(self, rc: int) -> None:
+        self._rc = rc
+        self.success = not rc
+
+    #: The result code: 0 on success (see :mod:`couchbase_core.exceptions`).
+    rc = property(attrgetter("_rc"), _set_rc)
+    #: True when the operation succeeded (``rc == 0``).
+    success: bool
 
     @property
     def errstr(self) -> str:
@@ -105,9 +120,8 @@ class OperationResult(Result):
 
     def __init__(self, key: Any = None, rc: int = 0, cas: int = 0) -> None:
         self.key = key
-        self.rc = rc
-        self._message = None
-        self._exc = None
+        self._rc = rc
+        self.success = not rc
         self.cas = cas
         self.mutation_token: Optional[MutationToken] = None
 
@@ -125,14 +139,15 @@ class ValueResult(OperationResult):
 
     __slots__ = ("value", "flags")
 
+    #: Reads have none; counters set one (in the instance dict).
+    mutation_token: Optional[MutationToken] = None  # type: ignore[assignment]
+
     def __init__(self, key: Any = None, rc: int = 0, cas: int = 0, value: Any = None, flags: int = 0) -> None:
         # Flat on purpose: one of these is made per read.
         self.key = key
-        self.rc = rc
-        self._message = None
-        self._exc = None
+        self._rc = rc
+        self.success = not rc
         self.cas = cas
-        self.mutation_token = None
         self.value = value
         self.flags = flags
 
@@ -286,10 +301,14 @@ class SubdocResult(OperationResult):
         self._paths: list = []
         self._results: list = []  # [(rc, value)] per spec
 
-    @property
-    def success(self) -> bool:  # type: ignore[override]
+    @property  # type: ignore[override]
+    def success(self) -> bool:
         """True when the document was accessed and every path succeeded."""
         return self.rc == 0 and all(rc == 0 for rc, _v in self._results)
+
+    @success.setter
+    def success(self, _value: bool) -> None:
+        pass  # computed from the paths (Result stores it for plain results)
 
     @property
     def access_ok(self) -> bool:
@@ -383,10 +402,14 @@ class HttpResult(Result):
         self.url = key
         self.headers: dict = {}
 
-    @property
-    def success(self) -> bool:  # type: ignore[override]
+    @property  # type: ignore[override]
+    def success(self) -> bool:
         """True for a 2xx response."""
         return self.rc == 0 and 200 <= self.http_status < 300
+
+    @success.setter
+    def success(self, _value: bool) -> None:
+        pass  # computed from the status (Result stores it for plain results)
 
     def _repr_fields(self) -> str:
         return Result._repr_fields(self) + ", http_status=%d, value=%s" % (self.http_status, _short(self.value))

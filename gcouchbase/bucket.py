@@ -25,6 +25,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Any, Dict
 
+import gevent
 from gevent.hub import Waiter, get_hub
 from greenlet import getcurrent
 
@@ -35,6 +36,10 @@ from couchbase_core.views.iterator import View
 from gcouchbase.iops import IOPS
 
 __all__ = ["Bucket", "Pipeline", "PingStatus", "GView", "GN1QLRequest"]
+
+#: How long a big _multi call pauses between its batches: any positive
+#: delay makes the hub run a full loop iteration first.
+_BREATH = 1e-6
 
 
 class GView(View):
@@ -76,11 +81,13 @@ class Bucket(BaseBucket):
             raise err
 
     def _run_one(self, op: Any, quiet: bool) -> Any:
-        waiter = Waiter(self._hub)
-        op.sink = waiter.switch
+        # No Waiter: the engine never completes an operation inside the
+        # caller's own call, only from the hub, so the greenlet is always
+        # parked in hub.switch() when its completion switches to it.
+        op.sink = getcurrent().switch
         self._engine.submit(op)
         try:
-            res = waiter.get()
+            res = self._hub.switch()
         except BaseException:
             # Killed or interrupted: never wake anyone later, and withdraw
             # what was not written yet (a composite starts no further step).
@@ -90,6 +97,11 @@ class Bucket(BaseBucket):
         if res.rc and not (quiet and res.rc == 1):
             raise res._make_exception()
         return res
+
+    def _breathe(self) -> None:
+        # A timer, not sleep(0): the hub runs a whole loop iteration (timers,
+        # I/O, other greenlets) before this greenlet goes on.
+        gevent.sleep(_BREATH)
 
     def _wait_latch(self, latch: Latch) -> None:
         waiter = Waiter(self._hub)

@@ -649,3 +649,9 @@ def test_truncated_frame_infos_raise(data):
 def test_response_frame_info_server_duration():
     # id 0 (server duration), two bytes of encoded time
     assert decode_frame_infos(b"\x02\x00\x10") == [(0, b"\x00\x10")]
+
+
+def test_complete_frame_over_max_body_fails_even_in_one_chunk():
+    dec = FrameDecoder(max_body=100)
+    with pytest.raises(FrameError):
+        dec.feed(encode_response(Opcode.GET, value=b"x" * 200))

@@ -74,6 +74,7 @@ import logging
 import math
 import struct
 from collections import deque
+from itertools import islice, repeat
 from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from couchbase_core._engine import snappy as _snappy
@@ -88,6 +89,7 @@ from couchbase_core._engine.protocol import (
     FrameError,
     Magic,
     Opcode,
+    encode_request,
 )
 from couchbase_core._engine.session import (
     Done,
@@ -107,6 +109,7 @@ from couchbase_core.iops.base import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
+    from couchbase_core._engine.batch import Batch
     from couchbase_core._engine.instance import Engine
 
 __all__ = ["KVConnection", "IDLE", "CONNECTING", "TLS_HANDSHAKE", "NEGOTIATING", "READY", "CLOSED"]
@@ -125,6 +128,8 @@ READ_SIZE = 256 * 1024
 #: Bytes gathered from the write queue for one ``send`` (and moved into TLS
 #: at a time): requests beyond it stay withdrawable until the socket drains.
 WRITE_CHUNK = 1024 * 1024
+#: How many queued requests _gather looks at on its fast path.
+_GATHER_FAST = 512
 _BODY_AND_OPAQUE = struct.Struct(">II")
 #: Bounds of the dead-connection probe's timeout (the operation timeout,
 #: clamped): a probe must not give up on a merely slow server too soon.
@@ -165,6 +170,8 @@ class KVConnection:
         self._head_sent = 0
         #: Withdrawn entries still in the queue (compacted when they pile up).
         self._dead = 0
+        #: (bytes, requests) taken by the fast path of the last _gather.
+        self._gathered: Optional[Tuple[int, int]] = None
         #: Handshake requests (HELLO, SASL...) waiting to be written.
         self._hs_out = b""
         self._want_write = False
@@ -210,68 +217,104 @@ class KVConnection:
         """Take ``op`` (its opaque already stamped) and send it when possible."""
         op.conn = self
         op.written = False
+        opaque = op.opaque
+        pending = self.pending
+        pending[opaque] = op
         kb = op.kb
         extras = op.extras
+        value = op.value
+        if op.framing or self._deflate:
+            data = self._encode_unusual(op)
+        else:
+            data = _pack_header(0x80, op.opcode, len(kb), len(extras), op.datatype, op.vbucket,
+                                len(kb) + len(extras) + len(value), opaque, op.cas) + extras + kb + value
+        queue = self._queue
+        if self.state is READY:
+            if queue or self._tls is not None or len(pending) != 1 or self.engine.batch_depth:
+                op.wire = data
+                queue.append(op)
+                if not self._want_write:
+                    self._request_write()
+                return
+            # An idle connection: nothing to coalesce with, so send now
+            # rather than after a trip through the loop (halves the
+            # latency of a lone caller). Errors are left to the loop.
+            sent = self._transport.try_send(data)  # type: ignore[union-attr]
+            if sent:
+                op.written = True
+                if sent == len(data):
+                    op.wire = None
+                    return
+                self._head_sent = sent
+            op.wire = data
+            queue.append(op)
+            self._request_write()
+            return
+        op.wire = data
+        queue.append(op)
+        if self.state is IDLE:
+            self.connect()
+
+    def _encode_unusual(self, op: KVOp) -> bytes:
+        """The request bytes of ``op`` when it has framing extras or the
+        connection compresses values."""
         value = op.value
         datatype = op.datatype
         if self._deflate and len(value) >= self._min_compress and op.opcode in _COMPRESSIBLE:
             value, datatype = _compress(value, datatype, self._min_ratio)
-        self.pending[op.opaque] = op
-        framing = op.framing
-        if framing:
-            header = _pack_alt_header(0x08, op.opcode, len(framing), len(kb), len(extras), datatype,
-                                      op.vbucket, len(framing) + len(kb) + len(extras) + len(value),
-                                      op.opaque, op.cas) + framing
-        else:
-            header = _pack_header(0x80, op.opcode, len(kb), len(extras), datatype, op.vbucket,
-                                  len(kb) + len(extras) + len(value), op.opaque, op.cas)
-        data = header + extras + kb + value
-        queue = self._queue
-        if self.state is READY:
-            if not queue and len(self.pending) == 1 and not self.engine.batch_depth and self._tls is None:
-                # An idle connection: nothing to coalesce with, so send now
-                # rather than after a trip through the loop (halves the
-                # latency of a lone caller). Errors are left to the loop.
-                sent = self._transport.try_send(data)  # type: ignore[union-attr]
-                if sent:
-                    op.written = True
-                    if sent == len(data):
-                        op.wire = None
-                        return
-                    self._head_sent = sent
-                op.wire = data
-                queue.append(op)
-                self._request_write()
-                return
-            op.wire = data
-            queue.append(op)
-            if not self._want_write:
-                self._request_write()
-        else:
-            op.wire = data
-            queue.append(op)
-            if self.state is IDLE:
-                self.connect()
+        return encode_request(op.opcode, op.kb, op.extras, value, op.vbucket, op.opaque, op.cas, datatype,
+                              op.framing)
 
-    def enqueue_batch(self, batch: Any, indexes: Optional[List[int]] = None) -> None:
+    def enqueue_batch(self, batch: "Batch", indexes: Optional[List[int]] = None) -> None:
         """Take the entries ``indexes`` (default: all) of a batch whose
         opaques run from ``batch.base``; ``batch.vbuckets`` (when set) gives
         each entry's vBucket. They are written as one :class:`WriteChunk`."""
         batch.conns.add(self)
         base = batch.base
-        entries = batch.entries
+        kbs = batch.kbs
         vbuckets = batch.vbuckets
         parts: List[Any] = []
         append = parts.append
         pack = _pack_header
-        if indexes is None:
-            indexes = range(len(entries))  # type: ignore[assignment]
         pending = self.pending
         framing = batch.framing
+        requests = batch.requests
+        if requests is None and not framing and not batch.value:
+            # Every entry is the batch's own keyed command (a plain
+            # get_multi): one header and the key each, and the opaques
+            # registered with C-level loops.
+            opcode = batch.opcode
+            extras = batch.extras
+            elen = len(extras)
+            if indexes is None:
+                indexes = range(len(kbs))  # type: ignore[assignment]
+                if vbuckets is None:
+                    for i, kb in enumerate(kbs):
+                        klen = len(kb)
+                        append(pack(0x80, opcode, klen, elen, 0, 0, klen + elen, base + i, 0))
+                        if elen:
+                            append(extras)
+                        append(kb)
+                    pending.update(zip(range(base, base + len(kbs)), repeat(batch)))
+                    self._queue_chunk(batch, parts)
+                    return
+            for i in indexes:  # type: ignore[union-attr]
+                kb = kbs[i]
+                klen = len(kb)
+                append(pack(0x80, opcode, klen, elen, 0, vbuckets[i] if vbuckets else 0, klen + elen, base + i, 0))
+                if elen:
+                    append(extras)
+                append(kb)
+                pending[base + i] = batch
+            self._queue_chunk(batch, parts)
+            return
+        if indexes is None:
+            indexes = range(len(kbs))  # type: ignore[assignment]
         deflate = self._deflate
         min_compress, min_ratio = self._min_compress, self._min_ratio
+        request = batch.request
         for i in indexes:  # type: ignore[union-attr]
-            _key, kb, opcode, extras, value, cas, _item = entries[i]
+            opcode, kb, extras, value, cas = request(i)
             datatype = 0
             if deflate and len(value) >= min_compress and opcode in _COMPRESSIBLE:
                 value, datatype = _compress(value, 0, min_ratio)
@@ -289,6 +332,10 @@ class KVConnection:
             if value:
                 append(value)
             pending[base + i] = batch
+        self._queue_chunk(batch, parts)
+
+    def _queue_chunk(self, batch: "Batch", parts: List[Any]) -> None:
+        """Queue a batch's requests (``parts``) as one write chunk."""
         chunk = WriteChunk(self, b"".join(parts))
         batch.chunks.append(chunk)
         self._queue.append(chunk)
@@ -585,10 +632,19 @@ class KVConnection:
     def _gather(self) -> Any:
         """The next bytes to write: from the head of the queue (less what was
         sent of it), skipping withdrawn entries, up to about WRITE_CHUNK."""
+        queue = self._queue
+        if not self._head_sent and not self._dead:
+            # The common case, with C-level loops: whole requests, none
+            # withdrawn, a few hundred at most per write.
+            parts = [entry.wire for entry in islice(queue, _GATHER_FAST)]
+            total = sum(map(len, parts))
+            if total <= WRITE_CHUNK:
+                self._gathered = (total, len(parts))
+                return parts[0] if len(parts) == 1 else b"".join(parts)
         parts = []
         size = 0
         skip = self._head_sent
-        for entry in self._queue:
+        for entry in queue:
             wire = entry.wire
             if wire is None:
                 continue
@@ -607,12 +663,23 @@ class KVConnection:
         """``n`` bytes of what :meth:`_gather` returned were written: mark the
         requests they belong to as written, drop the finished ones."""
         queue = self._queue
+        popleft = queue.popleft
+        gathered = self._gathered
+        if gathered is not None:
+            self._gathered = None
+            if n == gathered[0]:
+                # All that the fast path of _gather took was written.
+                for _ in range(gathered[1]):
+                    entry = popleft()
+                    entry.written = True
+                    entry.wire = None
+                return
         head_sent = self._head_sent
         while queue:
             entry = queue[0]
             wire = entry.wire
             if wire is None:
-                queue.popleft()
+                popleft()
                 self._dead -= 1
                 continue
             if not n:
@@ -623,7 +690,7 @@ class KVConnection:
                 n -= left
                 head_sent = 0
                 entry.wire = None
-                queue.popleft()
+                popleft()
             else:
                 head_sent += n
                 break
@@ -676,36 +743,19 @@ class KVConnection:
         if not frames:
             return frames is not None
         self.last_activity = self.last_read
-        pending = self.pending
-        retry_statuses = self.engine.retry_statuses
+        pop = self.pending.pop
         inflate = self._inflate
         for frame in frames:
-            failure = None
-            if inflate and frame[3] & 0x02:
-                try:
-                    frame = _inflate(frame)
-                except _snappy.InflateError as exc:
-                    rc = RC.LIMIT_EXCEEDED if isinstance(exc, _snappy.InflateLimitError) else RC.PROTOCOL
-                    failure = (rc, "%s: %s" % (self.authority, exc))
-            op = pending.pop(frame[4], None)
-            if op is None:
-                if frame[0] == Magic.SERVER_REQUEST and failure is None:
-                    try:
-                        self.engine.on_server_request(self, frame)
-                    except Exception:  # the other frames of this read still go out
-                        log.exception("handling server request 0x%02x from %s failed", frame[1], self.authority)
-                elif failure is not None:
-                    log.warning("dropping a frame nobody waits for: %s", failure[1])
-                continue  # the operation timed out or was abandoned
+            op = pop(frame[4], None)
+            # The common reply (a success, not compressed) takes the short
+            # way; everything else goes through _unusual.
+            if op is None or frame[2] or (inflate and frame[3] & 0x02):
+                self._unusual(frame, op)
+                continue
             try:
-                if failure is not None:
-                    _undeliverable(op, frame, failure[0], failure[1])
-                    continue
-                if frame[2] in retry_statuses and self.engine.retry_after_status(self, op, frame):
-                    continue
                 if op.multi_reply:
                     if not op.on_part(frame):
-                        pending[frame[4]] = op
+                        self.pending[frame[4]] = op
                     continue
                 op.done = True
                 op.on_response(frame)
@@ -713,6 +763,41 @@ class KVConnection:
                 log.exception("completing %s failed", op.describe())
         self.engine.deadlines.trim()
         return True
+
+    def _unusual(self, frame: Any, op: Optional[KVOp]) -> None:
+        """Deliver a reply that is not a plain success: compressed, an error
+        status (maybe retried), part of a multi-reply operation, a server
+        request, or one nobody waits for any more."""
+        failure = None
+        if self._inflate and frame[3] & 0x02:
+            try:
+                frame = _inflate(frame)
+            except _snappy.InflateError as exc:
+                rc = RC.LIMIT_EXCEEDED if isinstance(exc, _snappy.InflateLimitError) else RC.PROTOCOL
+                failure = (rc, "%s: %s" % (self.authority, exc))
+        if op is None:
+            if frame[0] == Magic.SERVER_REQUEST and failure is None:
+                try:
+                    self.engine.on_server_request(self, frame)
+                except Exception:  # the other frames of this read still go out
+                    log.exception("handling server request 0x%02x from %s failed", frame[1], self.authority)
+            elif failure is not None:
+                log.warning("dropping a frame nobody waits for: %s", failure[1])
+            return  # the operation timed out or was abandoned
+        try:
+            if failure is not None:
+                _undeliverable(op, frame, failure[0], failure[1])
+                return
+            if frame[2] in self.engine.retry_statuses and self.engine.retry_after_status(self, op, frame):
+                return
+            if op.multi_reply:
+                if not op.on_part(frame):
+                    self.pending[frame[4]] = op
+                return
+            op.done = True
+            op.on_response(frame)
+        except Exception:  # never let a result handler break the stream
+            log.exception("completing %s failed", op.describe())
 
     def _read_handshake(self) -> None:
         """Feed what the stream has to the handshake (NEGOTIATING)."""
@@ -794,6 +879,7 @@ class KVConnection:
         self._queue = deque()
         self._head_sent = 0
         self._dead = 0
+        self._gathered = None
         return pending
 
     def close(self, rc: int = RC.OBJECT_DESTROYED, message: str = "the bucket was closed") -> List[KVOp]:
@@ -847,6 +933,7 @@ class KVConnection:
         self._queue = deque()
         self._head_sent = 0
         self._dead = 0
+        self._gathered = None
         return pending
 
 

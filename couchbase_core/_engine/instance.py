@@ -45,6 +45,7 @@ import weakref
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from couchbase_core._engine import forks as _forks
+from couchbase_core._engine.batch import Batch, EntryRetry
 from couchbase_core._engine.config import BucketConfig, ConfigError, Ketama, authority
 from couchbase_core._engine.connection import CLOSED, READY, KVConnection
 from couchbase_core._engine.httpreq import (
@@ -55,9 +56,9 @@ from couchbase_core._engine.httpreq import (
     NodeOrder,
     ServiceRequest,
 )
-from couchbase_core._engine.ops import EntryRetry, KVOp
+from couchbase_core._engine.ops import KVOp
 from couchbase_core._engine.prepared import PreparedCache
-from couchbase_core._engine.protocol import Frame, Opcode, Status
+from couchbase_core._engine.protocol import F_OPAQUE, Frame, Opcode, Status
 from couchbase_core._engine.settings import Settings
 from couchbase_core._engine.timeouts import Deadlines
 from couchbase_core.exceptions import RC, CouchbaseError, ObjectDestroyedError, exc_from_rc
@@ -318,7 +319,7 @@ class Engine:
             for op in waiting:
                 if op.done:
                     continue
-                if op.multi_key:
+                if isinstance(op, Batch):
                     self._route_batch(op)
                 else:
                     self._dispatch(op)
@@ -374,6 +375,30 @@ class Engine:
         """Route ``op`` (by ``op.target`` when set, else by its key) and send
         it. Raises ObjectDestroyedError if the engine is closed; never
         completes ``op`` synchronously."""
+        if self.closed or self._pid != _forks.pid or op.local:
+            self._submit_unusual(op)
+            return
+        timeout = op.timeout
+        op.deadline = deadline = self.clock() + timeout
+        # Deadlines.add, inlined for the common case (a queue for this timeout
+        # exists and the timer is armed no later than this deadline).
+        deadlines = self.deadlines
+        armed = deadlines._armed_for
+        queue = deadlines._queues.get(timeout) if armed is not None and armed <= deadline else None
+        if queue is not None:
+            queue.append(op)
+        else:
+            deadlines.add(op)
+        conn = op.target or self._single
+        if conn is None:
+            self._dispatch(op)
+            return
+        op.opaque = self._opaque = (self._opaque + 1) & 0xFFFFFFFF
+        conn.enqueue(op)
+
+    def _submit_unusual(self, op: KVOp) -> None:
+        """submit() for a closed engine, the first use after a fork, or a
+        local operation."""
         if self.closed:
             raise ObjectDestroyedError("the bucket is closed")
         if self._pid != _forks.pid:
@@ -381,25 +406,7 @@ class Engine:
         if op.local:
             self._run_local(op)
             return
-        op.deadline = deadline = self.clock() + op.timeout
-        # Deadlines.add, inlined for the common case (a queue for this timeout
-        # exists and the timer is armed no later than this deadline).
-        deadlines = self.deadlines
-        queue = deadlines._queues.get(op.timeout)
-        armed = deadlines._armed_for
-        if queue is not None and armed is not None and armed <= deadline:
-            queue.append(op)
-        else:
-            deadlines.add(op)
-        conn = op.target
-        if conn is None:
-            conn = self._single
-            if conn is None:
-                self._dispatch(op)
-                return
-        self._opaque = opaque = (self._opaque + 1) & 0xFFFFFFFF
-        op.opaque = opaque
-        conn.enqueue(op)
+        self.submit(op)
 
     def _dispatch(self, op: KVOp) -> None:
         """Route a keyed operation (not yet stamped with an opaque) and send it."""
@@ -430,27 +437,23 @@ class Engine:
         op.opaque = opaque
         conn.enqueue(op)  # type: ignore[union-attr]
 
-    def submit_batch(self, batch: Any) -> None:
-        """Send a batch of keys (``batch.entries``), each to its node, with
-        one opaque per key from a consecutive run."""
+    def submit_batch(self, batch: Batch) -> None:
+        """Send a batch of keys, each to its node, with one opaque per key
+        from a consecutive run."""
         if self.closed:
             raise ObjectDestroyedError("the bucket is closed")
         if self._pid != _forks.pid:
             self._resume_after_fork()
-        n = len(batch.entries)
+        n = len(batch)
         base = self._opaque + 1
         if base + n > 0xFFFFFFFF:
             base = 1
         self._opaque = base + n - 1
-        batch.base = batch.opaque = base
-        batch.remaining = n
-        batch.waiting = bytearray(b"\x01") * n
-        batch.deadline = self.clock() + batch.timeout
-        batch.engine = self
+        batch.start(self, base, self.clock() + batch.timeout)
         self.deadlines.add(batch)
         self._route_batch(batch)
 
-    def _route_batch(self, batch: Any) -> None:
+    def _route_batch(self, batch: Batch) -> None:
         target = batch.target or self._single
         if target is not None:
             target.enqueue_batch(batch)
@@ -460,7 +463,8 @@ class Engine:
         if vbmap is not None:
             cfg = self.config
             assert cfg is not None
-            vbuckets = batch.vbuckets = [cfg.vbucket_of(entry[1]) for entry in batch.entries]
+            vbucket_of = cfg.vbucket_of
+            vbuckets = batch.vbuckets = [vbucket_of(kb) for kb in batch.kbs]
             connections = self.connections
             homeless = []
             for i, vb in enumerate(vbuckets):
@@ -474,8 +478,8 @@ class Engine:
         elif self._ketama is not None:
             server_for = self._ketama.server_for
             connections = self.connections
-            for i, entry in enumerate(batch.entries):
-                groups.setdefault(connections[server_for(entry[1])], []).append(i)
+            for i, kb in enumerate(batch.kbs):
+                groups.setdefault(connections[server_for(kb)], []).append(i)
         else:
             self._unrouted.append(batch)  # no config yet: routed when it comes
             return
@@ -496,7 +500,7 @@ class Engine:
         self.sched_enter()
         try:
             for op in ops:
-                if op.multi_key:
+                if isinstance(op, Batch):
                     self.submit_batch(op)
                 else:
                     self.submit(op)
@@ -535,8 +539,8 @@ class Engine:
             self.iops.update_timer(self._retry_timer, PYCBC_EVACTION_WATCH, int(max(0.0, delay) * 1e6))
         return True
 
-    def _retry_entry(self, batch: Any, index: int, why: str, delay: Optional[float] = None) -> None:
-        retry = EntryRetry(batch, index)
+    def _retry_entry(self, batch: Batch, index: int, why: str, delay: Optional[float] = None) -> None:
+        retry = batch.retry(index)
         retry.last_error = why
         retry.retries = 1
         if not self.schedule_retry(retry, delay):
@@ -558,7 +562,7 @@ class Engine:
             if op.done or self.closed:
                 continue
             if isinstance(op, EntryRetry):
-                if op.batch.done or not op.batch.waiting[op.index]:
+                if op.batch.done or op.batch.index_of(op.batch.base + op.index) < 0:
                     continue
                 op.target = None
             self._dispatch(op)
@@ -569,10 +573,10 @@ class Engine:
         status = frame[2]
         if op.multi_key:
             # Only this entry is re-sent; the rest of the batch goes on.
-            index = frame[4] - op.base  # type: ignore[attr-defined]
-            if not 0 <= index < len(op.waiting) or not op.waiting[index]:  # type: ignore[attr-defined]
+            index = op.index_of(frame[F_OPAQUE])  # type: ignore[attr-defined]
+            if index < 0:
                 return True
-            op = EntryRetry(op, index)
+            op = op.retry(index)  # type: ignore[attr-defined]
         elif op.target is not None and status != Status.NOT_MY_VBUCKET:
             return False  # node-targeted commands (STAT...) are not retried
         delay: Optional[float] = None
@@ -622,17 +626,16 @@ class Engine:
         for opaque, op, written in pending:
             if op.done:
                 continue
-            if op.multi_key:
+            if isinstance(op, Batch):
                 # only this connection's entries of the batch are affected
-                index = opaque - op.base  # type: ignore[attr-defined]
-                if 0 <= index < len(op.waiting) and op.waiting[index]:  # type: ignore[attr-defined]
+                index = op.index_of(opaque)
+                if index >= 0:
                     if may_retry and (not written or op.idempotent):
                         self._retry_entry(op, index, message, delay)
                     elif written and not op.idempotent:
-                        op.fail_entry(index, RC.OUTCOME_UNKNOWN,  # type: ignore[attr-defined]
-                                      _outcome_unknown(op.entries[index][0], message))  # type: ignore[attr-defined]
+                        op.fail_entry(index, RC.OUTCOME_UNKNOWN, _outcome_unknown(op.key_of(index), message))
                     else:
-                        op.fail_entry(index, rc, message)  # type: ignore[attr-defined]
+                        op.fail_entry(index, rc, message)
                 continue
             op.last_error = message
             if may_retry and op.target is None and (not written or op.idempotent) \
@@ -661,10 +664,10 @@ class Engine:
 
     def _detach_op(self, op: KVOp) -> None:
         """Take a finished or abandoned ``op`` out of every connection."""
-        if op.multi_key:
-            for conn in op.conns:  # type: ignore[attr-defined]
+        if isinstance(op, Batch):
+            for conn in op.conns:
                 conn.forget(op)
-            for retry in op.entry_retries:  # type: ignore[attr-defined]
+            for retry in op.entry_retries:
                 if not retry.done:
                     retry.done = True
                     if retry.conn is not None:

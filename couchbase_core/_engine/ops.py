@@ -23,9 +23,24 @@ __all__ = ["KVOp"]
 class KVOp:
     """One request on a KV connection, and the promise of one outcome."""
 
-    __slots__ = ("opcode", "kb", "extras", "value", "cas", "datatype", "vbucket",
-                 "opaque", "deadline", "timeout", "done", "conn", "target", "retries", "last_error", "replica",
-                 "framing", "wire", "written", "__weakref__")
+    # The fields every operation sets are slots. The rarely used ones below
+    # are class-level defaults: an operation that changes one gets an
+    # instance dict then, the others never pay for them (fewer stores per
+    # operation, and a smaller object while it waits).
+    __slots__ = ("opcode", "kb", "extras", "value", "cas", "vbucket",
+                 "opaque", "deadline", "timeout", "done", "conn", "wire", "written", "__dict__", "__weakref__")
+
+    #: Datatype bits of the request value (JSON, snappy...).
+    datatype = 0
+    #: Set for keyless commands aimed at one node (STAT, NOOP, FLUSH).
+    target: Optional["KVConnection"] = None
+    #: How often the engine re-sent it, and why the last try failed.
+    retries = 0
+    last_error: Optional[str] = None
+    #: Which copy of the key's vBucket to address: 0 = active, n = replica n.
+    replica = 0
+    #: Framing extras (durability...): sent with the alternative magic.
+    framing = b""
 
     #: True for operations that take their replies frame by frame (STAT,
     #: batches): the engine hands each reply to :meth:`on_part` and never
@@ -52,22 +67,14 @@ class KVOp:
         self.extras = extras
         self.value = value
         self.cas = cas
-        self.datatype = datatype
+        if datatype:
+            self.datatype = datatype
         self.timeout = timeout
         self.vbucket = 0
         self.opaque = 0
         self.deadline = 0.0
         self.done = False
         self.conn: Optional["KVConnection"] = None
-        #: Set for keyless commands aimed at one node (STAT, NOOP, FLUSH).
-        self.target: Optional["KVConnection"] = None
-        #: How often the engine re-sent it, and why the last try failed.
-        self.retries = 0
-        self.last_error: Optional[str] = None
-        #: Which copy of the key's vBucket to address: 0 = active, n = replica n.
-        self.replica = 0
-        #: Framing extras (durability...): sent with the alternative magic.
-        self.framing = b""
         #: The encoded request while it waits in a connection's write queue
         #: (None once written, or withdrawn).
         self.wire: Optional[bytes] = None
@@ -99,31 +106,3 @@ class KVOp:
 
         key: Any = self.kb
         return "%s %r" % (opcode_name(self.opcode), key[:40] if key else "")
-
-
-class EntryRetry(KVOp):
-    """One entry of a batch, re-sent on its own (after NOT_MY_VBUCKET, a
-    temporary failure or a lost connection); its outcome goes back into the
-    batch as if the batch had received it."""
-
-    __slots__ = ("batch", "index", "idempotent")
-
-    def __init__(self, batch: Any, index: int) -> None:
-        _key, kb, opcode, extras, value, cas, _item = batch.entries[index]
-        KVOp.__init__(self, opcode, kb, extras, value, cas, 0, batch.timeout)
-        self.batch = batch
-        self.index = index
-        self.deadline = batch.deadline
-        self.idempotent = batch.idempotent
-        self.framing = batch.framing
-        batch.entry_retries.append(self)
-
-    def on_response(self, frame: Frame) -> None:
-        batch = self.batch
-        batch.on_part(frame[:4] + (batch.base + self.index,) + frame[5:])
-
-    def on_error(self, rc: int, message: str) -> None:
-        self.batch.fail_entry(self.index, rc, message)
-
-    def describe(self) -> str:
-        return "entry %d of %s" % (self.index, self.batch.describe())

@@ -285,37 +285,54 @@ class FrameDecoder:
         max_body = self.max_body
         pos = 0
         size = len(buf)
-        while size - pos >= HEADER_LEN:
+        while size - pos >= 24:
             magic, opcode, keylen, extlen, datatype, status, bodylen, opaque, cas = unpack(buf, pos)
-            if magic == 0x81:
-                framelen = 0
-            elif magic in _ACCEPTED_MAGIC:
-                if magic == Magic.ALT_RESPONSE:
-                    framelen = keylen >> 8
-                    keylen &= 0xFF
-                else:
-                    framelen = 0
-            else:
-                raise FrameError("bad magic 0x%02x at stream offset %d" % (magic, pos))
-            if bodylen > max_body:
-                raise FrameError("frame body of %d bytes exceeds the %d-byte limit" % (bodylen, max_body))
-            if framelen + extlen + keylen > bodylen:
-                raise FrameError("frame header lengths (framing %d, extras %d, key %d) exceed body length %d"
-                                 % (framelen, extlen, keylen, bodylen))
-            end = pos + HEADER_LEN + bodylen
+            if magic != 0x81 or extlen + keylen > bodylen or bodylen > max_body:
+                # Not a plain response, or a bad one: the careful way.
+                end, frame = self._unusual(buf, pos, size)
+                if frame is None:
+                    break
+                append(frame)
+                pos = end
+                continue
+            end = pos + 24 + bodylen
             if end > size:
                 break
-            p = pos + HEADER_LEN
-            framing = buf[p:p + framelen] if framelen else b""
-            p += framelen
-            extras = buf[p:p + extlen] if extlen else b""
-            p += extlen
-            key = buf[p:p + keylen] if keylen else b""
-            p += keylen
-            value = buf[p:end] if p < end else b""
-            append((magic, opcode, status, datatype, opaque, cas, extras, key, value, framing))
+            p = pos + 24
+            e = p + extlen
+            k = e + keylen
+            # Empty slices are the shared b"": no allocation for absent parts.
+            append((0x81, opcode, status, datatype, opaque, cas, buf[p:e], buf[e:k], buf[k:end], b""))
             pos = end
         return frames, pos
+
+    def _unusual(self, buf: bytes, pos: int, size: int) -> Tuple[int, Optional[Frame]]:
+        """Decode the frame at ``pos`` whatever its magic; ``(end, None)``
+        when it is incomplete. Raises FrameError for a malformed one."""
+        magic, opcode, keylen, extlen, datatype, status, bodylen, opaque, cas = HEADER.unpack_from(buf, pos)
+        if magic == Magic.ALT_RESPONSE:
+            framelen = keylen >> 8
+            keylen &= 0xFF
+        elif magic in _ACCEPTED_MAGIC:
+            framelen = 0
+        else:
+            raise FrameError("bad magic 0x%02x at stream offset %d" % (magic, pos))
+        if bodylen > self.max_body:
+            raise FrameError("frame body of %d bytes exceeds the %d-byte limit" % (bodylen, self.max_body))
+        if framelen + extlen + keylen > bodylen:
+            raise FrameError("frame header lengths (framing %d, extras %d, key %d) exceed body length %d"
+                             % (framelen, extlen, keylen, bodylen))
+        end = pos + HEADER_LEN + bodylen
+        if end > size:
+            return end, None
+        p = pos + HEADER_LEN
+        framing = buf[p:p + framelen]
+        p += framelen
+        extras = buf[p:p + extlen]
+        p += extlen
+        key = buf[p:p + keylen]
+        p += keylen
+        return end, (magic, opcode, status, datatype, opaque, cas, extras, key, buf[p:end], framing)
 
 
 # -- encoding -------------------------------------------------------------------------
