@@ -675,7 +675,7 @@ class ReplicaGetOp(GetOp):
         self.replica = self.candidates.pop(0)
         self.done = False
         self.last_error = why
-        self.engine._dispatch(self)
+        self.engine.resend(self)
         return True
 
     def on_response(self, frame: Any) -> None:
@@ -743,14 +743,13 @@ class ObserveKeyOp(LocalOp):
 
     def run(self, engine: Any) -> None:
         self._engine = engine
-        cfg = engine.config
-        vbmap = engine._vbmap
-        if cfg is None or vbmap is None:
+        copies = engine.copies_of(self.kb)
+        if copies is None:
             engine.defer(lambda: self.on_error(RC.CLIENT_NOT_SUPPORTED, "observe needs a Couchbase bucket"))
             return
-        vb = cfg.vbucket_of(self.kb)
-        row = vbmap[vb][:1] if self.master_only else vbmap[vb]
-        targets = [(copy, engine.connections[i]) for copy, i in enumerate(row) if i >= 0]
+        vb, targets = copies
+        if self.master_only:
+            targets = [(copy, conn) for copy, conn in targets if copy == 0]
         self._expected = len(targets)
         if not targets:
             engine.defer(lambda: self.on_error(RC.NOT_MY_VBUCKET, "vBucket %d has no node" % vb))

@@ -486,6 +486,26 @@ class Engine:
         for conn, indexes in groups.items():
             conn.enqueue_batch(batch, indexes)
 
+    def copies_of(self, kb: bytes) -> Optional[Tuple[int, List[Tuple[int, KVConnection]]]]:
+        """Where the copies of key bytes ``kb`` live now: ``(vbucket,
+        [(copy, connection), ...])`` with copy 0 the active one and only the
+        copies that have a node; None without a vBucket map (memcached
+        buckets, or before the first config)."""
+        cfg = self.config
+        vbmap = self._vbmap
+        if cfg is None or vbmap is None:
+            return None
+        vb = cfg.vbucket_of(kb)
+        connections = self.connections
+        return vb, [(copy, connections[index]) for copy, index in enumerate(vbmap[vb]) if index >= 0]
+
+    def resend(self, op: KVOp) -> None:
+        """Route ``op`` again and send it (an operation that moves on to its
+        next target by itself, e.g. the next replica); it keeps its
+        deadline."""
+        op.written = False
+        self._dispatch(op)
+
     def node_for(self, kb: bytes) -> KVConnection:
         """The connection that owns key bytes ``kb`` now."""
         if self._single is not None:
