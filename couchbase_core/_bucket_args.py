@@ -10,13 +10,18 @@ Couchbase-only operations on plain memcached.
 
 from __future__ import annotations
 
-import struct
 from typing import Any, List, Optional, Tuple
 
 from couchbase_core import _formats
 from couchbase_core import subdocument as SD
 from couchbase_core import transcoder as _tc
-from couchbase_core._engine.protocol import Feature
+from couchbase_core._engine.protocol import (
+    EXPIRY_EXTRAS,
+    STORE_EXTRAS,
+    SUBDOC_EMPTY_PATH_OPCODES,
+    Feature,
+    durability_framing,
+)
 from couchbase_core.connstr import MAX_TIMEOUT
 from couchbase_core.exceptions import (
     RC,
@@ -36,9 +41,9 @@ _FMT_AUTO = _formats.FMT_AUTO
 _FMT_BYTES = _formats.FMT_BYTES
 _FMT_UTF8 = _formats.FMT_UTF8
 _FMT_JSON = _formats.FMT_JSON
-_STORE_EXTRAS = struct.Struct(">II")
-_TTL = struct.Struct(">I")
-_COUNTER_EXTRAS = struct.Struct(">QQI")
+# The layouts are protocol.py's; the hot paths use these aliases.
+_STORE_EXTRAS = STORE_EXTRAS
+_TTL = EXPIRY_EXTRAS
 _MAX_KEY = 250
 _U32 = 0xFFFFFFFF
 _U64 = 0xFFFFFFFFFFFFFFFF
@@ -197,7 +202,7 @@ class ArgumentsMixin:
                                         "not agree to (Couchbase Server 6.5 or later); use persist_to/"
                                         "replicate_to instead")
             timeout_ms = max(1, min(65534, int(self._timeout * 900)))
-            framing = bytes((0x13, level)) + struct.pack(">H", timeout_ms)
+            framing = durability_framing(level, timeout_ms)
         return observe, framing
 
     @staticmethod
@@ -245,7 +250,7 @@ class ArgumentsMixin:
             except UnicodeEncodeError as exc:
                 raise ArgumentError({"message": "sub-document path %r has no UTF-8 form: %s" % (spec.path, exc.reason),
                                      "inner_cause": exc}) from None
-            if not path and spec.opcode not in (0xCB, 0xCC, 0xCE):
+            if not path and spec.opcode not in SUBDOC_EMPTY_PATH_OPCODES:
                 raise SubdocEmptyPathError("an empty path is only allowed for array_append, array_prepend "
                                            "and array_addunique on a root array")
             out.append((spec.opcode, path, spec.value, spec.flags))

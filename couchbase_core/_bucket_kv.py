@@ -12,18 +12,21 @@ from typing import Any, List, Optional
 
 from couchbase_core import subdocument as SD
 from couchbase_core._bucket_args import (
-    _COUNTER_EXTRAS,
     _MAX_KEY,
     _STORE_EXTRAS,
     _TTL,
-    _U32,
     _U64,
     _cas,
     _check_int,
     _ttl,
 )
 from couchbase_core._bucket_scope import _PIPELINES
-from couchbase_core._engine.protocol import Opcode
+from couchbase_core._engine.protocol import (
+    COUNTER_NO_CREATE,
+    Opcode,
+    SubdocDocFlag,
+    counter_request,
+)
 from couchbase_core._kvops import (
     CounterOp,
     GetOp,
@@ -175,16 +178,14 @@ class KeyValueMixin:
             raise ArgumentError({"message": "delta must be an integer, not %s" % type(delta).__name__, "key": key})
         if not -_U64 <= delta <= _U64:
             raise ArgumentError({"message": "delta is out of the 64-bit range", "key": key})
-        if initial is None:
-            expiry = _U32  # the key must exist
-            start = 0
-        else:
-            start = _check_int(initial, "initial", 0, _U64)
+        expiry = 0
+        if initial is not None:
+            initial = _check_int(initial, "initial", 0, _U64)
             expiry = _ttl(ttl)
-            if expiry == _U32:
+            if expiry == COUNTER_NO_CREATE:
                 raise ArgumentError({"message": "ttl 0xFFFFFFFF is reserved by the protocol", "key": key})
-        opcode = Opcode.INCREMENT if delta >= 0 else Opcode.DECREMENT
-        return opcode, kb, _COUNTER_EXTRAS.pack(abs(delta), start, expiry), b"", 0
+        opcode, extras = counter_request(delta, initial, expiry)
+        return opcode, kb, extras, b"", 0
 
     def _counter_op(self, key: Any, delta: Any, initial: Any, ttl: Any) -> CounterOp:
         opcode, kb, extras, _value, _cas0 = self._counter_parts(key, delta, initial, ttl)
@@ -278,7 +279,7 @@ class KeyValueMixin:
         """
         self._require_couchbase("lookup_in", "plain memcached has no sub-document API")
         quiet = kwargs.pop("quiet", None)
-        doc_flags = 0x04 if kwargs.pop("access_deleted", False) else 0
+        doc_flags = SubdocDocFlag.ACCESS_DELETED if kwargs.pop("access_deleted", False) else 0
         if kwargs:
             raise ArgumentError("unknown lookup_in argument(s): %s" % ", ".join(sorted(kwargs)))
         kb = self._kb(key)
@@ -310,9 +311,10 @@ class KeyValueMixin:
         extras = self._mutation_extras(persist_to, replicate_to, durability_level)
         if insert_doc and (create_doc or upsert_doc):
             raise ArgumentError("insert_doc cannot be combined with create_doc/upsert_doc")
-        doc_flags = (0x01 if (create_doc or upsert_doc) else 0) | (0x02 if insert_doc else 0)
+        doc_flags = ((SubdocDocFlag.MKDOC if (create_doc or upsert_doc) else 0)
+                     | (SubdocDocFlag.ADD if insert_doc else 0))
         if access_deleted:
-            doc_flags |= 0x04
+            doc_flags |= SubdocDocFlag.ACCESS_DELETED
         kb = self._kb(key)
         op = SubdocMutateOp(key, kb, self._subdoc_specs(specs, False), doc_flags, _ttl(ttl), _cas(cas),
                             self._timeout)

@@ -12,6 +12,7 @@ from typing import Any, Callable, Optional, Tuple
 
 from couchbase_core import subdocument as SD
 from couchbase_core._bucket_args import _cas, _check_int, _ttl
+from couchbase_core._engine.protocol import SubdocDocFlag
 from couchbase_core._kvops import ChainOp, GetOp, SubdocLookupOp, SubdocMutateOp
 from couchbase_core.exceptions import RC, rc_description
 from couchbase_core.result import OperationResult, ValueResult
@@ -27,8 +28,8 @@ class DataStructuresMixin:
 
     def _ds_mutate(self, key: Any, spec: Any, cas: int = 0, create: bool = False, ttl: int = 0,
                    extras: Tuple[Optional[tuple], bytes] = (None, b"")) -> SubdocMutateOp:
-        op = SubdocMutateOp(key, self._kb(key), self._subdoc_specs((spec,), False), 0x01 if create else 0,
-                            _ttl(ttl), _cas(cas), self._timeout)
+        op = SubdocMutateOp(key, self._kb(key), self._subdoc_specs((spec,), False),
+                            SubdocDocFlag.MKDOC if create else 0, _ttl(ttl), _cas(cas), self._timeout)
         return self._with_durability(op, extras)
 
     @staticmethod

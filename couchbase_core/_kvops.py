@@ -10,7 +10,6 @@ a loop callback.
 
 from __future__ import annotations
 
-import struct
 import time
 from typing import Any, Callable, Dict, Optional
 
@@ -18,7 +17,26 @@ from couchbase_core import transcoder as _tc
 from couchbase_core._engine.batch import Batch
 from couchbase_core._engine.durability import ObserveOp, Observer
 from couchbase_core._engine.ops import KVOp
-from couchbase_core._engine.protocol import Opcode
+from couchbase_core._engine.protocol import (
+    COUNTER_VALUE,
+    EXPIRY_EXTRAS,
+    F_CAS,
+    F_EXTRAS,
+    F_KEY,
+    F_STATUS,
+    F_VALUE,
+    FLAGS_EXTRAS,
+    MUTATION_TOKEN,
+    Opcode,
+    Status,
+    decode_subdoc_failure,
+    decode_subdoc_lookup,
+    decode_subdoc_mutation,
+    subdoc_lookup_body,
+    subdoc_lookup_extras,
+    subdoc_mutation_body,
+    subdoc_mutation_extras,
+)
 from couchbase_core.exceptions import RC, RC_TABLE, CouchbaseError, rc_description
 from couchbase_core.result import (
     MutationToken,
@@ -31,12 +49,12 @@ from couchbase_core.result import (
 
 __all__ = ["GetOp", "StoreOp", "RemoveOp", "CounterOp", "TouchOp", "StatOp", "NoopOp", "FlushOp", "KeyBatch", "discard"]
 
-_FLAGS = struct.Struct(">I")
-_TOKEN = struct.Struct(">QQ")
+_FLAGS = FLAGS_EXTRAS
+_TOKEN = MUTATION_TOKEN
 _FMT_BYTES = 0x03000002
 #: The extras of a value stored with FMT_BYTES (the flags, big-endian).
 _EXTRAS_FMT_BYTES = _FLAGS.pack(_FMT_BYTES)
-_U64 = struct.Struct(">Q")
+_U64 = COUNTER_VALUE
 
 
 def discard(_result: Any) -> None:
@@ -226,17 +244,17 @@ class CounterOp(_KeyOp):
     result_class = ValueResult
 
     def on_response(self, frame: Any) -> None:
-        status = frame[2]
+        status = frame[F_STATUS]
         res = ValueResult(self.key, status)
         if status:
-            res._message = _server_message(status, frame[8])
+            res._message = _server_message(status, frame[F_VALUE])
             self.sink(res)
             return
-        res.cas = frame[5]
-        value = frame[8]
+        res.cas = frame[F_CAS]
+        value = frame[F_VALUE]
         res.value = _U64.unpack(value)[0] if len(value) == 8 else int(value or b"0")
-        if frame[6]:
-            res.mutation_token = _token(self, frame[6])
+        if frame[F_EXTRAS]:
+            res.mutation_token = _token(self, frame[F_EXTRAS])
         self._deliver(res)
 
 
@@ -253,9 +271,9 @@ class _NodeOp(KVOp):
         self.started = time.perf_counter()
 
     def on_response(self, frame: Any) -> None:
-        res = Result(self.key, frame[2])
-        if frame[2]:
-            res._message = _server_message(frame[2], frame[8])
+        res = Result(self.key, frame[F_STATUS])
+        if frame[F_STATUS]:
+            res._message = _server_message(frame[F_STATUS], frame[F_VALUE])
         self.sink(res)
 
     def on_error(self, rc: int, message: str) -> None:
@@ -295,17 +313,17 @@ class StatOp(_NodeOp):
         self.status = 0
 
     def on_part(self, frame: Any) -> bool:
-        status = frame[2]
+        status = frame[F_STATUS]
         if not status:
-            key = frame[7]
-            if key or frame[8]:
-                self.stats[key.decode("utf-8", "replace")] = frame[8].decode("utf-8", "replace")
+            key = frame[F_KEY]
+            if key or frame[F_VALUE]:
+                self.stats[key.decode("utf-8", "replace")] = frame[F_VALUE].decode("utf-8", "replace")
                 return False  # more frames come with this opaque
         # the empty terminator, or an error
         self.done = True
         res = StatsResult(self.key, status)
         if status:
-            res._message = _server_message(status, frame[8])
+            res._message = _server_message(status, frame[F_VALUE])
         res.value = self.stats
         self.sink(res)
         return True
@@ -336,7 +354,7 @@ class NoopOp(_NodeOp):
 
     def on_response(self, frame: Any) -> None:
         elapsed = int((time.perf_counter() - self.started) * 1e6)
-        res = PingResult(self.key, frame[2], elapsed)
+        res = PingResult(self.key, frame[F_STATUS], elapsed)
         self.sink(res)
 
     def _error_result(self) -> Result:
@@ -530,17 +548,19 @@ class KeyBatch(Batch):
 # Sub-document operations (always the multi-path opcodes)
 # --------------------------------------------------------------------------
 
-_SUBDOC_OK = (0x00, 0xCC, 0xCD, 0xD3)  # document accessed (some paths may have failed)
-_SPEC_LOOKUP = struct.Struct(">BBH")
-_SPEC_MUTATION = struct.Struct(">BBHI")
-_ENTRY_STATUS = struct.Struct(">HI")
-_MUT_ENTRY = struct.Struct(">BHI")
-_MUT_FAIL = struct.Struct(">BH")
-_COUNT_OPCODES = (0xD2, 0xCF)  # GET_COUNT, COUNTER: ASCII numbers
+#: The document was accessed (some paths may have failed).
+_SUBDOC_OK = (Status.SUCCESS, Status.SUBDOC_MULTI_PATH_FAILURE, Status.SUBDOC_SUCCESS_DELETED,
+              Status.SUBDOC_MULTI_PATH_FAILURE_DELETED)
+#: Every spec of a MULTI_MUTATION was applied.
+_MUTATED = (Status.SUCCESS, Status.SUBDOC_SUCCESS_DELETED)
+#: A spec of a MULTI_MUTATION failed (the body says which).
+_SPEC_FAILED = (Status.SUBDOC_MULTI_PATH_FAILURE, Status.SUBDOC_MULTI_PATH_FAILURE_DELETED)
+#: Specs whose results are ASCII numbers.
+_COUNT_OPCODES = (Opcode.SUBDOC_GET_COUNT, Opcode.SUBDOC_COUNTER)
 
 
 def _decode_fragment(opcode: int, value: bytes) -> Any:
-    if opcode == 0xC6:  # EXISTS
+    if opcode == Opcode.SUBDOC_EXISTS:
         return True
     if not value:
         return None
@@ -563,31 +583,26 @@ class SubdocLookupOp(_KeyOp):
     idempotent = True
 
     def __init__(self, key: Any, kb: bytes, specs: list, doc_flags: int, timeout: float) -> None:
-        body = b"".join(_SPEC_LOOKUP.pack(op, flags, len(path)) + path for op, path, _v, flags in specs)
-        _KeyOp.__init__(self, key, Opcode.SUBDOC_MULTI_LOOKUP, kb, bytes([doc_flags]) if doc_flags else b"",
-                        body, 0, timeout)
+        _KeyOp.__init__(self, key, Opcode.SUBDOC_MULTI_LOOKUP, kb, subdoc_lookup_extras(doc_flags),
+                        subdoc_lookup_body(specs), 0, timeout)
         self.specs = specs
 
     def on_response(self, frame: Any) -> None:
-        status = frame[2]
-        res = SubdocResult(self.key, 0, frame[5])
+        status = frame[F_STATUS]
+        res = SubdocResult(self.key, 0, frame[F_CAS])
         res._paths = [p.decode("utf-8", "replace") for _op, p, _v, _f in self.specs]
         if status not in _SUBDOC_OK:
             res.rc = status
-            res._message = _server_message(status, frame[8])
+            res._message = _server_message(status, frame[F_VALUE])
             self.sink(res)
             return
-        value = frame[8]
-        pos = 0
+        entries = decode_subdoc_lookup(frame[F_VALUE])
         results = []
-        for opcode, _path, _v, _flags in self.specs:
-            if pos + 6 > len(value):
+        for i, (opcode, _path, _v, _flags) in enumerate(self.specs):
+            if i >= len(entries):  # the body was cut short
                 results.append((RC.PROTOCOL, None))
                 continue
-            spec_status, length = _ENTRY_STATUS.unpack_from(value, pos)
-            pos += 6
-            fragment = value[pos:pos + length]
-            pos += length
+            spec_status, fragment = entries[i]
             results.append((spec_status, _decode_fragment(opcode, fragment) if not spec_status else None))
         res._results = results
         self.sink(res)
@@ -601,35 +616,29 @@ class SubdocMutateOp(_KeyOp):
 
     def __init__(self, key: Any, kb: bytes, specs: list, doc_flags: int, expiry: int, cas: int,
                  timeout: float) -> None:
-        body = b"".join(_SPEC_MUTATION.pack(op, flags, len(path), len(val)) + path + val
-                        for op, path, val, flags in specs)
-        extras = (_FLAGS.pack(expiry) if expiry else b"") + (bytes([doc_flags]) if doc_flags else b"")
-        _KeyOp.__init__(self, key, Opcode.SUBDOC_MULTI_MUTATION, kb, extras, body, cas, timeout)
+        _KeyOp.__init__(self, key, Opcode.SUBDOC_MULTI_MUTATION, kb, subdoc_mutation_extras(expiry, doc_flags),
+                        subdoc_mutation_body(specs), cas, timeout)
         self.specs = specs
 
     def on_response(self, frame: Any) -> None:
-        status = frame[2]
-        res = SubdocResult(self.key, 0, frame[5])
+        status = frame[F_STATUS]
+        res = SubdocResult(self.key, 0, frame[F_CAS])
         res._paths = [p.decode("utf-8", "replace") for _op, p, _v, _f in self.specs]
         results = [(0, None)] * len(self.specs)
-        value = frame[8]
-        if status in (0x00, 0xCD):
-            pos = 0
-            while pos + 7 <= len(value):
-                index, spec_status, length = _MUT_ENTRY.unpack_from(value, pos)
-                pos += 7
-                fragment = value[pos:pos + length]
-                pos += length
+        value = frame[F_VALUE]
+        if status in _MUTATED:
+            for index, spec_status, fragment in decode_subdoc_mutation(value):
                 if index < len(results):
                     opcode = self.specs[index][0]
                     results[index] = (spec_status, _decode_fragment(opcode, fragment))
             res._results = results
-            if frame[6]:
-                res.mutation_token = _token(self, frame[6])
+            if frame[F_EXTRAS]:
+                res.mutation_token = _token(self, frame[F_EXTRAS])
             self._deliver(res)
             return
-        if status in (0xCC, 0xD3) and len(value) >= 3:
-            index, spec_status = _MUT_FAIL.unpack_from(value)
+        failure = decode_subdoc_failure(value) if status in _SPEC_FAILED else None
+        if failure is not None:
+            index, spec_status = failure
             if index < len(results):
                 results[index] = (spec_status, None)
                 res._results = results
@@ -638,7 +647,7 @@ class SubdocMutateOp(_KeyOp):
                 self.sink(res)
                 return
         res.rc = status
-        res._message = _server_message(status, frame[8])
+        res._message = _server_message(status, frame[F_VALUE])
         res._results = []
         self.sink(res)
 
@@ -653,7 +662,7 @@ class LockOp(GetOp):
                  no_format: bool) -> None:
         GetOp.__init__(self, key, kb, 0, timeout, decoder, no_format)
         self.opcode = Opcode.GET_LOCKED
-        self.extras = _FLAGS.pack(lock_time) if lock_time else b""
+        self.extras = EXPIRY_EXTRAS.pack(lock_time) if lock_time else b""
 
 
 class ReplicaGetOp(GetOp):
@@ -679,7 +688,7 @@ class ReplicaGetOp(GetOp):
         return True
 
     def on_response(self, frame: Any) -> None:
-        if frame[2] and self._next_replica("replica %d answered 0x%02x" % (self.replica, frame[2])):
+        if frame[F_STATUS] and self._next_replica("replica %d answered 0x%02x" % (self.replica, frame[F_STATUS])):
             return
         GetOp.on_response(self, frame)
 

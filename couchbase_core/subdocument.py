@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 from typing import Any, Tuple
 
+from couchbase_core._engine.protocol import Opcode, SubdocPathFlag
 from couchbase_core.exceptions import ArgumentError
 
 __all__ = ["get", "exists", "get_count", "upsert", "replace", "insert", "array_append", "array_prepend",
@@ -27,27 +28,27 @@ __all__ = ["get", "exists", "get_count", "upsert", "replace", "insert", "array_a
            "LOOKUP_OPCODES", "MUTATION_OPCODES"]
 
 # opcodes (spec/kv-protocol.md §7)
-_GET = 0xC5
-_EXISTS = 0xC6
-_DICT_ADD = 0xC7
-_DICT_UPSERT = 0xC8
-_DELETE = 0xC9
-_REPLACE = 0xCA
-_ARRAY_PUSH_LAST = 0xCB
-_ARRAY_PUSH_FIRST = 0xCC
-_ARRAY_INSERT = 0xCD
-_ARRAY_ADD_UNIQUE = 0xCE
-_COUNTER = 0xCF
-_GET_COUNT = 0xD2
+_GET = Opcode.SUBDOC_GET
+_EXISTS = Opcode.SUBDOC_EXISTS
+_DICT_ADD = Opcode.SUBDOC_DICT_ADD
+_DICT_UPSERT = Opcode.SUBDOC_DICT_UPSERT
+_DELETE = Opcode.SUBDOC_DELETE
+_REPLACE = Opcode.SUBDOC_REPLACE
+_ARRAY_PUSH_LAST = Opcode.SUBDOC_ARRAY_PUSH_LAST
+_ARRAY_PUSH_FIRST = Opcode.SUBDOC_ARRAY_PUSH_FIRST
+_ARRAY_INSERT = Opcode.SUBDOC_ARRAY_INSERT
+_ARRAY_ADD_UNIQUE = Opcode.SUBDOC_ARRAY_ADD_UNIQUE
+_COUNTER = Opcode.SUBDOC_COUNTER
+_GET_COUNT = Opcode.SUBDOC_GET_COUNT
 
 LOOKUP_OPCODES = frozenset({_GET, _EXISTS, _GET_COUNT})
 MUTATION_OPCODES = frozenset({_DICT_ADD, _DICT_UPSERT, _DELETE, _REPLACE, _ARRAY_PUSH_LAST, _ARRAY_PUSH_FIRST,
                               _ARRAY_INSERT, _ARRAY_ADD_UNIQUE, _COUNTER})
 
 # path flags
-F_MKDIR_P = 0x01
-F_XATTR = 0x04
-F_EXPAND_MACROS = 0x10
+F_MKDIR_P = SubdocPathFlag.MKDIR_P
+F_XATTR = SubdocPathFlag.XATTR
+F_EXPAND_MACROS = SubdocPathFlag.EXPAND_MACROS
 
 
 class MultiValue(tuple):

@@ -135,7 +135,7 @@ class Batch(KVOp):
 
     def on_part(self, frame: Frame) -> bool:
         """A reply for one entry (never kept pending: one reply per opaque)."""
-        i = self.index_of(frame[F_OPAQUE])  # type: ignore[arg-type]
+        i = self.index_of(frame[F_OPAQUE])
         if i >= 0:
             self.waiting[i] = 0
             self.on_reply(i, frame)

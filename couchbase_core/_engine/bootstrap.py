@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 from couchbase_core._engine.config import BucketConfig, ConfigError
 from couchbase_core._engine.connection import KVConnection
 from couchbase_core._engine.ops import KVOp
-from couchbase_core._engine.protocol import Frame, Opcode, Status
+from couchbase_core._engine.protocol import F_STATUS, F_VALUE, Frame, Opcode, Status
 from couchbase_core.exceptions import RC, exc_from_rc
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -44,7 +44,7 @@ class _CCCPRequest(KVOp):
         self.callback = callback
 
     def on_response(self, frame: Frame) -> None:
-        self.callback(frame[2], frame[8], None)
+        self.callback(frame[F_STATUS], frame[F_VALUE], None)
 
     def on_error(self, rc: int, message: str) -> None:
         self.callback(None, b"", (rc, message))

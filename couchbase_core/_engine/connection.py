@@ -72,7 +72,6 @@ import functools
 import json
 import logging
 import math
-import struct
 from collections import deque
 from itertools import islice, repeat
 from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Tuple
@@ -81,15 +80,17 @@ from couchbase_core._engine import snappy as _snappy
 from couchbase_core._engine.dial import resolve
 from couchbase_core._engine.ops import KVOp
 from couchbase_core._engine.protocol import (
-    ALT_HEADER,
-    HEADER,
-    HEADER_LEN,
+    F_OPAQUE,
     Feature,
     FrameDecoder,
     FrameError,
     Magic,
     Opcode,
     encode_request,
+    frame_end_after,
+    frame_opaques,
+    pack_alt_header,
+    pack_header,
 )
 from couchbase_core._engine.session import (
     Done,
@@ -130,14 +131,13 @@ READ_SIZE = 256 * 1024
 WRITE_CHUNK = 1024 * 1024
 #: How many queued requests _gather looks at on its fast path.
 _GATHER_FAST = 512
-_BODY_AND_OPAQUE = struct.Struct(">II")
 #: Bounds of the dead-connection probe's timeout (the operation timeout,
 #: clamped): a probe must not give up on a merely slow server too soon.
 PROBE_MIN_TIMEOUT = 1.0
 PROBE_MAX_TIMEOUT = 5.0
 
-_pack_header = HEADER.pack
-_pack_alt_header = ALT_HEADER.pack
+_pack_header = pack_header
+_pack_alt_header = pack_alt_header
 
 
 class KVConnection:
@@ -382,7 +382,7 @@ class KVConnection:
             # Partly written: only a batch chunk has more than the frame in
             # progress; everything after that frame is withdrawn.
             if isinstance(entry, WriteChunk) and self._queue and self._queue[0] is entry:
-                cut = _frame_end_after(wire, self._head_sent)
+                cut = frame_end_after(wire, self._head_sent)
                 if cut < len(wire):
                     entry.wire = memoryview(wire)[:cut]
             return
@@ -412,7 +412,7 @@ class KVConnection:
             skip = head_sent if first else 0
             first = False
             if isinstance(entry, WriteChunk):
-                unsent.update(_opaques_from(wire, skip))
+                unsent.update(frame_opaques(wire, skip))
             elif not skip and not entry.written:
                 unsent.add(entry.opaque)
         return unsent
@@ -972,29 +972,6 @@ class WriteChunk:
         self.written = False
 
 
-def _frame_end_after(wire: Any, pos: int) -> int:
-    """End offset of the request frame in ``wire`` that contains offset ``pos``."""
-    end = 0
-    size = len(wire)
-    while end <= pos and end + HEADER_LEN <= size:
-        end += HEADER_LEN + _BODY_AND_OPAQUE.unpack_from(wire, end + 8)[0]
-    return min(end, size)
-
-
-def _opaques_from(wire: bytes, skip: int) -> List[int]:
-    """Opaques of the request frames in ``wire`` that start at or after
-    offset ``skip`` (frames before it were written, at least partly)."""
-    out = []
-    pos = 0
-    size = len(wire)
-    while pos + HEADER_LEN <= size:
-        bodylen, opaque = _BODY_AND_OPAQUE.unpack_from(wire, pos + 8)
-        if pos >= skip:
-            out.append(opaque)
-        pos += HEADER_LEN + bodylen
-    return out
-
-
 def _dead_handler(_flags: int) -> None:
     """Installed on freed events so a late callback from the loop is harmless."""
 
@@ -1004,7 +981,8 @@ _MIN_COMPRESS = 32
 #: ...nor ones that shrink by less than 17 % (libcouchbase's rule of thumb).
 _MIN_RATIO = 0.83
 #: Opcodes whose value is a document (SET family, APPEND, PREPEND).
-_COMPRESSIBLE = frozenset({0x01, 0x02, 0x03, 0x0E, 0x0F, 0x11, 0x12, 0x13, 0x19, 0x1A})
+_COMPRESSIBLE = frozenset({Opcode.SET, Opcode.ADD, Opcode.REPLACE, Opcode.APPEND, Opcode.PREPEND, Opcode.SETQ,
+                           Opcode.ADDQ, Opcode.REPLACEQ, Opcode.APPENDQ, Opcode.PREPENDQ})
 
 
 def _compress(value: bytes, datatype: int, min_ratio: Optional[float]) -> Tuple[bytes, int]:
@@ -1021,7 +999,7 @@ def _undeliverable(op: Any, frame: Any, rc: int, message: str) -> None:
     """Fail the one operation (or batch entry) whose reply ``frame`` cannot
     be delivered, though it was read whole (the stream is still in step)."""
     if op.multi_reply and hasattr(op, "fail_entry"):
-        op.fail_entry(frame[4] - op.base, rc, message)
+        op.fail_entry(frame[F_OPAQUE] - op.base, rc, message)
         return
     op.done = True
     op.on_error(rc, message)

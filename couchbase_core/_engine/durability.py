@@ -8,11 +8,18 @@ polling runs on engine timers, so it works on every IOPS and never blocks.
 
 from __future__ import annotations
 
-import struct
 from typing import TYPE_CHECKING, Any, Callable, List, Optional, Tuple
 
 from couchbase_core._engine.ops import KVOp
-from couchbase_core._engine.protocol import Frame, Opcode
+from couchbase_core._engine.protocol import (
+    F_STATUS,
+    F_VALUE,
+    Frame,
+    ObserveState,
+    Opcode,
+    decode_observe,
+    observe_body,
+)
 from couchbase_core.exceptions import RC
 from couchbase_core.iops.base import PYCBC_EVACTION_CLEANUP, PYCBC_EVACTION_WATCH
 
@@ -20,38 +27,12 @@ if TYPE_CHECKING:  # pragma: no cover
     from couchbase_core._engine.connection import KVConnection
     from couchbase_core._engine.instance import Engine
 
-__all__ = ["ObserveOp", "Observer", "encode_observe", "parse_observe",
-           "FOUND_NOT_PERSISTED", "FOUND_PERSISTED", "NOT_FOUND", "LOGICALLY_DELETED"]
+__all__ = ["ObserveOp", "Observer", "FOUND_NOT_PERSISTED", "FOUND_PERSISTED", "NOT_FOUND", "LOGICALLY_DELETED"]
 
-FOUND_NOT_PERSISTED = 0x00
-FOUND_PERSISTED = 0x01
-NOT_FOUND = 0x80
-LOGICALLY_DELETED = 0x81
-
-_ENTRY = struct.Struct(">HH")
-
-
-def encode_observe(vbucket: int, key: bytes) -> bytes:
-    """The OBSERVE request value for one key."""
-    return _ENTRY.pack(vbucket, len(key)) + key
-
-
-def parse_observe(value: bytes) -> List[Tuple[int, bytes, int, int]]:
-    """``[(vbucket, key, state, cas)]`` from an OBSERVE response value."""
-    out = []
-    pos = 0
-    while pos + 4 <= len(value):
-        vb, keylen = _ENTRY.unpack_from(value, pos)
-        pos += 4
-        key = value[pos:pos + keylen]
-        pos += keylen
-        if pos + 9 > len(value):
-            break
-        state = value[pos]
-        cas = struct.unpack_from(">Q", value, pos + 1)[0]
-        pos += 9
-        out.append((vb, key, state, cas))
-    return out
+FOUND_NOT_PERSISTED = ObserveState.FOUND_NOT_PERSISTED
+FOUND_PERSISTED = ObserveState.FOUND_PERSISTED
+NOT_FOUND = ObserveState.NOT_FOUND
+LOGICALLY_DELETED = ObserveState.LOGICALLY_DELETED
 
 
 class ObserveOp(KVOp):
@@ -62,15 +43,15 @@ class ObserveOp(KVOp):
 
     def __init__(self, vbucket: int, key: bytes, copy: int, timeout: float,
                  callback: Callable[[int, Optional[int], Optional[int], Optional[str]], None]) -> None:
-        KVOp.__init__(self, Opcode.OBSERVE, b"", b"", encode_observe(vbucket, key), 0, 0, timeout)
+        KVOp.__init__(self, Opcode.OBSERVE, b"", b"", observe_body(vbucket, key), 0, 0, timeout)
         self.callback = callback
         self.copy = copy
 
     def on_response(self, frame: Frame) -> None:
-        if frame[2]:
-            self.callback(self.copy, None, None, "OBSERVE failed with status 0x%02x" % frame[2])
+        if frame[F_STATUS]:
+            self.callback(self.copy, None, None, "OBSERVE failed with status 0x%02x" % frame[F_STATUS])
             return
-        entries = parse_observe(frame[8])
+        entries = decode_observe(frame[F_VALUE])
         if not entries:
             self.callback(self.copy, None, None, "empty OBSERVE reply")
             return

@@ -58,7 +58,17 @@ from couchbase_core._engine.httpreq import (
 )
 from couchbase_core._engine.ops import KVOp
 from couchbase_core._engine.prepared import PreparedCache
-from couchbase_core._engine.protocol import F_OPAQUE, Frame, Opcode, Status
+from couchbase_core._engine.protocol import (
+    F_OPAQUE,
+    F_OPCODE,
+    F_STATUS,
+    F_VALUE,
+    Frame,
+    Opcode,
+    ServerOpcode,
+    Status,
+    decode_config_push,
+)
 from couchbase_core._engine.settings import Settings
 from couchbase_core._engine.timeouts import Deadlines
 from couchbase_core.exceptions import RC, CouchbaseError, ObjectDestroyedError, exc_from_rc
@@ -77,7 +87,7 @@ BootstrapCallback = Callable[[Optional[CouchbaseError]], None]
 
 #: Statuses worth re-sending (Couchbase buckets).
 _RETRY_STATUSES = frozenset({Status.NOT_MY_VBUCKET, Status.ETMPFAIL, Status.EBUSY, Status.NOT_INITIALIZED,
-                             Status.NO_BUCKET, 0x0D})  # 0x0d CONFIG_ONLY
+                             Status.NO_BUCKET, Status.CONFIG_ONLY})
 #: Errors after which a bootstrap should not try other nodes.
 _FATAL_BOOTSTRAP = frozenset({RC.AUTH_ERROR, RC.AUTH_FAILED, RC.BUCKET_NOT_FOUND, RC.EACCESS})
 
@@ -590,7 +600,7 @@ class Engine:
     def retry_after_status(self, conn: KVConnection, op: KVOp, frame: Frame) -> bool:
         """A reply with a retryable status arrived for ``op``: re-send it (and
         return True) if there is time left; False delivers the reply as is."""
-        status = frame[2]
+        status = frame[F_STATUS]
         if op.multi_key:
             # Only this entry is re-sent; the rest of the batch goes on.
             index = op.index_of(frame[F_OPAQUE])  # type: ignore[attr-defined]
@@ -601,8 +611,8 @@ class Engine:
             return False  # node-targeted commands (STAT...) are not retried
         delay: Optional[float] = None
         if status == Status.NOT_MY_VBUCKET:
-            changed = bool(frame[8]) and self.on_config_text(frame[8], conn.host)
-            if not frame[8]:
+            changed = bool(frame[F_VALUE]) and self.on_config_text(frame[F_VALUE], conn.host)
+            if not frame[F_VALUE]:
                 self.request_config("not my vbucket")
             op.last_error = "node %s does not own vBucket %d" % (conn.authority, op.vbucket)
             delay = 0.0 if changed else self.settings.retry_nmv_delay
@@ -756,13 +766,14 @@ class Engine:
 
     def on_server_request(self, conn: KVConnection, frame: Frame) -> None:
         """A server-initiated request (magic 0x82): config change pushes."""
-        if frame[1] == 0x01:  # ClustermapChangeNotification
-            if frame[8]:
-                self.on_config_text(frame[8], conn.host)
+        if frame[F_OPCODE] == ServerOpcode.CLUSTERMAP_CHANGE_NOTIFICATION:
+            push = decode_config_push(frame)
+            if push.config:
+                self.on_config_text(push.config, conn.host)
             else:
                 self.request_config("brief push")
             return
-        log.debug("ignoring server request opcode 0x%02x from %s", frame[1], conn.authority)
+        log.debug("ignoring server request opcode 0x%02x from %s", frame[F_OPCODE], conn.authority)
 
     # ----------------------------------------------------------------- close
 
@@ -1089,8 +1100,8 @@ class _ConfigOp(KVOp):
         self.source = source
 
     def on_response(self, frame: Frame) -> None:
-        if frame[2] == Status.SUCCESS and frame[8]:
-            self.engine.on_config_text(frame[8], self.source)
+        if frame[F_STATUS] == Status.SUCCESS and frame[F_VALUE]:
+            self.engine.on_config_text(frame[F_VALUE], self.source)
 
     def on_error(self, rc: int, message: str) -> None:
         log.debug("config refresh failed: %s", message)

@@ -45,13 +45,15 @@ never consumes a byte beyond its last reply.
 
 from __future__ import annotations
 
-import json
-import struct
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Union
 
 from couchbase_core._engine import sasl as _sasl
 from couchbase_core._engine.protocol import (
+    F_OPAQUE,
+    F_OPCODE,
+    F_STATUS,
+    F_VALUE,
     HEADER_LEN,
     Feature,
     Frame,
@@ -59,7 +61,12 @@ from couchbase_core._engine.protocol import (
     FrameError,
     Opcode,
     Status,
+    decode_error_map,
+    decode_hello,
     encode_request,
+    error_map_body,
+    frame_end,
+    hello_body,
 )
 from couchbase_core.exceptions import RC
 
@@ -81,8 +88,6 @@ _ENDED = (DONE, FAILED, RESTART)
 
 #: HELLO statuses meaning "this server does not speak HELLO".
 HELLO_REFUSED = frozenset({Status.UNKNOWN_COMMAND, Status.NOT_SUPPORTED, Status.EACCESS})
-
-_BODY_LEN = struct.Struct(">I")
 
 
 @dataclass(frozen=True)
@@ -192,8 +197,7 @@ class Session:
             raise RuntimeError("the session already started")
         if not self._hello:
             return self._after_hello()
-        value = b"".join(struct.pack(">H", f) for f in self._wanted)
-        return self._request(HELLO, Opcode.HELLO, self._agent, b"", value)
+        return self._request(HELLO, Opcode.HELLO, self._agent, b"", hello_body(self._wanted))
 
     def receive(self, data: bytes) -> List[Event]:
         """Feed bytes read from the server; return the events they cause."""
@@ -211,9 +215,9 @@ class Session:
                 break
             if frame is None:
                 break
-            if frame[4] != self._opaque:
+            if frame[F_OPAQUE] != self._opaque:
                 out.append(self._fail(RC.PROTOCOL, "unexpected reply (opcode 0x%02x) from %s during the handshake"
-                                      % (frame[1], self.authority)))
+                                      % (frame[F_OPCODE], self.authority)))
                 break
             out.extend(_REPLY_HANDLERS[self.state](self, frame))
         return out
@@ -246,7 +250,7 @@ class Session:
         if len(buf) < HEADER_LEN:
             FrameDecoder().feed(bytes(buf))  # raises on a bad magic
             return None
-        end = HEADER_LEN + _BODY_LEN.unpack_from(buf, 8)[0]
+        end = frame_end(buf)
         if len(buf) < end:
             FrameDecoder().feed(bytes(buf[:HEADER_LEN]))  # raises on a bad magic or size
             return None
@@ -271,10 +275,9 @@ class Session:
         return RestartWithoutHello(reason)
 
     def _on_hello(self, frame: Frame) -> List[Event]:
-        status = frame[2]
+        status = frame[F_STATUS]
         if status == Status.SUCCESS:
-            value = frame[8]
-            self.features = frozenset(struct.unpack_from(">H", value, i)[0] for i in range(0, len(value) - 1, 2))
+            self.features = decode_hello(frame[F_VALUE])
             return [HelloAnswered(self.features)] + self._after_hello()
         if status in HELLO_REFUSED:
             # Not a Couchbase server. After a keyed HELLO plain memcached may
@@ -289,15 +292,14 @@ class Session:
 
     def _after_hello(self) -> List[Event]:
         if Feature.XERROR in self.features:
-            return self._request(ERROR_MAP, Opcode.GET_ERROR_MAP, b"", b"", struct.pack(">H", 2))
+            return self._request(ERROR_MAP, Opcode.GET_ERROR_MAP, b"", b"", error_map_body())
         return self._authenticate()
 
     def _on_error_map(self, frame: Frame) -> List[Event]:
-        if frame[2] == Status.SUCCESS:
+        if frame[F_STATUS] == Status.SUCCESS:
             try:
-                doc = json.loads(frame[8])
-                self._error_map = {int(code, 16): entry for code, entry in doc.get("errors", {}).items()}
-            except (ValueError, AttributeError, TypeError, RecursionError):  # a hostile map: go on without it
+                self._error_map = decode_error_map(frame[F_VALUE])
+            except FrameError:  # a hostile map: go on without it
                 self._error_map = {}
         return self._authenticate()
 
@@ -307,10 +309,10 @@ class Session:
         return self._request(LIST_MECHS, Opcode.SASL_LIST_MECHS, b"", b"", b"")
 
     def _on_mechs(self, frame: Frame) -> List[Event]:
-        if frame[2] != Status.SUCCESS:
+        if frame[F_STATUS] != Status.SUCCESS:
             return [self._fail(RC.AUTH_FAILED, "%s does not offer SASL authentication (status 0x%02x)"
-                               % (self.authority, frame[2]))]
-        offered = frame[8].decode("ascii", "replace").split()
+                               % (self.authority, frame[F_STATUS]))]
+        offered = frame[F_VALUE].decode("ascii", "replace").split()
         try:
             mech = self._mech = _sasl.choose_mechanism(offered, self._user or "", self._password or "",
                                                        tls=self._tls, forced=self._mech_force)
@@ -319,15 +321,15 @@ class Session:
         return self._request(AUTH, Opcode.SASL_AUTH, mech.name.encode("ascii"), b"", mech.start())
 
     def _on_auth(self, frame: Frame) -> List[Event]:
-        status = frame[2]
+        status = frame[F_STATUS]
         mech = self._mech
         assert mech is not None
         try:
             if status == Status.AUTH_CONTINUE:
-                return self._request(AUTH, Opcode.SASL_STEP, mech.name.encode("ascii"), b"", mech.step(frame[8]))
+                return self._request(AUTH, Opcode.SASL_STEP, mech.name.encode("ascii"), b"", mech.step(frame[F_VALUE]))
             if status == Status.SUCCESS:
                 if isinstance(mech, _sasl.Scram):
-                    mech.finish(frame[8])
+                    mech.finish(frame[F_VALUE])
                 self._mech = None
                 return self._select()
         except (_sasl.SaslError, UnicodeError) as exc:  # UnicodeError: a challenge that is not UTF-8
@@ -344,7 +346,7 @@ class Session:
         return self._done()
 
     def _on_selected(self, frame: Frame) -> List[Event]:
-        status = frame[2]
+        status = frame[F_STATUS]
         bucket = self._bucket
         if status == Status.SUCCESS:
             return self._done()

@@ -19,7 +19,14 @@ from __future__ import annotations
 
 from typing import Any, Optional, Tuple
 
-from couchbase_core._engine.protocol import MAX_BODY
+from couchbase_core._engine.protocol import (
+    F_DATATYPE,
+    F_FRAMING,
+    F_OPAQUE,
+    F_VALUE,
+    MAX_BODY,
+    Datatype,
+)
 
 __all__ = ["MAX_INFLATED_SIZE", "InflateError", "InflateLimitError", "inflated_length", "inflate", "compress",
            "inflate_frame", "available"]
@@ -82,8 +89,9 @@ def inflate(data: Any) -> bytes:
 def inflate_frame(frame: Any) -> Any:
     """The frame with its value inflated and the Snappy bit cleared
     (raises :class:`InflateError` / :class:`InflateLimitError`)."""
-    value = inflate(frame[8])
-    return frame[:3] + (frame[3] & ~0x02,) + frame[4:8] + (value,) + frame[9:]
+    value = inflate(frame[F_VALUE])
+    return (frame[:F_DATATYPE] + (frame[F_DATATYPE] & ~Datatype.SNAPPY,) + frame[F_OPAQUE:F_VALUE] + (value,)
+            + frame[F_FRAMING:])
 
 
 def compress(value: bytes, datatype: int, min_ratio: Optional[float]) -> Tuple[bytes, int]:
@@ -93,5 +101,5 @@ def compress(value: bytes, datatype: int, min_ratio: Optional[float]) -> Tuple[b
 
     packed = bytes(cramjam.snappy.compress_raw(value))
     if min_ratio is None or len(packed) < len(value) * min_ratio:
-        return packed, datatype | 0x02
+        return packed, datatype | Datatype.SNAPPY
     return value, datatype
