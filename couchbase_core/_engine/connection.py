@@ -111,7 +111,7 @@ from couchbase_core.iops.base import (
 
 if TYPE_CHECKING:  # pragma: no cover
     from couchbase_core._engine.batch import Batch
-    from couchbase_core._engine.instance import Engine
+    from couchbase_core._engine.owner import ConnectionOwner
 
 __all__ = ["KVConnection", "IDLE", "CONNECTING", "TLS_HANDSHAKE", "NEGOTIATING", "READY", "CLOSED"]
 
@@ -143,8 +143,9 @@ _pack_alt_header = pack_alt_header
 class KVConnection:
     """The engine's connection to the KV service of one node."""
 
-    def __init__(self, engine: "Engine", host: str, port: int, index: int) -> None:
-        self.engine = engine
+    def __init__(self, engine: "ConnectionOwner", host: str, port: int, index: int) -> None:
+        #: The engine, seen through the narrow interface of owner.py.
+        self.engine: "ConnectionOwner" = engine
         self.iops = engine.iops
         self.host = host
         self.port = port
@@ -460,7 +461,7 @@ class KVConnection:
             self.iops, self.host, self.port, resolve=functools.partial(resolve, engine),
             on_connected=self._on_connected, on_readable=self._read_handshake, on_writable=self._write_handshake,
             on_eof=self._on_eof, on_error=self._on_transport_error, on_tls_started=self._on_tls_started,
-            tls_context=engine.tls_context, socket_factory=getattr(engine, "socket_factory", None),
+            tls_context=engine.tls_context, socket_factory=engine.socket_factory,
             nodelay=settings.tcp_nodelay, keepalive=settings.tcp_keepalive, read_size=READ_SIZE,
             tls_backlog=WRITE_CHUNK)
         transport.connect()
@@ -583,7 +584,6 @@ class KVConnection:
         if done.error_map is not None:
             self.error_map = done.error_map
         self._disarm_connect_timer()
-        self.engine.server_features = self.features
         snappy = Feature.SNAPPY in self.features
         mode = self.engine.settings.compression
         self._inflate = snappy
