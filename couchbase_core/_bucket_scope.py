@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional
 from couchbase_core._bucket_args import _seconds
 from couchbase_core._kvops import discard
 from couchbase_core._latch import Latch, _Collector
-from couchbase_core.exceptions import RC, CouchbaseError, ObjectDestroyedError, PipelineError
-from couchbase_core.result import MultiResult
+from couchbase_core.exceptions import CouchbaseError, ObjectDestroyedError, PipelineError
+from couchbase_core.result import MultiResult, raises
 
 if TYPE_CHECKING:
     from couchbase_core._bucketbase import BaseBucket
@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 __all__ = ["CallerScopeMixin", "DurabilityContext", "Pipeline"]
 
 
-_KEY_ENOENT = RC.KEY_ENOENT
 
 
 # ------------------------------------------------------------ caller scope
@@ -253,7 +252,7 @@ class Pipeline:
                     first = res._make_exception()
             elif res is not None:
                 everything[res.key] = res
-                if first is None and res.rc and not (quiet and res.rc == _KEY_ENOENT):
+                if first is None and res.rc and raises(res.rc, quiet):
                     first = res._make_exception()
         if first is not None:
             first.all_results = everything

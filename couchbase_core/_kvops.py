@@ -23,6 +23,7 @@ from couchbase_core._engine.protocol import (
     F_CAS,
     F_EXTRAS,
     F_KEY,
+    F_OPAQUE,
     F_STATUS,
     F_VALUE,
     FLAGS_EXTRAS,
@@ -113,15 +114,15 @@ class _KeyOp(KVOp):
         self.sink: Callable[[Any], None] = discard
 
     def on_response(self, frame: Any) -> None:
-        status = frame[2]
+        status = frame[F_STATUS]
         if not status:
-            res = self.result_class(self.key, 0, frame[5])
-            if frame[6]:
-                res.mutation_token = _token(self, frame[6])
+            res = self.result_class(self.key, 0, frame[F_CAS])
+            if frame[F_EXTRAS]:
+                res.mutation_token = _token(self, frame[F_EXTRAS])
             self._deliver(res)
             return
         res = self.result_class(self.key, status)
-        res._message = _server_message(status, frame[8])
+        res._message = _server_message(status, frame[F_VALUE])
         self.sink(res)
 
     def _deliver(self, res: Any) -> None:
@@ -186,17 +187,17 @@ class GetOp(_KeyOp):
         self.no_format = no_format
 
     def on_response(self, frame: Any) -> None:
-        status = frame[2]
+        status = frame[F_STATUS]
         if status:
             res = ValueResult(self.key, status)
-            res._message = _server_message(status, frame[8])
+            res._message = _server_message(status, frame[F_VALUE])
             self.sink(res)
             return
-        extras = frame[6]
+        extras = frame[F_EXTRAS]
         flags = _FLAGS.unpack_from(extras)[0] if len(extras) >= 4 else 0
-        data = frame[8]
+        data = frame[F_VALUE]
         if self.no_format:
-            self.sink(ValueResult(self.key, 0, frame[5], data, flags))
+            self.sink(ValueResult(self.key, 0, frame[F_CAS], data, flags))
             return
         decoder = self.decoder
         try:
@@ -205,17 +206,17 @@ class GetOp(_KeyOp):
             else:
                 value = decoder.decode_value(data, flags)
         except CouchbaseError as exc:
-            res = ValueResult(self.key, RC.VALUE_FORMAT, frame[5], data, flags)
+            res = ValueResult(self.key, RC.VALUE_FORMAT, frame[F_CAS], data, flags)
             res._message = exc.message
             res._exc = exc
             self.sink(res)
             return
         except Exception as exc:  # a custom transcoder failed
-            res = ValueResult(self.key, RC.VALUE_FORMAT, frame[5], data, flags)
+            res = ValueResult(self.key, RC.VALUE_FORMAT, frame[F_CAS], data, flags)
             res._message = "transcoder failed to decode the value: %r" % (exc,)
             self.sink(res)
             return
-        self.sink(ValueResult(self.key, 0, frame[5], value, flags))
+        self.sink(ValueResult(self.key, 0, frame[F_CAS], value, flags))
 
 
 class StoreOp(_KeyOp):
@@ -427,10 +428,10 @@ class KeyBatch(Batch):
         # The common reply of a read batch, inline: a success for an entry
         # without an item whose value needs no decoding. Anything else takes
         # the generic way (Batch.on_part -> on_reply).
-        i = frame[4] - self.base
+        i = frame[F_OPAQUE] - self.base
         waiting = self.waiting
-        if self.plain and not frame[2] and 0 <= i < len(waiting) and waiting[i]:
-            extras = frame[6]
+        if self.plain and not frame[F_STATUS] and 0 <= i < len(waiting) and waiting[i]:
+            extras = frame[F_EXTRAS]
             if extras == _EXTRAS_FMT_BYTES:
                 flags = _FMT_BYTES
             elif self.no_format and len(extras) == 4:
@@ -439,7 +440,7 @@ class KeyBatch(Batch):
                 return Batch.on_part(self, frame)
             waiting[i] = 0
             key = self.keys[i]
-            self.mres[key] = ValueResult(key, 0, frame[5], frame[8], flags)
+            self.mres[key] = ValueResult(key, 0, frame[F_CAS], frame[F_VALUE], flags)
             self.remaining -= 1
             if self.remaining == 0:
                 self.done = True
@@ -448,7 +449,7 @@ class KeyBatch(Batch):
         return Batch.on_part(self, frame)
 
     def on_reply(self, i: int, frame: Any) -> None:
-        status = frame[2]
+        status = frame[F_STATUS]
         key = self.keys[i]
         item = self.items[i] if self.items is not None else None
         kind = self.kind
@@ -456,17 +457,17 @@ class KeyBatch(Batch):
             if status:
                 res = item if item is not None else ValueResult(key)
                 res.rc = status
-                res._message = _server_message(status, frame[8])
+                res._message = _server_message(status, frame[F_VALUE])
             else:
-                extras = frame[6]
+                extras = frame[F_EXTRAS]
                 flags = _FLAGS.unpack_from(extras)[0] if len(extras) >= 4 else 0
-                data = frame[8]
+                data = frame[F_VALUE]
                 if item is None and (self.no_format or flags == _FMT_BYTES):
-                    res = ValueResult(key, 0, frame[5], data, flags)
+                    res = ValueResult(key, 0, frame[F_CAS], data, flags)
                 else:
                     res = item if item is not None else ValueResult(key)
                     res.rc = 0
-                    res.cas = frame[5]
+                    res.cas = frame[F_CAS]
                     res.flags = flags
                     if self.no_format:
                         res.value = data
@@ -486,27 +487,27 @@ class KeyBatch(Batch):
                             res._message = "transcoder failed to decode the value: %r" % (exc,)
         elif kind == KIND_MUTATION:
             if item is None and not status:
-                res = OperationResult(key, 0, frame[5])
+                res = OperationResult(key, 0, frame[F_CAS])
             else:
                 res = item if item is not None else OperationResult(key)
                 res.rc = status
                 if status:
-                    res._message = _server_message(status, frame[8])
+                    res._message = _server_message(status, frame[F_VALUE])
                 else:
-                    res.cas = frame[5]
-            if not status and frame[6]:
-                res.mutation_token = self._token(i, frame[6])
+                    res.cas = frame[F_CAS]
+            if not status and frame[F_EXTRAS]:
+                res.mutation_token = self._token(i, frame[F_EXTRAS])
         else:
             res = item if item is not None else ValueResult(key)
             res.rc = status
             if status:
-                res._message = _server_message(status, frame[8])
+                res._message = _server_message(status, frame[F_VALUE])
             else:
-                res.cas = frame[5]
-                value = frame[8]
+                res.cas = frame[F_CAS]
+                value = frame[F_VALUE]
                 res.value = _U64.unpack(value)[0] if len(value) == 8 else int(value or b"0")
-                if frame[6]:
-                    res.mutation_token = self._token(i, frame[6])
+                if frame[F_EXTRAS]:
+                    res.mutation_token = self._token(i, frame[F_EXTRAS])
         self.mres[key] = res
         if self.durability is not None and kind != KIND_GET and not res.rc:
             self._observe(i, res)
@@ -684,7 +685,7 @@ class ReplicaGetOp(GetOp):
         self.replica = self.candidates.pop(0)
         self.done = False
         self.last_error = why
-        self.engine._dispatch(self)
+        self.engine.resend(self)
         return True
 
     def on_response(self, frame: Any) -> None:
@@ -752,14 +753,13 @@ class ObserveKeyOp(LocalOp):
 
     def run(self, engine: Any) -> None:
         self._engine = engine
-        cfg = engine.config
-        vbmap = engine._vbmap
-        if cfg is None or vbmap is None:
+        copies = engine.copies_of(self.kb)
+        if copies is None:
             engine.defer(lambda: self.on_error(RC.CLIENT_NOT_SUPPORTED, "observe needs a Couchbase bucket"))
             return
-        vb = cfg.vbucket_of(self.kb)
-        row = vbmap[vb][:1] if self.master_only else vbmap[vb]
-        targets = [(copy, engine.connections[i]) for copy, i in enumerate(row) if i >= 0]
+        vb, targets = copies
+        if self.master_only:
+            targets = [(copy, conn) for copy, conn in targets if copy == 0]
         self._expected = len(targets)
         if not targets:
             engine.defer(lambda: self.on_error(RC.NOT_MY_VBUCKET, "vBucket %d has no node" % vb))

@@ -27,7 +27,7 @@ from couchbase_core._engine import forks as _forks
 from couchbase_core._kvops import discard
 from couchbase_core.exceptions import InternalError, ObjectThreadError
 from couchbase_core.iops.select import SelectIOPS
-from couchbase_core.result import MultiResult
+from couchbase_core.result import MultiResult, raises
 
 __all__ = ["Bucket", "Pipeline", "PingStatus", "DurabilityContext"]
 
@@ -129,7 +129,7 @@ class Bucket(BaseBucket):
                 self._engine.cancel(op)
                 raise
         res = box.result
-        if res.rc and not (quiet and res.rc == 1):
+        if res.rc and raises(res.rc, quiet):
             raise res._make_exception()
         return res
 

@@ -39,6 +39,14 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def raises(rc: int, quiet: bool) -> bool:
+    """The one rule for "is this outcome an error to raise": any non-zero
+    result code, except a missing key under ``quiet`` (which only makes
+    the result unsuccessful). Every flavour and every ``_multi`` / pipeline
+    path asks this."""
+    return rc != 0 and not (quiet and rc == RC.KEY_ENOENT)
+
+
 class Result:
     """The outcome of one operation on one key.
 
@@ -183,7 +191,7 @@ class MultiResult(dict):
         quiet = self._quiet
         for res in self.values():
             rc = res.rc
-            if rc and not (quiet and rc == RC.KEY_ENOENT):
+            if rc and raises(rc, quiet):
                 return res
         return None
 

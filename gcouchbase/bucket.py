@@ -1,9 +1,12 @@
 """The gevent Bucket: the blocking API, cooperative.
 
-Every call parks the calling greenlet on a :class:`gevent.hub.Waiter`; the
-hub runs other greenlets meanwhile, and the operation's completion (a
-callback from the hub's loop) switches straight back to it with the result
-or the error. Any number of greenlets may share one Bucket: their requests
+Every call parks the calling greenlet in the hub (a single operation
+switches to the hub directly; ``_multi`` calls wait on a
+:class:`gevent.hub.Waiter`); the hub runs other greenlets meanwhile, and the
+operation's completion (a callback from the hub's loop) switches straight
+back to it with the result or the error. A ``_multi`` call of more than
+1,024 keys is sent as several batches, and the hub gets a turn between
+them, so no call holds it for long. Any number of greenlets may share one Bucket: their requests
 go out pipelined on one socket per node, coalesced into as few writes as the
 loop allows, and replies are matched back by opaque.
 
@@ -32,6 +35,7 @@ from greenlet import getcurrent
 from couchbase_core._bucketbase import BaseBucket, Latch, PingStatus, Pipeline
 from couchbase_core._kvops import discard
 from couchbase_core.n1ql import N1QLRequest
+from couchbase_core.result import raises
 from couchbase_core.views.iterator import View
 from gcouchbase.iops import IOPS
 
@@ -94,7 +98,7 @@ class Bucket(BaseBucket):
             op.sink = discard
             self._engine.cancel(op)
             raise
-        if res.rc and not (quiet and res.rc == 1):
+        if res.rc and raises(res.rc, quiet):
             raise res._make_exception()
         return res
 

@@ -496,7 +496,7 @@ def _bootstrapped(node: FakeNode) -> Any:
     net = ScriptedNetwork(default=lambda: ScriptedSocket(peer=node))
     settings = Settings.from_connstr("couchbase://127.0.0.1/default?bootstrap_on=cccp")
     engine = Engine(iops, settings, clock=iops.clock)
-    engine.socket_factory = net.factory  # type: ignore[attr-defined]
+    engine.socket_factory = net.factory
     outcome: List[Any] = []
     engine.start(outcome.append)
     iops.pump_until(lambda: outcome)

@@ -80,7 +80,12 @@ from couchbase_core._engine import snappy as _snappy
 from couchbase_core._engine.dial import resolve
 from couchbase_core._engine.ops import KVOp
 from couchbase_core._engine.protocol import (
+    F_DATATYPE,
+    F_MAGIC,
     F_OPAQUE,
+    F_OPCODE,
+    F_STATUS,
+    Datatype,
     Feature,
     FrameDecoder,
     FrameError,
@@ -111,7 +116,7 @@ from couchbase_core.iops.base import (
 
 if TYPE_CHECKING:  # pragma: no cover
     from couchbase_core._engine.batch import Batch
-    from couchbase_core._engine.instance import Engine
+    from couchbase_core._engine.owner import ConnectionOwner
 
 __all__ = ["KVConnection", "IDLE", "CONNECTING", "TLS_HANDSHAKE", "NEGOTIATING", "READY", "CLOSED"]
 
@@ -137,14 +142,19 @@ PROBE_MIN_TIMEOUT = 1.0
 PROBE_MAX_TIMEOUT = 5.0
 
 _pack_header = pack_header
+#: Header magics and the snappy datatype bit, as module constants for the hot path.
+_REQUEST = Magic.REQUEST
+_ALT_REQUEST = Magic.ALT_REQUEST
+_SNAPPY = Datatype.SNAPPY
 _pack_alt_header = pack_alt_header
 
 
 class KVConnection:
     """The engine's connection to the KV service of one node."""
 
-    def __init__(self, engine: "Engine", host: str, port: int, index: int) -> None:
-        self.engine = engine
+    def __init__(self, engine: "ConnectionOwner", host: str, port: int, index: int) -> None:
+        #: The engine, seen through the narrow interface of owner.py.
+        self.engine: "ConnectionOwner" = engine
         self.iops = engine.iops
         self.host = host
         self.port = port
@@ -226,7 +236,7 @@ class KVConnection:
         if op.framing or self._deflate:
             data = self._encode_unusual(op)
         else:
-            data = _pack_header(0x80, op.opcode, len(kb), len(extras), op.datatype, op.vbucket,
+            data = _pack_header(_REQUEST, op.opcode, len(kb), len(extras), op.datatype, op.vbucket,
                                 len(kb) + len(extras) + len(value), opaque, op.cas) + extras + kb + value
         queue = self._queue
         if self.state is READY:
@@ -291,7 +301,7 @@ class KVConnection:
                 if vbuckets is None:
                     for i, kb in enumerate(kbs):
                         klen = len(kb)
-                        append(pack(0x80, opcode, klen, elen, 0, 0, klen + elen, base + i, 0))
+                        append(pack(_REQUEST, opcode, klen, elen, 0, 0, klen + elen, base + i, 0))
                         if elen:
                             append(extras)
                         append(kb)
@@ -301,7 +311,7 @@ class KVConnection:
             for i in indexes:  # type: ignore[union-attr]
                 kb = kbs[i]
                 klen = len(kb)
-                append(pack(0x80, opcode, klen, elen, 0, vbuckets[i] if vbuckets else 0, klen + elen, base + i, 0))
+                append(pack(_REQUEST, opcode, klen, elen, 0, vbuckets[i] if vbuckets else 0, klen + elen, base + i, 0))
                 if elen:
                     append(extras)
                 append(kb)
@@ -319,12 +329,12 @@ class KVConnection:
             if deflate and len(value) >= min_compress and opcode in _COMPRESSIBLE:
                 value, datatype = _compress(value, 0, min_ratio)
             if framing:
-                append(_pack_alt_header(0x08, opcode, len(framing), len(kb), len(extras), datatype,
+                append(_pack_alt_header(_ALT_REQUEST, opcode, len(framing), len(kb), len(extras), datatype,
                                         vbuckets[i] if vbuckets else 0,
                                         len(framing) + len(kb) + len(extras) + len(value), base + i, cas))
                 append(framing)
             else:
-                append(pack(0x80, opcode, len(kb), len(extras), datatype, vbuckets[i] if vbuckets else 0,
+                append(pack(_REQUEST, opcode, len(kb), len(extras), datatype, vbuckets[i] if vbuckets else 0,
                             len(kb) + len(extras) + len(value), base + i, cas))
             if extras:
                 append(extras)
@@ -460,7 +470,7 @@ class KVConnection:
             self.iops, self.host, self.port, resolve=functools.partial(resolve, engine),
             on_connected=self._on_connected, on_readable=self._read_handshake, on_writable=self._write_handshake,
             on_eof=self._on_eof, on_error=self._on_transport_error, on_tls_started=self._on_tls_started,
-            tls_context=engine.tls_context, socket_factory=getattr(engine, "socket_factory", None),
+            tls_context=engine.tls_context, socket_factory=engine.socket_factory,
             nodelay=settings.tcp_nodelay, keepalive=settings.tcp_keepalive, read_size=READ_SIZE,
             tls_backlog=WRITE_CHUNK)
         transport.connect()
@@ -583,7 +593,6 @@ class KVConnection:
         if done.error_map is not None:
             self.error_map = done.error_map
         self._disarm_connect_timer()
-        self.engine.server_features = self.features
         snappy = Feature.SNAPPY in self.features
         mode = self.engine.settings.compression
         self._inflate = snappy
@@ -746,16 +755,16 @@ class KVConnection:
         pop = self.pending.pop
         inflate = self._inflate
         for frame in frames:
-            op = pop(frame[4], None)
+            op = pop(frame[F_OPAQUE], None)
             # The common reply (a success, not compressed) takes the short
             # way; everything else goes through _unusual.
-            if op is None or frame[2] or (inflate and frame[3] & 0x02):
+            if op is None or frame[F_STATUS] or (inflate and frame[F_DATATYPE] & _SNAPPY):
                 self._unusual(frame, op)
                 continue
             try:
                 if op.multi_reply:
                     if not op.on_part(frame):
-                        self.pending[frame[4]] = op
+                        self.pending[frame[F_OPAQUE]] = op
                     continue
                 op.done = True
                 op.on_response(frame)
@@ -769,18 +778,18 @@ class KVConnection:
         status (maybe retried), part of a multi-reply operation, a server
         request, or one nobody waits for any more."""
         failure = None
-        if self._inflate and frame[3] & 0x02:
+        if self._inflate and frame[F_DATATYPE] & _SNAPPY:
             try:
                 frame = _inflate(frame)
             except _snappy.InflateError as exc:
                 rc = RC.LIMIT_EXCEEDED if isinstance(exc, _snappy.InflateLimitError) else RC.PROTOCOL
                 failure = (rc, "%s: %s" % (self.authority, exc))
         if op is None:
-            if frame[0] == Magic.SERVER_REQUEST and failure is None:
+            if frame[F_MAGIC] == Magic.SERVER_REQUEST and failure is None:
                 try:
                     self.engine.on_server_request(self, frame)
                 except Exception:  # the other frames of this read still go out
-                    log.exception("handling server request 0x%02x from %s failed", frame[1], self.authority)
+                    log.exception("handling server request 0x%02x from %s failed", frame[F_OPCODE], self.authority)
             elif failure is not None:
                 log.warning("dropping a frame nobody waits for: %s", failure[1])
             return  # the operation timed out or was abandoned
@@ -788,11 +797,11 @@ class KVConnection:
             if failure is not None:
                 _undeliverable(op, frame, failure[0], failure[1])
                 return
-            if frame[2] in self.engine.retry_statuses and self.engine.retry_after_status(self, op, frame):
+            if frame[F_STATUS] in self.engine.retry_statuses and self.engine.retry_after_status(self, op, frame):
                 return
             if op.multi_reply:
                 if not op.on_part(frame):
-                    self.pending[frame[4]] = op
+                    self.pending[frame[F_OPAQUE]] = op
                 return
             op.done = True
             op.on_response(frame)

@@ -8,7 +8,7 @@ import os
 from typing import TYPE_CHECKING, Any, Callable, List, Optional, Tuple
 
 if TYPE_CHECKING:  # pragma: no cover
-    from couchbase_core._engine.instance import Engine
+    from couchbase_core._engine.owner import ConnectionOwner
 
 __all__ = ["resolve", "filter_families", "open_socket", "start_connect", "CONNECT_PENDING", "describe_errno",
            "SocketFactory"]
@@ -43,7 +43,7 @@ def filter_families(infos: List[Any], ipv6: str) -> List[Any]:
     return [info for info in infos if info[0] in keep]
 
 
-def resolve(engine: "Engine", host: str, port: int, callback: ResolveCallback) -> None:
+def resolve(engine: "ConnectionOwner", host: str, port: int, callback: ResolveCallback) -> None:
     """Resolve ``host`` and call ``callback(addrinfo_list, error)``.
 
     Numeric addresses resolve at once; names go to the IOPS's ``resolve``

@@ -97,18 +97,9 @@ class Observer:
         """Begin the first round."""
         self._round()
 
-    def _targets(self) -> List[Tuple[int, "KVConnection"]]:
-        engine = self.engine
-        cfg = engine.config
-        vbmap = engine._vbmap
-        if cfg is None or vbmap is None:
-            return []
-        vb = cfg.vbucket_of(self.kb)
-        out = []
-        for copy, index in enumerate(vbmap[vb]):
-            if index >= 0:
-                out.append((copy, engine.connections[index]))
-        return out
+    def _targets(self) -> Tuple[int, List[Tuple[int, "KVConnection"]]]:
+        copies = self.engine.copies_of(self.kb)
+        return copies if copies is not None else (0, [])
 
     def _round(self) -> None:
         if self._finished:
@@ -116,12 +107,10 @@ class Observer:
         if self.engine.closed:
             self._finish(RC.OBJECT_DESTROYED, "the bucket was closed")
             return
-        targets = self._targets()
+        vb, targets = self._targets()
         if not targets:
             self._finish(RC.CLIENT_NOT_SUPPORTED, "durability needs a Couchbase bucket with a vBucket map")
             return
-        cfg = self.engine.config
-        vb = cfg.vbucket_of(self.kb)  # type: ignore[union-attr]
         self._answers = []
         self._expected = len(targets)
         remaining = max(0.05, self.deadline - self.engine.clock())

@@ -199,7 +199,7 @@ class HTTPConnection:
             on_connected=self._on_connected, on_readable=self._read, on_writable=self._flush, on_eof=self._on_eof,
             on_error=self._fail, on_tls_started=self._on_tls_started,
             tls_context=engine.tls_context if self.tls else None,
-            socket_factory=getattr(engine, "socket_factory", None), read_size=READ_SIZE)
+            socket_factory=engine.socket_factory, read_size=READ_SIZE)
         if self._paused:
             stream.pause_reading()
         stream.connect()

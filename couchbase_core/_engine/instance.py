@@ -48,6 +48,7 @@ from couchbase_core._engine import forks as _forks
 from couchbase_core._engine.batch import Batch, EntryRetry
 from couchbase_core._engine.config import BucketConfig, ConfigError, Ketama, authority
 from couchbase_core._engine.connection import CLOSED, READY, KVConnection
+from couchbase_core._engine.dial import SocketFactory
 from couchbase_core._engine.httpreq import (
     ChunkCallback,
     EndCallback,
@@ -124,6 +125,9 @@ class Engine:
         self.couchbase = settings.scheme != "memcached"
         self.retry_statuses = _RETRY_STATUSES if self.couchbase else frozenset()
         self.tls_context: Any = settings.tls_context()
+        #: Where sockets come from: None means real ones (dial.open_socket);
+        #: tests set a scripted factory (couchbase_core.testing.scripted).
+        self.socket_factory: Optional[SocketFactory] = None
         self._opaque = 0
         self._ketama: Optional[Ketama] = None
         self._single: Optional[KVConnection] = None
@@ -496,6 +500,26 @@ class Engine:
         for conn, indexes in groups.items():
             conn.enqueue_batch(batch, indexes)
 
+    def copies_of(self, kb: bytes) -> Optional[Tuple[int, List[Tuple[int, KVConnection]]]]:
+        """Where the copies of key bytes ``kb`` live now: ``(vbucket,
+        [(copy, connection), ...])`` with copy 0 the active one and only the
+        copies that have a node; None without a vBucket map (memcached
+        buckets, or before the first config)."""
+        cfg = self.config
+        vbmap = self._vbmap
+        if cfg is None or vbmap is None:
+            return None
+        vb = cfg.vbucket_of(kb)
+        connections = self.connections
+        return vb, [(copy, connections[index]) for copy, index in enumerate(vbmap[vb]) if index >= 0]
+
+    def resend(self, op: KVOp) -> None:
+        """Route ``op`` again and send it (an operation that moves on to its
+        next target by itself, e.g. the next replica); it keeps its
+        deadline."""
+        op.written = False
+        self._dispatch(op)
+
     def node_for(self, kb: bytes) -> KVConnection:
         """The connection that owns key bytes ``kb`` now."""
         if self._single is not None:
@@ -738,7 +762,9 @@ class Engine:
     # ------------------------------------------------------ connection events
 
     def on_connection_ready(self, conn: KVConnection) -> None:
-        """A connection finished its handshake."""
+        """A connection finished its handshake: what it agreed with its node
+        is what the bucket's operations may rely on."""
+        self.server_features = conn.features
 
     def on_connection_failed(self, conn: KVConnection, rc: int, message: str) -> None:
         """A connection failed; its operations have been dealt with."""
