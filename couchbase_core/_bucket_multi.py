@@ -9,7 +9,7 @@ the results in a :class:`~couchbase_core.result.MultiResult`.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from couchbase_core._bucket_args import _MAX_KEY, _TTL, _cas, _ttl
 from couchbase_core._engine.protocol import Opcode
@@ -26,6 +26,16 @@ _NO_OPTIONS: Dict[str, Any] = {}
 #: Keys per batch: a bigger ``_multi`` call is sent as several batches, and
 #: the gevent hub gets a turn between them (no call holds it for long).
 _CHUNK = 1024
+
+
+def _key_entry(key: Any, value: Any, scalar: Optional[str]) -> Tuple[Any, Any, Optional[Item], Dict[str, Any]]:
+    """The entry of ``key`` in a dict of key -> options (a dict of options,
+    or one value for the ``scalar`` option, or None)."""
+    if isinstance(value, dict):
+        return key, None, None, dict(value)
+    if scalar is not None and value is not None:
+        return key, None, None, {scalar: value}
+    return key, None, None, _NO_OPTIONS
 
 
 def _per_key_failure(key: Any, exc: CouchbaseError, item: Optional[Item], value_result: bool) -> Result:
@@ -97,35 +107,33 @@ class MultiMixin:
         batch.requests, batch.items = requests, (items if has_items else None)
         return self._many([b for b in batches if len(b)], mres)
 
+    # The entries of a call are produced lazily, from a snapshot of the
+    # caller's collection taken at once (C-level): building them is part of
+    # the per-key work, which _run_entries interrupts to let the hub run.
+
     @staticmethod
-    def _entries_with_values(kvs: Any, what: str) -> List[Tuple[Any, Any, Optional[Item], Dict[str, Any]]]:
+    def _entries_with_values(kvs: Any, what: str) -> Iterator[Tuple[Any, Any, Optional[Item], Dict[str, Any]]]:
         if isinstance(kvs, ItemCollection):
-            return [(item.key, item.value, item, dict(opts)) for item, opts in kvs]
+            return ((item.key, item.value, item, dict(opts)) for item, opts in list(kvs))
         if isinstance(kvs, dict):
-            return [(k, v, None, _NO_OPTIONS) for k, v in kvs.items()]
+            return ((k, v, None, _NO_OPTIONS) for k, v in list(kvs.items()))
         raise ArgumentError("%s needs a dict of key -> value or an item collection, not %s"
                             % (what, type(kvs).__name__))
 
     @staticmethod
-    def _entries_keys(keys: Any, what: str, scalar: Optional[str] = None) -> List[Tuple[Any, Any, Optional[Item], Dict[str, Any]]]:
+    def _entries_keys(keys: Any, what: str, scalar: Optional[str] = None
+                      ) -> Iterator[Tuple[Any, Any, Optional[Item], Dict[str, Any]]]:
         if isinstance(keys, ItemCollection):
-            return [(item.key, None, item, dict(opts)) for item, opts in keys]
+            return ((item.key, None, item, dict(opts)) for item, opts in list(keys))
         if isinstance(keys, (str, bytes)):
             raise ArgumentError("%s needs a collection of keys, not a single %s" % (what, type(keys).__name__))
         if isinstance(keys, dict):
-            out = []
-            for k, v in keys.items():
-                if isinstance(v, dict):
-                    out.append((k, None, None, dict(v)))
-                elif scalar is not None and v is not None:
-                    out.append((k, None, None, {scalar: v}))
-                else:
-                    out.append((k, None, None, _NO_OPTIONS))
-            return out
+            return (_key_entry(k, v, scalar) for k, v in list(keys.items()))
         try:
-            return [(k, None, None, _NO_OPTIONS) for k in keys]
+            snapshot = list(keys)
         except TypeError:
             raise ArgumentError("%s needs an iterable of keys, not %s" % (what, type(keys).__name__)) from None
+        return ((k, None, None, _NO_OPTIONS) for k in snapshot)
 
     def _store_multi(self, opcode: int, kvs: Any, ttl: Any, fmt: Any, persist_to: Any, replicate_to: Any,
                      what: str, use_item_cas: bool, durability_level: Any = 0) -> Any:

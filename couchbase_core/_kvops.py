@@ -394,7 +394,7 @@ class KeyBatch(Batch):
     item (``ItemCollection`` calls) fills that item instead.
     """
 
-    __slots__ = ("kind", "mres", "decoder", "no_format", "key", "durability", "plain")
+    __slots__ = ("kind", "mres", "decoder", "no_format", "key", "durability", "plain", "plain_mutation")
 
     def __init__(self, kind: int, timeout: float, mres: Any, decoder: Any = None, no_format: bool = False,
                  opcode: int = 0, extras: bytes = b"") -> None:
@@ -408,6 +408,7 @@ class KeyBatch(Batch):
         #: (persist_to, replicate_to, timeout, interval) for each mutation.
         self.durability: Optional[tuple] = None
         self.plain = False
+        self.plain_mutation = False
 
     def sibling(self) -> "KeyBatch":
         """An empty batch with the same settings (for the next chunk of a
@@ -423,6 +424,8 @@ class KeyBatch(Batch):
         Batch.start(self, engine, base, deadline)
         #: Plain reads (no items): replies may take the short way of on_part.
         self.plain = self.kind == KIND_GET and self.items is None
+        #: Plain mutations (no items, no durability to wait for).
+        self.plain_mutation = self.kind == KIND_MUTATION and self.items is None and self.durability is None
 
     def on_part(self, frame: Any) -> bool:
         # The common reply of a read batch, inline: a success for an entry
@@ -441,6 +444,16 @@ class KeyBatch(Batch):
             waiting[i] = 0
             key = self.keys[i]
             self.mres[key] = ValueResult(key, 0, frame[F_CAS], frame[F_VALUE], flags)
+            self.remaining -= 1
+            if self.remaining == 0:
+                self.done = True
+                self.sink(None)
+            return True
+        if self.plain_mutation and not frame[F_STATUS] and 0 <= i < len(waiting) and waiting[i] \
+                and not frame[F_EXTRAS]:
+            waiting[i] = 0
+            key = self.keys[i]
+            self.mres[key] = OperationResult(key, 0, frame[F_CAS])
             self.remaining -= 1
             if self.remaining == 0:
                 self.done = True

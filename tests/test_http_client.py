@@ -168,6 +168,7 @@ class FakeEngine:
         self.iops = SelectIOPS()
         self.settings = SimpleNamespace(client_string="http-client-test/1.0")
         self.tls_context = None
+        self.socket_factory = None  # real sockets
 
     def defer(self, fn: Callable[[], None]) -> None:
         timer = self.iops.timer_event_factory()

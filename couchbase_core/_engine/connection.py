@@ -129,8 +129,9 @@ NEGOTIATING = "negotiating"
 READY = "ready"
 CLOSED = "closed"
 
-#: Bytes asked of ``recv`` at a time.
-READ_SIZE = 256 * 1024
+#: Bytes taken from the socket per read. It also bounds the work done in
+#: one loop callback: 64 KiB of small replies is about 2,700 frames.
+READ_SIZE = 64 * 1024
 #: Bytes gathered from the write queue for one ``send`` (and moved into TLS
 #: at a time): requests beyond it stay withdrawable until the socket drains.
 WRITE_CHUNK = 1024 * 1024
