@@ -21,6 +21,7 @@ from couchbase_core._engine.protocol import (
     COUNTER_VALUE,
     EXPIRY_EXTRAS,
     F_CAS,
+    F_DATATYPE,
     F_EXTRAS,
     F_KEY,
     F_OPAQUE,
@@ -28,6 +29,7 @@ from couchbase_core._engine.protocol import (
     F_VALUE,
     FLAGS_EXTRAS,
     MUTATION_TOKEN,
+    Datatype,
     Opcode,
     Status,
     decode_subdoc_failure,
@@ -55,6 +57,7 @@ _TOKEN = MUTATION_TOKEN
 _FMT_BYTES = 0x03000002
 #: The extras of a value stored with FMT_BYTES (the flags, big-endian).
 _EXTRAS_FMT_BYTES = _FLAGS.pack(_FMT_BYTES)
+_SNAPPY = Datatype.SNAPPY
 _U64 = COUNTER_VALUE
 
 
@@ -426,6 +429,61 @@ class KeyBatch(Batch):
         self.plain = self.kind == KIND_GET and self.items is None
         #: Plain mutations (no items, no durability to wait for).
         self.plain_mutation = self.kind == KIND_MUTATION and self.items is None and self.durability is None
+        if self.plain:
+            self.takes_runs = True
+
+    def take_run(self, frame: Any, rest: Any, pending: Any) -> Any:
+        # Plain reads: the replies of a big get_multi arrive back to back,
+        # so the connection hands over the whole run (see KVOp.take_run).
+        # One loop here instead of a call per reply; anything unusual (an
+        # error status, a compressed value, a frame of another operation)
+        # goes back to the connection, a value to decode takes on_part.
+        base = self.base
+        waiting = self.waiting
+        keys = self.keys
+        mres = self.mres
+        no_format = self.no_format
+        pop = pending.pop
+        taken = 0
+        try:
+            while True:
+                extras = frame[F_EXTRAS]
+                i = frame[F_OPAQUE] - base
+                if extras == _EXTRAS_FMT_BYTES and waiting[i]:
+                    waiting[i] = 0
+                    key = keys[i]
+                    mres[key] = ValueResult(key, 0, frame[F_CAS], frame[F_VALUE], _FMT_BYTES)
+                    taken += 1
+                elif no_format and len(extras) == 4 and waiting[i]:
+                    waiting[i] = 0
+                    key = keys[i]
+                    mres[key] = ValueResult(key, 0, frame[F_CAS], frame[F_VALUE], _FLAGS.unpack(extras)[0])
+                    taken += 1
+                else:  # a value to decode, or an entry settled already
+                    self._settle_taken(taken)
+                    taken = 0
+                    Batch.on_part(self, frame)
+                frame = next(rest, None)
+                if frame is None:
+                    return None
+                # The next frame is taken only if it is a plain success of ours.
+                if frame[F_STATUS] or frame[F_DATATYPE] & _SNAPPY:
+                    return frame
+                op = pop(frame[F_OPAQUE], None)
+                if op is not self:
+                    if op is not None:
+                        pending[frame[F_OPAQUE]] = op
+                    return frame
+        finally:
+            self._settle_taken(taken)
+
+    def _settle_taken(self, taken: int) -> None:
+        """``taken`` more entries got their result in :meth:`take_run`."""
+        if taken:
+            self.remaining -= taken
+            if self.remaining == 0:
+                self.done = True
+                self.sink(None)
 
     def on_part(self, frame: Any) -> bool:
         # The common reply of a read batch, inline: a success for an entry

@@ -73,7 +73,7 @@ import json
 import logging
 import math
 from collections import deque
-from itertools import islice, repeat
+from itertools import chain, islice, repeat
 from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from couchbase_core._engine import snappy as _snappy
@@ -292,32 +292,28 @@ class KVConnection:
         requests = batch.requests
         if requests is None and not framing and not batch.value:
             # Every entry is the batch's own keyed command (a plain
-            # get_multi): one header and the key each, and the opaques
-            # registered with C-level loops.
+            # get_multi): a header and the key each, packed, joined and
+            # registered by C-level loops (no Python bytecode per key).
             opcode = batch.opcode
             extras = batch.extras
             elen = len(extras)
             if indexes is None:
-                indexes = range(len(kbs))  # type: ignore[assignment]
-                if vbuckets is None:
-                    for i, kb in enumerate(kbs):
-                        klen = len(kb)
-                        append(pack(_REQUEST, opcode, klen, elen, 0, 0, klen + elen, base + i, 0))
-                        if elen:
-                            append(extras)
-                        append(kb)
-                    pending.update(zip(range(base, base + len(kbs)), repeat(batch)))
-                    self._queue_chunk(batch, parts)
-                    return
-            for i in indexes:  # type: ignore[union-attr]
-                kb = kbs[i]
-                klen = len(kb)
-                append(pack(_REQUEST, opcode, klen, elen, 0, vbuckets[i] if vbuckets else 0, klen + elen, base + i, 0))
-                if elen:
-                    append(extras)
-                append(kb)
-                pending[base + i] = batch
-            self._queue_chunk(batch, parts)
+                count = len(kbs)
+                opaques: Any = range(base, base + count)
+                keys: Any = kbs
+                vbs: Any = vbuckets if vbuckets is not None else repeat(0, count)
+            else:
+                count = len(indexes)
+                opaques = list(map(base.__add__, indexes))
+                keys = list(map(kbs.__getitem__, indexes))
+                vbs = map(vbuckets.__getitem__, indexes) if vbuckets is not None else repeat(0, count)
+            klens = list(map(len, keys))
+            bodylens = map(elen.__add__, klens) if elen else klens
+            headers = map(pack, repeat(_REQUEST), repeat(opcode), klens, repeat(elen), repeat(0), vbs,
+                          bodylens, opaques, repeat(0))
+            pieces = zip(headers, repeat(extras), keys) if elen else zip(headers, keys)
+            pending.update(zip(opaques, repeat(batch)))
+            self._queue_chunk(batch, chain.from_iterable(pieces))
             return
         if indexes is None:
             indexes = range(len(kbs))  # type: ignore[assignment]
@@ -345,7 +341,7 @@ class KVConnection:
             pending[base + i] = batch
         self._queue_chunk(batch, parts)
 
-    def _queue_chunk(self, batch: "Batch", parts: List[Any]) -> None:
+    def _queue_chunk(self, batch: "Batch", parts: Any) -> None:
         """Queue a batch's requests (``parts``) as one write chunk."""
         chunk = WriteChunk(self, b"".join(parts))
         batch.chunks.append(chunk)
@@ -755,7 +751,8 @@ class KVConnection:
         self.last_activity = self.last_read
         pop = self.pending.pop
         inflate = self._inflate
-        for frame in frames:
+        rest = iter(frames)
+        for frame in rest:
             op = pop(frame[F_OPAQUE], None)
             # The common reply (a success, not compressed) takes the short
             # way; everything else goes through _unusual.
@@ -764,6 +761,11 @@ class KVConnection:
                 continue
             try:
                 if op.multi_reply:
+                    if op.takes_runs:
+                        # A batch takes its run of replies in one call; the
+                        # rest of this read goes the careful way.
+                        self._deliver_from(op.take_run(frame, rest, self.pending), rest)
+                        break
                     if not op.on_part(frame):
                         self.pending[frame[F_OPAQUE]] = op
                     continue
@@ -773,6 +775,32 @@ class KVConnection:
                 log.exception("completing %s failed", op.describe())
         self.engine.deadlines.trim()
         return True
+
+    def _deliver_from(self, frame: Any, rest: Any) -> None:
+        """Deliver ``frame`` and every frame left in ``rest``: the loop of
+        :meth:`_read` after a batch took a run (runs of other batches may
+        follow; a loop, not recursion, however they alternate)."""
+        pending = self.pending
+        pop = pending.pop
+        inflate = self._inflate
+        while frame is not None:
+            op = pop(frame[F_OPAQUE], None)
+            if op is None or frame[F_STATUS] or (inflate and frame[F_DATATYPE] & _SNAPPY):
+                self._unusual(frame, op)
+            else:
+                try:
+                    if op.takes_runs:
+                        frame = op.take_run(frame, rest, pending)
+                        continue
+                    if op.multi_reply:
+                        if not op.on_part(frame):
+                            pending[frame[F_OPAQUE]] = op
+                    else:
+                        op.done = True
+                        op.on_response(frame)
+                except Exception:  # never let a result handler break the stream
+                    log.exception("completing %s failed", op.describe())
+            frame = next(rest, None)
 
     def _unusual(self, frame: Any, op: Optional[KVOp]) -> None:
         """Deliver a reply that is not a plain success: compressed, an error

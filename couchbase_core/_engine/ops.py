@@ -10,7 +10,7 @@ result objects and wake whoever waits.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Dict, Iterator, Optional
 
 from couchbase_core._engine.protocol import Frame
 
@@ -49,6 +49,10 @@ class KVOp:
     multi_reply = False
     #: True for batches of keys, submitted with ``Engine.submit_batch``.
     multi_key = False
+    #: True (multi-reply operations only) when the operation takes a run of
+    #: its plain replies at once through :meth:`take_run`: a 1,000-key read
+    #: then costs one call, not one per reply.
+    takes_runs = False
     #: True when sending it twice is harmless (reads): such operations are
     #: re-sent after a connection loss; mutations then fail instead.
     idempotent = False
@@ -87,6 +91,15 @@ class KVOp:
         """Multi-reply operations: take one frame. Return False to keep its
         opaque pending (more frames will carry it), True when it is used up."""
         return True
+
+    def take_run(self, frame: Frame, rest: Iterator[Frame], pending: Dict[int, Any]) -> Optional[Frame]:
+        """Operations with :attr:`takes_runs`: take ``frame`` (a success,
+        its opaque already popped from the connection's ``pending`` table),
+        then the frames that follow in ``rest`` while they are plain
+        successes of this operation, popping each one's opaque from
+        ``pending``. Return the first frame not taken (its opaque still in
+        ``pending``), or None when ``rest`` is exhausted."""
+        raise NotImplementedError
 
     def opaques(self) -> list:
         """The opaques this operation still waits on."""
