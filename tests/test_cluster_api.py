@@ -420,7 +420,7 @@ def test_a_certificate_naming_an_unknown_user_is_refused(certs, tls_mock):
     cluster = Cluster(tls_mock.info["connstr_tls"])
     cluster.authenticate(CertAuthenticator(cert, key, tls_mock.ca_cert))
     with pytest.raises(CouchbaseNetworkError):
-        cluster.open_bucket("secure", config_total_timeout=5)
+        cluster.open_bucket("secure", config_total_timeout=5, bootstrap_on="cccp")
 
 
 def test_a_certificate_from_an_untrusted_ca_is_refused(certs, tls_mock):
@@ -428,7 +428,7 @@ def test_a_certificate_from_an_untrusted_ca_is_refused(certs, tls_mock):
     cluster = Cluster(tls_mock.info["connstr_tls"])
     cluster.authenticate(CertAuthenticator(cert, key, tls_mock.ca_cert))
     with pytest.raises(CouchbaseNetworkError):
-        cluster.open_bucket("secure", config_total_timeout=5)
+        cluster.open_bucket("secure", config_total_timeout=5, bootstrap_on="cccp")
 
 
 def test_without_the_server_ca_the_server_is_not_trusted(certs, tls_mock):
@@ -436,7 +436,7 @@ def test_without_the_server_ca_the_server_is_not_trusted(certs, tls_mock):
     cluster = Cluster(tls_mock.info["connstr_tls"])
     cluster.authenticate(CertAuthenticator(cert, key))  # trusts only what alice.pem holds
     with pytest.raises(CouchbaseNetworkError) as info:
-        cluster.open_bucket("secure", config_total_timeout=5)
+        cluster.open_bucket("secure", config_total_timeout=5, bootstrap_on="cccp")
     assert "certificate" in str(info.value) or "issuer" in str(info.value)
 
 
@@ -476,7 +476,7 @@ def test_mandatory_client_certificates_shut_out_password_logins(certs):
         cluster = Cluster(mock.info["connstr_tls"] + "?certpath=" + mock.ca_cert)
         cluster.authenticate(PasswordAuthenticator("alice", "apw"))
         with pytest.raises(CouchbaseNetworkError):
-            cluster.open_bucket("secure", config_total_timeout=5)
+            cluster.open_bucket("secure", config_total_timeout=5, bootstrap_on="cccp")
         cluster = Cluster(mock.info["connstr_tls"])
         cluster.authenticate(CertAuthenticator(cert, key, mock.ca_cert))
         bucket = cluster.open_bucket("secure")
