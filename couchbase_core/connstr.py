@@ -90,7 +90,7 @@ KNOWN_OPTIONS = frozenset({
     "enable_mutation_tokens", "enable_tracing", "config_poll_interval",
     "retry_nmv_delay", "select_bucket", "tcp_nodelay", "tcp_keepalive",
     "sasl_mech_force", "http_poolsize", "detailed_errcodes", "client_string", "ipv6",
-    "dnssrv", "network", "max_value_size", "connect_timeout",
+    "dnssrv", "network", "max_value_size", "connect_timeout", "keypath", "truststorepath",
 })
 
 # Default ports, by transport security.
@@ -308,6 +308,8 @@ _VALIDATORS: Dict[str, Callable[[str, str], None]] = {
     "max_value_size": _check_size,
     "sasl_mech_force": _check_mechs,
     "certpath": _check_nonempty,
+    "keypath": _check_nonempty,
+    "truststorepath": _check_nonempty,
     "network": _check_nonempty,
     "username": _check_anything,
     "password": _check_anything,
@@ -622,7 +624,8 @@ class ConnectionString:
         on/off/inflate_only/deflate_only/force, ``ipv6`` one of
         disabled/allow/only, ``http_poolsize`` an int >= 0,
         ``max_value_size`` an int >= 1, ``sasl_mech_force`` a blank-separated
-        list of mechanism names, ``certpath`` and ``network`` non-empty.
+        list of mechanism names, ``certpath``, ``keypath``, ``truststorepath``
+        and ``network`` non-empty.
         Unknown options are not checked.
 
         Raises:

@@ -503,6 +503,8 @@ _VALUE_STRATEGIES = {
     "max_value_size": st.integers(1, 2**30).map(str),
     "sasl_mech_force": st.sampled_from(["PLAIN", "SCRAM-SHA1 PLAIN"]),
     "certpath": _any_text.filter(bool),
+    "keypath": _any_text.filter(bool),
+    "truststorepath": _any_text.filter(bool),
     "network": _any_text.filter(bool),
     "username": _any_text,
     "password": _any_text,

@@ -88,6 +88,12 @@ class Settings:
     #: TLS: None for plain connections, else "verify" or "no_verify".
     tls: Optional[str] = None
     certpath: Optional[str] = None
+    #: Client certificate authentication: the private key of the client
+    #: certificate ``certpath`` (TLS only). With it no SASL is done and no
+    #: HTTP ``Authorization`` header sent: the certificate names the user.
+    keypath: Optional[str] = None
+    #: CA certificates that verify the server (else ``certpath``).
+    truststorepath: Optional[str] = None
     #: Address families used: "allow" (IPv4 and IPv6), "disabled" (IPv4
     #: only) or "only" (IPv6 only).
     ipv6: str = "allow"
@@ -102,7 +108,11 @@ class Settings:
         """(user, password) for SASL, or (None, None) without credentials.
 
         A password without a user name is a legacy bucket password: the
-        bucket name is the user (what the 2.x SDK did)."""
+        bucket name is the user (what the 2.x SDK did). With a client
+        certificate (``keypath``) there are none: the certificate
+        authenticates the connection."""
+        if self.keypath is not None:
+            return None, None
         if self.username:
             return self.username, self.password or ""
         if self.password:
@@ -116,7 +126,8 @@ class Settings:
         if self._tls_context is None:
             from couchbase_core._engine.tls import make_context
 
-            self._tls_context = make_context(self.certpath, verify=self.tls != "no_verify")
+            self._tls_context = make_context(self.certpath, verify=self.tls != "no_verify", keypath=self.keypath,
+                                             truststorepath=self.truststorepath)
         return self._tls_context
 
     @classmethod
@@ -200,12 +211,33 @@ class Settings:
         if cs.is_ssl:
             s.tls = "no_verify" if opts.get("ssl") == "no_verify" else "verify"
             s.certpath = opts.get("certpath")
-        elif "certpath" in opts:
-            _warn("certpath=%r is ignored: the connection is not TLS (use couchbases:// or ssl=on)"
-                  % opts["certpath"], OptionIgnoredWarning)
+            s.truststorepath = opts.get("truststorepath")
+            s.keypath = opts.get("keypath")
+            if s.keypath is not None:
+                s._check_client_certificate()
+        elif "keypath" in opts:
+            # a client certificate means "authenticate me over TLS": never
+            # fall back to a cleartext connection (SDK RFC 0036)
+            raise ArgumentError("keypath=%r (client certificate authentication) needs TLS: use couchbases:// "
+                                "or ssl=on" % opts["keypath"])
+        else:
+            for name in ("certpath", "truststorepath"):
+                if name in opts:
+                    _warn("%s=%r is ignored: the connection is not TLS (use couchbases:// or ssl=on)"
+                          % (name, opts[name]), OptionIgnoredWarning)
         s.ipv6 = opts.get("ipv6", "allow").lower()
         s._check_unsupported(opts)
         return s
+
+    def _check_client_certificate(self) -> None:
+        """Credentials next to a client certificate: a password contradicts
+        it (refused, as SDK RFC 0036 asks); a user name is not used."""
+        if self.password:
+            raise ArgumentError("a password cannot be combined with client certificate authentication "
+                                "(keypath=%r): the certificate names the user" % self.keypath)
+        if self.username:
+            _warn("username=%r is not used for authentication: with keypath the client certificate names the "
+                  "user" % self.username, OptionIgnoredWarning)
 
     def _check_unsupported(self, opts: Dict[str, str]) -> None:
         """Options this client parses but does not act on: warn, or refuse

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ssl
 import warnings
-from typing import Optional
+from typing import Callable, Optional
 
 from couchbase_core.exceptions import ArgumentError
 
@@ -21,34 +21,57 @@ class InsecureTLSWarning(UserWarning):
     """TLS certificate verification was switched off (``ssl=no_verify``)."""
 
 
-def make_context(certpath: Optional[str], verify: bool = True) -> ssl.SSLContext:
-    """A client context. ``certpath`` names the CA (or server) certificate
-    to trust; without it the system's trust store is used. ``verify=False``
-    accepts any certificate: insecure, for tests only, and it warns.
+def make_context(certpath: Optional[str], verify: bool = True, keypath: Optional[str] = None,
+                 truststorepath: Optional[str] = None) -> ssl.SSLContext:
+    """A client context.
+
+    Without ``keypath``, ``certpath`` names the CA (or server) certificate to
+    trust. With ``keypath`` the client authenticates with a certificate
+    (libcouchbase's rules, which the 2.x SDK passed on): ``certpath`` is then
+    the client's certificate chain and ``keypath`` its private key, both PEM.
+    ``truststorepath`` names the CA certificates that verify the server; when
+    it is missing, ``certpath`` is loaded as trusted certificates too, and
+    without either the system's trust store is used. ``verify=False``
+    accepts any server certificate: insecure, for tests only, and it warns.
 
     Raises:
-        ArgumentError: ``certpath`` is missing, unreadable, a directory or
-            not PEM certificates (the message names the path and why).
+        ArgumentError: a file is missing, unreadable, a directory or not PEM
+            (the message names the option, the path and why), ``keypath``
+            without ``certpath``, or a key that does not match the certificate.
     """
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
-    if certpath:
-        try:
-            context.load_verify_locations(cafile=certpath)
-        except IsADirectoryError:
-            raise ArgumentError("certpath %r is a directory; it must name a PEM file of CA certificates"
-                                % certpath) from None
-        except OSError as exc:  # FileNotFoundError, PermissionError...
-            if isinstance(exc, ssl.SSLError):
-                raise ArgumentError({"message": "certpath %r holds no usable PEM certificate (%s)"
-                                     % (certpath, describe_handshake_error(exc)), "inner_cause": exc}) from None
-            raise ArgumentError({"message": "certpath %r cannot be read: %s" % (certpath, exc.strerror or exc),
-                                 "inner_cause": exc}) from None
+    if keypath is not None and not certpath:
+        raise ArgumentError("keypath %r needs certpath: the client certificate (PEM) that goes with the key"
+                            % keypath)
+    trust = truststorepath or certpath
+    if trust:
+        _load(lambda: context.load_verify_locations(cafile=trust),
+              "truststorepath" if truststorepath else "certpath", trust, "CA certificates")
+    if keypath is not None:
+        assert certpath is not None
+        _load(lambda: context.load_cert_chain(certpath, keypath), "certpath/keypath",
+              "%s, %s" % (certpath, keypath), "a client certificate chain and its private key")
     if not verify:
         warnings.warn("TLS certificate verification is disabled (ssl=no_verify): the connection is encrypted "
                       "but the server is not authenticated", InsecureTLSWarning, stacklevel=3)
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context
+
+
+def _load(action: Callable[[], object], option: str, path: str, what: str) -> None:
+    """Run one loading step of :func:`make_context`, turning its failures
+    into an ArgumentError that names the option, the path and the reason."""
+    try:
+        action()
+    except IsADirectoryError:
+        raise ArgumentError("%s %r is a directory; it must name a PEM file of %s" % (option, path, what)) from None
+    except OSError as exc:  # FileNotFoundError, PermissionError, ssl.SSLError...
+        if isinstance(exc, ssl.SSLError):
+            raise ArgumentError({"message": "%s %r holds no usable PEM %s (%s)"
+                                 % (option, path, what, describe_handshake_error(exc)), "inner_cause": exc}) from None
+        raise ArgumentError({"message": "%s %r cannot be read: %s" % (option, path, exc.strerror or exc),
+                             "inner_cause": exc}) from None
 
 
 def describe_handshake_error(exc: ssl.SSLError) -> str:

@@ -61,12 +61,20 @@ class MockCluster:
         tls: also listen with TLS (a fresh CA is made; see :attr:`ca_cert`).
         in_process: run on a thread of this process instead of a child process.
         admin: ``(user, password)`` of the administrator.
+        client_ca: PEM file of the CA that signs client certificates: turns
+            on client certificate authentication on the TLS ports (needs
+            ``tls=True``); ``client_cert_auth`` is ``"enable"`` (optional
+            certificate) or ``"mandatory"``, ``client_cert_path`` where the
+            user name is (``subject.cn``, ``san.email``, ``san.dnsname``,
+            ``san.uri``) and ``client_cert_prefix`` a prefix stripped from it.
     """
 
     def __init__(self, nodes: int = 1, buckets: Optional[Sequence[Union[str, Dict[str, Any]]]] = None,
                  replicas: int = 1, vbuckets: int = 64, users: Optional[Sequence[str]] = None,
                  base_port: Optional[int] = None, tls: bool = False, in_process: bool = False,
-                 admin: tuple = ("Administrator", "password"), start_timeout: float = 30.0) -> None:
+                 admin: tuple = ("Administrator", "password"), start_timeout: float = 30.0,
+                 client_ca: Optional[str] = None, client_cert_auth: str = "enable",
+                 client_cert_path: str = "subject.cn", client_cert_prefix: str = "") -> None:
         self.nodes = nodes
         self.buckets = list(buckets) if buckets is not None else ["default"]
         self.replicas = replicas
@@ -77,6 +85,8 @@ class MockCluster:
         self.in_process = in_process
         self.admin = admin
         self.start_timeout = start_timeout
+        self.client_ca = client_ca
+        self.client_cert = (client_cert_auth, client_cert_path, client_cert_prefix)
         self.info: Dict[str, Any] = {}
         self._proc: Optional[subprocess.Popen] = None
         self._thread_mock: Any = None
@@ -97,6 +107,10 @@ class MockCluster:
             argv += ["--base-port", str(self.base_port)]
         if self.tls:
             argv.append("--tls")
+        if self.client_ca:
+            auth, path, prefix = self.client_cert
+            argv += ["--client-ca", self.client_ca, "--client-cert-auth", auth, "--client-cert-path", path,
+                     "--client-cert-prefix", prefix]
         return argv
 
     def start(self) -> "MockCluster":

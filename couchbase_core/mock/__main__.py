@@ -17,6 +17,7 @@ import sys
 import tempfile
 from typing import List, Optional
 
+from couchbase_core.mock.certauth import PATHS, STATES, CertAuthSettings
 from couchbase_core.mock.cluster import User
 from couchbase_core.mock.runtime import BucketOptions, ClusterOptions, MockApp
 
@@ -59,6 +60,14 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--tls", action="store_true", help="also listen with TLS (kvSSL, mgmtSSL, capiSSL, n1qlSSL)")
     p.add_argument("--cert", help="TLS certificate chain (PEM); default: a fresh CA and certificate (needs trustme)")
     p.add_argument("--key", help="TLS private key (PEM)")
+    p.add_argument("--client-ca", metavar="PEM",
+                   help="CA certificates that sign client certificates: enables client certificate "
+                        "authentication on the TLS ports (needs --tls or --cert)")
+    p.add_argument("--client-cert-auth", choices=STATES, default="enable",
+                   help="enable (a certificate is optional; default) or mandatory (TLS clients must present one)")
+    p.add_argument("--client-cert-path", choices=sorted(PATHS), default="subject.cn",
+                   help="where a client certificate carries the user name (default subject.cn)")
+    p.add_argument("--client-cert-prefix", default="", help="prefix stripped from that name (default none)")
     p.add_argument("--admin", default="Administrator:password", help="administrator NAME:PASSWORD")
     p.add_argument("--json", action="store_true", help="print one JSON line with the cluster's addresses")
     p.add_argument("--ignore-stdin", action="store_true", help="do not stop when stdin closes")
@@ -67,6 +76,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         p.error("--vbuckets must be a power of two (64 or 1024 like real servers)")
     if args.nodes < 1:
         p.error("--nodes must be at least 1")
+    if args.client_ca and not (args.tls or args.cert):
+        p.error("--client-ca needs TLS (--tls or --cert/--key)")
     return args
 
 
@@ -101,7 +112,9 @@ def options_from_args(args: argparse.Namespace, tmpdir: Optional[str] = None) ->
     opts = ClusterOptions(nodes=args.nodes, buckets=buckets, replicas=args.replicas, vbuckets=args.vbuckets,
                           users=list(args.user), base_port=args.base_port,
                           tls_cert=cert if (args.tls or args.cert) else None, tls_key=key,
-                          admin_user=admin_user, admin_password=admin_password or "password")
+                          admin_user=admin_user, admin_password=admin_password or "password",
+                          client_cert=CertAuthSettings(args.client_ca, args.client_cert_auth, args.client_cert_path,
+                                                       args.client_cert_prefix) if args.client_ca else None)
     return opts
 
 

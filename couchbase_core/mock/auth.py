@@ -1,13 +1,35 @@
-"""Who may use the emulator's HTTP services (HTTP basic auth)."""
+"""Who may use the emulator's HTTP services (HTTP basic auth, or a client
+certificate on the TLS ports)."""
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
+from couchbase_core.mock.certauth import identify
 from couchbase_core.mock.cluster import Bucket, Cluster
 from couchbase_core.mock.httpd import HTTPRequest
 
 __all__ = ["http_access"]
+
+
+def _who(cluster: Cluster, request: HTTPRequest) -> Optional[Tuple[str, str, Optional[Bucket]]]:
+    """``(user, kind, legacy bucket)`` of the request, or None when it
+    carries no identity or a wrong one. A client certificate wins over an
+    ``Authorization`` header (SDK RFC 0036)."""
+    if cluster.cert_auth is not None and request.peercert:
+        user = cluster.cert_auth.user_name(request.peercert)
+        found = identify(cluster, user)
+        if found is None or user is None:
+            return None
+        return user, found[0], None
+    creds = request.basic_auth()
+    if creds is None:
+        return None
+    user, password = creds
+    who = cluster.check_password(user, password)
+    if who is None:
+        return None
+    return user, who[0], who[1]
 
 
 def http_access(cluster: Cluster, request: HTTPRequest, bucket: Optional[Bucket] = None,
@@ -19,16 +41,14 @@ def http_access(cluster: Cluster, request: HTTPRequest, bucket: Optional[Bucket]
     own bucket; a bucket without a password is open to requests without
     credentials (the pre-5.0 behaviour).
     """
-    creds = request.basic_auth()
-    if creds is None:
+    if request.basic_auth() is None and not (cluster.cert_auth is not None and request.peercert):
         if bucket is not None and not bucket.password and not admin_only:
             return "rw"
         return None
-    user, password = creds
-    who = cluster.check_password(user, password)
+    who = _who(cluster, request)
     if who is None:
         return None
-    kind, legacy_bucket = who
+    user, kind, legacy_bucket = who
     if kind == "admin":
         return "rw"
     if admin_only:

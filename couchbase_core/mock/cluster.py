@@ -203,6 +203,8 @@ class Cluster:
         self.admin_user = "Administrator"
         self.admin_password = "password"
         self.tls = False
+        #: Client certificate authentication (a ``certauth.CertAuthSettings``), or None.
+        self.cert_auth: Any = None
         self.cluster_capabilities = {"n1ql": ["enhancedPreparedStatements"]}
         #: Called with no argument after every config change (servers push it).
         self.listeners: List[Any] = []

@@ -41,7 +41,8 @@ Body = Union[bytes, Iterator[bytes], AsyncIterator[bytes]]
 class HTTPRequest:
     """One request: ``method``, ``path`` (decoded), ``query`` (dict of the
     last value per name), ``headers`` (lower-case names), ``body``,
-    ``params`` (from the route pattern)."""
+    ``params`` (from the route pattern), ``peercert`` (the verified client
+    certificate of a TLS connection, as ``getpeercert()`` gives it, or None)."""
 
     def __init__(self, method: str, target: str, headers: Dict[str, str], body: bytes) -> None:
         self.method = method
@@ -53,6 +54,7 @@ class HTTPRequest:
         self.headers = headers
         self.body = body
         self.params: Dict[str, str] = {}
+        self.peercert: Optional[Dict[str, Any]] = None
 
     def form(self) -> Dict[str, str]:
         """The body as ``application/x-www-form-urlencoded``."""
@@ -178,6 +180,7 @@ class _Connection:
                         return
                 request = HTTPRequest(event.method.decode("ascii"), event.target.decode("latin-1"), headers,
                                       b"".join(chunks))
+                request.peercert = self.writer.get_extra_info("peercert")
                 try:
                     response = await self.router.dispatch(request)
                 except Exception as exc:  # a bug in a handler: 500, keep serving

@@ -104,6 +104,8 @@ class KVSession(asyncio.Protocol):
         self.bytes_written = 0
         self._held = bytearray()
         self.peer = ""
+        #: A client certificate authenticated this connection (SASL is then refused).
+        self.cert_authenticated = False
 
     # ------------------------------------------------------------ transport
 
@@ -112,6 +114,8 @@ class KVSession(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer = "%s:%s" % (peer[0], peer[1]) if peer else "?"
         self.runtime.sessions.add(self)
+        if self.cluster.cert_auth is not None and transport.get_extra_info("peercert"):
+            self._login_by_certificate(transport.get_extra_info("peercert"))
         sock = transport.get_extra_info("socket")
         if sock is not None:
             try:
@@ -120,6 +124,20 @@ class KVSession(asyncio.Protocol):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
+
+    def _login_by_certificate(self, peercert: dict) -> None:
+        """A verified client certificate authenticates the connection (no
+        SASL); one that names no known user is refused: hang up."""
+        from couchbase_core.mock.certauth import identify
+
+        user = self.cluster.cert_auth.user_name(peercert)
+        who = identify(self.cluster, user)
+        if who is None:
+            self.close()
+            return
+        assert user is not None
+        self._login(user, who[0], None)
+        self.cert_authenticated = True
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
         self._closed = True
@@ -351,6 +369,9 @@ class KVSession(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.close()
             return None
+        if op in (proto.SASL_LIST_MECHS, proto.SASL_AUTH, proto.SASL_STEP) and self.cert_authenticated:
+            # what kv_engine answers once a certificate authenticated the connection
+            return self.error(req, proto.NOT_SUPPORTED, "Already authenticated by client certificate")
         if op == proto.SASL_LIST_MECHS:
             return self.reply(req, value=" ".join(MECHANISMS).encode())
         if op == proto.SASL_AUTH:

@@ -17,6 +17,7 @@ import ssl
 from typing import Any, Dict, List, Optional, Set
 
 from couchbase_core.mock import kvops  # noqa: F401  (registers the data commands)
+from couchbase_core.mock.certauth import CertAuthSettings
 from couchbase_core.mock.cluster import ACTIVE, FAILED, STOPPED, Bucket, Cluster, Node, User
 from couchbase_core.mock.faults import NodeFaults
 from couchbase_core.mock.kvserver import KVSession
@@ -54,7 +55,8 @@ class ClusterOptions:
     def __init__(self, nodes: int = 1, buckets: Optional[List[BucketOptions]] = None, replicas: int = 1,
                  vbuckets: int = 64, users: Optional[List[User]] = None, base_port: Optional[int] = None,
                  tls_cert: Optional[str] = None, tls_key: Optional[str] = None, host: str = "127.0.0.1",
-                 admin_user: str = "Administrator", admin_password: str = "password") -> None:
+                 admin_user: str = "Administrator", admin_password: str = "password",
+                 client_cert: Optional[CertAuthSettings] = None) -> None:
         self.nodes = nodes
         self.buckets = buckets if buckets is not None else [BucketOptions("default")]
         self.replicas = replicas
@@ -66,6 +68,8 @@ class ClusterOptions:
         self.host = host
         self.admin_user = admin_user
         self.admin_password = admin_password
+        #: Client certificate authentication on the TLS ports (needs ``tls_cert``).
+        self.client_cert = client_cert
 
 
 #: Services of a node: name -> port offset when fixed ports are used.
@@ -189,6 +193,9 @@ class MockApp:
         if opts.tls_cert:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             context.load_cert_chain(opts.tls_cert, opts.tls_key)
+            if opts.client_cert is not None:
+                opts.client_cert.apply(context)
+                cluster.cert_auth = opts.client_cert
             self.ssl_context = context
             cluster.tls = True
         self.runtimes: List[NodeRuntime] = [NodeRuntime(self, n) for n in cluster.nodes]
