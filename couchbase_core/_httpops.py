@@ -30,14 +30,18 @@ from typing import Any, Callable, Dict, List, Optional
 
 from couchbase_core._engine.httpreq import ServiceRequest, service_endpoints
 from couchbase_core._engine.rows import RowParseError, RowParser
+from couchbase_core._formats import FMT_BYTES, FMT_JSON, FMT_UTF8
 from couchbase_core._kvops import LocalOp
-from couchbase_core.exceptions import RC
+from couchbase_core.exceptions import RC, ArgumentError, exc_from_rc
 from couchbase_core.result import HttpResult
 
 log = logging.getLogger("couchbase_core.engine")
 
 __all__ = ["HttpOp", "RowStreamOp", "service_endpoints", "MAX_RESPONSE_BODY", "MAX_ERROR_BODY", "decode_json",
-           "error_meta", "node_order"]
+           "error_meta", "node_order", "check_request", "HTTP_METHODS"]
+
+#: The methods an HTTP request may use (what the 2.x SDK accepted).
+HTTP_METHODS = frozenset({"GET", "HEAD", "PUT", "POST", "DELETE"})
 
 #: The largest body of a non-streamed reply (management, design documents):
 #: a server sending more fails the request with LimitExceededError instead
@@ -76,9 +80,66 @@ def error_meta(body: bytes) -> Dict[str, Any]:
     return {"body": body.decode("utf-8", "replace")}
 
 
+def check_request(method: Any, path: Any, body: Any, headers: Any) -> None:
+    """Refuse, in the caller's stack, a request that could not be put on
+    the wire: a method outside :data:`HTTP_METHODS`, a path that is not a
+    str starting with ``/`` (or holds blanks or control characters), a body
+    that is not bytes, a header name or value that is not a str.
+
+    Raises:
+        ArgumentError: naming the bad part. (Found later, in the loop, such
+            a request would never be sent and its caller would wait for
+            the whole timeout.)
+    """
+    if not isinstance(method, str) or method not in HTTP_METHODS:
+        raise ArgumentError("unknown HTTP method %r (expected one of %s)" % (method, ", ".join(sorted(HTTP_METHODS))))
+    if not isinstance(path, str):
+        raise ArgumentError("an HTTP path must be a str, not %s" % type(path).__name__)
+    if not path.startswith("/"):
+        raise ArgumentError("an HTTP path must start with '/', not %r" % (path[:100],))
+    if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in path):
+        raise ArgumentError("an HTTP path must not hold blanks or control characters: %r" % (path[:100],))
+    try:
+        path.encode("ascii")
+    except UnicodeEncodeError:
+        raise ArgumentError("an HTTP path must be ASCII (percent-encode other characters): %r"
+                            % (path[:100],)) from None
+    if not isinstance(body, (bytes, bytearray, memoryview)):
+        raise ArgumentError("an HTTP body must be bytes, not %s" % type(body).__name__)
+    for name, value in (headers or {}).items():
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise ArgumentError("HTTP header names and values must be str, not %r: %r" % (name, value))
+
+
 def node_order(targets: List[Any]) -> None:
     """The order in which the nodes offering a service are tried: random."""
     random.shuffle(targets)
+
+
+#: ``response_format`` values of :class:`HttpOp` (None: JSON, else text).
+_RESPONSE_FORMATS = (None, FMT_JSON, FMT_UTF8, FMT_BYTES)
+
+
+def _decode_body(body: bytes, response_format: Optional[int]) -> Any:
+    """A reply body as ``response_format`` asks: FMT_JSON decodes JSON and
+    keeps the bytes when it is not JSON (2.x's rule), FMT_UTF8 gives text
+    (bytes if it is not UTF-8), FMT_BYTES the bytes; None (the buckets'
+    own requests) gives JSON, else text."""
+    if response_format == FMT_BYTES:
+        return bytes(body)
+    if response_format == FMT_UTF8:
+        try:
+            return body.decode("utf-8")
+        except UnicodeDecodeError:
+            return bytes(body)
+    if not body:
+        return None
+    try:
+        return decode_json(body)
+    except ResponseLimitError:
+        raise
+    except ValueError:
+        return bytes(body) if response_format == FMT_JSON else body.decode("utf-8", "replace")
 
 
 class HttpOp(LocalOp):
@@ -89,14 +150,19 @@ class HttpOp(LocalOp):
     ``failure_rc(status, value)`` maps a refusal to a result code more
     specific than ``RC.HTTP`` (e.g. "flush disabled" to NOT_SUPPORTED)."""
 
-    __slots__ = ("service", "method", "path", "body", "headers", "accept", "failure_rc", "_request",
-                 "_status", "_resp_headers", "_chunks", "_size")
+    __slots__ = ("service", "method", "path", "body", "headers", "accept", "failure_rc", "response_format",
+                 "_request", "_status", "_resp_headers", "_chunks", "_size")
     error_result = HttpResult
 
     def __init__(self, service: str, method: str, path: str, body: bytes = b"",
                  headers: Optional[Dict[str, str]] = None, timeout: float = 75.0,
                  accept: Optional[Callable[[int], bool]] = None,
-                 failure_rc: Optional[Callable[[int, Any], int]] = None) -> None:
+                 failure_rc: Optional[Callable[[int, Any], int]] = None,
+                 response_format: Optional[int] = None) -> None:
+        check_request(method, path, body, headers)
+        if response_format not in _RESPONSE_FORMATS:
+            raise ArgumentError("response_format must be FMT_JSON, FMT_UTF8 or FMT_BYTES, not %r"
+                                % (response_format,))
         LocalOp.__init__(self, path, 0, b"", timeout)
         self.service = service
         self.method = method
@@ -105,6 +171,7 @@ class HttpOp(LocalOp):
         self.headers = dict(headers or {})
         self.accept = accept
         self.failure_rc = failure_rc
+        self.response_format = response_format
         self._request: Optional[ServiceRequest] = None
         self._status = 0
         self._resp_headers: Dict[str, str] = {}
@@ -163,12 +230,7 @@ class HttpOp(LocalOp):
     def _result(self) -> HttpResult:
         body = b"".join(self._chunks)
         self._chunks = []
-        try:
-            value: Any = decode_json(body) if body else None
-        except ResponseLimitError:
-            raise
-        except ValueError:
-            value = body.decode("utf-8", "replace")
+        value = _decode_body(body, self.response_format)
         status = self._status
         ok = self.accept(status) if self.accept is not None else 200 <= status < 300
         rc = 0
@@ -179,6 +241,8 @@ class HttpOp(LocalOp):
         if not ok:
             res._message = "HTTP %d from %s %s: %s" % (status, self.method, self.path,
                                                        body[:300].decode("utf-8", "replace"))
+            # as in 2.x, the error carries the whole reply as its objextra
+            res._exc = exc_from_rc(rc, res._message, res)
         return res
 
     def describe(self) -> str:

@@ -35,6 +35,11 @@ bracket, a bare ``:port``, ``user@host``, an option without ``=``, a
 malformed ``%`` escape, a second path segment, a bad value for a known
 option -- raises :class:`~couchbase_core.exceptions.ArgumentError`.
 
+The parsed object has the 2.x shape (:class:`ConnectionString`): ``hosts``
+is a list of entry texts (``'host:port'``), ``options`` maps each name to
+the list of its values (``parse_qs``'s form), ``bucket`` is ``''`` when
+absent, and :meth:`~ConnectionString.encode` writes the text as 2.x did.
+
 Options this client does not know are kept (readable through
 :meth:`ConnectionString.get_option` and written back by
 :meth:`ConnectionString.encode`) and reported once each by an
@@ -70,6 +75,7 @@ __all__ = [
     "parse_duration",
     "parse_bool",
     "parse_int",
+    "convert_1x_args",
 ]
 
 #: Schemes accepted before ``://``.
@@ -467,50 +473,88 @@ def _coerce_host(item: Any) -> Host:
 
 
 class ConnectionString:
-    """A parsed connection string.
+    """A connection string, in the 2.x object shape.
 
-    ``ConnectionString(s)`` and ``ConnectionString.parse(s)`` are equivalent.
-    The object is mutable: options can be changed with :meth:`set_option`
-    and :meth:`clear_option` and the result written back with
-    :meth:`encode`.
+    Build one from its parts, ``ConnectionString(bucket='default',
+    hosts=None, options=None, scheme='couchbase')``, or from text with
+    :meth:`parse`; change it (``cs.bucket = ...``, ``cs.hosts.append(...)``,
+    :meth:`set_option`) and write it back with :meth:`encode`.
 
     Attributes:
         scheme: ``'couchbase'``, ``'couchbases'``, ``'http'`` or
             ``'memcached'`` (``'http'`` for a string without a scheme).
-        hosts: list of :class:`Host`; never empty after parsing
-            (``localhost`` when none was given).
-        bucket: the bucket name (percent-decoded), or None when the string
+        hosts: list of host entries as text, ``'host'``, ``'host:port'``,
+            ``'[::1]:port'`` or ``'host:port=proto'`` (as written in the
+            string); an empty list means ``localhost``.
+        bucket: the bucket name (percent-decoded); ``''`` when the string
             has no path.
-        options: dict of option name -> str value, in first-seen order; a
-            repeated option keeps its last value.
+        options: dict of option name -> list of str values (2.x kept
+            ``parse_qs``'s lists); a repeated option keeps every value in
+            order, and the last one is in effect (:meth:`option_values`).
+
+    ``ConnectionString('couchbase://...')`` -- a first argument holding
+    ``://``, which no bucket name can -- is read as :meth:`parse` would
+    (this client's earlier form).
     """
 
     scheme: str
-    hosts: List[Host]
-    bucket: Optional[str]
-    options: Dict[str, str]
+    hosts: List[str]
+    bucket: str
+    options: Dict[str, List[str]]
 
     __hash__ = None  # type: ignore[assignment]  # mutable
 
-    def __init__(self, s: str) -> None:
-        """Parse ``s``; see :meth:`parse`."""
-        unknown = self._load(s)
-        for name in unknown:
-            warnings.warn(_unknown_message(name), UnknownOptionWarning, stacklevel=2)
+    def __init__(self, bucket: Optional[str] = "default", hosts: Optional[Iterable[Any]] = None,
+                 options: Optional[Mapping[str, Any]] = None, scheme: str = "couchbase") -> None:
+        """Build a connection string from its parts (see the class docs).
+
+        ``hosts`` holds entry strings, :class:`Host` values or ``(host,
+        port, proto)`` tuples; ``options`` maps names to a list of values or
+        to one value. Known options are checked.
+
+        Raises:
+            ArgumentError: an unknown scheme, a bad host entry, a bucket that
+                is not a str, a bad value of a known option.
+        """
+        if (isinstance(bucket, str) and "://" in bucket and hosts is None and options is None
+                and scheme == "couchbase"):
+            unknown = self._load(bucket)
+            for name in unknown:
+                warnings.warn(_unknown_message(name), UnknownOptionWarning, stacklevel=2)
+            return
+        if not isinstance(scheme, str) or scheme.lower() not in SCHEMES:
+            raise ArgumentError("unknown scheme %r: expected one of %s"
+                                % (scheme, ", ".join(sorted(SCHEMES))))
+        if bucket is None:
+            bucket = ""
+        if not isinstance(bucket, str):
+            raise ArgumentError("bucket must be a str, not %s" % type(bucket).__name__)
+        _check_utf8(bucket, "bucket name")
+        if isinstance(hosts, str):
+            raise ArgumentError("hosts must be a list of host entries, not a str")
+        self.scheme = scheme.lower()
+        self.bucket = bucket
+        self.hosts = [_host_text(h) for h in (hosts or [])]
+        self.options = {}
+        for name, value in (options or {}).items():
+            values = list(value) if isinstance(value, (list, tuple)) else [value]
+            for item in values:
+                self._add_option(name, item)
+        self.validate_options()
 
     @classmethod
-    def parse(cls, s: str) -> "ConnectionString":
+    def parse(cls, ss: str) -> "ConnectionString":
         """Parse a connection string.
 
         Known options are checked with :meth:`validate_options`; each
         unknown option name triggers one :class:`UnknownOptionWarning`.
 
         Raises:
-            ArgumentError: when ``s`` is not a str or is malformed; the
+            ArgumentError: when ``ss`` is not a str or is malformed; the
                 message names the offending part.
         """
         self = cls.__new__(cls)
-        unknown = self._load(s)
+        unknown = self._load(ss)
         for name in unknown:
             warnings.warn(_unknown_message(name), UnknownOptionWarning, stacklevel=2)
         return self
@@ -519,34 +563,9 @@ class ConnectionString:
     def from_parts(cls, scheme: str = "couchbase", hosts: Iterable[Any] = (),
                    bucket: Optional[str] = None,
                    options: Optional[Mapping[str, Any]] = None) -> "ConnectionString":
-        """Build a connection string from its parts instead of parsing text.
-
-        ``hosts`` holds :class:`Host` values, ``(host, port, proto)`` tuples
-        (port and proto optional) or plain host-name strings; an empty list
-        means ``localhost``. ``bucket`` of ``''`` means None. ``options``
-        values go through :meth:`set_option`. Unknown options are accepted
-        silently (no warning: the caller chose them).
-
-        Raises:
-            ArgumentError: for an unknown scheme, a bad host/port/protocol or
-                a bad value of a known option.
-        """
-        if not isinstance(scheme, str) or scheme.lower() not in SCHEMES:
-            raise ArgumentError("unknown scheme %r: expected one of %s"
-                                % (scheme, ", ".join(sorted(SCHEMES))))
-        if bucket is not None and not isinstance(bucket, str):
-            raise ArgumentError("bucket must be a str or None, not %s" % type(bucket).__name__)
-        if bucket:
-            _check_utf8(bucket, "bucket name")
-        self = cls.__new__(cls)
-        self.scheme = scheme.lower()
-        self.hosts = [_coerce_host(h) for h in hosts] or [Host("localhost")]
-        self.bucket = bucket or None
-        self.options = {}
-        for name, value in (options or {}).items():
-            self.set_option(name, value)
-        self.validate_options()
-        return self
+        """The constructor with the arguments in another order (this
+        client's earlier helper); unknown options are accepted silently."""
+        return cls(bucket=bucket, hosts=list(hosts), options=options, scheme=scheme)
 
     # -- parsing -----------------------------------------------------------
 
@@ -574,24 +593,21 @@ class ConnectionString:
         rest, _, query = rest.partition("?")
         host_text, slash, path = rest.partition("/")
 
-        hosts: List[Host] = []
+        hosts: List[str] = []
         for raw in re.split(r"[,;]", host_text):
             entry = raw.strip()
             if entry:
-                hosts.append(_parse_host_entry(entry))
-        if not hosts:
-            hosts.append(Host("localhost"))
+                _parse_host_entry(entry)  # validates
+                hosts.append(entry)
 
-        bucket: Optional[str] = None
+        bucket = ""
         if slash and path:
             if "/" in path:
                 raise ArgumentError("the path must be a single bucket name; got more than one "
                                     "segment in %r (write '/' inside a name as %%2F)" % path)
             bucket = _decode(path, "bucket name")
-            if not bucket:
-                bucket = None
 
-        options: Dict[str, str] = {}
+        options: Dict[str, List[str]] = {}
         for piece in query.split("&"):
             if not piece:
                 continue
@@ -602,8 +618,8 @@ class ConnectionString:
             name = _decode(raw_name, "option name")
             if not name:
                 raise ArgumentError("empty option name in the query string")
-            options[name] = _decode(raw_value, "value of option %r" % name,
-                                    secret=name in SECRET_OPTIONS)
+            value = _decode(raw_value, "value of option %r" % name, secret=name in SECRET_OPTIONS)
+            options.setdefault(name, []).append(value)
 
         self.scheme = scheme
         self.hosts = hosts
@@ -615,7 +631,7 @@ class ConnectionString:
     # -- validation --------------------------------------------------------
 
     def validate_options(self) -> None:
-        """Check the values of all known options.
+        """Check every value of the known options.
 
         Durations must satisfy :func:`parse_duration`, booleans
         :func:`parse_bool`; ``bootstrap_on`` is one of all/cccp/http,
@@ -631,21 +647,33 @@ class ConnectionString:
         Raises:
             ArgumentError: for the first bad value found.
         """
-        for name, value in self.options.items():
+        for name, values in self.options.items():
+            if not isinstance(values, list):
+                raise ArgumentError("options[%r] must be a list of values (as 2.x), not %r"
+                                    % (name, type(values).__name__))
             check = _VALIDATORS.get(name)
-            if check is not None:
-                check(value, name)
-        if self.scheme == "couchbases" and self.options.get("ssl", "").lower() == "off":
+            for value in values:
+                if not isinstance(value, str):
+                    raise ArgumentError("the values of option %r must be str, not %s"
+                                        % (name, type(value).__name__))
+                if check is not None:
+                    check(value, name)
+        if self.scheme == "couchbases" and self.option_values().get("ssl", "").lower() == "off":
             raise ArgumentError("option ssl=off contradicts the couchbases:// scheme")
 
     # -- options -----------------------------------------------------------
 
-    def get_option(self, name: str, default: Optional[str] = None) -> Optional[str]:
-        """Return the str value of option ``name``, or ``default`` when unset."""
-        return self.options.get(name, default)
+    def get_option(self, optname: str, default: Optional[str] = None) -> Optional[str]:
+        """The first value of option ``optname`` (as 2.x), or ``default``
+        when it is not set."""
+        values = self.options.get(optname)
+        if not values:
+            return default
+        return values[0]
 
-    def set_option(self, name: str, value: Any) -> None:
-        """Set option ``name`` to ``str(value)`` (bools become ``'true'``/``'false'``).
+    def set_option(self, optname: str, value: Any) -> None:
+        """Set option ``optname`` to the one value ``str(value)`` (bools
+        become ``'true'``/``'false'``): ``options[optname] == [text]``.
 
         The value of a known option is checked first.
 
@@ -653,34 +681,50 @@ class ConnectionString:
             ArgumentError: for an empty/non-str name, a None value or a bad
                 value of a known option.
         """
-        if not isinstance(name, str) or not name:
-            raise ArgumentError("an option name must be a non-empty str, not %r" % (name,))
-        if value is None:
-            raise ArgumentError("option '%s' cannot be set to None; use clear_option()" % name)
-        text = ("true" if value else "false") if isinstance(value, bool) else str(value)
-        _check_utf8(name, "option name")
-        _check_utf8(text, "value of option %s" % ascii(name), secret=name in SECRET_OPTIONS)
-        check = _VALIDATORS.get(name)
-        if check is not None:
-            check(text, name)
-        self.options[name] = text
+        text = _option_text(optname, value)
+        self.options[optname] = [text]
 
-    def clear_option(self, name: str) -> None:
-        """Remove option ``name``; nothing happens if it is not set."""
-        self.options.pop(name, None)
+    def _add_option(self, name: str, value: Any) -> None:
+        self.options.setdefault(name, []).append(_option_text(name, value))
+
+    def clear_option(self, optname: str) -> None:
+        """Remove option ``optname``; nothing happens if it is not set."""
+        self.options.pop(optname, None)
 
     def has_option(self, name: str) -> bool:
         """Tell whether option ``name`` is set."""
-        return name in self.options
+        return bool(self.options.get(name))
+
+    def option_values(self) -> Dict[str, str]:
+        """Each option's value in effect: the last one given (a repeated
+        option is applied in order, so the last wins, as libcouchbase did)."""
+        return {name: values[-1] for name, values in self.options.items() if values}
 
     # -- derived views -----------------------------------------------------
+
+    @property
+    def implicit_port(self) -> int:
+        """The port a host without one gets, by scheme (2.x): 8091 for
+        ``http``, 11210 for ``couchbase``, 11207 for ``couchbases``, -1
+        otherwise."""
+        return {"http": 8091, "couchbase": 11210, "couchbases": 11207}.get(self.scheme, -1)
+
+    def host_entries(self) -> List[Host]:
+        """:attr:`hosts` parsed into :class:`Host` values (``localhost``
+        when the list is empty).
+
+        Raises:
+            ArgumentError: an entry that is not a valid ``host[:port][=proto]``.
+        """
+        entries = [_parse_host_entry(_host_text(h).strip()) for h in self.hosts]
+        return entries or [Host("localhost")]
 
     @property
     def is_ssl(self) -> bool:
         """True for ``couchbases://`` or when option ``ssl`` is ``on``/``no_verify``."""
         if self.scheme == "couchbases":
             return True
-        return self.options.get("ssl", "off").lower() in ("on", "no_verify")
+        return self.option_values().get("ssl", "off").lower() in ("on", "no_verify")
 
     def _default_kv_port(self) -> int:
         if self.scheme == "memcached":
@@ -706,7 +750,7 @@ class ConnectionString:
         if self.is_ssl:
             ignored.add(_HTTP_TLS)
         out: List[Tuple[str, int]] = []
-        for h in self.hosts:
+        for h in self.host_entries():
             port = default
             if h.proto in ("mcd", "mcds"):
                 port = h.port or default
@@ -730,7 +774,7 @@ class ConnectionString:
             return []
         default = self._default_http_port()
         out: List[Tuple[str, int]] = []
-        for h in self.hosts:
+        for h in self.host_entries():
             port = default
             if h.proto in ("http", "https") or (h.proto is None and self.scheme == "http"):
                 port = h.port or default
@@ -742,41 +786,39 @@ class ConnectionString:
     # -- output ------------------------------------------------------------
 
     def encode(self, include_secrets: bool = False) -> str:
-        """Rebuild the connection string text.
+        """The connection string text, as 2.x wrote it:
+        ``scheme://h1,h2[/bucket]?name=value&...`` -- the ``?`` always, the
+        hosts as they are in :attr:`hosts`, option names and values
+        percent-encoded except ``/``, every value of a repeated option.
 
-        The result parses back to an equal object. IPv6 hosts are
-        bracketed; hosts, bucket and options are percent-encoded where
-        needed. Options in :data:`SECRET_OPTIONS` are left out unless
-        ``include_secrets`` is true.
+        Two deliberate differences keep the text parsing back to an equal
+        object: a space is ``%20`` (2.x wrote ``+``, which this parser, like
+        libcouchbase, reads as a plus sign) and the bucket name is
+        percent-encoded. Options in :data:`SECRET_OPTIONS` are left out
+        unless ``include_secrets`` is true.
         """
-        parts = [self.scheme, "://"]
-        entries = []
-        for h in self.hosts:
-            if _is_ipv6(h.host):
-                text = "[" + _encode(h.host, safe=":.") + "]"
-            else:
-                text = _encode(h.host)
-            if h.port is not None:
-                text += ":%d" % h.port
-            if h.proto is not None:
-                text += "=" + h.proto
-            entries.append(text)
-        parts.append(",".join(entries))
+        parts = [self.scheme, "://", ",".join(_host_text(h) for h in self.hosts)]
         if self.bucket:
             parts.append("/" + _encode(self.bucket))
-        pairs = [_encode(k) + "=" + _encode(v) for k, v in self.options.items()
+        pairs = [_encode(k, safe="/") + "=" + _encode(v, safe="/")
+                 for k, values in self.options.items() for v in values
                  if include_secrets or k not in SECRET_OPTIONS]
-        if pairs:
-            parts.append("?" + "&".join(pairs))
+        parts.append("?" + "&".join(pairs))
         return "".join(parts)
 
     def copy(self) -> "ConnectionString":
-        """Return an independent copy (options dict and host list are new)."""
+        """Return an independent copy (options lists and host list are new).
+
+        Raises:
+            ArgumentError: this object was edited into a bad state (an
+                option that is not a list of str, a bad value).
+        """
+        self.validate_options()
         other = type(self).__new__(type(self))
         other.scheme = self.scheme
         other.hosts = list(self.hosts)
         other.bucket = self.bucket
-        other.options = dict(self.options)
+        other.options = {k: list(v) for k, v in self.options.items()}
         return other
 
     def __str__(self) -> str:
@@ -791,8 +833,66 @@ class ConnectionString:
         """Equal when scheme, hosts, bucket and options (including secrets) match."""
         if not isinstance(other, ConnectionString):
             return NotImplemented
-        return (self.scheme == other.scheme and list(self.hosts) == list(other.hosts)
-                and self.bucket == other.bucket and self.options == other.options)
+        return (self.scheme == other.scheme and [_host_text(h) for h in self.hosts]
+                == [_host_text(h) for h in other.hosts]
+                and (self.bucket or "") == (other.bucket or "") and self.options == other.options)
+
+
+def _option_text(name: Any, value: Any) -> str:
+    """The checked text of one option value (see ``set_option``)."""
+    if not isinstance(name, str) or not name:
+        raise ArgumentError("an option name must be a non-empty str, not %r" % (name,))
+    if value is None:
+        raise ArgumentError("option '%s' cannot be set to None; use clear_option()" % name)
+    text = ("true" if value else "false") if isinstance(value, bool) else str(value)
+    _check_utf8(name, "option name")
+    _check_utf8(text, "value of option %s" % ascii(name), secret=name in SECRET_OPTIONS)
+    check = _VALIDATORS.get(name)
+    if check is not None:
+        check(text, name)
+    return text
+
+
+def _host_text(item: Any) -> str:
+    """A host entry as text: a str is checked and kept as written; a
+    :class:`Host` or ``(host, port, proto)`` tuple is written out."""
+    if isinstance(item, str):
+        entry = item.strip()
+        if not entry:
+            raise ArgumentError("empty host entry %r" % (item,))
+        _check_utf8(entry, "host entry")
+        _parse_host_entry(entry)
+        return item
+    host = _coerce_host(item)
+    if _is_ipv6(host.host):
+        text = "[" + _encode(host.host, safe=":.") + "]"
+    else:
+        text = _encode(host.host)
+    if host.port is not None:
+        text += ":%d" % host.port
+    if host.proto is not None:
+        text += "=" + host.proto
+    return text
+
+
+def _fmthost(host: str, port: Optional[int]) -> str:
+    return host if port is None else "%s:%s" % (host, port)
+
+
+def convert_1x_args(bucket: str, **kwargs: Any) -> Dict[str, Any]:
+    """Turn 1.x constructor arguments (``host``, ``port``) into the 2.x
+    ``connection_string`` keyword: ``http://host:port/bucket`` (``host`` may
+    be a list of names or ``(name, port)`` pairs). Other keywords are
+    returned unchanged; an explicit ``connection_string``/``connstr`` wins."""
+    host = kwargs.pop("host", "localhost")
+    port = kwargs.pop("port", None)
+    if "connstr" not in kwargs and "connection_string" not in kwargs:
+        if isinstance(host, (list, tuple)):
+            names = [_fmthost(*h) if isinstance(h, (list, tuple)) else h for h in host]
+        else:
+            names = [_fmthost(host, port)]
+        kwargs["connection_string"] = "http://%s/%s" % (",".join(names), bucket)
+    return kwargs
 
 
 def _unknown_message(name: str) -> str:

@@ -284,8 +284,9 @@ def prepared_cache(bucket: Any) -> PreparedCache:
 class N1QLRequest:
     """An iterable N1QL request (see the module docs). Iterate it once;
     ``execute()`` runs it to completion; ``get_single_result()`` returns the
-    first row. ``meta``, ``metrics``, ``errors`` and ``warnings`` are set
-    when the response has ended."""
+    first row. ``meta`` (and ``metrics``, ``warnings``, ``profile``, read
+    from it) exist once the response has ended: reading them before
+    raises RuntimeError, as in 2.x. ``errors`` is ``[]`` until then."""
 
     def __init__(self, params: N1QLQuery, parent: Any, row_factory: Callable[[Any], Any] = lambda row: row) -> None:
         if isinstance(params, str):
@@ -295,7 +296,7 @@ class N1QLRequest:
         self.params = params
         self.bucket = parent
         self.row_factory = row_factory
-        self.meta: Dict[str, Any] = {}
+        self._meta: Optional[Dict[str, Any]] = None
         self.rows_returned = 0
         self._iterated = False
         self._done = False
@@ -372,14 +373,33 @@ class N1QLRequest:
         return first
 
     @property
+    def meta(self) -> Dict[str, Any]:
+        """The response's metadata (everything but the rows: ``status``,
+        ``metrics``, ``errors``...), always a dict.
+
+        Raises:
+            RuntimeError: the response has not ended yet (iterate the
+                request, or call :meth:`execute`, first), as in 2.x.
+        """
+        if self._meta is None:
+            raise RuntimeError("This property only valid once all rows are received!")
+        return self._meta
+
+    @meta.setter
+    def meta(self, value: Dict[str, Any]) -> None:
+        self._meta = value if isinstance(value, dict) else {}
+
+    @property
     def metrics(self) -> Dict[str, Any]:
-        """The response's metrics."""
+        """The response's metrics (RuntimeError before the end, as ``meta``)."""
         return self.meta.get("metrics", {})
 
     @property
     def errors(self) -> List[Any]:
-        """Errors reported by the service."""
-        return self.meta.get("errors", [])
+        """Errors reported by the service (``[]`` until the response ended)."""
+        if self._meta is None:
+            return []
+        return self._meta.get("errors", [])
 
     @property
     def warnings(self) -> List[Any]:

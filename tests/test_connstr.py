@@ -44,7 +44,8 @@ def parse(s: str) -> ConnectionString:
 def test_scheme_and_default_ports(text, scheme, kv, http):
     cs = parse(text)
     assert cs.scheme == scheme
-    assert cs.hosts == [Host("h", None, None)]
+    assert cs.hosts == ["h"]  # entries as text (2.x)
+    assert cs.host_entries() == [Host("h", None, None)]
     assert cs.kv_endpoints() == kv
     assert cs.http_endpoints() == http
 
@@ -56,7 +57,8 @@ def test_constructor_equals_parse():
 def test_empty_host_list_is_localhost():
     for text in ("couchbase://", "couchbase:///bkt", "couchbase://,,;", ""):
         cs = parse(text)
-        assert cs.hosts == [Host("localhost")], text
+        assert cs.hosts == [], text
+        assert cs.host_entries() == [Host("localhost")], text
     assert parse("couchbase:///bkt").bucket == "bkt"
 
 
@@ -73,45 +75,48 @@ def test_ssl_flag():
 
 def test_separators_comma_and_semicolon():
     cs = parse("couchbase://a,b;c:1234 , d")
-    assert [h.host for h in cs.hosts] == ["a", "b", "c", "d"]
-    assert cs.hosts[2].port == 1234
+    assert cs.hosts == ["a", "b", "c:1234", "d"]
+    assert cs.host_entries()[2].port == 1234
 
 
 def test_empty_entries_are_ignored():
-    assert [h.host for h in parse("couchbase://a,,b;;,").hosts] == ["a", "b"]
+    assert parse("couchbase://a,,b;;,").hosts == ["a", "b"]
 
 
 def test_ipv6_with_and_without_port():
     cs = parse("couchbase://[::1],[fe80::1]:11000,[2001:db8::7]:9000=mcd")
-    assert cs.hosts == [
+    assert cs.hosts == ["[::1]", "[fe80::1]:11000", "[2001:db8::7]:9000=mcd"]
+    assert cs.host_entries() == [
         Host("::1", None, None),
         Host("fe80::1", 11000, None),
         Host("2001:db8::7", 9000, "mcd"),
     ]
     assert cs.kv_endpoints() == [("::1", 11210), ("fe80::1", 11000), ("2001:db8::7", 9000)]
-    assert cs.encode() == "couchbase://[::1],[fe80::1]:11000,[2001:db8::7]:9000=mcd"
+    assert cs.encode() == "couchbase://[::1],[fe80::1]:11000,[2001:db8::7]:9000=mcd?"
 
 
 def test_ipv6_zone_id_is_percent_decoded():
     cs = parse("couchbase://[fe80::1%25eth0]:11210")
-    assert cs.hosts == [Host("fe80::1%eth0", 11210)]
+    assert cs.hosts == ["[fe80::1%25eth0]:11210"]
+    assert cs.host_entries() == [Host("fe80::1%eth0", 11210)]
     assert parse(cs.encode()) == cs
 
 
 def test_host_is_url_decoded():
-    assert parse("couchbase://my%2Dhost").hosts[0].host == "my-host"
+    assert parse("couchbase://my%2Dhost").host_entries()[0].host == "my-host"
+    assert parse("couchbase://my%2Dhost").hosts == ["my%2Dhost"]  # the text as written
 
 
 def test_proto_forms():
     cs = parse("couchbase://a:1000=MCD,b:1001=mcds,c:9000=http,d:19000=HTTPS")
-    assert [h.proto for h in cs.hosts] == ["mcd", "mcds", "http", "https"]
+    assert [h.proto for h in cs.host_entries()] == ["mcd", "mcds", "http", "https"]
     assert cs.kv_endpoints() == [("a", 1000), ("b", 1001), ("c", 11210), ("d", 11210)]
     assert cs.http_endpoints() == [("a", 8091), ("b", 8091), ("c", 9000), ("d", 19000)]
 
 
 def test_couchbase_8091_is_ignored_for_kv():
     cs = parse("couchbase://a:8091,b:12000")
-    assert cs.hosts[0].port == 8091  # kept as written
+    assert cs.hosts[0] == "a:8091"  # kept as written
     assert cs.kv_endpoints() == [("a", 11210), ("b", 12000)]
     assert cs.http_endpoints() == [("a", 8091), ("b", 8091)]
 
@@ -147,14 +152,14 @@ def test_endpoints_are_deduplicated_in_order():
 def test_bucket_url_decoding():
     cs = parse("couchbase://h/my%2Fbucket%20x")
     assert cs.bucket == "my/bucket x"
-    assert cs.encode() == "couchbase://h/my%2Fbucket%20x"
+    assert cs.encode() == "couchbase://h/my%2Fbucket%20x?"
 
 
 @pytest.mark.parametrize("text", ["couchbase://h", "couchbase://h/", "couchbase://h/?x=1"])
 def test_no_bucket(text):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UnknownOptionWarning)
-        assert parse(text).bucket is None
+        assert parse(text).bucket == ""  # 2.x: the empty path
 
 
 def test_bucket_with_options():
@@ -168,7 +173,7 @@ def test_bucket_with_options():
 
 def test_options_parse_get_set_clear():
     cs = parse("couchbase://h?operation_timeout=2.5&bootstrap_on=cccp")
-    assert cs.options == {"operation_timeout": "2.5", "bootstrap_on": "cccp"}
+    assert cs.options == {"operation_timeout": ["2.5"], "bootstrap_on": ["cccp"]}  # lists, as 2.x
     assert cs.get_option("bootstrap_on") == "cccp"
     assert cs.get_option("certpath") is None
     assert cs.get_option("certpath", "dflt") == "dflt"
@@ -197,10 +202,13 @@ def test_set_option_validates_known_values():
     assert not cs.has_option("operation_timeout")
 
 
-def test_repeated_option_keeps_last_value():
+def test_repeated_option_keeps_every_value_and_the_last_is_in_effect():
     cs = parse("couchbase://h?operation_timeout=1&operation_timeout=7&bootstrap_on=http")
-    assert cs.get_option("operation_timeout") == "7"
+    assert cs.options["operation_timeout"] == ["1", "7"]
+    assert cs.get_option("operation_timeout") == "1"  # 2.x: the first
+    assert cs.option_values()["operation_timeout"] == "7"  # applied in order: the last wins
     assert list(cs.options) == ["operation_timeout", "bootstrap_on"]
+    assert cs.encode() == "couchbase://h?operation_timeout=1&operation_timeout=7&bootstrap_on=http"
 
 
 def test_option_values_are_decoded_and_reencoded():
@@ -211,7 +219,7 @@ def test_option_values_are_decoded_and_reencoded():
 
 
 def test_empty_option_pieces_are_ignored():
-    assert parse("couchbase://h?&timeout=1&&").options == {"timeout": "1"}
+    assert parse("couchbase://h?&timeout=1&&").options == {"timeout": ["1"]}
 
 
 def test_value_may_contain_equals_and_be_empty():
@@ -227,8 +235,8 @@ def test_unknown_option_warns_once_per_name_and_is_kept():
     assert len(messages) == 2
     assert "frobnicate" in messages[0] and "zzz" in messages[1]
     assert record[0].filename == __file__  # stacklevel points at the caller
-    assert cs.get_option("frobnicate") == "2"
-    assert "frobnicate=2" in cs.encode()
+    assert cs.options["frobnicate"] == ["1", "2"]
+    assert "frobnicate=1&frobnicate=2" in cs.encode()
 
 
 def test_unknown_option_warning_from_constructor_points_at_caller():
@@ -301,10 +309,12 @@ def test_copy_is_independent():
 def test_from_parts():
     cs = ConnectionString.from_parts("couchbases", [("::1", 11207), "a", Host("b", 1, "MCD")],
                                      "bk", {"operation_timeout": 2.5, "tcp_nodelay": True})
-    assert cs.hosts == [Host("::1", 11207), Host("a"), Host("b", 1, "mcd")]
+    assert cs.hosts == ["[::1]:11207", "a", "b:1=mcd"]
+    assert cs.host_entries() == [Host("::1", 11207), Host("a"), Host("b", 1, "mcd")]
     assert cs.encode() == ("couchbases://[::1]:11207,a,b:1=mcd/bk"
                            "?operation_timeout=2.5&tcp_nodelay=true")
-    assert ConnectionString.from_parts().hosts == [Host("localhost")]
+    assert ConnectionString.from_parts().hosts == []
+    assert ConnectionString.from_parts().host_entries() == [Host("localhost")]
     with pytest.raises(ArgumentError, match="scheme"):
         ConnectionString.from_parts("ftp")
     with pytest.raises(ArgumentError, match="out of range"):
@@ -385,7 +395,7 @@ def test_argument_error_is_an_input_error():
 
 def test_port_limits_accepted():
     cs = parse("couchbase://a:1,b:65535")
-    assert [h.port for h in cs.hosts] == [1, 65535]
+    assert [h.port for h in cs.host_entries()] == [1, 65535]
 
 
 # -- value helpers ---------------------------------------------------------------

@@ -1525,8 +1525,14 @@ def test_replica_reads_refuse_a_ttl(cb, prefix):
 def test_admin_over_tls_defaults_to_the_tls_port():
     from couchbase_core.admin import Admin
 
+    class UncheckedAdmin(Admin):
+        """No server listens here: skip the constructor's credentials check."""
+
+        def _check_credentials(self) -> None:
+            pass
+
     for ssl, port in ((False, 8091), (True, 18091)):
-        admin = Admin("Administrator", "password", host="127.0.0.1", ssl=ssl)
+        admin = UncheckedAdmin("Administrator", "password", host="127.0.0.1", ssl=ssl)
         try:
             assert admin.port == port
         finally:

@@ -36,7 +36,6 @@ from couchbase_core._engine.http import ConfigStream
 from couchbase_core._engine.rows import RowParseError, RowParser
 from couchbase_core._engine.sasl import SaslError, Scram
 from couchbase_core._engine.settings import Settings
-from couchbase_core.admin import Admin
 from couchbase_core.bucket import Bucket
 from couchbase_core.exceptions import (
     RC,
@@ -50,7 +49,7 @@ from couchbase_core.mock import MockCluster
 from couchbase_core.mock import httpd as mock_httpd
 from couchbase_core.mock import kvserver as mock_kvserver
 from tests.flavours import open_bucket
-from tests.test_http_client import FakeEngine, ScriptedServer, read_request
+from tests.test_http_client import FakeEngine, ScriptedServer, UncheckedAdmin, read_request
 
 DEEP = 100000  # nesting far beyond any JSON decoder's recursion budget
 
@@ -196,7 +195,7 @@ def test_a_management_body_beyond_the_limit_fails_the_request(serve, monkeypatch
     monkeypatch.setattr(httpops.HttpOp, "_on_chunk", spy)
     sent: List[int] = []
     server = serve(endless_chunks(sent, b'"' + b"x" * 8190 + b'"'))
-    admin = Admin("Administrator", "password", host="127.0.0.1", port=server.port)
+    admin = UncheckedAdmin("Administrator", "password", host="127.0.0.1", port=server.port)
     try:
         with pytest.raises(LimitExceededError) as info:
             admin.http_request("/pools/default/buckets")

@@ -42,8 +42,8 @@ def decoded(query: Query) -> dict:
 def test_constants_have_the_wire_values():
     assert (STALE_OK, STALE_UPDATE_BEFORE, STALE_UPDATE_AFTER) == ("ok", "false", "update_after")
     assert (ONERROR_CONTINUE, ONERROR_STOP) == ("continue", "stop")
-    assert ViewQuery is Query
-    assert not UNSPEC and repr(UNSPEC) == "UNSPEC"
+    assert issubclass(Query, ViewQuery)  # as in 2.x
+    assert not UNSPEC and repr(UNSPEC) == "<Placeholder>" and str(UNSPEC) == ""
 
 
 # ------------------------------------------------------------- JSON keys
@@ -52,8 +52,9 @@ def test_constants_have_the_wire_values():
 @pytest.mark.parametrize("value, text", [
     ("abc", '"abc"'),
     (123, "123"),
-    (["a", 1], '["a",1]'),
-    ({"x": None}, '{"x":null}'),
+    (["a", 1], '["a", 1]'),  # json.dumps' default separators, as 2.x
+    ({"x": None}, '{"x": null}'),
+    (None, "null"),  # None is the key null, not "unset"
     (True, "true"),
     ("caf\u00e9 & co=1", json.dumps("caf\u00e9 & co=1")),
 ])
@@ -66,7 +67,7 @@ def test_keys_are_json_text(name, value, text):
 
 
 def test_keys_is_a_json_array_and_must_be_a_list():
-    assert decoded(Query(keys=["a", 2, ["b"]])) == {"keys": '["a",2,["b"]]'}
+    assert decoded(Query(keys=["a", 2, ["b"]])) == {"keys": '["a", 2, ["b"]]'}
     assert decoded(Query(keys=("x",))) == {"keys": '["x"]'}
     with pytest.raises(ArgumentError):
         Query(keys="not-a-list")
@@ -78,8 +79,10 @@ def test_document_ids_are_sent_raw_not_json_quoted():
     q = Query(startkey_docid="doc 1&x", endkey_docid="doc\u00e9")
     assert decoded(q) == {"startkey_docid": "doc 1&x", "endkey_docid": "doc\u00e9"}
     assert "%22" not in q.encoded  # no JSON quotes
-    with pytest.raises(ArgumentError):
-        Query(startkey_docid=5)
+    assert decoded(Query(startkey_docid=5)) == {"startkey_docid": "5"}  # a number's str(), as 2.x
+    for bad in (True, None, ["d"]):
+        with pytest.raises(ArgumentError):
+            Query(startkey_docid=bad)
 
 
 # ------------------------------------------------------- booleans and ints
@@ -87,13 +90,14 @@ def test_document_ids_are_sent_raw_not_json_quoted():
 
 @pytest.mark.parametrize("name", ["inclusive_end", "descending", "reduce", "group", "full_set", "debug"])
 @pytest.mark.parametrize("value, text", [
-    (True, "true"), (False, "false"), (1, "true"), (0, "false"), ("true", "true"), ("FALSE", "false"),
+    (True, "true"), (False, "false"), (1, "true"), (0, "false"), (1.5, "true"), ("true", "true"),
+    ("false", "false"),
 ])
 def test_booleans_accept_bool_number_and_string(name, value, text):
     assert decoded(Query(**{name: value})) == {name: text}
 
 
-@pytest.mark.parametrize("bad", ["yes", "1", [True], 1.5])
+@pytest.mark.parametrize("bad", ["yes", "1", "FALSE", [True], None])
 def test_booleans_refuse_other_values(bad):
     with pytest.raises(ArgumentError):
         Query(descending=bad)
@@ -103,7 +107,11 @@ def test_booleans_refuse_other_values(bad):
 def test_integers_are_decimal_and_bools_are_refused(name):
     assert decoded(Query(**{name: 25})) == {name: "25"}
     assert decoded(Query(**{name: 0})) == {name: "0"}
-    for bad in (True, False, 2.5, "ten", -1, [3]):
+    # str(int(value)), as 2.x: numeric strings and floats are accepted
+    assert decoded(Query(**{name: "12"})) == {name: "12"}
+    assert decoded(Query(**{name: 2.5})) == {name: "2"}
+    assert decoded(Query(**{name: -1})) == {name: "-1"}
+    for bad in (True, False, "ten", "2.5", [3], None, float("nan"), float("inf")):
         with pytest.raises(ArgumentError):
             Query(**{name: bad})
 
@@ -113,13 +121,13 @@ def test_integers_are_decimal_and_bools_are_refused(name):
 
 @pytest.mark.parametrize("value, text", [
     (True, "ok"), (False, "false"), (STALE_OK, "ok"), (STALE_UPDATE_BEFORE, "false"),
-    (STALE_UPDATE_AFTER, "update_after"),
+    (STALE_UPDATE_AFTER, "update_after"), ("true", "ok"), (1, "ok"), (0, "false"),
 ])
 def test_stale_mapping(value, text):
     assert decoded(Query(stale=value)) == {"stale": text}
 
 
-@pytest.mark.parametrize("bad", ["true", "never", 1, 0])
+@pytest.mark.parametrize("bad", ["never", "TRUE", None, [True]])
 def test_stale_refuses_anything_else(bad):
     with pytest.raises(ArgumentError):
         Query(stale=bad)
@@ -137,15 +145,16 @@ def test_on_error_values():
 
 def test_mapkey_and_dockey_conveniences():
     assert decoded(Query(mapkey_single="k")) == {"key": '"k"'}
-    assert decoded(Query(mapkey_multi=["a", "b"])) == {"keys": '["a","b"]'}
-    assert decoded(Query(mapkey_range=["a", ["z", 9]])) == {"startkey": '"a"', "endkey": '["z",9]'}
+    assert decoded(Query(mapkey_multi=["a", "b"])) == {"keys": '["a", "b"]'}
+    assert decoded(Query(mapkey_range=["a", ["z", 9]])) == {"startkey": '"a"', "endkey": '["z", 9]'}
     assert decoded(Query(dockey_range=["d1", "d9"])) == {"startkey_docid": "d1", "endkey_docid": "d9"}
 
 
 def test_a_one_element_range_sets_only_the_start():
     assert decoded(Query(mapkey_range=[5])) == {"startkey": "5"}
     assert decoded(Query(dockey_range=["only"])) == {"startkey_docid": "only"}
-    for bad in ([], [1, 2, 3], "ab"):
+    assert decoded(Query(mapkey_range=[])) == {}  # an empty range clears both ends
+    for bad in ([1, 2, 3], "ab"):
         with pytest.raises(ArgumentError):
             Query(mapkey_range=bad)
 
@@ -163,22 +172,30 @@ def test_unknown_parameters_are_refused_by_default():
     assert q.encoded == ""
 
 
-def test_unrecognized_ok_sends_unknown_parameters_json_encoded():
-    q = Query(unrecognized_ok=True, new_flag=True, new_key=["x"], limit=3)
-    assert decoded(q) == {"new_flag": "true", "new_key": '["x"]', "limit": "3"}
+def test_unrecognized_ok_sends_unknown_parameters_as_given():
+    # as 2.x: str (or a number's str()) verbatim, after the known parameters
+    q = Query(unrecognized_ok=True, new_flag="yes", new_num=4, limit=3)
+    assert q.encoded == "limit=3&new_flag=yes&new_num=4"
+    for bad in (True, ["x"], None):
+        with pytest.raises(ArgumentError):
+            Query(unrecognized_ok=True, new_key=bad)
 
 
-def test_passthrough_sends_unknown_parameters_as_given():
-    q = Query(passthrough=True, future_option="raw text", limit=2)
-    assert decoded(q) == {"future_option": "raw text", "limit": "2"}
+def test_passthrough_alone_still_refuses_unknown_parameters():
+    with pytest.raises(ArgumentError):
+        Query(passthrough=True, future_option="raw")
+    q = Query(passthrough=True, unrecognized_ok=True, future_option="raw", limit=2)
+    assert q.encoded == "limit=2&future_option=raw"
 
 
 def test_passthrough_does_not_convert_known_parameters():
     q = Query(passthrough=True, key='"already-json"', stale="new_mode")
-    assert decoded(q) == {"key": '"already-json"', "stale": "new_mode"}
-    # values that are not strings are still put in the server's syntax
-    q = Query(passthrough=True, descending=True, limit=3, key=["a", 1])
-    assert decoded(q) == {"descending": "true", "limit": "3", "key": '["a",1]'}
+    assert q.encoded == 'key="already-json"&stale=new_mode'  # not quoted either
+    q = Query(passthrough=True, limit=3)
+    assert q.encoded == "limit=3"
+    for bad in (True, ["a", 1]):  # only strings and numbers pass through
+        with pytest.raises(ArgumentError):
+            Query(passthrough=True, key=bad)
 
 
 # ------------------------------------------------------- setting and copying
@@ -191,7 +208,9 @@ def test_attributes_none_and_unspec():
     assert q.startkey is UNSPEC  # known but unset
     with pytest.raises(AttributeError):
         q.not_a_parameter  # noqa: B018
-    q.skip = None
+    with pytest.raises(ArgumentError):
+        q.skip = None  # None is a value (2.x): not a number
+    q.skip = UNSPEC
     q.limit = UNSPEC
     assert decoded(q) == {"descending": "true"}
     assert q.params == {"descending": True}
@@ -284,7 +303,7 @@ def test_spatial_parameters():
     assert decoded(q) == {"bbox": "0.0,-1.5,10.0,20.0", "limit": "4", "stale": "ok"}
     assert decoded(SpatialQuery(bbox="1,2,3,4")) == {"bbox": "1,2,3,4"}
     q = SpatialQuery(start_range=[0, 0], end_range=[5, None])
-    assert decoded(q) == {"start_range": "[0,0]", "end_range": "[5,null]"}
+    assert decoded(q) == {"start_range": "[0, 0]", "end_range": "[5, null]"}
     with pytest.raises(ArgumentError):
         SpatialQuery(key="a")  # map-view parameters are not spatial ones
     with pytest.raises(ArgumentError):

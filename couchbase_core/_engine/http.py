@@ -184,7 +184,9 @@ class HTTPConnection:
             if req.body:
                 data += self._h11.send(h11.Data(data=req.body))
             data += self._h11.send(h11.EndOfMessage())
-        except h11.LocalProtocolError as exc:
+        except (h11.LocalProtocolError, TypeError, ValueError) as exc:
+            # A request that cannot be encoded fails now: left pending, its
+            # caller would wait for the whole timeout.
             self._fail(RC.ARGUMENT, "cannot send the HTTP request: %s" % exc)
             return
         self._write(data)

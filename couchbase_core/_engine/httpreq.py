@@ -39,7 +39,7 @@ import random
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 from couchbase_core._engine.http import HTTPConnection, HTTPRequest, basic_auth
-from couchbase_core.exceptions import RC
+from couchbase_core.exceptions import RC, ArgumentError
 
 if TYPE_CHECKING:  # pragma: no cover
     from couchbase_core._engine.instance import Engine
@@ -94,6 +94,12 @@ class ServiceRequest:
                  on_chunk: Optional[ChunkCallback], on_end: Optional[EndCallback],
                  on_error: Optional[ErrorCallback], idempotent: Optional[bool],
                  order: Optional[NodeOrder]) -> None:
+        if not isinstance(method, str) or not isinstance(path, str) or not path.startswith("/"):
+            # refused here, in the caller's stack: the loop could not send it
+            raise ArgumentError("an HTTP request needs a str method and a str path starting with '/', "
+                                "not %r %r" % (method, path))
+        if not isinstance(body, (bytes, bytearray, memoryview)):
+            raise ArgumentError("an HTTP body must be bytes, not %s" % type(body).__name__)
         self.engine = engine
         self.service = service
         self.method = method

@@ -147,13 +147,13 @@ class Settings:
                 cs.set_option(name, value)
                 if name not in KNOWN_OPTIONS:
                     _warn(_unknown_message(name), UnknownOptionWarning)
-        opts = dict(cs.options)
+        opts = cs.option_values()  # the value in effect of each option (the last given)
         s = cls(scheme=cs.scheme, options=opts)
         s.hosts = cs.kv_endpoints()
         s.hello_agent = cs.scheme != "memcached"
         if not s.hosts:
             raise ArgumentError("the connection string names no host")
-        s.bucket = cs.bucket
+        s.bucket = cs.bucket or None
         s.username = username if username is not None else opts.get("username")
         s.password = password if password is not None else opts.get("password")
         if s.username is not None:

@@ -57,11 +57,13 @@ class User:
     """An RBAC user: ``roles`` is a list of ``(role, bucket or None)``."""
 
     def __init__(self, name: str, password: str, roles: List[Tuple[str, Optional[str]]],
-                 full_name: str = "") -> None:
+                 full_name: str = "", domain: str = "local") -> None:
         self.name = name
         self.password = password
         self.roles = roles
         self.full_name = full_name
+        #: "local" (authenticated here) or "external" (LDAP...: no password here)
+        self.domain = domain
 
     def is_admin(self) -> bool:
         """Full administrator (may use any bucket)."""
@@ -86,7 +88,7 @@ class User:
 
     def to_json(self) -> dict:
         """The /settings/rbac/users entry."""
-        return {"id": self.name, "domain": "local", "name": self.full_name,
+        return {"id": self.name, "domain": self.domain, "name": self.full_name,
                 "roles": [{"role": r, **({"bucket_name": b} if b else {})} for r, b in self.roles]}
 
 
@@ -190,6 +192,8 @@ class Cluster:
         self.nodes: List[Node] = [Node(i, host) for i in range(num_nodes)]
         self.buckets: Dict[str, Bucket] = {}
         self.users: Dict[str, User] = {}
+        #: users of the external domain: listed and managed, never authenticated here
+        self.external_users: Dict[str, User] = {}
         self.clock = Clock()
         self.cas = CasSource()
         self.rev = 1

@@ -50,6 +50,8 @@ def router(app: "MockApp", runtime: "NodeRuntime") -> Router:
         return creds is not None and cluster.check_password(*creds) is None
 
     async def pools(request: HTTPRequest) -> HTTPResponse:
+        if bad_credentials(request):
+            return _unauthorized()
         return json_response({
             "isAdminCreds": http_access(cluster, request, admin_only=True) is not None,
             "isROAdminCreds": False, "isEnterprise": True,
@@ -224,22 +226,29 @@ def router(app: "MockApp", runtime: "NodeRuntime") -> Router:
 
         return json_response(capi.design_documents(app, bucket).listing(bucket.name))
 
+    def domain_users(domain: str) -> Dict[str, User]:
+        return cluster.users if domain == "local" else cluster.external_users
+
     async def users(request: HTTPRequest) -> HTTPResponse:
         if http_access(cluster, request, admin_only=True) is None:
             return _unauthorized()
-        return json_response([u.to_json() for u in cluster.users.values()])
+        domain = request.params.get("domain")
+        listed = [u for d in ("local", "external") if domain in (None, d) for u in domain_users(d).values()]
+        return json_response([u.to_json() for u in listed])
 
     async def user(request: HTTPRequest) -> HTTPResponse:
         if http_access(cluster, request, admin_only=True) is None:
             return _unauthorized()
         name = request.params["user"]
+        domain = request.params["domain"]
+        records = domain_users(domain)
         if request.method == "GET":
-            record = cluster.users.get(name)
+            record = records.get(name)
             if record is None:
-                return json_response("User was not found.", 404)
+                return json_response("Unknown user.", 404)
             return json_response(record.to_json())
         if request.method == "DELETE":
-            if cluster.users.pop(name, None) is None:
+            if records.pop(name, None) is None:
                 return json_response("User was not found.", 404)
             return json_response("")
         form = request.form()
@@ -249,7 +258,14 @@ def router(app: "MockApp", runtime: "NodeRuntime") -> Router:
             if match is None:
                 return json_response({"errors": {"roles": "Malformed role %s" % text}}, 400)
             roles.append((match.group(1), match.group(2)))
-        existing = cluster.users.get(name)
+        if not roles:
+            return json_response({"errors": {"roles": "The value must be supplied"}}, 400)
+        if domain == "external":
+            if form.get("password"):
+                return json_response({"errors": {"password": "Password is not allowed for external users"}}, 400)
+            records[name] = User(name, "", roles, form.get("name", ""), domain="external")
+            return json_response("")
+        existing = records.get(name)
         password = form.get("password") or (existing.password if existing else "")
         if not password:
             return json_response({"errors": {"password": "Password must be specified"}}, 400)
@@ -267,7 +283,7 @@ def router(app: "MockApp", runtime: "NodeRuntime") -> Router:
     r.add(["POST"], r"/pools/default/buckets/" + bucket_name + r"/controller/doFlush", flush)
     r.add(["GET"], r"/pools/default/buckets/" + bucket_name + r"/stats", stats)
     r.add(["GET"], r"/pools/default/buckets/" + bucket_name + r"/ddocs", ddocs)
-    r.add(["GET"], r"/settings/rbac/users(?:/local)?", users)
-    r.add(["GET", "PUT", "DELETE"], r"/settings/rbac/users/local/(?P<user>[^/]+)", user)
+    r.add(["GET"], r"/settings/rbac/users(?:/(?P<domain>local|external))?", users)
+    r.add(["GET", "PUT", "DELETE"], r"/settings/rbac/users/(?P<domain>local|external)/(?P<user>[^/]+)", user)
     return r
 
