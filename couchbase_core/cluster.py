@@ -358,7 +358,7 @@ class Cluster:
         refusing contradicting ones from the string or ``kwargs``."""
         wanted = auth.connection_options()
         for name in _CERT_OPTIONS:
-            given = [value for value in (connstr.options.get(name), kwargs.get(name)) if value is not None]
+            given = [value for value in (connstr.get_option(name), kwargs.get(name)) if value is not None]
             if name in wanted:
                 if any(str(value) != wanted[name] for value in given):
                     raise MixedAuthError("%s=%r contradicts the %s's %s %r" % (
@@ -407,9 +407,9 @@ class Cluster:
         username, password = auth.management_credentials()
         tls = self.connstr.is_ssl or auth.scheme() == "couchbases"
         host, port = self._management_endpoint(tls)
-        options = {name: value for name, value in self.connstr.options.items()
+        options = {name: value for name, value in self.connstr.option_values().items()
                    if name in ("certpath", "truststorepath")}
-        if self.connstr.options.get("ssl") == "no_verify":
+        if self.connstr.get_option("ssl") == "no_verify":
             warnings.warn("ssl=no_verify is not passed to cluster_manager(): the Admin connection verifies the "
                           "server's certificate (give certpath or truststorepath)", OptionIgnoredWarning,
                           stacklevel=2)
@@ -426,7 +426,7 @@ class Cluster:
 
     def _management_endpoint(self, tls: bool) -> Tuple[str, int]:
         cs = self.connstr
-        for entry in cs.hosts:
+        for entry in cs.host_entries():
             if entry.proto in ("http", "https") or (entry.proto is None and cs.scheme == "http" and entry.port):
                 return entry.host, entry.port or (18091 if tls else 8091)
         for bucket in self._open_buckets():
@@ -436,7 +436,7 @@ class Cluster:
                 found = config.service_endpoints("mgmt", tls=tls)
                 if found:
                     return found[0]
-        endpoints = cs.http_endpoints() or [(cs.hosts[0].host, 8091)]
+        endpoints = cs.http_endpoints() or [(cs.host_entries()[0].host, 8091)]
         host, port = endpoints[0]
         return host, (18091 if tls and port == 8091 else port)
 

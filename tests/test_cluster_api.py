@@ -216,7 +216,8 @@ def test_cert_authenticator_uses_tls_and_the_certificate_options_and_no_password
     (call,) = _Recorder.calls
     connstr = ConnectionString.parse(call["connection_string"])
     assert (connstr.scheme, connstr.bucket) == ("couchbases", "secure")
-    assert connstr.options == {"certpath": "/c/client.pem", "keypath": "/c/client.key", "truststorepath": "/c/ca.pem"}
+    assert connstr.option_values() == {"certpath": "/c/client.pem", "keypath": "/c/client.key",
+                                       "truststorepath": "/c/ca.pem"}
     assert "password" not in call and "username" not in call
     with pytest.raises(MixedAuthError):
         cluster.open_bucket("secure", password="pw")
@@ -243,7 +244,7 @@ def test_classic_authenticator_opens_legacy_buckets_and_manages_with_cluster_cre
         assert (legacy.get("cl-api:classic").value, travel.get("cl-api:classic").value) == ("l", "t")
         admin = cluster.cluster_manager()
         try:
-            assert {"default", "travel", "legacy"} <= {b["name"] for b in admin.buckets_list()}
+            assert {"default", "travel", "legacy"} <= {b.name() for b in admin.buckets_list()}
         finally:
             admin.close()
     finally:
@@ -272,7 +273,7 @@ def test_cluster_manager_is_an_admin_with_the_cluster_credentials(mock):
         try:
             assert isinstance(admin, Admin)
             assert admin.port == mock.http_port
-            assert {"default", "travel", "legacy"} <= {b["name"] for b in admin.buckets_list()}
+            assert {"default", "travel", "legacy"} <= {b.name() for b in admin.buckets_list()}
         finally:
             admin.close()
     finally:
@@ -285,7 +286,7 @@ def test_cluster_manager_uses_an_explicit_http_host_of_the_connection_string(moc
     admin = cluster.cluster_manager()
     try:
         assert admin.port == mock.http_port
-        assert "travel" in {b["name"] for b in admin.buckets_list()}
+        assert "travel" in {b.name() for b in admin.buckets_list()}
     finally:
         admin.close()
 
@@ -449,7 +450,7 @@ def test_cluster_manager_authenticates_with_the_certificate_or_the_cluster_crede
         cluster.authenticate(auth)
         admin = cluster.cluster_manager()
         try:
-            assert {"default", "secure"} <= {b["name"] for b in admin.buckets_list()}
+            assert {"default", "secure"} <= {b.name() for b in admin.buckets_list()}
         finally:
             admin.close()
 
