@@ -57,6 +57,7 @@ only); the AsyncBucket has no deferred flavour.
 from __future__ import annotations
 
 import json
+import random
 import time
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 from urllib.parse import urlsplit
@@ -219,7 +220,7 @@ def analytics_error(meta: Dict[str, Any], http_status: int,
         exc.http_status = http_status  # type: ignore[attr-defined]
         return exc
     status = meta.get("status")
-    if http_status not in (0, 200) or (status is not None and status not in ("success", "running")):
+    if http_status not in (0, 200, 202) or (status is not None and status not in ("success", "running")):
         detail = meta.get("body")
         exc2 = HTTPError({"message": "analytics request failed (HTTP %d, status %r)%s" % (
             http_status, status, ": %s" % detail[:300] if detail else ""), "objextra": meta})
@@ -294,8 +295,6 @@ def parse_host(host: str) -> Tuple[str, Optional[int]]:
 def preferred_order(host: Optional[str]) -> Callable[[List[Tuple[str, int]]], None]:
     """A node order for ``Engine.http_request``: random, then the nodes
     matching ``host`` moved to the front."""
-    import random
-
     wanted = parse_host(host) if host else None
 
     def order(targets: List[Tuple[str, int]]) -> None:
@@ -350,6 +349,7 @@ class AnalyticsRequest(N1QLRequest):
         bucket = self.bucket
         bucket._require_couchbase("analytics", "plain memcached has no analytics service")
         self._check_host()
+        assert isinstance(self.params, AnalyticsQuery)
         return AnalyticsMachine(self.params, bucket.n1ql_timeout)
 
     def _check_host(self) -> None:
@@ -382,6 +382,8 @@ class _PreferredRowStreamOp(RowStreamOp):
     """A RowStreamOp whose nodes are tried in a given order."""
 
     __slots__ = ("order",)
+    #: orders the candidate nodes in place (see ``Engine.http_request``)
+    order: Callable[[List[Tuple[str, int]]], None]
 
     def start(self, engine: Any) -> None:
         """Send the request through ``engine``, trying nodes in ``order``."""
@@ -395,6 +397,8 @@ class _PreferredHttpOp(HttpOp):
     """An HttpOp whose nodes are tried in a given order."""
 
     __slots__ = ("order",)
+    #: orders the candidate nodes in place (see ``Engine.http_request``)
+    order: Callable[[List[Tuple[str, int]]], None]
 
     def run(self, engine: Any) -> None:
         """Start the request (the engine calls this when the op is submitted)."""

@@ -551,16 +551,16 @@ def _request_fields(request: HTTPRequest) -> Dict[str, Any]:
     raw = dict(request.query)
     if request.method == "POST":
         raw.update(request.form())
-    fields: Dict[str, Any] = {}
+    decoded: Dict[str, Any] = {}
     for name, value in raw.items():
         if name in ("statement", "mode", "timeout", "client_context_id", "scan_consistency"):
-            fields[name] = value
+            decoded[name] = value
             continue
         try:
-            fields[name] = json.loads(value)
+            decoded[name] = json.loads(value)
         except ValueError:
-            fields[name] = value
-    return fields
+            decoded[name] = value
+    return decoded
 
 
 def _auth_failure() -> HTTPResponse:
