@@ -450,3 +450,50 @@ def test_async_errors(cluster: MockCluster, kind: str) -> None:
             b.analytics_query(DeferredAnalyticsQuery("SELECT VALUE 1"))
         with pytest.raises(ArgumentError):
             b.analytics_query("SELECT VALUE 1", itercls=AnalyticsRequest)
+
+
+# ---------------------------------------------------------------------------
+# nodes: the config, a preferred node that is down, TLS
+
+
+def test_config_lists_the_analytics_endpoints() -> None:
+    from couchbase_core._engine.config import BucketConfig
+
+    raw = {"rev": 1, "name": "b", "nodeLocator": "vbucket",
+           "vBucketServerMap": {"serverList": ["h1:11210", "h2:11210"], "numReplicas": 0,
+                                "vBucketMap": [[0], [1]]},
+           "nodesExt": [{"hostname": "h1", "services": {"kv": 11210, "kvSSL": 11207, "cbas": 8095,
+                                                        "cbasSSL": 18095}},
+                        {"hostname": "h2", "services": {"kv": 11210, "kvSSL": 11207, "n1ql": 8093}}]}
+    assert BucketConfig.parse(raw, "h1").service_endpoints("cbas") == [("h1", 8095)]
+    assert BucketConfig.parse(raw, "h1", tls=True).service_endpoints("cbas", tls=True) == [("h1", 18095)]
+
+
+def test_a_preferred_node_that_is_down_is_passed_over(bucket: Bucket, cluster: MockCluster,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    ports = cbas_ports(cluster)
+    firsts = first_targets(bucket, monkeypatch)
+    cluster.stop_node(1)
+    try:
+        got = list(bucket.analytics_query("SELECT VALUE d.n FROM small d WHERE d.n < 2 ORDER BY d.n",
+                                          "127.0.0.1:%d" % ports[1]))
+    finally:
+        cluster.restart_node(1)
+    assert got == [0, 1]
+    assert firsts == [("127.0.0.1", ports[1])]  # tried first, refused, then the other node answered
+
+
+def test_over_tls() -> None:
+    with MockCluster(nodes=1, tls=True) as c:
+        b = Bucket("%s/default?certpath=%s" % (c.info["connstr_tls"], c.ca_cert), operation_timeout=LONG,
+                   n1ql_timeout=LONG, **ADMIN)
+        try:
+            b.upsert_multi({"t:%d" % i: {"t": i} for i in range(5)})
+            b.analytics_query("CREATE DATASET ts ON `default`; CONNECT LINK Local").execute()
+            tls_port = c.refresh()["nodes"][0]["ports"]["cbasSSL"]
+            assert b._engine.config.service_endpoints("cbas", tls=True) == [("127.0.0.1", tls_port)]
+            got = list(b.analytics_query("SELECT VALUE d.t FROM ts d WHERE d.t >= ? ORDER BY d.t", None, 3))
+            assert got == [3, 4]
+            assert {conn.port for conn in b._engine.http_connections} == {tls_port}
+        finally:
+            b.close()
