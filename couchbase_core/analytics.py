@@ -431,6 +431,13 @@ def _pause(bucket: Any, seconds: float) -> None:
 # ---------------------------------------------------------------- deferred
 
 
+def _poll_seconds(name: str, value: Any) -> float:
+    """A polling duration: a number of seconds in (0, 86400], else ArgumentError."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 86400:
+        raise ArgumentError("%s must be a number of seconds in (0, 86400], not %r" % (name, value))
+    return float(value)
+
+
 class DeferredAnalyticsRequest(AnalyticsRequest):
     """An analytics request run in the background by the service: the first
     response carries a ``handle``; the request polls it every ``interval``
@@ -446,13 +453,31 @@ class DeferredAnalyticsRequest(AnalyticsRequest):
             params = DeferredAnalyticsQuery(params)
         if not isinstance(params, DeferredAnalyticsQuery):
             raise ArgumentError("DeferredAnalyticsRequest needs a DeferredAnalyticsQuery")
-        for name, value in (("timeout", timeout), ("interval", interval)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                      or not 0 < value <= 3600 * 24):
-                raise ArgumentError("%s must be None or a number of seconds in (0, 86400], not %r" % (name, value))
         super().__init__(params, host, parent, row_factory)
-        self.timeout = float(timeout) if timeout is not None else None
-        self.interval = float(interval) if interval is not None else DEFAULT_INTERVAL
+        self._timeout: Optional[float] = None
+        self._interval = DEFAULT_INTERVAL
+        self.timeout = timeout
+        if interval is not None:
+            self.interval = interval
+
+    @property
+    def timeout(self) -> Optional[float]:
+        """How long to poll at most, in seconds (None: the query's timeout,
+        else the bucket's ``n1ql_timeout``)."""
+        return self._timeout
+
+    @timeout.setter
+    def timeout(self, value: Optional[float]) -> None:
+        self._timeout = None if value is None else _poll_seconds("timeout", value)
+
+    @property
+    def interval(self) -> float:
+        """Seconds between two status polls (default 10, as 2.5)."""
+        return self._interval
+
+    @interval.setter
+    def interval(self, value: float) -> None:
+        self._interval = _poll_seconds("interval", value)
 
     def __iter__(self) -> Iterator[Any]:
         bucket = self.bucket
@@ -464,7 +489,7 @@ class DeferredAnalyticsRequest(AnalyticsRequest):
         if not isinstance(handle, str) or not handle:
             raise AnalyticsError({"message": "the analytics service gave no handle for a deferred query",
                                   "objextra": []})
-        limit = self.timeout or self.params.timeout or bucket.n1ql_timeout
+        limit = self._timeout or self.params.timeout or bucket.n1ql_timeout
         deadline = time.monotonic() + limit
         # 2. poll the status until it names the result
         while True:
@@ -480,9 +505,9 @@ class DeferredAnalyticsRequest(AnalyticsRequest):
                 errors = status.get("errors") if isinstance(status, dict) else None
                 raise AnalyticsError({"message": "the deferred analytics query failed: %r" % (status,),
                                       "objextra": errors if isinstance(errors, list) else []})
-            if time.monotonic() + self.interval > deadline:
+            if time.monotonic() + self._interval > deadline:
                 raise CBTimeoutError("the deferred analytics query did not finish within %.3gs" % limit)
-            _pause(bucket, self.interval)
+            _pause(bucket, self._interval)
         # 3. the rows
         rows = self._get_json(result)
         if not isinstance(rows, list):

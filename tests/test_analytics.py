@@ -150,6 +150,11 @@ def test_bad_arguments(bucket: Bucket) -> None:
         bucket.analytics_query("SELECT VALUE 1", "http://[bad")
     with pytest.raises(ArgumentError):
         DeferredAnalyticsRequest(DeferredAnalyticsQuery("SELECT 1"), None, bucket, interval=0)
+    req = DeferredAnalyticsRequest(DeferredAnalyticsQuery("SELECT 1"), None, bucket)
+    assert (req.interval, req.timeout) == (10.0, None)
+    for bad in (-1, True, "5", 86401):
+        with pytest.raises(ArgumentError):
+            req.timeout = bad
 
 
 # ---------------------------------------------------------------------------
