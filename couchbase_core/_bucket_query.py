@@ -1,13 +1,15 @@
-"""View and N1QL queries: the bucket methods that start them.
+"""View, N1QL and analytics queries: the bucket methods that start them.
 
 The requests themselves (HTTP, row streaming, iteration) live in
-:mod:`couchbase_core.views.iterator` and :mod:`couchbase_core.n1ql`; each
-flavour picks the iterator class through ``_view_class``/``_n1ql_class``.
+:mod:`couchbase_core.views.iterator`, :mod:`couchbase_core.n1ql` and
+:mod:`couchbase_core.analytics`; each
+flavour picks the iterator class through ``_view_class``/``_n1ql_class``/
+``_analytics_class``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 from couchbase_core.exceptions import ArgumentError
 
@@ -58,3 +60,45 @@ class QueryMixin:
         if row_factory is not None:
             return itercls(query, self, row_factory)
         return itercls(query, self)
+
+    # -------------------------------------------------------------- analytics
+
+    #: The request class ``analytics_query`` returns (GAnalyticsRequest on gevent).
+    _analytics_class: Any = None
+
+    def analytics_query(self, query: Any, host: Optional[str] = None, *args: Any, **kwargs: Any) -> Any:
+        """An analytics query: returns an iterable
+        :class:`~couchbase_core.analytics.AnalyticsRequest` (a
+        ``GAnalyticsRequest`` on the gevent bucket; on an AsyncBucket an
+        :class:`~couchbase_core.asynchronous.analytics.AsyncAnalyticsRequest`,
+        or the subclass given as ``itercls=``, to ``start()``).
+
+        ``query`` is an :class:`~couchbase_core.analytics.AnalyticsQuery`
+        (a :class:`~couchbase_core.analytics.DeferredAnalyticsQuery` gives a
+        :class:`~couchbase_core.analytics.DeferredAnalyticsRequest`) or a
+        statement string. ``host`` is the analytics node to prefer, as the
+        2.5 SDK's second argument (None: any node of the cluster config
+        offering the service; see :mod:`couchbase_core.analytics`).
+        ``*args``/``**kwargs`` are the query's positional and named
+        parameters, added to an AnalyticsQuery given (as 2.5 did)."""
+        from couchbase_core.analytics import (
+            AnalyticsQuery,
+            AnalyticsRequest,
+            DeferredAnalyticsQuery,
+            DeferredAnalyticsRequest,
+        )
+
+        itercls = kwargs.pop("itercls", None)
+        if isinstance(query, str):
+            query = AnalyticsQuery(query, *args, **kwargs)
+        elif isinstance(query, AnalyticsQuery):
+            query.update(*args, **kwargs)
+        else:
+            raise ArgumentError("analytics_query needs an AnalyticsQuery or a statement string, not %s"
+                                % type(query).__name__)
+        if itercls is None:
+            if isinstance(query, DeferredAnalyticsQuery):
+                itercls = DeferredAnalyticsRequest
+            else:
+                itercls = self._analytics_class or AnalyticsRequest
+        return itercls(query, host, self)

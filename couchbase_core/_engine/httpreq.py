@@ -4,7 +4,7 @@
 creates a :class:`ServiceRequest` and starts it. The request:
 
 * picks the nodes offering the service (management ``mgmt``, views
-  ``capi``, query ``n1ql``) from the current cluster config
+  ``capi``, query ``n1ql``, analytics ``cbas``) from the current cluster config
   (:func:`service_endpoints`), in the order the caller's ``order`` hook
   gives them (random by default, to spread the load);
 * borrows a keep-alive :class:`~couchbase_core._engine.http.HTTPConnection`

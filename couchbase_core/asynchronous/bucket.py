@@ -38,7 +38,13 @@ from couchbase_core._bucketbase import (
     _pop_frame,
     _push_frame,
 )
-from couchbase_core.exceptions import RC, ArgumentError, CouchbaseError, PipelineError
+from couchbase_core.exceptions import (
+    RC,
+    ArgumentError,
+    CouchbaseError,
+    NotSupportedError,
+    PipelineError,
+)
 from couchbase_core.iops.base import IOPS
 from couchbase_core.result import AsyncResult, MultiResult
 
@@ -245,6 +251,21 @@ class AsyncBucket(BaseBucket):
             raise ArgumentError("AsyncBucket.n1ql_query needs itercls=<an AsyncN1QLRequest subclass>")
         kwargs["itercls"] = itercls
         return BaseBucket.n1ql_query(self, query, *args, **kwargs)
+
+    def analytics_query(self, query: Any, host: Any = None, *args: Any, **kwargs: Any) -> Any:
+        """An analytics query: ``itercls`` must be an AsyncAnalyticsRequest
+        subclass (or the class itself); call ``start()`` on the returned
+        object. Deferred queries are not available here (NotSupportedError)."""
+        from couchbase_core.analytics import DeferredAnalyticsQuery
+        from couchbase_core.asynchronous.analytics import AsyncAnalyticsRequest
+
+        if isinstance(query, DeferredAnalyticsQuery):
+            raise NotSupportedError("deferred analytics queries poll by waiting: use a blocking or gevent bucket")
+        itercls = kwargs.get("itercls") or AsyncAnalyticsRequest
+        if not (isinstance(itercls, type) and issubclass(itercls, AsyncAnalyticsRequest)):
+            raise ArgumentError("AsyncBucket.analytics_query needs itercls=<an AsyncAnalyticsRequest subclass>")
+        kwargs["itercls"] = itercls
+        return BaseBucket.analytics_query(self, query, host, *args, **kwargs)
 
     def pipeline(self) -> Any:  # type: ignore[override]
         """Batch the operations the calling context issues inside the block:
