@@ -26,7 +26,15 @@ import struct
 from typing import TYPE_CHECKING, Awaitable, Callable, Dict, List, Optional, Set, Tuple, Union
 
 from couchbase_core.mock import proto
-from couchbase_core.mock.cluster import FAILED, MEMCACHED_VERSION, SERVER_VERSION, STOPPED, Bucket, Cluster, Node
+from couchbase_core.mock.cluster import (
+    FAILED,
+    MEMCACHED_VERSION,
+    SERVER_VERSION,
+    STOPPED,
+    Bucket,
+    Cluster,
+    Node,
+)
 from couchbase_core.mock.proto import Request
 
 if TYPE_CHECKING:  # pragma: no cover
