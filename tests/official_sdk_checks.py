@@ -32,6 +32,7 @@ import couchbase.subdocument as SD
 from couchbase.auth import PasswordAuthenticator
 from couchbase.cluster import Cluster
 from couchbase.management.views import DesignDocument, DesignDocumentNamespace, View
+from couchbase.mutation_state import MutationState
 from couchbase.n1ql import QueryScanConsistency
 from couchbase.options import (
     ClusterOptions,
@@ -201,6 +202,15 @@ def build_checks(cluster: Cluster) -> List[Tuple[str, Callable[[], Any]]]:
         results = list(coll.lookup_in_all_replicas(_key("sd"), [SD.get("city")]))
         return sorted([r.is_replica, r.content_as[str](0)] for r in results)
 
+    @check("subdoc.document_vattr")
+    def _() -> Any:
+        result = coll.lookup_in(_key("sd"), [SD.get("$document.revid", xattr=True),
+                                             SD.get("$document.vbucket_uuid", xattr=True),
+                                             SD.get("$document.deleted", xattr=True)])
+        revid, vbucket_uuid = result.content_as[str](0), result.content_as[str](1)
+        return [revid.isdigit(), vbucket_uuid.startswith("0x") and len(vbucket_uuid) == 18,
+                result.content_as[bool](2)]
+
     # ----------------------------------------------------------------- N1QL
     @check("n1ql.select_literal")
     def _() -> Any:
@@ -225,6 +235,13 @@ def build_checks(cluster: Cluster) -> List[Tuple[str, Callable[[], Any]]]:
         result = cluster.query("SELECT RAW d.i FROM `default` d WHERE d.type = $1 AND d.i >= $2 ORDER BY d.i",
                                QueryOptions(positional_parameters=["sdk4", 1],
                                             scan_consistency=QueryScanConsistency.REQUEST_PLUS))
+        return list(result.rows())
+
+    @check("n1ql.consistent_with")
+    def _() -> Any:
+        written = coll.upsert(_key("token"), {"type": "sdk4-token", "i": 9})
+        result = cluster.query("SELECT RAW d.i FROM `default` d WHERE d.type = 'sdk4-token'",
+                               QueryOptions(consistent_with=MutationState(written)))
         return list(result.rows())
 
     @check("n1ql.syntax_error")

@@ -125,11 +125,13 @@ EXPECTED: Dict[str, Any] = {
     "subdoc.lookup_in_missing_path": "PathNotFoundException",
     "subdoc.lookup_in_any_replica": ["Oslo", 2],
     "subdoc.lookup_in_all_replicas": [[False, "Oslo"], [True, "Oslo"]],
+    "subdoc.document_vattr": [True, True, False],
     # N1QL
     "n1ql.select_literal": [{"two": 2}],
     "n1ql.create_primary_index": ["#primary"],
     "n1ql.select_named": [0, 1, 2],
     "n1ql.select_positional": [1, 2],
+    "n1ql.consistent_with": [9],
     "n1ql.syntax_error": "ParsingFailedException",
     # views
     "views.upsert_design_document": ["by_i"],
