@@ -155,7 +155,7 @@ def build_checks(cluster: Cluster) -> List[Tuple[str, Callable[[], Any]]]:
         locked = coll.get_and_lock(_key("a"), timedelta(seconds=10))
         # The SDK retries a locked document until the operation's timeout: keep it short.
         blocked = _raises(lambda: coll.upsert(_key("a"), {"while": "locked"},
-                                              UpsertOptions(timeout=timedelta(milliseconds=500))))
+                                              UpsertOptions(timeout=timedelta(milliseconds=1500))))
         coll.unlock(_key("a"), locked.cas)
         coll.upsert(_key("a"), {"name": "a", "n": 4})
         return [locked.content_as[dict]["n"], blocked, coll.get(_key("a")).content_as[dict]["n"]]
