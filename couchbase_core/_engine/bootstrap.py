@@ -31,7 +31,9 @@ __all__ = ["Bootstrapper"]
 log = logging.getLogger("couchbase_core.engine")
 
 _FATAL = frozenset({RC.AUTH_ERROR, RC.AUTH_FAILED, RC.BUCKET_NOT_FOUND, RC.EACCESS})
-_CCCP_UNSUPPORTED = frozenset({Status.NOT_SUPPORTED, Status.UNKNOWN_COMMAND})
+#: GET_CLUSTER_CONFIG answers meaning "no config over CCCP here": old servers
+#: (NOT_SUPPORTED, UNKNOWN_COMMAND) and memcached buckets (KEY_ENOENT).
+_CCCP_UNSUPPORTED = frozenset({Status.NOT_SUPPORTED, Status.UNKNOWN_COMMAND, Status.KEY_ENOENT})
 
 
 class _CCCPRequest(KVOp):

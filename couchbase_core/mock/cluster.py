@@ -17,7 +17,21 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from couchbase_core.mock.store import CasSource, Clock, VBucket
 
-__all__ = ["Node", "Bucket", "User", "Cluster", "vbucket_of", "ACTIVE", "FAILED", "STOPPED"]
+__all__ = ["Node", "Bucket", "User", "Cluster", "vbucket_of", "ACTIVE", "FAILED", "STOPPED", "SERVER_VERSION",
+           "MEMCACHED_VERSION"]
+
+#: The Couchbase Server version every node reports (REST ``version`` and
+#: ``implementationVersion``, the VERSION command, STAT ``version``). It is
+#: the release whose feature set the emulator matches: durable writes,
+#: enhanced prepared statements, create-as-deleted sub-document writes (6.5
+#: and 6.6), but no scopes and collections (7.0). A few later KV features that
+#: need no collections are granted when a client asks for them in HELLO
+#: (PreserveTtl, SubdocReplicaRead): see docs/mock.md.
+SERVER_VERSION = "6.6.0-mock"
+#: ns_server's cluster compatibility number for that version (major << 16 | minor).
+CLUSTER_COMPATIBILITY = 6 * 0x10000 + 6
+#: What a memcached bucket's node reports (VERSION, STAT): the memcached it stands for.
+MEMCACHED_VERSION = "1.6.18"
 
 ACTIVE = "active"      # serving
 FAILED = "failed"      # failed over: no longer owns vBuckets
@@ -109,6 +123,9 @@ class Bucket:
         self.num_vbuckets = num_vbuckets if btype != "memcached" else 0
         self.flush_enabled = flush_enabled
         self.ram_quota_mb = ram_quota_mb
+        #: Settings the server reports and the emulator only stores.
+        self.eviction_policy = "noEviction" if btype == "ephemeral" else "valueOnly"
+        self.conflict_resolution = "seqno"
         self.uuid = uuid.uuid4().hex
         #: Nodes holding vBuckets (indexes into the vBucket map refer to it).
         self.servers: List[Node] = []
@@ -355,7 +372,7 @@ class Cluster:
             "bucketCapabilitiesVer": "",
             "bucketCapabilities": (["cbhello", "nodesExt", "touch"] if bucket.is_memcached else
                                    ["durableWrite", "couchapi", "dcp", "cbhello", "touch", "cccp",
-                                    "xdcrCheckpointing", "nodesExt", "xattr"]),
+                                    "xdcrCheckpointing", "nodesExt", "xattr", "subdoc.ReplicaRead"]),
             "clusterCapabilitiesVer": [1, 0],
             "clusterCapabilities": self.cluster_capabilities,
             "nodes": nodes,
@@ -399,6 +416,10 @@ class Cluster:
             "authType": "sasl",
             "saslPassword": bucket.password,
             "replicaNumber": bucket.replicas,
+            "evictionPolicy": bucket.eviction_policy,
+            "conflictResolutionType": bucket.conflict_resolution,
+            "compressionMode": "passive",
+            "maxTTL": 0,
             "uri": "/pools/default/buckets/%s?bucket_uuid=%s" % (bucket.name, bucket.uuid),
             "streamingUri": "/pools/default/bucketsStreaming/%s?bucket_uuid=%s" % (bucket.name, bucket.uuid),
             "quota": {"ram": bucket.ram_quota_mb * 1024 * 1024, "rawRAM": bucket.ram_quota_mb * 1024 * 1024},
@@ -408,6 +429,9 @@ class Cluster:
             "basicStats": {"itemCount": sum(1 for _ in bucket.all_items(self.clock.now())),
                            "opsPerSec": 0, "diskUsed": 0, "memUsed": 0, "quotaPercentUsed": 0},
         })
+        if not bucket.is_memcached:
+            cfg["durabilityMinLevel"] = "none"
+            cfg["replicaIndex"] = False
         cfg["nodes"] = [self.full_node(n, bucket) for n in bucket.servers]
         return cfg
 
@@ -419,7 +443,8 @@ class Cluster:
             "clusterMembership": "active" if node.member and node.state != FAILED else "inactiveFailed",
             "otpNode": node.otp,
             "thisNode": False,
-            "version": "7.0.0-mock",
+            "version": SERVER_VERSION,
+            "clusterCompatibility": CLUSTER_COMPATIBILITY,
             "os": "x86_64-unknown-linux-gnu",
             "services": ["kv", "n1ql", "index", "cbas"],
             "ports": {"direct": node.ports["kv"], "httpsMgmt": node.ports.get("mgmtSSL", 0),

@@ -83,7 +83,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, Callable, Dict, Iterable, List, NoReturn, Optional, Set, Tuple
 
 from couchbase_core.mock import proto, subdoc
-from couchbase_core.mock.cluster import ACTIVE, Bucket
+from couchbase_core.mock.cluster import ACTIVE, MEMCACHED_VERSION, SERVER_VERSION, Bucket
 from couchbase_core.mock.kvserver import KVSession, Reply, register
 from couchbase_core.mock.proto import Request
 from couchbase_core.mock.store import Item, VBucket, absolute_expiry
@@ -110,10 +110,6 @@ DURABILITY_DEFAULT_TIMEOUT_MS = 10000
 GATK, GATKQ = 0x23, 0x24
 #: The expiry that tells INCR/DECR not to create a missing counter.
 NO_CREATE = 0xFFFFFFFF
-#: memcached's version, as its STAT reports it.
-MEMCACHED_VERSION = "1.6.18"
-#: What this emulator calls itself in STAT (VERSION says the same).
-SERVER_VERSION = "7.0.0-mock"
 
 #: Error bodies of memcached 1.6 (binary protocol).
 MEMCACHED_TEXT: Dict[int, bytes] = {
@@ -1318,13 +1314,14 @@ def _key_stats(session: KVSession, req: Request, kind: str, rest: str, now: floa
 # ------------------------------------------------------------ sub-documents
 
 
-def _doc_state(item: Optional[Item]) -> subdoc.DocState:
+def _doc_state(item: Optional[Item], store: VBucket) -> subdoc.DocState:
     if item is None:
-        return subdoc.DocState()
+        return subdoc.DocState(vbucket_uuid=store.uuid)
     return subdoc.DocState(body=(item.value or None) if item.deleted else item.value, xattrs=dict(item.xattrs),
                            deleted=item.deleted, cas=item.cas, flags=item.flags, expiry=item.expiry,
                            seqno=item.seqno,
-                           datatype=(item.datatype & proto.DT_JSON) | (proto.DT_XATTR if item.xattrs else 0))
+                           datatype=(item.datatype & proto.DT_JSON) | (proto.DT_XATTR if item.xattrs else 0),
+                           vbucket_uuid=store.uuid)
 
 
 def _subdoc_checks(session: KVSession, req: Request, doc_flags: int, lookup: bool) -> None:
@@ -1427,7 +1424,7 @@ def _subdoc_lookup(session: KVSession, req: Request, specs: List[Tuple[int, int,
     store = _store(session, req)
     now = session.cluster.clock.now()
     item = store.lookup(req.key, now, with_deleted=True)
-    top, results = subdoc.lookup(_doc_state(item), specs, doc_flags)  # type: ignore[arg-type]
+    top, results = subdoc.lookup(_doc_state(item, store), specs, doc_flags)  # type: ignore[arg-type]
     if top not in (proto.SUCCESS, SUBDOC_MULTI_PATH_FAILURE, SUBDOC_SUCCESS_DELETED,
                    SUBDOC_MULTI_PATH_FAILURE_DELETED):
         return _fail(session, req, top)
@@ -1453,7 +1450,7 @@ def _subdoc_mutate(session: KVSession, req: Request, specs: List[Tuple[int, int,
         _malformed(session, req, "A CAS cannot be combined with the ADD document flag")
 
     def run(item: Optional[Item], cas: int, seqno: int) -> subdoc.MutationOutcome:
-        return subdoc.mutate(_doc_state(item), specs, doc_flags, new_cas=cas, new_seqno=seqno)  # type: ignore[arg-type]
+        return subdoc.mutate(_doc_state(item, store), specs, doc_flags, new_cas=cas, new_seqno=seqno)  # type: ignore[arg-type]
 
     def failure(outcome: subdoc.MutationOutcome) -> bytes:
         if outcome.status in (SUBDOC_MULTI_PATH_FAILURE, SUBDOC_MULTI_PATH_FAILURE_DELETED):

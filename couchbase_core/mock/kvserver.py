@@ -26,7 +26,15 @@ import struct
 from typing import TYPE_CHECKING, Awaitable, Callable, Dict, List, Optional, Set, Tuple, Union
 
 from couchbase_core.mock import proto
-from couchbase_core.mock.cluster import FAILED, STOPPED, Bucket, Cluster, Node
+from couchbase_core.mock.cluster import (
+    FAILED,
+    MEMCACHED_VERSION,
+    SERVER_VERSION,
+    STOPPED,
+    Bucket,
+    Cluster,
+    Node,
+)
 from couchbase_core.mock.proto import Request
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -37,7 +45,8 @@ __all__ = ["KVSession", "HANDLERS", "FEATURES", "register"]
 #: HELLO features this emulator grants (when asked): see docs/mock.md.
 FEATURES = (proto.F_TCPNODELAY, proto.F_MUTATION_SEQNO, proto.F_XATTR, proto.F_XERROR, proto.F_SELECT_BUCKET,
             proto.F_JSON, proto.F_DUPLEX, proto.F_CLUSTERMAP_CHANGE_NOTIFICATION, proto.F_ALT_REQUEST,
-            proto.F_SYNC_REPLICATION, proto.F_PRESERVE_TTL, proto.F_SNAPPY)
+            proto.F_SYNC_REPLICATION, proto.F_PRESERVE_TTL, proto.F_SNAPPY, proto.F_VATTR,
+            proto.F_SUBDOC_CREATE_AS_DELETED, proto.F_SUBDOC_REPLICA_READ)
 
 MECHANISMS = ("SCRAM-SHA512", "SCRAM-SHA256", "SCRAM-SHA1", "PLAIN")
 
@@ -360,7 +369,7 @@ class KVSession(asyncio.Protocol):
             return self.reply(req)
         if op == proto.VERSION:  # a memcached bucket answers as the memcached it stands for
             memcached = self.bucket is not None and self.bucket.is_memcached
-            return self.reply(req, value=b"1.6.18" if memcached else b"7.0.0-mock")
+            return self.reply(req, value=(MEMCACHED_VERSION if memcached else SERVER_VERSION).encode())
         if op == proto.VERBOSITY:
             return self.reply(req)
         if op in (proto.QUIT, proto.QUITQ):
@@ -519,7 +528,9 @@ class KVSession(asyncio.Protocol):
             self._auto_select()
             bucket = self.bucket
         if bucket is not None and bucket.is_memcached:
-            return self.error(req, proto.NOT_SUPPORTED, "Memcached buckets have no cluster config")
+            # What the server answers: the command exists, a memcached bucket
+            # just has no config to give (clients then use the REST stream).
+            return self.error(req, proto.KEY_ENOENT, "Memcached buckets have no cluster config")
         if len(req.extras) == 16 and bucket is not None:
             epoch, rev = struct.unpack(">QQ", req.extras)
             if (epoch, rev) >= (self.cluster.rev_epoch, self.cluster.rev):

@@ -13,7 +13,7 @@ import re
 from typing import TYPE_CHECKING, AsyncIterator, Dict, Optional
 
 from couchbase_core.mock.auth import http_access
-from couchbase_core.mock.cluster import Bucket, User
+from couchbase_core.mock.cluster import SERVER_VERSION, Bucket, User
 from couchbase_core.mock.httpd import (
     HTTPRequest,
     HTTPResponse,
@@ -55,7 +55,7 @@ def router(app: "MockApp", runtime: "NodeRuntime") -> Router:
         return json_response({
             "isAdminCreds": http_access(cluster, request, admin_only=True) is not None,
             "isROAdminCreds": False, "isEnterprise": True,
-            "implementationVersion": "7.0.0-mock",
+            "implementationVersion": SERVER_VERSION,
             "pools": [{"name": "default", "uri": "/pools/default?uuid=%s" % cluster.uuid,
                        "streamingUri": "/poolsStreaming/default?uuid=%s" % cluster.uuid}],
             "uuid": cluster.uuid,
@@ -120,10 +120,23 @@ def router(app: "MockApp", runtime: "NodeRuntime") -> Router:
         flush = form.get("flushEnabled", "0")
         if flush not in ("0", "1"):
             errors["flushEnabled"] = "flushEnabled can only be 1 or 0"
+        eviction = form.get("evictionPolicy")
+        allowed = (("noEviction", "nruEviction") if btype == "ephemeral"
+                   else ("valueOnly", "fullEviction") if btype in ("couchbase", "membase") else ())
+        if eviction is not None and btype != "memcached" and eviction not in allowed:
+            errors["evictionPolicy"] = "Eviction policy must be either %s" % " or ".join(
+                "'%s'" % name for name in allowed)
+        conflicts = form.get("conflictResolutionType")
+        if conflicts is not None and conflicts not in ("seqno", "lww"):
+            errors["conflictResolutionType"] = "Conflict resolution type must be 'seqno' or 'lww'"
         if errors:
             return json_response({"errors": errors, "summaries": {}}, 400)
         bucket = Bucket(name, btype, form.get("saslPassword", ""), replicas, app.options.vbuckets,
                         flush == "1", quota)
+        if eviction is not None and btype != "memcached":
+            bucket.eviction_policy = eviction
+        if conflicts is not None:
+            bucket.conflict_resolution = conflicts
         cluster.add_bucket(bucket)
         return HTTPResponse(202, b"", content_type="text/plain")
 

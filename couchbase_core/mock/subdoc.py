@@ -42,7 +42,13 @@ Choices where the spec is silent (following Couchbase Server as known)
   path flags an opcode does not accept (MKDIR_P on REPLACE, DELETE,
   ARRAY_INSERT or any lookup; EXPAND_MACROS on a lookup) and lookup doc flags
   other than ACCESS_DELETED / REPLICA_READ are document-level ``EINVAL``.
-  CREATE_AS_DELETED and REVIVE_DOCUMENT are ``NOT_SUPPORTED``.
+  REVIVE_DOCUMENT is ``NOT_SUPPORTED``.
+* CREATE_AS_DELETED (the 6.6 feature transactions stage inserts with) needs
+  MKDOC or ADD (else ``EINVAL``).  When the request creates the document, it
+  is created as a tombstone that keeps the xattrs written, user ones too; a
+  body spec is then document-level ``SUBDOC_DELETED_DOCUMENT_CANT_HAVE_VALUE``
+  and success is ``SUBDOC_SUCCESS_DELETED``.  On a live document the flag
+  changes nothing (ADD still fails ``KEY_EEXISTS``).
 * MKDOC and ADD imply MKDIR_P for every spec whose opcode accepts it.  A
   document created by them starts as ``[]`` when the first body spec's path
   starts with an array index or is the empty root path of an array op, else
@@ -62,9 +68,11 @@ Choices where the spec is silent (following Couchbase Server as known)
   that is exactly ``${...}``, anywhere inside the value; an unknown one is a
   per-spec ``SUBDOC_XATTR_UNKNOWN_MACRO`` (``SUBDOC_XATTR_UNKNOWN_VATTR_MACRO``
   for unknown ``$``-names).
-* Virtual xattrs: ``$document`` (``CAS`` and ``seqno`` as ``0x%016x`` in
-  natural order, ``exptime``, ``flags``, ``value_bytes``, ``value_crc32c``,
-  ``deleted``, ``datatype``, ``last_modified``), ``$XTOC`` (list of xattr
+* Virtual xattrs: ``$document`` (``CAS``, ``vbucket_uuid`` and ``seqno`` as
+  ``0x%016x`` in natural order, ``revid`` -- the revision GET_META reports,
+  here the item's seqno -- as a decimal string, ``exptime``, ``flags``,
+  ``value_bytes``, ``value_crc32c``, ``deleted``, ``datatype``,
+  ``last_modified``), ``$XTOC`` (list of xattr
   keys) and ``$vbucket`` (``{"HLC": {"now": "<unix seconds>", "mode":
   "real"}}``, read from the local clock).  ``datatype`` lists ``json`` when
   the body parses as JSON or the JSON bit is set, ``snappy`` for that bit,
@@ -169,7 +177,7 @@ BINARY_VALUE = 0x20  #: path flag: not supported here
 MKDOC = 0x01  #: doc flag: create the document if missing
 ADD = 0x02  #: doc flag: create, fail if it exists
 ACCESS_DELETED = 0x04  #: doc flag: operate on a tombstone
-CREATE_AS_DELETED = 0x08  #: doc flag: not supported here
+CREATE_AS_DELETED = 0x08  #: doc flag: create the document as a tombstone
 REVIVE_DOCUMENT = 0x10  #: doc flag: not supported here
 REPLICA_READ = 0x20  #: doc flag: lookups only, ignored
 
@@ -223,8 +231,9 @@ class DocState:
 
     ``body`` is ``None`` when there is no document (or a tombstone without a
     body); ``xattrs`` maps each top-level xattr key to its JSON text.  ``cas``,
-    ``flags``, ``expiry``, ``seqno`` and ``datatype`` feed the ``$document``
-    virtual xattr and the ``${$document...}`` macros.
+    ``flags``, ``expiry``, ``seqno``, ``datatype`` and ``vbucket_uuid`` (of
+    the vBucket holding the document) feed the ``$document`` virtual xattr
+    and the ``${$document...}`` macros.
     """
 
     body: Optional[bytes] = None
@@ -235,6 +244,7 @@ class DocState:
     expiry: int = 0
     seqno: int = 0
     datatype: int = 0
+    vbucket_uuid: int = 0
 
 
 @dataclass
@@ -560,7 +570,9 @@ def _document_vattr(state: DocState) -> Dict[str, Any]:
         datatype.append("xattr")
     return {
         "CAS": "0x%016x" % state.cas,
+        "vbucket_uuid": "0x%016x" % state.vbucket_uuid,
         "seqno": "0x%016x" % state.seqno,
+        "revid": str(state.seqno),
         "exptime": _Num(str(state.expiry)),
         "flags": _Num(str(state.flags)),
         "value_bytes": _Num(str(len(body))),
@@ -1161,9 +1173,11 @@ def mutate(
         return refuse(SUBDOC_INVALID_COMBO)
     if doc_flags & MKDOC and doc_flags & ADD:
         return refuse(SUBDOC_INVALID_COMBO)
-    if doc_flags & (CREATE_AS_DELETED | REVIVE_DOCUMENT):
+    if doc_flags & REVIVE_DOCUMENT:
         return refuse(NOT_SUPPORTED)
-    if doc_flags & ~(MKDOC | ADD | ACCESS_DELETED):
+    if doc_flags & ~(MKDOC | ADD | ACCESS_DELETED | CREATE_AS_DELETED):
+        return refuse(EINVAL)
+    if doc_flags & CREATE_AS_DELETED and not doc_flags & (MKDOC | ADD):
         return refuse(EINVAL)
     status, prepared = _prepare_mutation(specs, doc_flags)
     if status:
@@ -1185,6 +1199,12 @@ def mutate(
             return refuse(SUBDOC_DELETED_DOCUMENT_CANT_HAVE_VALUE)
         body = state.body or None
         xattrs = dict(state.xattrs)
+    elif doc_flags & CREATE_AS_DELETED:
+        created = on_tombstone = True
+        if any(not s.xattr for s in prepared):
+            return refuse(SUBDOC_DELETED_DOCUMENT_CANT_HAVE_VALUE)
+        body = None
+        xattrs = {}
     elif doc_flags & (MKDOC | ADD):
         created = True
         body = _initial_body(prepared)

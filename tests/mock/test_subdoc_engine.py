@@ -698,7 +698,8 @@ def test_mutation_document_level_validation(spec, status):
 
 @pytest.mark.parametrize("doc_flags, status", [
     (sd.MKDOC | sd.ADD, sd.SUBDOC_INVALID_COMBO),
-    (sd.CREATE_AS_DELETED | sd.ADD | sd.ACCESS_DELETED, sd.NOT_SUPPORTED),
+    (sd.REVIVE_DOCUMENT | sd.ACCESS_DELETED, sd.NOT_SUPPORTED),
+    (sd.CREATE_AS_DELETED | sd.ACCESS_DELETED, sd.EINVAL),
     (sd.REPLICA_READ, sd.EINVAL),
     (0x80, sd.EINVAL),
 ])
