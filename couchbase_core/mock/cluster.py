@@ -24,8 +24,8 @@ FAILED = "failed"      # failed over: no longer owns vBuckets
 STOPPED = "stopped"    # its process is "down": listeners closed
 
 #: Ports of one node, by service name as in ``nodesExt[].services``.
-SERVICES = ("mgmt", "kv", "capi", "n1ql")
-TLS_SERVICES = {"mgmt": "mgmtSSL", "kv": "kvSSL", "capi": "capiSSL", "n1ql": "n1qlSSL"}
+SERVICES = ("mgmt", "kv", "capi", "n1ql", "fts")
+TLS_SERVICES = {"mgmt": "mgmtSSL", "kv": "kvSSL", "capi": "capiSSL", "n1ql": "n1qlSSL", "fts": "ftsSSL"}
 
 
 def vbucket_of(key: bytes, num_vbuckets: int) -> int:
@@ -415,7 +415,7 @@ class Cluster:
             "thisNode": False,
             "version": "7.0.0-mock",
             "os": "x86_64-unknown-linux-gnu",
-            "services": ["kv", "n1ql", "index"],
+            "services": ["kv", "n1ql", "index", "fts"],
             "ports": {"direct": node.ports["kv"], "httpsMgmt": node.ports.get("mgmtSSL", 0),
                       "httpsCAPI": node.ports.get("capiSSL", 0)},
         }

@@ -2,7 +2,7 @@
 
 :class:`MockApp` owns the :class:`~couchbase_core.mock.cluster.Cluster` and a
 :class:`NodeRuntime` per node: the node's KV listener (and TLS listener),
-its HTTP services (management, views, query) and its fault state. All nodes
+its HTTP services (management, views, query, search) and its fault state. All nodes
 share one process and listen on 127.0.0.1 only; ports are free ones unless
 fixed ones are asked for.
 """
@@ -69,7 +69,8 @@ class ClusterOptions:
 
 
 #: Services of a node: name -> port offset when fixed ports are used.
-_PORT_OFFSETS = {"mgmt": 0, "capi": 1, "n1ql": 2, "kv": 3, "mgmtSSL": 4, "capiSSL": 5, "n1qlSSL": 6, "kvSSL": 7}
+_PORT_OFFSETS = {"mgmt": 0, "capi": 1, "n1ql": 2, "kv": 3, "mgmtSSL": 4, "capiSSL": 5, "n1qlSSL": 6, "kvSSL": 7,
+                 "fts": 8, "ftsSSL": 9}
 _PORTS_PER_NODE = 10
 
 
@@ -110,8 +111,10 @@ class NodeRuntime:
         from couchbase_core.mock import httpd
 
         http_services = [("mgmt", None), ("capi", None), ("n1ql", None)]
+        http_services += [("fts", None)]
         if tls is not None:
             http_services += [("mgmtSSL", tls), ("capiSSL", tls), ("n1qlSSL", tls)]
+            http_services += [("ftsSSL", tls)]
         for service, context in http_services:
             self._release(service)
             router = self.app.router_for(service.replace("SSL", ""), self)
@@ -228,7 +231,7 @@ class MockApp:
         return self.cluster.add_bucket(bucket)
 
     def router_for(self, service: str, runtime: NodeRuntime) -> Any:
-        """The HTTP router of a node's service (``mgmt``, ``capi``, ``n1ql``)."""
+        """The HTTP router of a node's service (``mgmt``, ``capi``, ``n1ql``, ``fts``)."""
         if service == "mgmt":
             from couchbase_core.mock import mgmt
 
@@ -237,6 +240,10 @@ class MockApp:
             from couchbase_core.mock import capi
 
             return capi.router(self, runtime)
+        if service == "fts":
+            from couchbase_core.mock import fts
+
+            return fts.router(self, runtime)
         from couchbase_core.mock import query
 
         return query.router(self, runtime)
@@ -309,6 +316,7 @@ class MockApp:
             "kv_ports": {name: [n.ports["kv"] for n in (b.servers or nodes)] for name, b in cluster.buckets.items()},
             "views_port": first.ports["capi"],
             "query_port": first.ports["n1ql"],
+            "search_port": first.ports["fts"],
             "control_url": "http://%s:%d/mock" % (self.options.host, self.control_port),
             "buckets": {name: {"type": b.type, "replicas": b.replicas, "vbuckets": b.num_vbuckets}
                         for name, b in cluster.buckets.items()},
