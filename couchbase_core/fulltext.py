@@ -802,11 +802,11 @@ def _queries(value: Any) -> List[Query]:
     if isinstance(value, Query):
         return [value]
     if isinstance(value, (str, bytes, dict)) or not hasattr(value, "__iter__"):
-        raise TypeError("a query or a list of queries is needed, not %r" % (value,))
+        raise _bad("a query or a list of queries is needed, not %r" % (value,))
     out = list(value)
     for item in out:
         if not isinstance(item, Query):
-            raise TypeError("%r is not a query" % (item,))
+            raise _bad("%r is not a query" % (item,))
     return out
 
 
@@ -882,10 +882,7 @@ class _Clause:
         elif isinstance(value, self.kind):
             obj._clauses[self.name] = value
         else:
-            try:
-                obj._clauses[self.name] = self.kind(*_queries(value))
-            except TypeError as exc:
-                raise _bad("BooleanQuery.%s: %s" % (self.name, exc)) from exc
+            obj._clauses[self.name] = self.kind(*_queries(value))
 
     def __delete__(self, obj: Any) -> None:
         obj._clauses.pop(self.name, None)
