@@ -143,7 +143,7 @@ def test_bad_input_raises_the_2_5_builtin_and_an_argument_error(make, builtin):
 ])
 def test_empty_compound_queries_fail_when_encoded_with_no_children_error(query):
     with pytest.raises(FT.NoChildrenError) as info:
-        query.encodable
+        _ = query.encodable
     assert isinstance(info.value, CouchbaseError)
 
 

@@ -51,7 +51,9 @@ richer or unspecified -- see ``docs/search.md`` for the user's view:
   least :attr:`FTSService.index_lag` seconds old (0 by default: always
   current when a query runs). The query waits (up to ``ctl.timeout``, 10 s
   by default) until every vector is reached; vBucket UUIDs are not
-  compared. On timeout: HTTP 412 with ``status`` ``"fail"``.
+  compared. On timeout: HTTP 412 with ``status`` ``"fail"``. The index
+  catches up when it is used (a query, a count): a version of a document
+  replaced before the index was used again is never seen by it.
 * **Highlighting** wraps matches of the highlighted fields in ``<mark>``
   (``html``, default) or ``ESC[43m``/``ESC[0m`` (``ansi``); a fragment is
   the whole value, or 200 characters around the first match of a longer one.
