@@ -312,7 +312,7 @@ class _FacetDict(dict):
             raise _bad("%s needs at least one range: use add_range" % type(value).__name__)
         super().__setitem__(key, value)
 
-    def update(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+    def update(self, *args: Any, **kwargs: Any) -> None:
         """Add facets (each checked)."""
         if len(args) > 1:
             raise _bad("update takes one mapping")
@@ -320,7 +320,7 @@ class _FacetDict(dict):
             for key, value in source.items():
                 self[key] = value
 
-    def setdefault(self, key: str, value: Any = None) -> Any:  # type: ignore[override]
+    def setdefault(self, key: str, value: Any = None) -> Any:
         """Add ``value`` under ``key`` unless a facet is there already."""
         if key not in self:
             self[key] = value

@@ -159,8 +159,8 @@ def _is_number(value: Any) -> bool:
 def _as_point(value: Any) -> Optional[Tuple[float, float]]:
     """(lon, lat) of a document value that is a geo point, else None."""
     if isinstance(value, dict):
-        lon = value.get("lon", value.get("lng"))
-        lat = value.get("lat")
+        lon: Any = value.get("lon", value.get("lng"))
+        lat: Any = value.get("lat")
         if _is_number(lon) and _is_number(lat) and len(value) == 2:
             return float(lon), float(lat)
         return None
@@ -771,7 +771,7 @@ def compile_query(q: Any, analyzer: str) -> _Node:
                                          for f in (field and [field] or d.numbers) for v in d.numbers.get(f, ())),
                            "numeric range", boost)
     if "start" in q or "end" in q:
-        parsed = []
+        parsed: List[Optional[float]] = []
         for name in ("start", "end"):
             value = q.get(name)
             if value is None:
@@ -1172,15 +1172,18 @@ class FTSService:
             raise SearchFailure(400, "rest_create_index: sourceName %r is not a couchbase bucket" % (source,))
         if definition.get("sourceType", "couchbase") not in ("couchbase", "gocbcore", "couchbase-dcp"):
             raise SearchFailure(400, "rest_create_index: unknown sourceType: %s" % definition.get("sourceType"))
+        params = definition.get("params") or {}
+        if not isinstance(params, dict) or not isinstance(params.get("mapping", {}), dict):
+            raise SearchFailure(400, "rest_create_index: params must be an object with an object mapping")
         existing = self.indexes.get(name)
         if existing is not None and definition.get("prevIndexUUID") != existing.definition["uuid"]:
             raise SearchFailure(400, "rest_create_index: error creating index: %s, err: manager_api: cannot create "
                                      "index because an index with the same name already exists: %s" % (name, name))
         stored = {"type": "fulltext-index", "name": name, "uuid": os.urandom(8).hex(), "sourceType": "couchbase",
                   "sourceName": source, "sourceUUID": bucket.uuid,
-                  "params": definition.get("params") or {}, "sourceParams": definition.get("sourceParams") or {},
+                  "params": params, "sourceParams": definition.get("sourceParams") or {},
                   "planParams": definition.get("planParams") or {"maxPartitionsPerPIndex": 1024}}
-        stored["params"].setdefault("mapping", {"default_mapping": {"enabled": True, "dynamic": True},
+        params.setdefault("mapping", {"default_mapping": {"enabled": True, "dynamic": True},
                                                 "default_analyzer": "standard", "default_type": "_default"})
         index = FTSIndex(stored)
         self.indexes[name] = index

@@ -14,7 +14,7 @@ import json
 import logging
 import socket
 import ssl
-from typing import Any, Dict, List, Optional, Set
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 from couchbase_core.mock import kvops  # noqa: F401  (registers the data commands)
 from couchbase_core.mock.cluster import ACTIVE, FAILED, STOPPED, Bucket, Cluster, Node, User
@@ -110,7 +110,7 @@ class NodeRuntime:
             self.node.ports[service] = server.sockets[0].getsockname()[1]
         from couchbase_core.mock import httpd
 
-        http_services = [("mgmt", None), ("capi", None), ("n1ql", None)]
+        http_services: List[Tuple[str, Optional[ssl.SSLContext]]] = [("mgmt", None), ("capi", None), ("n1ql", None)]
         http_services += [("fts", None)]
         if tls is not None:
             http_services += [("mgmtSSL", tls), ("capiSSL", tls), ("n1qlSSL", tls)]
