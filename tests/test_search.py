@@ -21,7 +21,6 @@ from couchbase_core.exceptions import CouchbaseError, TimeoutError
 from couchbase_core.iops.select import SelectIOPS
 from couchbase_core.mock import MockCluster
 from couchbase_core.mock import httpd as mock_httpd
-from couchbase_core.mock.fts import fts_service
 from couchbase_core.n1ql import MutationState
 from couchbase_core.views.iterator import AlreadyQueriedError
 from gcouchbase.bucket import Bucket as GBucket
@@ -53,10 +52,7 @@ def put_index(mock: MockCluster, name: str) -> None:
 
 
 def set_lag(mock: MockCluster, seconds: float) -> None:
-    def apply(app: Any) -> None:
-        fts_service(app).index_lag = seconds
-
-    mock._thread_mock.call(apply)
+    mock.fts_index_lag(seconds)
 
 
 @pytest.fixture(scope="module")

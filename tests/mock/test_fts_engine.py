@@ -25,6 +25,7 @@ from couchbase_core.mock.fts import (
 )
 from couchbase_core.mock.store import Item
 from tests.mock import rawhttp
+from tests.mock.rawclient import ClusterClients
 
 ADMIN = ("Administrator", "password")
 
@@ -491,3 +492,23 @@ def test_consistency_waits_for_the_vectors_then_times_out_with_412(http_cluster)
 def test_the_service_object_is_one_per_cluster(http_cluster):
     services = http_cluster._thread_mock.call(lambda app: (fts_service(app), fts_service(app)))
     assert services[0] is services[1]
+
+
+def test_the_index_lag_control_delays_indexing_until_cleared(http_cluster):
+    port = _fts(http_cluster)
+    assert rawhttp.request("127.0.0.1", port, "PUT", "/api/index/lag1",
+                           json.dumps({"sourceName": "default"}).encode(), auth=ADMIN).status == 200
+    http_cluster.fts_index_lag(3600)
+    kv = ClusterClients(http_cluster.kv_ports("default"), "default")
+    kv.load_map()
+    try:
+        client, vb = kv.active(b"lagged")
+        reply = client.request(0x01, b"lagged", extras=b"\x02\x00\x00\x00\x00\x00\x00\x00",
+                               value=b'{"w": "lagword"}', vbucket=vb)  # SET
+        assert reply.status == 0
+    finally:
+        kv.close()
+    query = {"query": {"match": "lagword"}}
+    assert rawhttp.post_json("127.0.0.1", port, "/api/index/lag1/query", query, ADMIN).json()["total_hits"] == 0
+    http_cluster.clear_faults()  # the lag goes with the other faults
+    assert rawhttp.post_json("127.0.0.1", port, "/api/index/lag1/query", query, ADMIN).json()["total_hits"] == 1
