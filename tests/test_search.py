@@ -403,3 +403,19 @@ def test_params_accepts_a_dict_of_facets_and_returns_empty_facets_when_none(flav
     assert error is None and req.facets["t"]["terms"][0]["term"] in ("beer", "many")
     assert req.facets["t"]["total"] >= MANY
 
+
+
+def test_search_over_tls_goes_to_the_tls_port_of_the_service():
+    with MockCluster(nodes=1, replicas=0, tls=True, in_process=True) as tls_cluster:
+        ports = tls_cluster.info["nodes"][0]["ports"]
+        assert "ftsSSL" in ports and ports["ftsSSL"] != ports["fts"]
+        put_index(tls_cluster, "secure")
+        connstr = "%s/default?certpath=%s" % (tls_cluster.info["connstr_tls"], tls_cluster.ca_cert)
+        b = Bucket(connstr, operation_timeout=30, **ADMIN)
+        try:
+            assert b._engine.config.service_endpoints("fts", True) == [("127.0.0.1", ports["ftsSSL"])]
+            b.upsert("tls-doc", {"w": "encrypted words"})
+            hits = list(b.search("secure", FT.MatchQuery("encrypted")))
+            assert [h["id"] for h in hits] == ["tls-doc"]
+        finally:
+            b.close()
