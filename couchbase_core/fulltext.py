@@ -37,7 +37,7 @@ from __future__ import annotations
 import json
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from couchbase_core.exceptions import RC, ArgumentError, CouchbaseError, exc_from_rc
+from couchbase_core.exceptions import RC, ArgumentError, CouchbaseError, HTTPError, exc_from_rc
 
 __all__ = [
     "SearchError", "SearchArgumentError", "NoChildrenError",
@@ -58,10 +58,11 @@ HTTP_GRACE = 1.0
 # ---------------------------------------------------------------- errors
 
 
-class SearchError(CouchbaseError):
-    """The search service refused or failed the request. ``http_status`` is
-    the HTTP status (0 when none arrived); ``objextra`` the service's reply
-    (the error document, or the metadata whose ``status.errors`` it is)."""
+class SearchError(HTTPError):
+    """The search service refused or failed the request (an
+    :class:`~couchbase_core.exceptions.HTTPError`). ``http_status`` is the
+    HTTP status (0 when none arrived); ``objextra`` the service's reply (the
+    error document, or the metadata whose ``status.errors`` it is)."""
 
     CODE = RC.HTTP
 
