@@ -1,10 +1,10 @@
-"""View, N1QL and analytics queries: the bucket methods that start them.
+"""View, N1QL, analytics and full-text queries: the bucket methods that start them.
 
 The requests themselves (HTTP, row streaming, iteration) live in
-:mod:`couchbase_core.views.iterator`, :mod:`couchbase_core.n1ql` and
-:mod:`couchbase_core.analytics`; each
+:mod:`couchbase_core.views.iterator`, :mod:`couchbase_core.n1ql`,
+:mod:`couchbase_core.analytics` and :mod:`couchbase_core.fulltext`; each
 flavour picks the iterator class through ``_view_class``/``_n1ql_class``/
-``_analytics_class``.
+``_analytics_class``/``_search_class``.
 """
 
 from __future__ import annotations
@@ -102,3 +102,24 @@ class QueryMixin:
             else:
                 itercls = self._analytics_class or AnalyticsRequest
         return itercls(query, host, self)
+
+    # ------------------------------------------------------------- search
+
+    #: The request class ``search`` returns (GSearchRequest on gevent).
+    _search_class: Any = None
+
+    def search(self, index: str, query: Any, *args: Any, **kwargs: Any) -> Any:
+        """A full-text search of ``index``: returns an iterable
+        :class:`~couchbase_core.fulltext.SearchRequest` over the hits (a
+        ``GSearchRequest`` on the gevent bucket; on an AsyncBucket an
+        :class:`~couchbase_core.asynchronous.fulltext.AsyncSearchRequest`
+        to ``start()``). ``query`` is a :class:`~couchbase_core.fulltext.Query`
+        or a query string; the parameters are one
+        :class:`~couchbase_core.fulltext.Params` (positionally or as
+        ``params=``) or its attributes as keywords (``limit``, ``skip``,
+        ``fields``, ``facets``, ``sort``...), plus ``itercls`` and
+        ``row_factory``."""
+        from couchbase_core.fulltext import build_request
+
+        self._require_couchbase("full-text search", "plain memcached has no search service")
+        return build_request(self, index, query, args, kwargs, self._search_class)

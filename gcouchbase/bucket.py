@@ -35,12 +35,13 @@ from greenlet import getcurrent
 from couchbase_core._bucketbase import BaseBucket, Latch, PingStatus, Pipeline
 from couchbase_core._kvops import discard
 from couchbase_core.analytics import AnalyticsRequest
+from couchbase_core.fulltext import SearchRequest
 from couchbase_core.n1ql import N1QLRequest
 from couchbase_core.result import raises
 from couchbase_core.views.iterator import View
 from gcouchbase.iops import IOPS
 
-__all__ = ["Bucket", "Pipeline", "PingStatus", "GView", "GN1QLRequest", "GAnalyticsRequest"]
+__all__ = ["Bucket", "Pipeline", "PingStatus", "GView", "GN1QLRequest", "GAnalyticsRequest", "GSearchRequest"]
 
 #: How long a big _multi call pauses between its batches: any positive
 #: delay makes the hub run a full loop iteration first.
@@ -65,6 +66,11 @@ class GAnalyticsRequest(AnalyticsRequest):
     request)."""
 
 
+class GSearchRequest(SearchRequest):
+    """A full-text search whose hits stream in while the greenlet iterates
+    (the greenlet sleeps between batches; killing it cancels the request)."""
+
+
 class Bucket(BaseBucket):
     """A bucket for gevent programs; see :class:`couchbase_core.bucket.Bucket`
     for the arguments and ``couchbase_core._bucketbase.BaseBucket`` for the
@@ -73,6 +79,7 @@ class Bucket(BaseBucket):
     _view_class = GView
     _n1ql_class = GN1QLRequest
     _analytics_class = GAnalyticsRequest
+    _search_class = GSearchRequest
     #: pipeline() / durability() blocks belong to the calling greenlet.
     _caller = staticmethod(getcurrent)
 

@@ -94,7 +94,8 @@ class ServiceNode:
         self.services = services
 
     def endpoint(self, service: str, tls: bool = False) -> Optional[Tuple[str, int]]:
-        """(host, port) of ``service`` (``kv``, ``mgmt``, ``capi``, ``n1ql``, ``cbas``...), or None."""
+        """(host, port) of ``service`` (``kv``, ``mgmt``, ``capi``, ``n1ql``,
+        ``cbas``, ``fts``...; with TLS the port of ``<service>SSL``), or None."""
         port = self.services.get(service + "SSL" if tls else service)
         return (self.host, port) if port else None
 
@@ -192,7 +193,7 @@ class BucketConfig:
         return ((_zlib.crc32(key) >> 16) & 0x7FFF) % len(self.vbmap)
 
     def service_endpoints(self, service: str, tls: bool = False) -> List[Tuple[str, int]]:
-        """Every node's (host, port) for a service (``mgmt``, ``capi``, ``n1ql``, ``cbas``...)."""
+        """Every node's (host, port) for a service (``mgmt``, ``capi``, ``n1ql``, ``cbas``, ``fts``...)."""
         out = []
         for node in self.nodes:
             ep = node.endpoint(service, tls)

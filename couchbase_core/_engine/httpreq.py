@@ -4,7 +4,7 @@
 creates a :class:`ServiceRequest` and starts it. The request:
 
 * picks the nodes offering the service (management ``mgmt``, views
-  ``capi``, query ``n1ql``, analytics ``cbas``) from the current cluster config
+  ``capi``, query ``n1ql``, analytics ``cbas``, search ``fts``) from the current cluster config
   (:func:`service_endpoints`), in the order the caller's ``order`` hook
   gives them (random by default, to spread the load);
 * borrows a keep-alive :class:`~couchbase_core._engine.http.HTTPConnection`
@@ -63,7 +63,7 @@ ErrorCallback = Callable[[int, str], None]
 
 def service_endpoints(engine: "Engine", service: str) -> List[Tuple[str, int]]:
     """(host, port) of every node offering ``service`` (``mgmt``, ``capi``,
-    ``n1ql``), from the config, else (management only) the connection
+    ``n1ql``, ``fts``), from the config, else (management only) the connection
     string's HTTP hosts."""
     tls = engine.tls_context is not None
     cfg = engine.config

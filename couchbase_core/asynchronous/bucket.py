@@ -267,6 +267,18 @@ class AsyncBucket(BaseBucket):
         kwargs["itercls"] = itercls
         return BaseBucket.analytics_query(self, query, host, *args, **kwargs)
 
+    def search(self, index: str, query: Any, *args: Any, **kwargs: Any) -> Any:
+        """A full-text search: ``itercls`` must be an AsyncSearchRequest
+        subclass (or the class itself, the default); call ``start()`` on the
+        returned object."""
+        from couchbase_core.asynchronous.fulltext import AsyncSearchRequest
+
+        itercls = kwargs.get("itercls") or AsyncSearchRequest
+        if not (isinstance(itercls, type) and issubclass(itercls, AsyncSearchRequest)):
+            raise ArgumentError("AsyncBucket.search needs itercls=<an AsyncSearchRequest subclass>")
+        kwargs["itercls"] = itercls
+        return BaseBucket.search(self, index, query, *args, **kwargs)
+
     def pipeline(self) -> Any:  # type: ignore[override]
         """Batch the operations the calling context issues inside the block:
         they are handed to the engine together when it ends."""

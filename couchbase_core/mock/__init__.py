@@ -316,6 +316,11 @@ class MockCluster:
         """Mutations reach replicas ``seconds`` after they happen."""
         self.control("replicate_delay", seconds=seconds)
 
+    def fts_index_lag(self, seconds: float) -> None:
+        """The search service indexes a mutation only ``seconds`` after it
+        happens (``ctl.consistency`` waits for it; see docs/search.md)."""
+        self.control("fts_index_lag", seconds=seconds)
+
     def clear_faults(self) -> None:
         """Undo delays, stalls, forced statuses, CCCP-off and lags."""
         self.control("clear_faults")

@@ -38,8 +38,9 @@ FAILED = "failed"      # failed over: no longer owns vBuckets
 STOPPED = "stopped"    # its process is "down": listeners closed
 
 #: Ports of one node, by service name as in ``nodesExt[].services``.
-SERVICES = ("mgmt", "kv", "capi", "n1ql", "cbas")
-TLS_SERVICES = {"mgmt": "mgmtSSL", "kv": "kvSSL", "capi": "capiSSL", "n1ql": "n1qlSSL", "cbas": "cbasSSL"}
+SERVICES = ("mgmt", "kv", "capi", "n1ql", "cbas", "fts")
+TLS_SERVICES = {"mgmt": "mgmtSSL", "kv": "kvSSL", "capi": "capiSSL", "n1ql": "n1qlSSL", "cbas": "cbasSSL",
+                "fts": "ftsSSL"}
 
 
 def vbucket_of(key: bytes, num_vbuckets: int) -> int:
@@ -446,7 +447,7 @@ class Cluster:
             "version": SERVER_VERSION,
             "clusterCompatibility": CLUSTER_COMPATIBILITY,
             "os": "x86_64-unknown-linux-gnu",
-            "services": ["kv", "n1ql", "index", "cbas"],
+            "services": ["kv", "n1ql", "index", "cbas", "fts"],
             "ports": {"direct": node.ports["kv"], "httpsMgmt": node.ports.get("mgmtSSL", 0),
                       "httpsCAPI": node.ports.get("capiSSL", 0)},
         }

@@ -22,7 +22,7 @@ __all__ = ["router", "ACTIONS"]
 ACTIONS = ("info", "failover", "add_node", "remove_node", "rebalance", "stop_node", "restart_node",
            "drop_connections", "delay", "stall", "force_status", "malformed", "cccp", "clock",
            "persist_delay", "replicate_delay", "clear_faults", "create_bucket", "delete_bucket", "add_user",
-           "bump_epoch")
+           "bump_epoch", "fts_index_lag")
 
 
 def _runtimes(app: "MockApp", body: Dict[str, Any]) -> list:
@@ -105,6 +105,8 @@ async def _perform(app: "MockApp", name: str, body: Dict[str, Any]) -> Dict[str,
             rt.faults.clear()
         cluster.cccp_enabled = True
         cluster.persist_delay = cluster.replicate_delay = 0.0
+        if "fts" in app.services:
+            app.services["fts"].index_lag = 0.0
     elif name == "create_bucket":
         from couchbase_core.mock.runtime import BucketOptions
 
@@ -117,6 +119,10 @@ async def _perform(app: "MockApp", name: str, body: Dict[str, Any]) -> Dict[str,
 
         roles = [(r["role"], r.get("bucket")) for r in body.get("roles", [{"role": "admin"}])]
         cluster.add_user(User(body["name"], body["password"], roles))
+    elif name == "fts_index_lag":
+        from couchbase_core.mock.fts import fts_service
+
+        fts_service(app).index_lag = float(body.get("seconds", 0))
     elif name == "bump_epoch":
         cluster.rev_epoch += 1
         cluster.bump()

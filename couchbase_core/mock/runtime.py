@@ -2,7 +2,7 @@
 
 :class:`MockApp` owns the :class:`~couchbase_core.mock.cluster.Cluster` and a
 :class:`NodeRuntime` per node: the node's KV listener (and TLS listener),
-its HTTP services (management, views, query, analytics) and its fault state. All nodes
+its HTTP services (management, views, query, analytics, search) and its fault state. All nodes
 share one process and listen on 127.0.0.1 only; ports are free ones unless
 fixed ones are asked for.
 """
@@ -14,7 +14,7 @@ import json
 import logging
 import socket
 import ssl
-from typing import Any, Dict, List, Optional, Set
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 from couchbase_core.mock import kvops  # noqa: F401  (registers the data commands)
 from couchbase_core.mock.certauth import CertAuthSettings
@@ -74,8 +74,8 @@ class ClusterOptions:
 
 #: Services of a node: name -> port offset when fixed ports are used.
 _PORT_OFFSETS = {"mgmt": 0, "capi": 1, "n1ql": 2, "kv": 3, "mgmtSSL": 4, "capiSSL": 5, "n1qlSSL": 6, "kvSSL": 7,
-                 "cbas": 8, "cbasSSL": 9}
-_PORTS_PER_NODE = 10
+                 "cbas": 8, "cbasSSL": 9, "fts": 10, "ftsSSL": 11}
+_PORTS_PER_NODE = 12
 
 
 class NodeRuntime:
@@ -114,11 +114,11 @@ class NodeRuntime:
             self.node.ports[service] = server.sockets[0].getsockname()[1]
         from couchbase_core.mock import httpd
 
-        http_services = [("mgmt", None), ("capi", None), ("n1ql", None)]
-        http_services += [("cbas", None)]
+        http_services: List[Tuple[str, Optional[ssl.SSLContext]]] = [("mgmt", None), ("capi", None), ("n1ql", None)]
+        http_services += [("cbas", None), ("fts", None)]
         if tls is not None:
             http_services += [("mgmtSSL", tls), ("capiSSL", tls), ("n1qlSSL", tls)]
-            http_services += [("cbasSSL", tls)]
+            http_services += [("cbasSSL", tls), ("ftsSSL", tls)]
         for service, context in http_services:
             self._release(service)
             router = self.app.router_for(service.replace("SSL", ""), self)
@@ -238,7 +238,7 @@ class MockApp:
         return self.cluster.add_bucket(bucket)
 
     def router_for(self, service: str, runtime: NodeRuntime) -> Any:
-        """The HTTP router of a node's service (``mgmt``, ``capi``, ``n1ql``, ``cbas``)."""
+        """The HTTP router of a node's service (``mgmt``, ``capi``, ``n1ql``, ``cbas``, ``fts``)."""
         if service == "mgmt":
             from couchbase_core.mock import mgmt
 
@@ -251,6 +251,10 @@ class MockApp:
             from couchbase_core.mock import analytics
 
             return analytics.router(self, runtime)
+        if service == "fts":
+            from couchbase_core.mock import fts
+
+            return fts.router(self, runtime)
         from couchbase_core.mock import query
 
         return query.router(self, runtime)
@@ -324,6 +328,7 @@ class MockApp:
             "views_port": first.ports["capi"],
             "query_port": first.ports["n1ql"],
             "analytics_port": first.ports["cbas"],
+            "search_port": first.ports["fts"],
             "control_url": "http://%s:%d/mock" % (self.options.host, self.control_port),
             "buckets": {name: {"type": b.type, "replicas": b.replicas, "vbuckets": b.num_vbuckets}
                         for name, b in cluster.buckets.items()},

@@ -517,7 +517,8 @@ def test_every_control_action_is_tested() -> None:
     covered = {"info", "failover", "add_node", "remove_node", "rebalance", "stop_node", "restart_node",
                "drop_connections", "delay", "stall", "force_status", "malformed", "cccp", "clock",
                "persist_delay", "replicate_delay", "clear_faults", "create_bucket", "delete_bucket", "add_user",
-               "bump_epoch"}
+               "bump_epoch",
+               "fts_index_lag"}  # driven in tests/mock/test_fts_engine.py
     assert set(ACTIONS) == covered
 
 
