@@ -200,7 +200,7 @@ def test_fixed_ports_with_base_port(spawn: Any) -> None:
     # The range is free when checked, but another process could take a port
     # of it before the emulator binds: then (only then) try another range.
     for attempt in range(5):
-        base = _free_range(20)
+        base = _free_range(24)
         emulator = spawn("--json", "--nodes", "2", "--base-port", str(base))
         try:
             info = emulator.info()
@@ -209,13 +209,13 @@ def test_fixed_ports_with_base_port(spawn: Any) -> None:
             if "in use" not in str(exc) or attempt == 4:
                 raise
     assert (info["http_port"], info["views_port"], info["query_port"]) == (base, base + 1, base + 2)
-    assert info["kv_ports"]["default"] == [base + 3, base + 13]
-    assert info["nodes"][1]["ports"]["mgmt"] == base + 10
-    assert info["connstr"] == "couchbase://127.0.0.1:%d,127.0.0.1:%d" % (base + 3, base + 13)
-    config = config_via(base + 13)
+    assert info["kv_ports"]["default"] == [base + 3, base + 15]
+    assert info["nodes"][1]["ports"]["mgmt"] == base + 12
+    assert info["connstr"] == "couchbase://127.0.0.1:%d,127.0.0.1:%d" % (base + 3, base + 15)
+    config = config_via(base + 15)
     assert sorted(config["vBucketServerMap"]["serverList"]) == ["127.0.0.1:%d" % (base + 3),
-                                                                 "127.0.0.1:%d" % (base + 13)]
-    assert rawhttp.request(HOST, base + 12, "POST", "/query/service", b"statement=SELECT%201",
+                                                                 "127.0.0.1:%d" % (base + 15)]
+    assert rawhttp.request(HOST, base + 14, "POST", "/query/service", b"statement=SELECT%201",
                            {"Content-Type": "application/x-www-form-urlencoded"}).status == 200
 
 
