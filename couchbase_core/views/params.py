@@ -24,7 +24,7 @@ from couchbase_core.exceptions import ArgumentError
 
 __all__ = ["Query", "ViewQuery", "SpatialQuery", "make_options_string", "make_dvpath", "STALE_OK",
            "STALE_UPDATE_BEFORE", "STALE_UPDATE_AFTER", "ONERROR_CONTINUE", "ONERROR_STOP", "UNSPEC",
-           "MAX_URI_LENGTH"]
+           "MAX_URI_LENGTH", "ulp"]
 
 #: ``stale=ok``: use the index as it is.
 STALE_OK = "ok"
@@ -52,6 +52,29 @@ class _Unspec:
 
 #: Marks a parameter as not set (also: pass ``None``).
 UNSPEC = _Unspec()
+
+
+class ulp:
+    """An *unquoted literal parameter* (2.x ``couchbase.views.params.ulp``):
+    its ``value``, a ``str``, is sent as the parameter's text as it is,
+    without JSON encoding, e.g. ``Query(startkey=ulp('["a",1]'))`` when the
+    key is JSON text already. No check is made that it is valid JSON."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: str) -> None:
+        if not isinstance(value, str):
+            raise ArgumentError("ulp() takes the parameter's text (a str), not %s" % type(value).__name__)
+        self.value = value
+
+    def __repr__(self) -> str:
+        return "ulp(%r)" % (self.value,)
+
+    def __eq__(self, other: Any) -> bool:
+        return isinstance(other, ulp) and other.value == self.value
+
+    def __hash__(self) -> int:
+        return hash(("ulp", self.value))
 
 
 def _bool(name: str, value: Any) -> str:
@@ -159,7 +182,9 @@ class Query:
             params.pop(name, None)
             return
         encoder = self._encoders.get(name)
-        if self.passthrough and isinstance(value, str):
+        if isinstance(value, ulp):  # unquoted literal: sent as given
+            params[name] = (value, _string(name, value.value))
+        elif self.passthrough and isinstance(value, str):
             params[name] = (value, value)  # already in the server's syntax
         elif encoder is not None:
             params[name] = (value, encoder(name, value))
