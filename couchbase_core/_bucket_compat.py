@@ -327,7 +327,7 @@ class CompatMixin(CryptoMixin):
             if name in TRACING_DEFAULTS:
                 self._set_tracing(name, seconds)
             elif name == "operation_timeout":
-                self.timeout = seconds  # type: ignore[attr-defined]
+                self.timeout = seconds
             else:
                 if seconds <= 0:
                     raise ArgumentError("%s must be greater than 0 (got %r)" % (name, value))
