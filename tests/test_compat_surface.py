@@ -534,3 +534,18 @@ def test_legacy_transcoder_pp_writes_legacy_flags(memcached_server, unique_key):
         assert b.get(unique_key + "lu").value == "text"
     finally:
         b.close()
+
+
+def test_describe_op_redacts_keys_for_logs_only(memcached_server):
+    from couchbase_core._engine.ops import KVOp
+    from couchbase_core._engine.protocol import Opcode
+
+    b = Bucket(memcached_server.connstr + "?log_redaction=true")
+    try:
+        op = KVOp(Opcode.GET, b"user::42")
+        assert b._settings.describe_op(op) == "GET <ud>user::42</ud>"
+        assert "<ud>" not in op.describe()  # exception messages are unchanged
+        b.redaction = False
+        assert b._settings.describe_op(op) == op.describe()
+    finally:
+        b.close()

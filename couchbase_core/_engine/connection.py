@@ -777,7 +777,7 @@ class KVConnection:
                 op.done = True
                 op.on_response(frame)
             except Exception:  # never let a result handler break the stream
-                log.exception("completing %s failed", op.describe())
+                log.exception("completing %s failed", self.engine.settings.describe_op(op))
         self.engine.deadlines.trim()
         return True
 
@@ -814,7 +814,7 @@ class KVConnection:
             op.done = True
             op.on_response(frame)
         except Exception:  # never let a result handler break the stream
-            log.exception("completing %s failed", op.describe())
+            log.exception("completing %s failed", self.engine.settings.describe_op(op))
 
     def _read_handshake(self) -> None:
         """Feed what the stream has to the handshake (NEGOTIATING)."""

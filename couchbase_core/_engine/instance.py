@@ -1002,7 +1002,7 @@ class Engine:
                 elif not op.done:
                     op.on_error(RC.FORKED, message)
             except Exception:
-                log.exception("failing %s after fork raised", op.describe())
+                log.exception("failing %s after fork raised", self.settings.describe_op(op))
             finally:
                 if sink is not None:
                     op.sink = _ignore  # type: ignore[attr-defined]

@@ -7,7 +7,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-from couchbase_core._engine.protocol import MAX_BODY, Feature
+from couchbase_core._engine.protocol import MAX_BODY, Feature, opcode_name
 from couchbase_core.connstr import (
     KNOWN_OPTIONS,
     ConnectionString,
@@ -166,6 +166,15 @@ class Settings:
         if self.log_redaction:
             return "<ud>%s</ud>" % text
         return text
+
+    def describe_op(self, op: Any) -> str:
+        """``op.describe()`` for a log message: with ``log_redaction`` on,
+        the key is shown as user data (:meth:`ud`). Exception messages keep
+        using ``op.describe()``."""
+        kb = getattr(op, "kb", b"")
+        if not kb or not self.log_redaction:
+            return op.describe()
+        return "%s %s" % (opcode_name(op.opcode), self.ud(kb[:40]))
 
     @property
     def cccp_allowed(self) -> bool:
