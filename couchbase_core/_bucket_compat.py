@@ -173,7 +173,9 @@ class CompatMixin(CryptoMixin):
         if self._tracing_warned:
             return
         self._tracing_warned = True
-        warnings.warn(message or tracing_warning(True, []), OptionIgnoredWarning, stacklevel=3)
+        from couchbase_core._engine.settings import _warn
+
+        _warn(message or tracing_warning(True, []), OptionIgnoredWarning)  # attributed to the caller
 
     def _set_tracing(self, name: str, value: Any) -> None:
         self._settings.tracing[name] = parse_tracing_option(name, value)  # type: ignore[attr-defined]
