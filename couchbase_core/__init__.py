@@ -58,3 +58,37 @@ def set_pickle_converters(encode, decode):
     from couchbase_core import transcoder
 
     return transcoder.set_pickle_converters(encode, decode)
+
+
+# ---------------------------------------------------------------- 2.x entry points
+
+
+def lcb_version():
+    """This client's version in the shape 2.x's ``lcb_version()`` had:
+    ``(version_string, version_number)`` with the number packed as
+    ``0xMMmmpp`` (2.x reported libcouchbase's, e.g. ``('2.10.3', 0x020a03)``;
+    here there is no C library, so it is gcouchbase's own version, e.g.
+    ``('0.1.0', 0x000100)``)."""
+    parts = [int(p) if p.isdigit() else 0 for p in __version__.split("+")[0].split(".")[:3]]
+    parts += [0] * (3 - len(parts))
+    return __version__, (parts[0] << 16) | (parts[1] << 8) | parts[2]
+
+
+def enable_logging():
+    """Send this client's log records to the ``couchbase`` logger hierarchy
+    (``couchbase.instance``, ``couchbase.server``...) as the 2.x
+    ``couchbase.enable_logging()`` did for libcouchbase's log. See
+    :mod:`couchbase_core._logsetup` and docs/compat.md."""
+    from couchbase_core import _logsetup
+
+    _logsetup.enable_logging()
+
+
+def disable_logging():
+    """Undo :func:`enable_logging`."""
+    from couchbase_core import _logsetup
+
+    _logsetup.disable_logging()
+
+
+__all__ += ["lcb_version", "enable_logging", "disable_logging"]

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, List, Optional
 
-from couchbase_core import _formats
+from couchbase_core import _config_cache, _formats
 from couchbase_core._bucket_args import _FMT_JSON, _seconds
+from couchbase_core._bucket_compat import CompatMixin
+from couchbase_core._config_cache import CacheWriter
 from couchbase_core._engine.instance import Engine
 from couchbase_core._engine.settings import Settings
 from couchbase_core.exceptions import ArgumentError, NotSupportedError
@@ -25,11 +27,12 @@ __all__ = ["BucketCore"]
 
 
 #: Options every bucket constructor accepts besides connection-string options.
-_CTOR_OPTIONS = ("quiet", "transcoder", "lockmode", "unlock_gil", "default_format", "data_passthrough")
+_CTOR_OPTIONS = ("quiet", "transcoder", "lockmode", "unlock_gil", "tracer", "default_format", "data_passthrough")
 
 
-class BucketCore:
-    """Construction, settings and lifecycle of :class:`~couchbase_core._bucketbase.BaseBucket`."""
+class BucketCore(CompatMixin):
+    """Construction, settings and lifecycle of :class:`~couchbase_core._bucketbase.BaseBucket`
+    (and, through :class:`~couchbase_core._bucket_compat.CompatMixin`, the small 2.x pieces)."""
 
     #: ``True`` for the async bucket, whose calls never wait.
     _is_async = False
@@ -41,8 +44,8 @@ class BucketCore:
             connection_string = kwargs.pop("connstr", None)
         if connection_string is None:
             raise ArgumentError("a connection string is required, e.g. 'memcached://localhost:11211'")
-        unlock_gil = kwargs.pop("unlock_gil", None)
-        del unlock_gil  # accepted for 2.x compatibility; there is no GIL to release here
+        unlock_gil = kwargs.pop("unlock_gil", None)  # 2.x option: no effect here (see _bucket_compat)
+        tracer = kwargs.pop("tracer", None)
         default_format = kwargs.pop("default_format", _FMT_JSON)
         data_passthrough = kwargs.pop("data_passthrough", False)
         self._settings = Settings.from_connstr(connection_string, username, password, **kwargs)
@@ -62,8 +65,22 @@ class BucketCore:
         #: This bucket's key in the callers' pipeline / durability scopes.
         self._scope = object()
         self._iops = self._make_iops(kwargs)
+        self._init_compat(unlock_gil, tracer)
+        self._use_config_cache()
         self._engine = Engine(self._iops, self._settings)
+        if self._settings.config_cache and self._settings.scheme != "memcached":
+            self._engine.add_config_listener(CacheWriter(self._settings.config_cache))
         self._start()
+
+    def _use_config_cache(self) -> None:
+        """``config_cache``: seed the bootstrap from the file when it holds a
+        valid config of this bucket (see couchbase_core._config_cache)."""
+        settings = self._settings
+        if not settings.config_cache or settings.scheme == "memcached":
+            return
+        kv, mgmt = _config_cache.load(settings.config_cache, settings.bucket or "default",
+                                      tls=settings.tls is not None)
+        settings.cached_seeds, settings.cached_http_seeds = kv, mgmt
 
     # ------------------------------------------------------------ properties
 

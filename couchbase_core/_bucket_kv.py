@@ -319,3 +319,27 @@ class KeyValueMixin:
         op = SubdocMutateOp(key, kb, self._subdoc_specs(specs, False), doc_flags, _ttl(ttl), _cas(cas),
                             self._timeout)
         return self._one(self._with_durability(op, extras))
+
+    # ------------------------------------------- 2.x deprecated aliases
+
+    def set(self, *args: Any, **kwargs: Any) -> Any:
+        """Deprecated 1.x/2.x name of :meth:`upsert` (DeprecationWarning)."""
+        _deprecated("set", "upsert")
+        return self.upsert(*args, **kwargs)
+
+    def add(self, *args: Any, **kwargs: Any) -> Any:
+        """Deprecated 1.x/2.x name of :meth:`insert` (DeprecationWarning)."""
+        _deprecated("add", "insert")
+        return self.insert(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> Any:
+        """Deprecated 1.x/2.x name of :meth:`remove` (DeprecationWarning)."""
+        _deprecated("delete", "remove")
+        return self.remove(*args, **kwargs)
+
+
+def _deprecated(old: str, new: str) -> None:
+    """The 2.x deprecation warning, attributed to the caller of ``old``."""
+    import warnings
+
+    warnings.warn("%s is deprecated. Use %s instead" % (old, new), DeprecationWarning, stacklevel=3)

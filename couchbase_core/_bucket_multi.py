@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tupl
 from couchbase_core._bucket_args import _MAX_KEY, _TTL, _cas, _ttl
 from couchbase_core._engine.protocol import Opcode
 from couchbase_core._kvops import KIND_COUNTER, KIND_GET, KIND_MUTATION, KeyBatch
-from couchbase_core.exceptions import ArgumentError, CouchbaseError
+from couchbase_core.exceptions import ArgumentError, CouchbaseError, NotSupportedError
 from couchbase_core.items import Item, ItemCollection
 from couchbase_core.result import OperationResult, Result, ValueResult
 
@@ -331,6 +331,71 @@ class MultiMixin:
 
         return self._run_entries(entries, build, False, KIND_MUTATION)
 
+    # ------------------------------------------- 2.x deprecated aliases, append_items
+
+    def set_multi(self, *args: Any, **kwargs: Any) -> Any:
+        """Deprecated 1.x/2.x name of :meth:`upsert_multi` (DeprecationWarning)."""
+        _deprecated("set_multi", "upsert_multi")
+        return self.upsert_multi(*args, **kwargs)
+
+    def add_multi(self, *args: Any, **kwargs: Any) -> Any:
+        """Deprecated 1.x/2.x name of :meth:`insert_multi` (DeprecationWarning)."""
+        _deprecated("add_multi", "insert_multi")
+        return self.insert_multi(*args, **kwargs)
+
+    def delete_multi(self, *args: Any, **kwargs: Any) -> Any:
+        """Deprecated 1.x/2.x name of :meth:`remove_multi` (DeprecationWarning)."""
+        _deprecated("delete_multi", "remove_multi")
+        return self.remove_multi(*args, **kwargs)
+
+    def append_items(self, items: Any, **kwargs: Any) -> Any:
+        """Append to many items and update each item's ``value`` (2.x).
+
+        ``items`` is an :class:`~couchbase_core.items.ItemOptionDict` whose
+        options give each item a ``fragment`` (the ``str``/``bytes`` to
+        append; ``format`` and ``cas`` may be given per item too). Each item
+        that succeeds gets ``fragment`` appended to its ``value``; the others
+        keep theirs. Keyword arguments are those of :meth:`append_multi`.
+        Returns the :class:`~couchbase_core.result.MultiResult`.
+        """
+        return self._concat_items(Opcode.APPEND, items, "append_items", kwargs)
+
+    def prepend_items(self, items: Any, **kwargs: Any) -> Any:
+        """As :meth:`append_items`, prepending: each successful item's
+        ``value`` becomes ``fragment + value``."""
+        return self._concat_items(Opcode.PREPEND, items, "prepend_items", kwargs)
+
+    def _concat_items(self, opcode: int, items: Any, what: str, kwargs: Dict[str, Any]) -> Any:
+        from couchbase_core.items import ItemOptionDict
+
+        if self._is_async:  # type: ignore[attr-defined]
+            raise NotSupportedError("%s is not available on the async bucket (it updates the items when "
+                                    "the call returns): use append_multi/prepend_multi" % what)
+        if not isinstance(items, ItemOptionDict):
+            raise ArgumentError("%s needs an ItemOptionDict whose options give each item a 'fragment'" % what)
+        fmt = kwargs.pop("format", None)
+        durability = self._mutation_extras(kwargs.pop("persist_to", 0), kwargs.pop("replicate_to", 0),
+                                           kwargs.pop("durability_level", 0))
+        if kwargs:
+            raise ArgumentError("%s got unexpected keyword argument(s) %s" % (what, ", ".join(sorted(kwargs))))
+        pairs = list(items.dict.items())
+        for item, options in pairs:
+            if "fragment" not in options:
+                raise ArgumentError({"message": "%s: every item needs a 'fragment' option" % what, "key": item.key})
+        entries = ((item.key, options["fragment"], item, options) for item, options in pairs)
+
+        def build(key: Any, value: Any, item: Optional[Item], options: Dict[str, Any]) -> tuple:
+            cas = options.get("cas", item.cas if item is not None else 0)
+            return self._concat_parts(opcode, key, value, cas, options.get("format", fmt))
+
+        try:
+            results = self._run_entries(entries, build, False, KIND_MUTATION, durability=durability)
+        except CouchbaseError as exc:
+            _update_items(pairs, exc.all_results, opcode == Opcode.APPEND)
+            raise
+        _update_items(pairs, results, opcode == Opcode.APPEND)
+        return results
+
 
 def _plain_key_bytes(keys: Any) -> Optional[List[bytes]]:
     """The encoded keys of a list of plain keys, or None if any key needs
@@ -349,3 +414,32 @@ def _plain_key_bytes(keys: Any) -> Optional[List[bytes]]:
     if kbs and (min(map(len, kbs)) == 0 or max(map(len, kbs)) > _MAX_KEY):
         return None
     return kbs
+
+
+def _deprecated(old: str, new: str) -> None:
+    """The 2.x deprecation warning, attributed to the caller of ``old``."""
+    import warnings
+
+    warnings.warn("%s is deprecated. Use %s instead" % (old, new), DeprecationWarning, stacklevel=3)
+
+
+def _update_items(pairs: List[Tuple[Item, Dict[str, Any]]], results: Any, append: bool) -> None:
+    """After append_items/prepend_items: the fragment joins the value of
+    each item whose own result (in ``results``) succeeded."""
+    if not isinstance(results, dict):
+        return
+    for item, options in pairs:
+        if results.get(item.key) is item and item.success:
+            item.value = _concat_value(item.value, options["fragment"], append)
+
+
+def _concat_value(value: Any, fragment: Any, append: bool) -> Any:
+    """``value`` with ``fragment`` appended (or prepended), str or bytes
+    matched to the value's type (an item without a value takes the fragment)."""
+    if value is None:
+        return fragment
+    if isinstance(value, bytes) and isinstance(fragment, str):
+        fragment = fragment.encode("utf-8")
+    elif isinstance(value, str) and isinstance(fragment, bytes):
+        fragment = fragment.decode("utf-8", "replace")
+    return value + fragment if append else fragment + value

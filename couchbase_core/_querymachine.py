@@ -128,6 +128,8 @@ class QueryOptions:
     password: Optional[str] = None
     #: the cluster lacks ``enhancedPreparedStatements``: executions carry the encoded plan
     send_plan: bool = False
+    #: ``(bucket, password)`` pairs added by ``Bucket.add_bucket_creds``: sent with the bucket's own
+    extra_creds: Tuple[Tuple[str, str], ...] = ()
 
 
 def is_stale_plan(exc: BaseException) -> bool:
@@ -270,6 +272,7 @@ def execute_body(query: N1QLQuery, options: QueryOptions, prepared: Optional[Dic
     body = query.encoded_body(options.default_timeout)
     if query.cross_bucket:
         body["creds"] = [{"user": "local:%s" % (options.username or options.bucket), "pass": options.password or ""}]
+        body["creds"] += [{"user": "local:%s" % name, "pass": secret} for name, secret in options.extra_creds]
     if prepared is not None:
         body.pop("statement", None)
         body["prepared"] = prepared["name"]

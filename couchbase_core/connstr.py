@@ -76,6 +76,7 @@ __all__ = [
     "parse_bool",
     "parse_int",
     "convert_1x_args",
+    "parse_ratio",
 ]
 
 #: Schemes accepted before ``://``.
@@ -97,6 +98,12 @@ KNOWN_OPTIONS = frozenset({
     "retry_nmv_delay", "select_bucket", "tcp_nodelay", "tcp_keepalive",
     "sasl_mech_force", "http_poolsize", "detailed_errcodes", "client_string", "ipv6",
     "dnssrv", "network", "max_value_size", "connect_timeout", "keypath", "truststorepath",
+    # 2.x / libcouchbase 2.9+ names (see docs/compat.md)
+    "log_redaction", "config_cache", "compression_min_size", "compression_min_ratio",
+    "tracing_threshold_kv", "tracing_threshold_n1ql", "tracing_threshold_view",
+    "tracing_threshold_fts", "tracing_threshold_analytics", "tracing_threshold_queue_size",
+    "tracing_threshold_queue_flush_interval", "tracing_orphaned_queue_size",
+    "tracing_orphaned_queue_flush_interval",
 })
 
 # Default ports, by transport security.
@@ -291,15 +298,47 @@ def _check_size(value: str, name: str) -> None:
     parse_int(value, name, minimum=1)
 
 
+def _check_count(value: str, name: str) -> None:
+    parse_int(value, name, minimum=0)
+
+
+def parse_ratio(value: Union[str, int, float], name: str) -> float:
+    """Convert an option value to a ratio: a number greater than 0 and at
+    most 1 (``compression_min_ratio``).
+
+    Raises:
+        ArgumentError: naming ``name``, for anything else.
+    """
+    if isinstance(value, bool):
+        raise _bad_value(name, value, "expected a number, not a bool")
+    if isinstance(value, (int, float)):
+        ratio = float(value)
+    elif isinstance(value, str) and _NUMBER_RE.fullmatch(value.strip()):
+        ratio = float(value.strip())
+    else:
+        raise _bad_value(name, value, "expected a number")
+    if not 0.0 < ratio <= 1.0:
+        raise _bad_value(name, value, "must be greater than 0 and at most 1")
+    return ratio
+
+
+def _check_ratio(value: str, name: str) -> None:
+    parse_ratio(value, name)
+
+
 _DURATION_OPTIONS = (
     "operation_timeout", "timeout", "config_total_timeout", "config_node_timeout",
     "views_timeout", "n1ql_timeout", "query_timeout", "http_timeout",
     "durability_timeout", "durability_interval", "config_poll_interval",
     "retry_nmv_delay", "connect_timeout",
+    "tracing_threshold_kv", "tracing_threshold_n1ql", "tracing_threshold_view",
+    "tracing_threshold_fts", "tracing_threshold_analytics",
+    "tracing_threshold_queue_flush_interval", "tracing_orphaned_queue_flush_interval",
 )
 _BOOL_OPTIONS = (
     "fetch_mutation_tokens", "enable_mutation_tokens", "enable_tracing",
     "select_bucket", "tcp_nodelay", "tcp_keepalive", "detailed_errcodes", "dnssrv",
+    "log_redaction",
 )
 
 #: option name -> checker(value, name) raising ArgumentError on a bad value.
@@ -320,6 +359,11 @@ _VALIDATORS: Dict[str, Callable[[str, str], None]] = {
     "username": _check_anything,
     "password": _check_anything,
     "client_string": _check_anything,
+    "config_cache": _check_nonempty,
+    "compression_min_size": _check_count,
+    "compression_min_ratio": _check_ratio,
+    "tracing_threshold_queue_size": _check_size,
+    "tracing_orphaned_queue_size": _check_size,
 }
 assert set(_VALIDATORS) == KNOWN_OPTIONS
 

@@ -315,7 +315,8 @@ class N1QLRequest:
         caps = (engine.config.cluster_capabilities if engine.config is not None else {}) or {}
         options = QueryOptions(default_timeout=bucket.n1ql_timeout, bucket=bucket.bucket or "", username=user,
                                password=password,
-                               send_plan="enhancedPreparedStatements" not in caps.get("n1ql", []))
+                               send_plan="enhancedPreparedStatements" not in caps.get("n1ql", []),
+                               extra_creds=tuple(getattr(bucket, "_bucket_creds", {}).items()))
         return QueryMachine(self.params, engine.prepared_cache, options)
 
     @staticmethod

@@ -45,7 +45,7 @@ from couchbase_core._formats import (
 from couchbase_core.exceptions import ArgumentError, ValueFormatError
 
 __all__ = [
-    "Transcoder", "TranscoderPP", "LegacyTranscoder",
+    "Transcoder", "TranscoderPP", "LegacyTranscoder", "LegacyTranscoderPP",
     "encode_key", "encode_value", "decode_value",
     "set_json_converters", "set_pickle_converters",
 ]
@@ -260,3 +260,9 @@ class LegacyTranscoder(Transcoder):
     def encode_value(self, value: Any, format: int) -> Tuple[bytes, int]:  # noqa: A002
         data, flags = encode_value(value, format)
         return data, _TO_LEGACY.get(format_of(flags), flags & FMT_LEGACY_MASK)
+
+
+class LegacyTranscoderPP(LegacyTranscoder):
+    """The 2.x pure-Python twin of :class:`LegacyTranscoder` (legacy flag
+    bits only, no common flags); here the two are the same code, this name
+    is kept so 2.x code that imports it keeps working."""

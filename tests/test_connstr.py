@@ -519,11 +519,19 @@ _VALUE_STRATEGIES = {
     "username": _any_text,
     "password": _any_text,
     "client_string": _any_text,
+    "config_cache": _any_text.filter(bool),
+    "compression_min_size": st.integers(0, 2**20).map(str),
+    "compression_min_ratio": st.sampled_from(["0.5", "0.83", "1", "1.0"]),
+    "tracing_threshold_queue_size": st.integers(1, 1000).map(str),
+    "tracing_orphaned_queue_size": st.integers(1, 1000).map(str),
 }
 _DURATION_NAMES = {
     "operation_timeout", "timeout", "config_total_timeout", "config_node_timeout",
     "views_timeout", "n1ql_timeout", "query_timeout", "http_timeout", "durability_timeout",
     "durability_interval", "config_poll_interval", "retry_nmv_delay", "connect_timeout",
+    "tracing_threshold_kv", "tracing_threshold_n1ql", "tracing_threshold_view", "tracing_threshold_fts",
+    "tracing_threshold_analytics", "tracing_threshold_queue_flush_interval",
+    "tracing_orphaned_queue_flush_interval",
 }
 
 
@@ -565,4 +573,4 @@ def test_encode_parse_round_trip(cs):
 def test_every_known_option_has_a_round_trip_strategy():
     assert set(_VALUE_STRATEGIES) | _DURATION_NAMES | {
         "fetch_mutation_tokens", "enable_mutation_tokens", "enable_tracing", "select_bucket",
-        "tcp_nodelay", "tcp_keepalive", "detailed_errcodes", "dnssrv"} == set(KNOWN_OPTIONS)
+        "tcp_nodelay", "tcp_keepalive", "detailed_errcodes", "dnssrv", "log_redaction"} == set(KNOWN_OPTIONS)

@@ -62,8 +62,15 @@ class Bootstrapper:
         self.engine = engine
         settings = engine.settings
         self.mode = settings.bootstrap_on
-        self.kv_seeds: List[Tuple[str, int]] = list(settings.hosts)
-        self.http_seeds: List[Tuple[str, int]] = list(settings.http_hosts)
+        # Nodes of a valid config_cache file go first (see _config_cache.py):
+        # the config is still fetched from them, never taken from the file.
+        self.cached_kv = set(settings.cached_seeds)
+        self.cached_http = set(settings.cached_http_seeds)
+        self.kv_seeds: List[Tuple[str, int]] = list(dict.fromkeys(settings.cached_seeds + list(settings.hosts)))
+        self.http_seeds: List[Tuple[str, int]] = list(dict.fromkeys(settings.cached_http_seeds
+                                                                    + list(settings.http_hosts)))
+        #: True when the bootstrap config came from a node the cache named.
+        self.used_cache = False
         if engine.tls_context is not None:
             # couchbases:// seeds: connection strings give TLS ports already
             pass
@@ -158,7 +165,7 @@ class Bootstrapper:
             self._record(conn.authority, (RC.PROTOCOL, "unusable config: %s" % exc))
             self._next_cccp()
             return
-        self._succeed(cfg, "CCCP from %s" % conn.authority)
+        self._succeed(cfg, "CCCP from %s" % conn.authority, (conn.host, conn.port) in self.cached_kv)
 
     # ------------------------------------------------------------------ HTTP
 
@@ -186,7 +193,7 @@ class Bootstrapper:
         if self._done:
             self.engine.apply_config(cfg)  # a later config from the stream
             return
-        self._succeed(cfg, "HTTP from %s" % stream.authority)
+        self._succeed(cfg, "HTTP from %s" % stream.authority, (stream.host, stream.port) in self.cached_http)
 
     def _on_http_failure(self, stream: Any, rc: int, message: str) -> None:
         if self._closed:
@@ -242,11 +249,12 @@ class Bootstrapper:
     def _record(self, where: str, error: Tuple[int, str]) -> None:
         self.failures[where] = error
 
-    def _succeed(self, cfg: BucketConfig, how: str) -> None:
+    def _succeed(self, cfg: BucketConfig, how: str, from_cache: bool = False) -> None:
         if cfg.name and cfg.name != self.engine.settings.bucket:
             self._record(how, (RC.PROTOCOL, "config is for bucket %r" % cfg.name))
             return
         self._done = True
+        self.used_cache = from_cache
         log.debug("bootstrapped by %s (rev %s)", how, cfg.rev)
         self.engine.apply_config(cfg)
         self.engine.finish_bootstrap(None)

@@ -210,6 +210,18 @@ class KVConnection:
         #: Error map from GET_ERROR_MAP (status code -> entry), when fetched.
         self.error_map: Dict[int, Dict[str, Any]] = {}
 
+    def apply_compression(self) -> None:
+        """(Re)read the Snappy settings (``compression``,
+        ``compression_min_size``, ``compression_min_ratio``): at the end of
+        the handshake, and when the bucket's ``compression`` property changes."""
+        settings = self.engine.settings
+        snappy = Feature.SNAPPY in (self.features or ())
+        mode = settings.compression
+        self._inflate = snappy
+        self._deflate = snappy and mode in ("on", "deflate_only", "force")
+        self._min_compress = 1 if mode == "force" else max(1, settings.compression_min_size)
+        self._min_ratio = None if mode == "force" else settings.compression_min_ratio
+
     # ------------------------------------------------------------------ info
 
     @property
@@ -590,12 +602,7 @@ class KVConnection:
         if done.error_map is not None:
             self.error_map = done.error_map
         self._disarm_connect_timer()
-        snappy = Feature.SNAPPY in self.features
-        mode = self.engine.settings.compression
-        self._inflate = snappy
-        self._deflate = snappy and mode in ("on", "deflate_only", "force")
-        self._min_compress = 1 if mode == "force" else _MIN_COMPRESS
-        self._min_ratio = None if mode == "force" else _MIN_RATIO
+        self.apply_compression()
         self.state = READY
         self.last_error = None
         self.last_read = self.engine.clock()
@@ -772,7 +779,7 @@ class KVConnection:
                 op.done = True
                 op.on_response(frame)
             except Exception:  # never let a result handler break the stream
-                log.exception("completing %s failed", op.describe())
+                log.exception("completing %s failed", self.engine.settings.describe_op(op))
         self.engine.deadlines.trim()
         return True
 
@@ -835,7 +842,7 @@ class KVConnection:
             op.done = True
             op.on_response(frame)
         except Exception:  # never let a result handler break the stream
-            log.exception("completing %s failed", op.describe())
+            log.exception("completing %s failed", self.engine.settings.describe_op(op))
 
     def _read_handshake(self) -> None:
         """Feed what the stream has to the handshake (NEGOTIATING)."""

@@ -245,7 +245,8 @@ class ServiceRequest:
         never_sent = rc in (RC.CONNECT, RC.UNKNOWN_HOST)
         unanswered = rc in (RC.NETWORK, RC.PROTOCOL) and self.idempotent and self.status == 0
         if self._targets and not self.engine.closed and (never_sent or unanswered):
-            log.debug("%s: %s; trying the next node", self.describe(), message)
+            log.debug("HTTP %s %s: %s; trying the next node", self.method,
+                      self.engine.settings.ud(self.path), message)  # the path may hold view keys
             self._send()
             return
         self._fail(rc, message)

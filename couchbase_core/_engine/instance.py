@@ -622,6 +622,8 @@ class Engine:
             delay = 0.0 if changed else self.settings.retry_nmv_delay
         else:
             op.last_error = "%s answered status 0x%02x (temporary)" % (conn.authority, status)
+        if log.isEnabledFor(logging.DEBUG):  # the key is user data: redacted with log_redaction=on
+            log.debug("retrying the request for key %s: %s", self.settings.ud(op.kb), op.last_error)
         if isinstance(op, EntryRetry):
             if not self.schedule_retry(op, delay):
                 return False
@@ -1000,7 +1002,7 @@ class Engine:
                 elif not op.done:
                     op.on_error(RC.FORKED, message)
             except Exception:
-                log.exception("failing %s after fork raised", op.describe())
+                log.exception("failing %s after fork raised", self.settings.describe_op(op))
             finally:
                 if sink is not None:
                     op.sink = _ignore  # type: ignore[attr-defined]

@@ -7,7 +7,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-from couchbase_core._engine.protocol import MAX_BODY, Feature
+from couchbase_core._engine.protocol import MAX_BODY, Feature, opcode_name
 from couchbase_core.connstr import (
     KNOWN_OPTIONS,
     ConnectionString,
@@ -17,10 +17,12 @@ from couchbase_core.connstr import (
     parse_bool,
     parse_duration,
     parse_int,
+    parse_ratio,
 )
 from couchbase_core.exceptions import RC, ArgumentError, NotSupportedError, OptionIgnoredWarning
 
-__all__ = ["Settings", "DEFAULT_MAX_VALUE_MEMCACHED", "DEFAULT_MAX_VALUE_COUCHBASE", "COUCHBASE_FEATURES"]
+__all__ = ["Settings", "DEFAULT_MAX_VALUE_MEMCACHED", "DEFAULT_MAX_VALUE_COUCHBASE", "COUCHBASE_FEATURES",
+           "TRACING_DEFAULTS"]
 
 #: HELLO features requested from Couchbase servers: the ones the engine
 #: handles (XERROR statuses, SELECT_BUCKET, config pushes).
@@ -36,6 +38,47 @@ DEFAULT_MAX_VALUE_COUCHBASE = 20 * 1024 * 1024
 #: value) must fit the frame limit protocol.MAX_BODY (64 MiB), or a value
 #: written could never be read back; 1 KiB is left for the key and extras.
 MAX_VALUE_SIZE_LIMIT = MAX_BODY - 1024
+
+
+#: The threshold and orphan tracing options of libcouchbase 2.9+ (and the
+#: 2.x Python SDK's ``Bucket`` properties of the same names), with
+#: libcouchbase's defaults. Durations are seconds, sizes are entry counts.
+TRACING_DEFAULTS: Dict[str, float] = {
+    "tracing_threshold_kv": 0.5,
+    "tracing_threshold_n1ql": 1.0,
+    "tracing_threshold_view": 1.0,
+    "tracing_threshold_fts": 1.0,
+    "tracing_threshold_analytics": 1.0,
+    "tracing_threshold_queue_size": 128,
+    "tracing_threshold_queue_flush_interval": 10.0,
+    "tracing_orphaned_queue_size": 128,
+    "tracing_orphaned_queue_flush_interval": 10.0,
+}
+#: Of those, the ones that are entry counts (the others are durations).
+TRACING_SIZES = frozenset({"tracing_threshold_queue_size", "tracing_orphaned_queue_size"})
+#: Largest tracing queue size accepted (a uint32 in libcouchbase; the
+#: queues would be held in memory, so keep them sane).
+MAX_TRACING_QUEUE = 1 << 20
+#: Default ``compression_min_size`` (bytes) and ``compression_min_ratio``
+#: (libcouchbase's defaults): smaller values, or values that do not shrink
+#: to at most this fraction, are sent uncompressed.
+DEFAULT_COMPRESSION_MIN_SIZE = 32
+DEFAULT_COMPRESSION_MIN_RATIO = 0.83
+
+
+def parse_tracing_option(name: str, value: Any) -> float:
+    """Validate one ``tracing_*`` option: a duration in seconds (interval
+    must be > 0, thresholds may be 0) or a queue size of 1..MAX_TRACING_QUEUE.
+
+    Raises:
+        ArgumentError: naming the option.
+    """
+    if name in TRACING_SIZES:
+        return parse_int(value, name, minimum=1, maximum=MAX_TRACING_QUEUE)
+    seconds = parse_duration(value, name)
+    if name.endswith("flush_interval"):
+        _positive(seconds, name)
+    return seconds
 
 
 def _client_string() -> str:
@@ -97,7 +140,47 @@ class Settings:
     #: Address families used: "allow" (IPv4 and IPv6), "disabled" (IPv4
     #: only) or "only" (IPv6 only).
     ipv6: str = "allow"
+    #: ``log_redaction``: wrap user data (keys, user names) in log messages
+    #: in ``<ud>...</ud>`` (see :meth:`ud`).
+    log_redaction: bool = False
+    #: ``enable_tracing`` and the ``tracing_*`` options (TRACING_DEFAULTS):
+    #: parsed and validated; the reports themselves are not produced yet.
+    enable_tracing: bool = False
+    tracing: Dict[str, float] = field(default_factory=lambda: dict(TRACING_DEFAULTS))
+    #: Snappy: values smaller than this are never compressed, and a
+    #: compressed value is sent only if at most this fraction of the original.
+    compression_min_size: int = DEFAULT_COMPRESSION_MIN_SIZE
+    compression_min_ratio: float = DEFAULT_COMPRESSION_MIN_RATIO
+    #: ``config_cache``: file the cluster config is written to, and seeded
+    #: from at the next bootstrap (see couchbase_core._config_cache).
+    config_cache: Optional[str] = None
+    #: KV endpoints taken from a valid config cache: tried first at bootstrap.
+    cached_seeds: List[Tuple[str, int]] = field(default_factory=list)
+    #: Management endpoints from the config cache (HTTP bootstrap).
+    cached_http_seeds: List[Tuple[str, int]] = field(default_factory=list)
     _tls_context: Any = field(default=None, repr=False)
+
+    def ud(self, value: Any) -> str:
+        """``value`` as text for a log message, as *user data*: wrapped in
+        ``<ud>...</ud>`` when ``log_redaction`` is on (what libcouchbase
+        does), so log collectors can strip it. Keys, document ids and user
+        names go through this; bytes are shown decoded (UTF-8, replacing)."""
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            text = bytes(value).decode("utf-8", "replace")
+        else:
+            text = str(value)
+        if self.log_redaction:
+            return "<ud>%s</ud>" % text
+        return text
+
+    def describe_op(self, op: Any) -> str:
+        """``op.describe()`` for a log message: with ``log_redaction`` on,
+        the key is shown as user data (:meth:`ud`). Exception messages keep
+        using ``op.describe()``."""
+        kb = getattr(op, "kb", b"")
+        if not kb or not self.log_redaction:
+            return op.describe()
+        return "%s %s" % (opcode_name(op.opcode), self.ud(kb[:40]))
 
     @property
     def cccp_allowed(self) -> bool:
@@ -226,6 +309,7 @@ class Settings:
                     _warn("%s=%r is ignored: the connection is not TLS (use couchbases:// or ssl=on)"
                           % (name, opts[name]), OptionIgnoredWarning)
         s.ipv6 = opts.get("ipv6", "allow").lower()
+        s._parse_compat(opts)
         s._check_unsupported(opts)
         return s
 
@@ -239,6 +323,24 @@ class Settings:
             _warn("username=%r is not used for authentication: with keypath the client certificate names the "
                   "user" % self.username, OptionIgnoredWarning)
 
+    def _parse_compat(self, opts: Dict[str, str]) -> None:
+        """The 2.x / libcouchbase options of docs/compat.md: log redaction,
+        tracing thresholds, compression tunables, the config cache."""
+        if "log_redaction" in opts:
+            self.log_redaction = parse_bool(opts["log_redaction"], "log_redaction")
+        if "enable_tracing" in opts:
+            self.enable_tracing = parse_bool(opts["enable_tracing"], "enable_tracing")
+        for name in TRACING_DEFAULTS:
+            if name in opts:
+                self.tracing[name] = parse_tracing_option(name, opts[name])
+        if "compression_min_size" in opts:
+            self.compression_min_size = parse_int(opts["compression_min_size"], "compression_min_size",
+                                                  minimum=0, maximum=MAX_VALUE_SIZE_LIMIT)
+        if "compression_min_ratio" in opts:
+            self.compression_min_ratio = parse_ratio(opts["compression_min_ratio"], "compression_min_ratio")
+        if opts.get("config_cache"):
+            self.config_cache = opts["config_cache"]
+
     def _check_unsupported(self, opts: Dict[str, str]) -> None:
         """Options this client parses but does not act on: warn, or refuse
         what cannot be honoured (see docs/connection-strings.md)."""
@@ -246,9 +348,9 @@ class Settings:
         if network.lower() not in ("default", "auto"):
             raise NotSupportedError({"rc": RC.CLIENT_NOT_SUPPORTED, "message": "network=%s: alternate addresses are not supported; only "
                                      "network=default (and auto, which picks it) are" % network})
-        if "enable_tracing" in opts and parse_bool(opts["enable_tracing"], "enable_tracing"):
-            _warn("enable_tracing=true: request tracing is not implemented yet; no spans are recorded",
-                  OptionIgnoredWarning)
+        tracing = [name for name in TRACING_DEFAULTS if name in opts]
+        if self.enable_tracing or tracing:
+            _warn(tracing_warning(self.enable_tracing, tracing), OptionIgnoredWarning)
         if "dnssrv" in opts and parse_bool(opts["dnssrv"], "dnssrv"):
             _warn("dnssrv=true: DNS SRV lookups are not implemented; the hosts are contacted as given",
                   OptionIgnoredWarning)
@@ -265,7 +367,18 @@ class Settings:
 #: Options that only mean something for Couchbase clusters.
 _COUCHBASE_ONLY = ("bootstrap_on", "select_bucket", "sasl_mech_force", "http_poolsize", "http_timeout",
                    "fetch_mutation_tokens", "enable_mutation_tokens", "config_poll_interval", "retry_nmv_delay",
-                   "durability_timeout", "durability_interval", "compression")
+                   "durability_timeout", "durability_interval", "compression", "compression_min_size",
+                   "compression_min_ratio", "config_cache")
+
+
+def tracing_warning(enabled: bool, names: List[str]) -> str:
+    """The one warning given when tracing is asked for (the threshold and
+    orphan reports are not produced yet: see docs/compat.md)."""
+    what = ["enable_tracing=true"] if enabled else []
+    what += names
+    return ("%s: the options are validated and kept, but this client does not produce the threshold "
+            "and orphan tracing reports yet; nothing is logged for slow or orphaned operations"
+            % ", ".join(what))
 
 
 def _warn(message: str, category: type) -> None:

@@ -44,7 +44,7 @@ from couchbase_core.exceptions import ArgumentError
 
 __all__ = ["Query", "ViewQuery", "SpatialQuery", "QueryBase", "Params", "make_options_string", "make_dvpath",
            "STALE_OK", "STALE_UPDATE_BEFORE", "STALE_UPDATE_AFTER", "ONERROR_CONTINUE", "ONERROR_STOP",
-           "UNSPEC", "MAX_URI_LENGTH"]
+           "UNSPEC", "MAX_URI_LENGTH", "ulp"]
 
 #: ``stale=ok``: use the index as it is.
 STALE_OK = "ok"
@@ -81,6 +81,29 @@ class _Unspec:
 
 #: Marks a parameter as not set; assigning it removes the parameter.
 UNSPEC = _Unspec()
+
+
+class ulp:
+    """An *unquoted literal parameter* (2.x ``couchbase.views.params.ulp``):
+    its ``value``, a ``str``, is sent as the parameter's text as it is,
+    without JSON encoding, e.g. ``Query(startkey=ulp('["a",1]'))`` when the
+    key is JSON text already. No check is made that it is valid JSON."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: str) -> None:
+        if not isinstance(value, str):
+            raise ArgumentError("ulp() takes the parameter's text (a str), not %s" % type(value).__name__)
+        self.value = value
+
+    def __repr__(self) -> str:
+        return "ulp(%r)" % (self.value,)
+
+    def __eq__(self, other: Any) -> bool:
+        return isinstance(other, ulp) and other.value == self.value
+
+    def __hash__(self) -> int:
+        return hash(("ulp", self.value))
 
 
 def _refuse(message: str, value: Any) -> ArgumentError:
@@ -134,6 +157,10 @@ def _string_param(value: Any) -> str:
     if isinstance(value, (int, float)):
         return str(value)
     raise _refuse("expected a string or a simple number", value)
+
+
+def _ulp_param(value: "ulp") -> str:
+    return _utf8(value.value)
 
 
 def _stale_param(value: Any) -> str:
@@ -300,9 +327,11 @@ class QueryBase:
             if not self.unrecognized_ok:
                 raise ArgumentError("unrecognized view parameter %r: to send unknown parameters, set "
                                     "unrecognized_ok=True" % (param,))
-            self._extra_options[param] = _string_param(value)
+            self._extra_options[param] = _string_param(value.value if isinstance(value, ulp) else value)
             return
-        if self.passthrough:
+        if isinstance(value, ulp):  # an unquoted literal: its text is sent as given
+            handler = _ulp_param
+        elif self.passthrough:
             handler = _string_param
         self._real_options[param] = handler(value)
         if set_user:
