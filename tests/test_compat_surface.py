@@ -515,7 +515,7 @@ def test_ulp_is_sent_unquoted():
     from urllib.parse import unquote
 
     assert 'startkey=["a",1]' in unquote(encoded)
-    assert 'endkey=["a",2]' in unquote(encoded)
+    assert 'endkey=["a", 2]' in unquote(encoded)  # JSON keys as 2.x sent them (json.dumps spacing)
     assert ulp("x") == ulp("x") and repr(ulp("x")) == "ulp('x')"
     with pytest.raises(ArgumentError):
         ulp(5)
