@@ -349,6 +349,11 @@ class Cluster:
             if password is not None:
                 kwargs.setdefault("password", password)
         bucket = self.bucket_class(connection_string=connstr.encode(include_secrets=True), **kwargs)
+        if isinstance(auth, ClassicAuthenticator):
+            # As 2.5: the other buckets' passwords go with cross-bucket N1QL.
+            for name, password in auth.buckets.items():
+                if name != bucket_name and password:
+                    bucket.add_bucket_creds(name, password)
         self._buckets[bucket_name] = weakref.ref(bucket)
         return bucket
 
@@ -468,17 +473,7 @@ class Cluster:
             # a certificate-authenticated bucket has no password to put in
             # the query's "creds"; the server knows the user from the TLS session
             query.cross_bucket = True
-            self._warn_unused_bucket_passwords(bucket)
         return bucket.n1ql_query(query, **passed)
-
-    def _warn_unused_bucket_passwords(self, bucket: Any) -> None:
-        auth = self.authenticator
-        if isinstance(auth, ClassicAuthenticator):
-            others = sorted(name for name, password in auth.buckets.items() if password and name != bucket.bucket)
-            if others:
-                warnings.warn("the query carries only bucket %r's password; the passwords of %s are not sent "
-                              "(2.5 added them with add_bucket_creds, which this client does not have)"
-                              % (bucket.bucket, ", ".join(repr(name) for name in others)), UserWarning, stacklevel=3)
 
     def analytics_query(self, query: Any, *args: Any, **kwargs: Any) -> Any:
         """An analytics query, run through a bucket this cluster opened (any

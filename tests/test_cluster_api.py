@@ -183,6 +183,10 @@ class _Recorder:
     def __init__(self, **kwargs: Any) -> None:
         _Recorder.calls.append(kwargs)
         self.closed = False
+        self.bucket_creds: dict = {}
+
+    def add_bucket_creds(self, bucket: str, password: str) -> None:
+        self.bucket_creds[bucket] = password
 
 
 def test_open_bucket_puts_the_bucket_in_the_connection_string_and_passes_credentials_and_kwargs():
@@ -327,12 +331,16 @@ def test_cluster_n1ql_query_runs_through_an_open_bucket_as_a_cross_bucket_query(
         bucket.close()
 
 
-def test_cluster_n1ql_query_warns_about_bucket_passwords_it_cannot_send(mock):
+def test_cluster_n1ql_query_sends_the_other_bucket_passwords(mock):
+    # As 2.5: open_bucket adds the authenticator's other bucket passwords
+    # (add_bucket_creds), and a cluster-level query carries them in "creds".
     cluster = Cluster(mock.connstr)
     cluster.authenticate(ClassicAuthenticator(buckets={"legacy": "lpw", "travel": "tpw"}))
     bucket = cluster.open_bucket("legacy")
     try:
-        with pytest.warns(UserWarning, match="'travel'"):
+        assert bucket._bucket_creds == {"travel": "tpw"}
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
             assert list(cluster.n1ql_query("SELECT 1 AS one")) == [{"one": 1}]
     finally:
         bucket.close()
