@@ -177,6 +177,13 @@ def test_fail_entry_is_idempotent():
     assert batch.remaining == 2 and batch.opaques() == [100, 102]
 
 
+def test_fail_entry_on_a_cancelled_batch_does_nothing():
+    batch = started(3)
+    batch.done = True  # what Engine.cancel does: entries stay "waiting", the batch is over
+    batch.fail_entry(0, RC.NETWORK, "lost after the cancel")
+    assert batch.log == [] and batch.sinks == [] and batch.remaining == 3
+
+
 def test_settled_calls_the_sink_exactly_once_on_the_last_entry():
     batch = started(3)
     batch.on_part(frame(102))
@@ -1012,3 +1019,26 @@ def test_a_get_multi_on_a_memcached_bucket_sends_exact_requests():
         assert cluster.conn.pending == {}
     finally:
         cluster.engine.close()
+
+
+@pytest.mark.xfail(strict=True, reason="KeyBatch.take_run calls the sink in its finally clause after it has "
+                                       "pulled the next frame from the read; when the sink raises, that frame "
+                                       "(another operation's reply) is lost and its operation stays pending")
+def test_a_failing_completion_handler_loses_no_other_reply(cluster, runs):
+    """'Never let a result handler break the stream': the batch's sink
+    raises when its run completes it; the reply right behind the run
+    (another operation's) must still be delivered."""
+    call = cluster.get_multi(keys_of(4))
+
+    def broken_sink(_result: Any) -> None:
+        call.completions.append(None)
+        raise RuntimeError("a result handler failed")
+
+    call.batch.sink = broken_sink
+    single = cluster.get("behind")
+    opaque = next(o for o, r in cluster.node.requests.items() if r.key == b"behind")
+    behind = encode_response(Opcode.GET, extras=BYTES_EXTRAS, value=b"still here", opaque=opaque)
+    cluster.answer(b"".join(call.replies()) + behind)
+    call.assert_all_read()
+    assert [r.value for r in single] == [b"still here"]
+    assert cluster.conn.pending == {}
