@@ -521,7 +521,7 @@ class ScriptedNode:
     (HELLO, GET_CLUSTER_CONFIG) and the dead-connection probe (NOOP) by
     itself, and records every other request for the test to answer."""
 
-    def __init__(self, features: Iterable[int] = (), vbuckets: int = 16, bucket_type: str = "couchbase") -> None:
+    def __init__(self, features: Iterable[int] = (), vbuckets: int = 16) -> None:
         self.features = tuple(features)
         self.vbuckets = vbuckets
         #: opaque -> request, for the requests left to the test
@@ -529,6 +529,7 @@ class ScriptedNode:
         self._buffer = bytearray()
 
     def config(self, rev: int = 1) -> bytes:
+        """The bucket config (JSON): this one node owns every vBucket."""
         return json.dumps({
             "rev": rev, "name": "default", "nodeLocator": "vbucket", "uuid": "u",
             "nodesExt": [{"hostname": "127.0.0.1", "services": {"kv": 11210, "mgmt": 8091}}],
@@ -565,6 +566,7 @@ class Call:
         batch.sink = self.completions.append
 
     def opaque(self, key: str) -> int:
+        """The batch opaque of ``key``'s entry."""
         return self.batch.base + self.batch.keys.index(key)
 
     def reply(self, key: str, value: Optional[bytes] = None, opaque: Optional[int] = None, **kwargs: Any) -> bytes:
@@ -579,6 +581,7 @@ class Call:
                                opaque=self.opaque(key) if opaque is None else opaque, **kwargs)
 
     def replies(self, keys: Optional[Iterable[str]] = None) -> List[bytes]:
+        """The default replies of ``keys`` (default: every key), in order."""
         return [self.reply(k) for k in (self.batch.keys if keys is None else keys)]
 
     def assert_all_read(self, except_keys: Iterable[str] = ()) -> None:
@@ -595,6 +598,7 @@ class Call:
 
 
 def expected_value(key: str) -> bytes:
+    """The value the scripted node holds for ``key``."""
     return b"v:" + key.encode()
 
 
@@ -687,6 +691,7 @@ def runs(monkeypatch):
 
 
 def keys_of(count: int, prefix: str = "key") -> List[str]:
+    """``count`` distinct keys of equal length."""
     return ["%s-%04d" % (prefix, i) for i in range(count)]
 
 
@@ -763,6 +768,19 @@ def test_two_batches_whose_replies_interleave_frame_by_frame(cluster, runs):
     assert cluster.conn.pending == {}
 
 
+def test_two_batches_whose_replies_interleave_in_runs_of_any_length(cluster, runs):
+    first = cluster.get_multi(keys_of(5, "first"))
+    second = cluster.get_multi(keys_of(5, "second"))
+    a, b = first.replies(), second.replies()
+    order = [a[0], a[1], a[2], b[0], a[3], b[1], b[2], b[3], b[4], a[4]]
+    cluster.answer(b"".join(order))
+    first.assert_all_read()
+    second.assert_all_read()
+    assert runs == [first.opaque("first-0000"), second.opaque("second-0000"), first.opaque("first-0003"),
+                    second.opaque("second-0001"), first.opaque("first-0004")]
+    assert cluster.conn.pending == {}
+
+
 def test_a_single_get_reply_in_the_middle_of_a_run(cluster, runs):
     call = cluster.get_multi(keys_of(6))
     single = cluster.get("single")
@@ -801,6 +819,20 @@ def test_a_retryable_status_in_the_middle_of_a_run_re_sends_that_entry_alone(clu
     assert [r.key for r in cluster.node.requests.values()].count(b"key-0004") == 2, "only that entry is re-sent"
     cluster.answer(call.reply("key-0004", opaque=retry.opaque))
     call.assert_all_read()
+    assert cluster.conn.pending == {}
+
+
+def test_an_entry_retry_reply_in_the_middle_of_another_batch_run(cluster, runs):
+    first = cluster.get_multi(keys_of(3, "first"))
+    replies = first.replies()
+    cluster.answer(replies[0] + first.reply("first-0001", value=b"", status=Status.ETMPFAIL) + replies[2])
+    retry = cluster.retried(first, "first-0001")
+    second = cluster.get_multi(keys_of(4, "second"))
+    others = second.replies()
+    cluster.answer(b"".join(others[:2]) + first.reply("first-0001", opaque=retry.opaque) + b"".join(others[2:]))
+    first.assert_all_read()
+    second.assert_all_read()
+    assert runs[-2:] == [second.opaque("second-0000"), second.opaque("second-0002")]
     assert cluster.conn.pending == {}
 
 
@@ -847,6 +879,19 @@ def test_late_replies_after_the_batch_timed_out_are_dropped(cluster):
     assert call.mres["key-0003"].value is None
     cluster.iops.pump_until(lambda: cluster.conn.pending == {})  # the dead-connection probe, if any, answered
     assert cluster.conn.state == "ready"
+
+
+def test_a_late_reply_to_an_entry_retry_after_the_batch_timed_out_is_dropped(cluster):
+    call = cluster.get_multi(keys_of(3), timeout=1.0)
+    replies = call.replies()
+    cluster.answer(replies[0] + call.reply("key-0001", value=b"", status=Status.ETMPFAIL) + replies[2])
+    retry = cluster.retried(call, "key-0001")
+    cluster.run_until(lambda: call.completions, step=0.05)
+    assert call.mres["key-0001"].rc == RC.TIMEOUT and call.completions == [None]
+    cluster.answer(call.reply("key-0001", opaque=retry.opaque))
+    assert call.mres["key-0001"].rc == RC.TIMEOUT and call.completions == [None]
+    assert [call.mres[k].rc for k in ("key-0000", "key-0002")] == [0, 0]
+    cluster.iops.pump_until(lambda: cluster.conn.pending == {})
 
 
 def test_a_reply_for_an_entry_settled_meanwhile_is_skipped_within_the_run(cluster, runs):
