@@ -312,12 +312,20 @@ class MockApp:
             "control_url": "http://%s:%d/mock" % (self.options.host, self.control_port),
             "buckets": {name: {"type": b.type, "replicas": b.replicas, "vbuckets": b.num_vbuckets}
                         for name, b in cluster.buckets.items()},
-            "nodes": [{"index": n.index, "state": n.state, "member": n.member, "ports": dict(n.ports)}
+            "nodes": [{"index": n.index, "state": n.state, "member": n.member, "ports": dict(n.ports),
+                       "connections": self._open_connections(n.index)}
                       for n in cluster.nodes],
         }
         if tls:
             info["connstr_tls"] = "couchbases://%s" % ",".join("%s:%d" % (n.host, n.ports["kvSSL"]) for n in nodes)
         return info
+
+    def _open_connections(self, index: int) -> int:
+        """Client connections (KV and HTTP) a node holds open right now."""
+        if index >= len(self.runtimes):
+            return 0
+        runtime = self.runtimes[index]
+        return len(runtime.sessions) + len(runtime.http_connections)
 
     def info_json(self) -> str:
         """:meth:`info` as one line of JSON."""
