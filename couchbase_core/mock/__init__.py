@@ -60,13 +60,17 @@ class MockCluster:
         base_port: fixed ports (node i uses ``base_port + 10*i + k``); default free ports.
         tls: also listen with TLS (a fresh CA is made; see :attr:`ca_cert`).
         in_process: run on a thread of this process instead of a child process.
+        alternate_host: also serve every node on this address (e.g.
+            ``127.0.0.2``), on ports of its own, and publish it in the
+            configs as the node's ``external`` alternate address.
         admin: ``(user, password)`` of the administrator.
     """
 
     def __init__(self, nodes: int = 1, buckets: Optional[Sequence[Union[str, Dict[str, Any]]]] = None,
                  replicas: int = 1, vbuckets: int = 64, users: Optional[Sequence[str]] = None,
                  base_port: Optional[int] = None, tls: bool = False, in_process: bool = False,
-                 admin: tuple = ("Administrator", "password"), start_timeout: float = 30.0) -> None:
+                 admin: tuple = ("Administrator", "password"), start_timeout: float = 30.0,
+                 alternate_host: Optional[str] = None) -> None:
         self.nodes = nodes
         self.buckets = list(buckets) if buckets is not None else ["default"]
         self.replicas = replicas
@@ -77,6 +81,7 @@ class MockCluster:
         self.in_process = in_process
         self.admin = admin
         self.start_timeout = start_timeout
+        self.alternate_host = alternate_host
         self.info: Dict[str, Any] = {}
         self._proc: Optional[subprocess.Popen] = None
         self._thread_mock: Any = None
@@ -97,6 +102,8 @@ class MockCluster:
             argv += ["--base-port", str(self.base_port)]
         if self.tls:
             argv.append("--tls")
+        if self.alternate_host:
+            argv += ["--alternate-host", self.alternate_host]
         return argv
 
     def start(self) -> "MockCluster":

@@ -59,6 +59,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--tls", action="store_true", help="also listen with TLS (kvSSL, mgmtSSL, capiSSL, n1qlSSL)")
     p.add_argument("--cert", help="TLS certificate chain (PEM); default: a fresh CA and certificate (needs trustme)")
     p.add_argument("--key", help="TLS private key (PEM)")
+    p.add_argument("--alternate-host", default=None, metavar="ADDRESS",
+                   help="also serve every node on ADDRESS (other ports) and publish it as the node's "
+                        "'external' alternate address, e.g. 127.0.0.2")
     p.add_argument("--admin", default="Administrator:password", help="administrator NAME:PASSWORD")
     p.add_argument("--json", action="store_true", help="print one JSON line with the cluster's addresses")
     p.add_argument("--ignore-stdin", action="store_true", help="do not stop when stdin closes")
@@ -101,7 +104,8 @@ def options_from_args(args: argparse.Namespace, tmpdir: Optional[str] = None) ->
     opts = ClusterOptions(nodes=args.nodes, buckets=buckets, replicas=args.replicas, vbuckets=args.vbuckets,
                           users=list(args.user), base_port=args.base_port,
                           tls_cert=cert if (args.tls or args.cert) else None, tls_key=key,
-                          admin_user=admin_user, admin_password=admin_password or "password")
+                          admin_user=admin_user, admin_password=admin_password or "password",
+                          alternate_host=args.alternate_host)
     return opts
 
 

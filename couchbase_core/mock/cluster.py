@@ -40,6 +40,10 @@ class Node:
         self.index = index
         self.host = host
         self.ports: Dict[str, int] = {}
+        #: Alternate address (``alternateAddresses``, for clients outside a
+        #: NAT): the host and the ports of extra listeners serving this node.
+        self.alt_host: Optional[str] = None
+        self.alt_ports: Dict[str, int] = {}
         self.state = ACTIVE
         #: Nodes added but not yet rebalanced in serve no bucket yet.
         self.member = True
@@ -204,6 +208,9 @@ class Cluster:
         self.admin_password = "password"
         self.tls = False
         self.cluster_capabilities = {"n1ql": ["enhancedPreparedStatements"]}
+        #: Name of the network under which nodes publish their alternate
+        #: addresses (``nodesExt[].alternateAddresses.<name>``).
+        self.alternate_network = "external"
         #: Called with no argument after every config change (servers push it).
         self.listeners: List[Any] = []
         self.scram_iterations = 4096
@@ -308,6 +315,12 @@ class Cluster:
                 services[tls_name] = node.ports[tls_name]
         return services
 
+    def alternate_addresses(self, node: Node) -> Optional[Dict[str, Any]]:
+        """``nodesExt[].alternateAddresses`` of a node, or None when it has none."""
+        if not node.alt_host:
+            return None
+        return {self.alternate_network: {"hostname": node.alt_host, "ports": dict(node.alt_ports)}}
+
     def bucket_config(self, bucket: Bucket, this_node: Optional[Node] = None, host_placeholder: bool = True) -> dict:
         """The terse bucket config (CCCP, NMV bodies, ``/b/`` and ``/bs/``).
 
@@ -339,6 +352,9 @@ class Cluster:
                 ext["thisNode"] = True
             else:
                 ext["hostname"] = node.host
+            alternate = self.alternate_addresses(node)
+            if alternate:
+                ext["alternateAddresses"] = alternate
             nodes_ext.append(ext)
         config: Dict[str, Any] = {
             "rev": self.rev,
@@ -376,6 +392,9 @@ class Cluster:
                 ext["thisNode"] = True
             else:
                 ext["hostname"] = node.host
+            alternate = self.alternate_addresses(node)
+            if alternate:
+                ext["alternateAddresses"] = alternate
             nodes_ext.append(ext)
         return {"rev": self.rev, "revEpoch": self.rev_epoch, "nodesExt": nodes_ext,
                 "clusterCapabilitiesVer": [1, 0], "clusterCapabilities": self.cluster_capabilities}
