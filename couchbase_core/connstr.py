@@ -91,6 +91,8 @@ KNOWN_OPTIONS = frozenset({
     "retry_nmv_delay", "select_bucket", "tcp_nodelay", "tcp_keepalive",
     "sasl_mech_force", "http_poolsize", "detailed_errcodes", "client_string", "ipv6",
     "dnssrv", "network", "max_value_size", "connect_timeout",
+    # ours: where and how long the DNS SRV lookup asks (docs/connection-strings.md)
+    "dnssrv_nameserver", "dnssrv_timeout",
 })
 
 # Default ports, by transport security.
@@ -289,7 +291,7 @@ _DURATION_OPTIONS = (
     "operation_timeout", "timeout", "config_total_timeout", "config_node_timeout",
     "views_timeout", "n1ql_timeout", "query_timeout", "http_timeout",
     "durability_timeout", "durability_interval", "config_poll_interval",
-    "retry_nmv_delay", "connect_timeout",
+    "retry_nmv_delay", "connect_timeout", "dnssrv_timeout",
 )
 _BOOL_OPTIONS = (
     "fetch_mutation_tokens", "enable_mutation_tokens", "enable_tracing",
@@ -309,6 +311,7 @@ _VALIDATORS: Dict[str, Callable[[str, str], None]] = {
     "sasl_mech_force": _check_mechs,
     "certpath": _check_nonempty,
     "network": _check_nonempty,
+    "dnssrv_nameserver": _check_nonempty,
     "username": _check_anything,
     "password": _check_anything,
     "client_string": _check_anything,

@@ -504,6 +504,7 @@ _VALUE_STRATEGIES = {
     "sasl_mech_force": st.sampled_from(["PLAIN", "SCRAM-SHA1 PLAIN"]),
     "certpath": _any_text.filter(bool),
     "network": _any_text.filter(bool),
+    "dnssrv_nameserver": _any_text.filter(bool),
     "username": _any_text,
     "password": _any_text,
     "client_string": _any_text,
@@ -512,6 +513,7 @@ _DURATION_NAMES = {
     "operation_timeout", "timeout", "config_total_timeout", "config_node_timeout",
     "views_timeout", "n1ql_timeout", "query_timeout", "http_timeout", "durability_timeout",
     "durability_interval", "config_poll_interval", "retry_nmv_delay", "connect_timeout",
+    "dnssrv_timeout",
 }
 
 

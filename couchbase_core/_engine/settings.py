@@ -18,7 +18,7 @@ from couchbase_core.connstr import (
     parse_duration,
     parse_int,
 )
-from couchbase_core.exceptions import RC, ArgumentError, NotSupportedError, OptionIgnoredWarning
+from couchbase_core.exceptions import ArgumentError, OptionIgnoredWarning
 
 __all__ = ["Settings", "DEFAULT_MAX_VALUE_MEMCACHED", "DEFAULT_MAX_VALUE_COUCHBASE", "COUCHBASE_FEATURES"]
 
@@ -91,6 +91,17 @@ class Settings:
     #: Address families used: "allow" (IPv4 and IPv6), "disabled" (IPv4
     #: only) or "only" (IPv6 only).
     ipv6: str = "allow"
+    #: Addresses used (``network``): ``auto`` (the first config decides,
+    #: as libcouchbase does), ``default`` (the nodes' own) or the name of
+    #: an alternate network (``external``...).
+    network: str = "auto"
+    #: The DNS SRV name looked up for seeds before bootstrap, or None.
+    dnssrv_name: Optional[str] = None
+    #: Name servers for that lookup: ``dnssrv_nameserver`` or resolv.conf.
+    dnssrv_nameservers: Optional[List[Tuple[str, int]]] = None
+    #: Seconds the SRV lookup may take (ours: ``dnssrv_timeout``); at most
+    #: half of config_total_timeout is used.
+    dnssrv_timeout: float = 2.0
     _tls_context: Any = field(default=None, repr=False)
 
     @property
@@ -204,21 +215,20 @@ class Settings:
             _warn("certpath=%r is ignored: the connection is not TLS (use couchbases:// or ssl=on)"
                   % opts["certpath"], OptionIgnoredWarning)
         s.ipv6 = opts.get("ipv6", "allow").lower()
+        network = opts.get("network", "auto").strip()
+        s.network = network.lower() if network.lower() in ("auto", "default") else network
+        _configure_dnssrv(s, cs, opts)
         s._check_unsupported(opts)
         return s
 
     def _check_unsupported(self, opts: Dict[str, str]) -> None:
         """Options this client parses but does not act on: warn, or refuse
         what cannot be honoured (see docs/connection-strings.md)."""
-        network = opts.get("network", "default")
-        if network.lower() not in ("default", "auto"):
-            raise NotSupportedError({"rc": RC.CLIENT_NOT_SUPPORTED, "message": "network=%s: alternate addresses are not supported; only "
-                                     "network=default (and auto, which picks it) are" % network})
+        if self.scheme == "memcached" and self.network not in ("auto", "default"):
+            _warn("network=%s has no effect on memcached:// (no cluster config publishes alternate addresses)"
+                  % self.network, OptionIgnoredWarning)
         if "enable_tracing" in opts and parse_bool(opts["enable_tracing"], "enable_tracing"):
             _warn("enable_tracing=true: request tracing is not implemented yet; no spans are recorded",
-                  OptionIgnoredWarning)
-        if "dnssrv" in opts and parse_bool(opts["dnssrv"], "dnssrv"):
-            _warn("dnssrv=true: DNS SRV lookups are not implemented; the hosts are contacted as given",
                   OptionIgnoredWarning)
         if "detailed_errcodes" in opts and not parse_bool(opts["detailed_errcodes"], "detailed_errcodes"):
             _warn("detailed_errcodes=false is ignored: extended error codes (HELLO XERROR) are always requested",
@@ -233,7 +243,67 @@ class Settings:
 #: Options that only mean something for Couchbase clusters.
 _COUCHBASE_ONLY = ("bootstrap_on", "select_bucket", "sasl_mech_force", "http_poolsize", "http_timeout",
                    "fetch_mutation_tokens", "enable_mutation_tokens", "config_poll_interval", "retry_nmv_delay",
-                   "durability_timeout", "durability_interval", "compression")
+                   "durability_timeout", "durability_interval", "compression", "dnssrv_nameserver",
+                   "dnssrv_timeout")
+
+#: Host names never looked up in DNS (RFC 6761: "localhost" is answered
+#: locally; resolvers do not send queries for it).
+_LOCAL_NAMES = ("localhost", "localhost.")
+
+
+def _configure_dnssrv(s: Settings, cs: ConnectionString, opts: Dict[str, str]) -> None:
+    """Decide whether bootstrap starts with a DNS SRV lookup (libcouchbase
+    2.10: ``couchbase://`` or ``couchbases://`` with exactly one host and no
+    port, unless ``dnssrv=off``; ours: not for ``localhost`` or an address
+    unless ``dnssrv=on``) and read the options that shape it."""
+    from couchbase_core._engine.dns import parse_nameserver, read_nameservers, srv_name
+
+    if "dnssrv_timeout" in opts:
+        s.dnssrv_timeout = _positive(parse_duration(opts["dnssrv_timeout"], "dnssrv_timeout"), "dnssrv_timeout")
+    override = opts.get("dnssrv_nameserver")
+    if override is not None:
+        servers = []
+        for item in override.split(","):
+            try:
+                servers.append(parse_nameserver(item))
+            except ValueError as exc:
+                raise ArgumentError("dnssrv_nameserver=%r: %s" % (override, exc)) from None
+        s.dnssrv_nameservers = servers
+    wanted: Optional[bool] = parse_bool(opts["dnssrv"], "dnssrv") if "dnssrv" in opts else None
+    if wanted is False:
+        return
+    why_not = ""
+    hosts = list(cs.hosts)
+    if cs.scheme not in ("couchbase", "couchbases"):
+        why_not = "DNS SRV is only used with couchbase:// and couchbases://"
+    elif len(hosts) != 1 or hosts[0].port is not None or hosts[0].proto is not None:
+        why_not = "DNS SRV needs exactly one host and no port"
+    elif not wanted and (hosts[0].host.lower() in _LOCAL_NAMES or _is_address(hosts[0].host)):
+        # Not asked for explicitly: an address or localhost has no SRV
+        # records, and a lookup would only delay the bootstrap.
+        return
+    if why_not:
+        if wanted:
+            _warn("dnssrv=on is ignored: %s; the hosts are contacted as given" % why_not, OptionIgnoredWarning)
+        return
+    try:
+        s.dnssrv_name = srv_name(hosts[0].host, cs.is_ssl)
+    except UnicodeError:
+        return
+    if s.dnssrv_nameservers is None:
+        # A small local file, read once here (bucket construction), never
+        # from the loop.
+        s.dnssrv_nameservers = read_nameservers()
+
+
+def _is_address(host: str) -> bool:
+    import _socket
+
+    try:
+        _socket.inet_pton(_socket.AF_INET6 if ":" in host else _socket.AF_INET, host)
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def _warn(message: str, category: type) -> None:
