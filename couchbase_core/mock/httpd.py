@@ -157,6 +157,29 @@ class _Connection:
                 continue
             return event
 
+    async def _stream(self, body: Any) -> None:
+        """Send an endless (streaming) body, watching the client meanwhile:
+        a stream only writes when a config changes, so without a read the
+        server would not notice a client that went away until then."""
+        gone = asyncio.ensure_future(self.reader.read(1))
+        chunks = body.__aiter__()
+        try:
+            while True:
+                nxt = asyncio.ensure_future(chunks.__anext__())
+                done, _pending = await asyncio.wait({nxt, gone}, return_when=asyncio.FIRST_COMPLETED)
+                if gone in done:
+                    nxt.cancel()
+                    raise ConnectionError("the client closed the stream")
+                try:
+                    chunk = nxt.result()
+                except StopAsyncIteration:
+                    return
+                if chunk:
+                    await self._send(h11.Data(data=chunk))
+        finally:
+            if not gone.done():
+                gone.cancel()
+
     async def run(self) -> None:
         self.registry.add(self)
         try:
@@ -213,9 +236,7 @@ class _Connection:
         headers.append((b"Transfer-Encoding", b"chunked"))
         await self._send(h11.Response(status_code=response.status, headers=headers, reason=reason))
         if hasattr(body, "__aiter__"):
-            async for chunk in body:  # type: ignore[union-attr]
-                if chunk:
-                    await self._send(h11.Data(data=chunk))
+            await self._stream(body)
         else:
             count = 0
             for chunk in body:  # type: ignore[union-attr]

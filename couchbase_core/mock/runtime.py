@@ -342,6 +342,7 @@ class MockApp:
                         for name, b in cluster.buckets.items()},
             "nodes": [{"index": n.index, "state": n.state, "member": n.member, "ports": dict(n.ports),
                        "connections": self._open_connections(n.index),
+                       "connections_by_address": self._connections_by_address(n.index),
                        "alt_host": n.alt_host, "alt_ports": dict(n.alt_ports)}
                       for n in cluster.nodes],
         }
@@ -355,6 +356,23 @@ class MockApp:
             return 0
         runtime = self.runtimes[index]
         return len(runtime.sessions) + len(runtime.http_connections)
+
+    def _connections_by_address(self, index: int) -> Dict[str, Dict[str, int]]:
+        """Open client connections of a node by the local address they
+        reached (``{"127.0.0.2": {"kv": 2, "http": 1}}``): which of its
+        addresses clients use."""
+        out: Dict[str, Dict[str, int]] = {}
+        if index >= len(self.runtimes):
+            return out
+        runtime = self.runtimes[index]
+        ends = [("kv", getattr(s, "transport", None)) for s in runtime.sessions]
+        ends += [("http", getattr(c, "writer", None)) for c in runtime.http_connections]
+        for kind, end in ends:
+            name = end.get_extra_info("sockname") if end is not None else None
+            address = name[0] if name else "?"
+            counts = out.setdefault(address, {})
+            counts[kind] = counts.get(kind, 0) + 1
+        return out
 
     def info_json(self) -> str:
         """:meth:`info` as one line of JSON."""
