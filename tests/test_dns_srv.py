@@ -153,6 +153,9 @@ def test_records_are_bounded_and_empty_targets_skipped():
     assert len(answer.records) == MAX_RECORDS
     none = decode_srv_response(reply(0x1234, NAME, [(0, 0, 0, b"\0")]), 0x1234, NAME)
     assert none.records == []  # "." means "no service here"
+    odd = decode_srv_response(reply(0x1234, NAME, [(0, 0, 1, b"\x03a\x00b\x00"), (0, 0, 2, wire_name("ok.test"))]),
+                              0x1234, NAME)
+    assert odd.records == [SrvRecord(0, 0, 2, "ok.test")]  # a target that is no host name is skipped
 
 
 @settings(max_examples=300, deadline=None)
@@ -214,6 +217,7 @@ def test_when_a_lookup_is_made():
     assert srv_of("couchbase://localhost") is None
     assert srv_of("couchbase://127.0.0.1") is None
     assert srv_of("couchbase://localhost?dnssrv=on") == "_couchbase._tcp.localhost"
+    assert srv_of("couchbase://%s.example.test" % ("x" * 64)) is None  # not a DNS name
 
 
 def test_dnssrv_on_that_cannot_apply_warns():
@@ -352,6 +356,20 @@ def test_srv_records_seed_the_bootstrap(cluster, dns_server, flavour):
         b.close()
     assert server.question() == "_couchbase._tcp.cb.example.test"
     assert struct.unpack_from("!H", server.queries[0], len(server.queries[0]) - 4)[0] == TYPE_SRV
+
+
+@pytest.mark.parametrize("flavour", sorted(FLAVOURS))
+def test_srv_targets_may_be_names(cluster, dns_server, flavour):
+    """Targets are resolved like any host (here ``localhost``, which every
+    resolver answers locally), through the bucket's IOPS."""
+    kv = cluster.kv_ports()
+    server = dns_server(srv_answer([(0, 0, kv[0], "localhost")]))
+    b = FLAVOURS[flavour]("couchbase://cb.example.test/default?dnssrv_nameserver=%s&bootstrap_on=cccp"
+                          % server.address, operation_timeout=30, **ADMIN)
+    try:
+        b.upsert("srv:named", 1)
+    finally:
+        b.close()
 
 
 def test_targets_are_tried_in_priority_then_weight_order(dns_server):

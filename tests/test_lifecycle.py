@@ -80,12 +80,35 @@ def op_multi(b: Any, cluster: MockCluster) -> None:
     assert {k: r.value for k, r in b.get_multi(["life:m1", "life:m2"]).items()} == {"life:m1": 1, "life:m2": 2}
 
 
+def _async_rows(driver: AsyncDriver, request: Any) -> List[Any]:
+    """Run an AsyncViewBase / AsyncN1QLRequest to its end on the driver's loop."""
+    rows: List[Any] = []
+    ended: List[Any] = []
+    request.on_rows = rows.extend
+    request.on_done = lambda: ended.append(None)
+    request.on_error = ended.append
+    request.start()
+    driver._run_until(lambda: ended, 60)
+    assert ended == [None]
+    return rows
+
+
 def op_view(b: Any, cluster: MockCluster) -> None:
-    rows = list(b.query("life", "v", stale="ok"))
+    if isinstance(b, AsyncDriver):
+        from couchbase_core.asynchronous.view import AsyncViewBase
+
+        rows = _async_rows(b, b.raw.query("life", "v", stale="ok", itercls=AsyncViewBase))
+    else:
+        rows = list(b.query("life", "v", stale="ok"))
     assert sorted(r.key for r in rows)[:3] == [0, 1, 2]
 
 
 def op_n1ql_iterate(b: Any, cluster: MockCluster) -> None:
+    if isinstance(b, AsyncDriver):
+        from couchbase_core.asynchronous.n1ql import AsyncN1QLRequest
+
+        assert _async_rows(b, b.raw.n1ql_query("SELECT 1 AS x", itercls=AsyncN1QLRequest)) == [{"x": 1}]
+        return
     assert list(b.n1ql_query("SELECT 1 AS x")) == [{"x": 1}]
 
 
@@ -146,9 +169,9 @@ OPS: Dict[str, Callable[[Any, MockCluster], None]] = {
     "durability": op_durability, "timeout": op_timeout, "killed_greenlet": op_killed_greenlet,
 }
 
-#: Operations of the async flavour driven through its callbacks (views and
-#: N1QL have their own async request classes, covered in their tests).
-ASYNC_OPS = ("kv", "multi", "durability", "timeout")
+#: Operations of the async flavour, driven through its callbacks (views and
+#: N1QL through AsyncViewBase / AsyncN1QLRequest).
+ASYNC_OPS = ("kv", "multi", "view", "n1ql_iterate", "durability", "timeout")
 
 
 def _cases() -> List[Any]:

@@ -25,6 +25,7 @@ import _socket
 import errno
 import logging
 import os
+import re
 import struct
 from typing import TYPE_CHECKING, Any, Callable, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -59,6 +60,8 @@ MAX_DATAGRAM = 4096
 MAX_NAMESERVERS = 3
 
 _HEADER = struct.Struct("!HHHHHH")
+#: What an SRV target may look like to be used as a host name.
+_HOST_NAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]*)(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]*))*\Z")
 _RR_FIXED = struct.Struct("!HHIH")
 _SRV_FIXED = struct.Struct("!HHH")
 
@@ -95,7 +98,10 @@ def srv_name(host: str, tls: bool) -> str:
 def _encode_name(name: str) -> bytes:
     out = bytearray()
     for label in name.rstrip(".").split("."):
-        raw = label.encode("idna") if any(ord(c) > 127 for c in label) else label.encode("ascii")
+        try:
+            raw = label.encode("idna") if any(ord(c) > 127 for c in label) else label.encode("ascii")
+        except UnicodeError:
+            raise DNSFormatError("%r is not a valid DNS name (label %r)" % (name, label)) from None
         if not raw or len(raw) > MAX_LABEL:
             raise DNSFormatError("%r is not a valid DNS name (label %r)" % (name, label))
         out.append(len(raw))
@@ -208,8 +214,9 @@ def decode_srv_response(data: bytes, ident: int, name: Optional[str] = None) -> 
             target, after = _read_name(data, pos + _SRV_FIXED.size)
             if after > rdata_end:
                 raise DNSFormatError("an SRV target runs past its record")
-            # "." as the target means "no such service here" (RFC 2782).
-            if target and port and len(records) < MAX_RECORDS:
+            # "." as the target means "no such service here" (RFC 2782); a
+            # target that is no host name (binary labels...) is skipped.
+            if target and port and _HOST_NAME.match(target) and len(records) < MAX_RECORDS:
                 records.append(SrvRecord(priority, weight, port, target))
         pos = rdata_end
     return SrvAnswer(rcode, records)

@@ -256,7 +256,13 @@ def _configure_dnssrv(s: Settings, cs: ConnectionString, opts: Dict[str, str]) -
     2.10: ``couchbase://`` or ``couchbases://`` with exactly one host and no
     port, unless ``dnssrv=off``; ours: not for ``localhost`` or an address
     unless ``dnssrv=on``) and read the options that shape it."""
-    from couchbase_core._engine.dns import parse_nameserver, read_nameservers, srv_name
+    from couchbase_core._engine.dns import (
+        DNSFormatError,
+        encode_srv_query,
+        parse_nameserver,
+        read_nameservers,
+        srv_name,
+    )
 
     if "dnssrv_timeout" in opts:
         s.dnssrv_timeout = _positive(parse_duration(opts["dnssrv_timeout"], "dnssrv_timeout"), "dnssrv_timeout")
@@ -286,10 +292,14 @@ def _configure_dnssrv(s: Settings, cs: ConnectionString, opts: Dict[str, str]) -
         if wanted:
             _warn("dnssrv=on is ignored: %s; the hosts are contacted as given" % why_not, OptionIgnoredWarning)
         return
+    name = srv_name(hosts[0].host, cs.is_ssl)
     try:
-        s.dnssrv_name = srv_name(hosts[0].host, cs.is_ssl)
-    except UnicodeError:
+        encode_srv_query(name, 0)
+    except DNSFormatError as exc:
+        if wanted:
+            _warn("dnssrv=on is ignored: %s" % exc, OptionIgnoredWarning)
         return
+    s.dnssrv_name = name
     if s.dnssrv_nameservers is None:
         # A small local file, read once here (bucket construction), never
         # from the loop.
