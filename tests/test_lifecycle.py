@@ -274,3 +274,20 @@ def test_row_stream_keeps_no_bucket_alive_from_the_hub(cluster: MockCluster, op:
     gc.collect()
     assert ref() is None
     assert future.is_set()
+
+
+@pytest.mark.parametrize("flavour", ["blocking", "gevent"])
+def test_http_bootstrapped_bucket_closes_its_config_stream(cluster: MockCluster, flavour: str) -> None:
+    """A bucket bootstrapped over HTTP keeps a config stream open (the
+    server only writes to it when the config changes); dropping the bucket
+    closes it too, and the server sees it go."""
+    wait_for_connections(cluster, 0)
+    mgmt = cluster.info["nodes"][0]["ports"]["mgmt"]
+    connstr = "couchbase://127.0.0.1:%d=http/default?bootstrap_on=http" % mgmt
+    b: Any = (GBucket if flavour == "gevent" else Bucket)(connstr, operation_timeout=LONG, **ADMIN)
+    b.upsert("life:http", 1)
+    assert open_connections(cluster) >= 2  # the stream and a KV connection
+    ref = weakref.ref(b)
+    del b
+    _collect(ref, lambda: gevent.sleep(0.05), tries=20)
+    assert wait_for_connections(cluster, 0) == 0
