@@ -100,6 +100,11 @@ def test_decode_a_reply_with_compression():
                                              ("a.example.test", 11210)]
 
 
+def test_the_question_is_compared_without_case():
+    answer = decode_srv_response(reply(0x1234, NAME.upper(), [(1, 1, 2, wire_name("x.test"))]), 0x1234, NAME)
+    assert answer.records == [SrvRecord(1, 1, 2, "x.test")]
+
+
 def test_every_cut_of_a_reply_is_a_format_error():
     for cut in range(len(GOOD)):
         with pytest.raises(DNSFormatError):

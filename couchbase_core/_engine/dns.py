@@ -39,7 +39,7 @@ from couchbase_core.iops.base import (
 if TYPE_CHECKING:  # pragma: no cover
     from couchbase_core.iops.base import IOPS
 
-__all__ = ["SrvRecord", "DNSFormatError", "encode_srv_query", "decode_srv_response", "srv_name",
+__all__ = ["SrvRecord", "SrvAnswer", "DNSFormatError", "encode_srv_query", "decode_srv_response", "srv_name",
            "order_records", "read_nameservers", "parse_nameserver", "SrvLookup", "TYPE_SRV", "MAX_RECORDS"]
 
 log = logging.getLogger("couchbase_core.engine")
@@ -162,6 +162,14 @@ def _read_name(data: bytes, offset: int) -> Tuple[str, int]:
     return ".".join(labels), (end if end is not None else pos)
 
 
+def _same_name(received: str, asked: str) -> bool:
+    """Names compared as DNS does: in their wire form, ignoring ASCII case."""
+    try:
+        return _encode_name(received).lower() == _encode_name(asked).lower()
+    except DNSFormatError:
+        return False
+
+
 def decode_srv_response(data: bytes, ident: int, name: Optional[str] = None) -> SrvAnswer:
     """Decode a reply to the query ``ident`` (for ``name``, when given).
 
@@ -195,7 +203,7 @@ def decode_srv_response(data: bytes, ident: int, name: Optional[str] = None) -> 
         raise DNSFormatError("the question is cut off")
     qtype, _qclass = struct.unpack_from("!HH", data, pos)
     pos += 4
-    if qtype != TYPE_SRV or (name is not None and qname.lower() != name.rstrip(".").lower()):
+    if qtype != TYPE_SRV or (name is not None and not _same_name(qname, name)):
         raise DNSFormatError("the reply is for another question (%s type %d)" % (qname, qtype))
     records: List[SrvRecord] = []
     for _ in range(ancount):
