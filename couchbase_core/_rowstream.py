@@ -8,10 +8,17 @@ gevent buckets wait for rows through their waiting strategy
 consumer falls behind, the stream pauses reading the socket, so memory stays
 bounded by the buffer, not by the result size. An iterator dropped or killed
 mid-way cancels the request.
+
+The stream refers to its bucket weakly and forgets the op factory once the
+request is sent: the op (the producer) is reached from the loop, and under
+gevent the hub's stack keeps the frames of the callback that woke the
+iterating greenlet until the hub next runs, so a strong reference from here
+would keep a dropped bucket (and its sockets) alive until then.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections import deque
 from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Tuple
 
@@ -29,8 +36,8 @@ class RowStream:
     """One streamed request's rows and metadata."""
 
     def __init__(self, bucket: Any, make_op: Callable[["RowStream"], Any], batch_size: int = 500) -> None:
-        self.bucket = bucket
-        self._make_op = make_op
+        self._bucket_ref = weakref.ref(bucket)
+        self._make_op: Optional[Callable[["RowStream"], Any]] = make_op
         self.batch_size = batch_size
         self._buffer: Deque[Any] = deque()
         self._latch: Optional[Latch] = None
@@ -42,6 +49,16 @@ class RowStream:
         self.http_status = 0
         self.error: Optional[Tuple[int, str]] = None
         self.rows_received = 0
+
+    @property
+    def bucket(self) -> Any:
+        """The bucket the request belongs to (ObjectDestroyedError once it
+        is gone: whoever iterates holds it, so only a stream left behind by
+        its iterator can outlive it)."""
+        bucket = self._bucket_ref()
+        if bucket is None:
+            raise ObjectDestroyedError("the bucket of this row stream was garbage-collected")
+        return bucket
 
     # -- producer side (loop callbacks) ---------------------------------------
 
@@ -74,7 +91,9 @@ class RowStream:
         if self.started:
             return
         self.started = True
-        self.op = self._make_op(self)
+        make_op, self._make_op = self._make_op, None
+        assert make_op is not None
+        self.op = make_op(self)
         self.op.start(self.bucket._engine)
 
     def check_open(self) -> None:

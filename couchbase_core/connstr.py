@@ -104,6 +104,8 @@ KNOWN_OPTIONS = frozenset({
     "tracing_threshold_fts", "tracing_threshold_analytics", "tracing_threshold_queue_size",
     "tracing_threshold_queue_flush_interval", "tracing_orphaned_queue_size",
     "tracing_orphaned_queue_flush_interval",
+    # ours: where and how long the DNS SRV lookup asks (docs/connection-strings.md)
+    "dnssrv_nameserver", "dnssrv_timeout",
 })
 
 # Default ports, by transport security.
@@ -330,7 +332,7 @@ _DURATION_OPTIONS = (
     "operation_timeout", "timeout", "config_total_timeout", "config_node_timeout",
     "views_timeout", "n1ql_timeout", "query_timeout", "http_timeout",
     "durability_timeout", "durability_interval", "config_poll_interval",
-    "retry_nmv_delay", "connect_timeout",
+    "retry_nmv_delay", "connect_timeout", "dnssrv_timeout",
     "tracing_threshold_kv", "tracing_threshold_n1ql", "tracing_threshold_view",
     "tracing_threshold_fts", "tracing_threshold_analytics",
     "tracing_threshold_queue_flush_interval", "tracing_orphaned_queue_flush_interval",
@@ -356,6 +358,7 @@ _VALIDATORS: Dict[str, Callable[[str, str], None]] = {
     "keypath": _check_nonempty,
     "truststorepath": _check_nonempty,
     "network": _check_nonempty,
+    "dnssrv_nameserver": _check_nonempty,
     "username": _check_anything,
     "password": _check_anything,
     "client_string": _check_anything,

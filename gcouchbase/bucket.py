@@ -21,14 +21,21 @@ entered them (each greenlet has its own ``contextvars`` context): other
 greenlets, including ones spawned inside the block, are neither batched nor
 held back by a greenlet's pipeline, nor made durable by its durability
 block. A greenlet killed inside a pipeline block sends nothing it queued.
+
+Lifecycle: a bucket dropped without ``close()`` is collected like any
+object (nothing the hub keeps refers back to it) and closes its sockets
+when it goes. :meth:`Bucket._get_close_future` (as in 2.x) returns a
+:class:`gevent.event.Event` set once the bucket is closed, by ``close()`` or
+by being collected; the 2.x ``_dtorcb`` hook, when set, is called then too.
 """
 
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Dict
+from typing import Any, Callable, Dict, List, Optional
 
 import gevent
+from gevent.event import Event
 from gevent.hub import Waiter, get_hub
 from greenlet import getcurrent
 
@@ -82,6 +89,42 @@ class Bucket(BaseBucket):
     _search_class = GSearchRequest
     #: pipeline() / durability() blocks belong to the calling greenlet.
     _caller = staticmethod(getcurrent)
+
+    #: Events handed out by _get_close_future(), set when the bucket closes.
+    #: They refer to nothing, so holding one keeps no bucket alive.
+    _close_events: Optional[List[Event]] = None
+    #: The 2.x destruction hook: called (with no argument) once the bucket
+    #: is closed or collected.
+    _dtorcb: Optional[Callable[..., Any]] = None
+
+    def _get_close_future(self) -> Event:
+        """A :class:`gevent.event.Event` that is set once this bucket is
+        closed, by :meth:`close` or because it was garbage-collected (wait
+        on it after dropping the last reference to know the sockets are
+        closed). Each call returns a new event; it never refers to the
+        bucket."""
+        event = Event()
+        if self.closed:
+            event.set()
+        else:
+            if self._close_events is None:
+                self._close_events = []
+            self._close_events.append(event)
+        return event
+
+    def close(self) -> None:
+        """Close every connection (see
+        :meth:`couchbase_core.bucket.Bucket.close`), then set the close
+        futures and call ``_dtorcb``."""
+        try:
+            BaseBucket.close(self)
+        finally:
+            events, self._close_events = self._close_events, None
+            hook, self._dtorcb = self._dtorcb, None
+            for event in events or ():
+                event.set()
+            if hook is not None:
+                hook()
 
     def _make_iops(self, kwargs: Dict[str, Any]) -> IOPS:
         self._hub = get_hub()

@@ -516,6 +516,7 @@ _VALUE_STRATEGIES = {
     "keypath": _any_text.filter(bool),
     "truststorepath": _any_text.filter(bool),
     "network": _any_text.filter(bool),
+    "dnssrv_nameserver": _any_text.filter(bool),
     "username": _any_text,
     "password": _any_text,
     "client_string": _any_text,
@@ -532,6 +533,7 @@ _DURATION_NAMES = {
     "tracing_threshold_kv", "tracing_threshold_n1ql", "tracing_threshold_view", "tracing_threshold_fts",
     "tracing_threshold_analytics", "tracing_threshold_queue_flush_interval",
     "tracing_orphaned_queue_flush_interval",
+    "dnssrv_timeout",
 }
 
 

@@ -5,6 +5,13 @@ turn (HELLO, SASL, SELECT_BUCKET, then GET_CLUSTER_CONFIG), then HTTP
 streaming (``/pools/default/bs/<bucket>``) on each seed's management port.
 ``bootstrap_on=cccp`` or ``http`` uses one of them only.
 
+With ``couchbase://name`` or ``couchbases://name`` (one host, no port) the
+seeds come first from a DNS SRV lookup of ``_couchbase._tcp.name`` (or
+``_couchbases._tcp.name``): the records' targets and ports, in priority and
+weight order, replace the name; when the lookup gives nothing (no such
+name, no records, no answer in time, a garbled reply) the name itself is
+the seed, as libcouchbase 2.10 does (see :mod:`couchbase_core._engine.dns`).
+
 The server's answers end the bootstrap early when they say why it cannot
 work anywhere: bad credentials (AuthError), a missing bucket
 (BucketNotFoundError). Nodes that cannot be reached are skipped; when
@@ -78,6 +85,7 @@ class Bootstrapper:
         self._cccp_index = 0
         self._http_index = 0
         self._http: Any = None
+        self._srv: Any = None
         self._done = False
         self._closed = False
 
@@ -86,7 +94,37 @@ class Bootstrapper:
         return "; ".join("%s: %s" % (k, v[1]) for k, v in self.failures.items())
 
     def start(self) -> None:
-        """Begin with CCCP (or HTTP when ``bootstrap_on=http``)."""
+        """Begin with the DNS SRV lookup when there is one to make, then
+        CCCP (or HTTP when ``bootstrap_on=http``)."""
+        settings = self.engine.settings
+        if settings.dnssrv_name:
+            from couchbase_core._engine.dns import SrvLookup
+
+            timeout = min(settings.dnssrv_timeout, settings.config_total_timeout / 2)
+            self._srv = SrvLookup(self.engine.iops, settings.dnssrv_name, settings.dnssrv_nameservers or [],
+                                  timeout, self._on_srv)
+            self._srv.start()
+            return
+        self._begin()
+
+    def _on_srv(self, targets: Optional[List[Tuple[str, int]]], why: str) -> None:
+        self._srv = None
+        if self._closed or self._done:
+            return
+        name = self.engine.settings.dnssrv_name
+        if targets:
+            log.debug("DNS SRV %s: bootstrapping from %s", name, ", ".join("%s:%d" % t for t in targets))
+            self.kv_seeds = list(targets)
+            http_port = self.http_seeds[0][1] if self.http_seeds else 8091
+            self.http_seeds = []
+            for host, _port in targets:
+                if (host, http_port) not in self.http_seeds:
+                    self.http_seeds.append((host, http_port))
+        else:
+            log.info("DNS SRV lookup of %s gave no seeds (%s); bootstrapping from the host name itself", name, why)
+        self._begin()
+
+    def _begin(self) -> None:
         if self.mode == "http":
             self._next_http()
         else:
@@ -95,6 +133,9 @@ class Bootstrapper:
     def close(self) -> None:
         """Stop (the engine is closing)."""
         self._closed = True
+        if self._srv is not None:
+            self._srv.close()
+            self._srv = None
         if self._http is not None:
             self._http.close()
             self._http = None
@@ -103,6 +144,9 @@ class Bootstrapper:
         """In the child of a fork: stop for good without IOPS calls (the
         engine drops the connections and fails the requests itself)."""
         self._closed = True
+        srv, self._srv = self._srv, None
+        if srv is not None:
+            srv.abandon_after_fork()
         http, self._http = self._http, None
         if http is not None:
             http.abandon_after_fork()
@@ -160,7 +204,7 @@ class Bootstrapper:
             self._next_cccp()
             return
         try:
-            cfg = BucketConfig.parse(value, conn.host, tls=self.engine.tls_context is not None)
+            cfg = self.engine.parse_config(value, conn.host)
         except ConfigError as exc:
             self._record(conn.authority, (RC.PROTOCOL, "unusable config: %s" % exc))
             self._next_cccp()
@@ -186,7 +230,7 @@ class Bootstrapper:
         if self._closed:
             return
         try:
-            cfg = BucketConfig.parse(text, stream.host, tls=self.engine.tls_context is not None)
+            cfg = self.engine.parse_config(text, stream.host)
         except ConfigError as exc:
             log.warning("unusable config from the HTTP stream of %s: %s", stream.authority, exc)
             return

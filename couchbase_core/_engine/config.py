@@ -16,7 +16,8 @@ import struct
 import zlib as _zlib
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-__all__ = ["Ketama", "authority", "BucketConfig", "ServiceNode", "ConfigError"]
+__all__ = ["Ketama", "authority", "BucketConfig", "ServiceNode", "ConfigError", "guess_network",
+           "alternate_address"]
 
 _FOUR_LE = struct.Struct("<IIII")
 _ONE_LE = struct.Struct("<I")
@@ -100,6 +101,52 @@ class ServiceNode:
         return (self.host, port) if port else None
 
 
+def guess_network(raw: Dict[str, Any], source_host: str) -> str:
+    """The network ``network=auto`` picks, as libcouchbase does: ``default``
+    when a node's own ``hostname`` (as written in the config, before
+    ``$HOST`` is replaced) is the host the config came from; else the name
+    of the first network whose alternate hostname is that host; else
+    ``default``."""
+    source = source_host.strip("[]")
+    nodes = raw.get("nodesExt")
+    if not isinstance(nodes, list):
+        return "default"
+    for ext in nodes:
+        if not isinstance(ext, dict):
+            continue
+        hostname = ext.get("hostname")
+        if isinstance(hostname, str) and hostname.strip("[]") == source:
+            return "default"
+        alternates = ext.get("alternateAddresses")
+        if isinstance(alternates, dict):
+            for name, entry in alternates.items():
+                if isinstance(entry, dict) and isinstance(entry.get("hostname"), str) \
+                        and entry["hostname"].strip("[]") == source:
+                    return str(name)
+    return "default"
+
+
+def alternate_address(ext: Dict[str, Any], network: str,
+                      services: Dict[str, int]) -> Optional[Tuple[str, Dict[str, int]]]:
+    """A ``nodesExt`` entry's address on ``network``: its alternate hostname
+    and its service ports (the alternate ones, and the node's own ports for
+    services the alternate entry does not list, as libcouchbase does), or
+    None when the node publishes no (well-formed) address there."""
+    alternates = ext.get("alternateAddresses")
+    if not isinstance(alternates, dict):
+        return None
+    entry = alternates.get(network)
+    if not isinstance(entry, dict) or not isinstance(entry.get("hostname"), str) or not entry["hostname"]:
+        return None
+    ports = dict(services)
+    alt_ports = entry.get("ports")
+    if isinstance(alt_ports, dict):
+        for name, port in alt_ports.items():
+            if type(port) is int and 0 < port < 65536:
+                ports[str(name)] = port
+    return entry["hostname"].strip("[]"), ports
+
+
 def _replace_host(value: Any, host: str) -> Any:
     if isinstance(value, str):
         return value.replace("$HOST", host)
@@ -116,6 +163,15 @@ def _split_hostport(text: str) -> Tuple[str, int]:
         return host, int(rest.lstrip(":"))
     host, _, port = text.rpartition(":")
     return host, int(port)
+
+
+def _moved(moved: Dict[Tuple[str, Any], Tuple[str, Dict[str, int]]], host: str, port: int) -> Tuple[str, int]:
+    """A KV address of the server list, on the chosen network."""
+    alternate = moved.get((host.strip("[]"), port))
+    if alternate is None:
+        return host, port
+    alt_host, ports = alternate
+    return alt_host, ports.get("kv", port)
 
 
 def _vbucket_map(rows: Any, name: str, servers: int, replicas: int) -> List[List[int]]:
@@ -150,6 +206,9 @@ class BucketConfig:
         nodes: every cluster node with its service ports.
         capabilities: bucket capabilities.
         cluster_capabilities: ``clusterCapabilities`` object.
+        network: the network whose addresses ``servers`` and ``nodes``
+            hold: ``default`` (the nodes' own) or an alternate network's
+            name (``external``...).
         raw: the config as a dict (``$HOST`` replaced).
     """
 
@@ -166,6 +225,7 @@ class BucketConfig:
         self.nodes: List[ServiceNode] = []
         self.capabilities: List[str] = []
         self.cluster_capabilities: Dict[str, Any] = {}
+        self.network = "default"
         self.raw: Dict[str, Any] = {}
 
     @property
@@ -202,10 +262,16 @@ class BucketConfig:
         return out
 
     @classmethod
-    def parse(cls, data: Any, source_host: str, tls: bool = False) -> "BucketConfig":
-        """Parse config JSON (text, bytes or dict) received from ``source_host``."""
+    def parse(cls, data: Any, source_host: str, tls: bool = False, network: str = "default") -> "BucketConfig":
+        """Parse config JSON (text, bytes or dict) received from ``source_host``.
+
+        ``network`` chooses the addresses used: ``default`` (the nodes'
+        own), ``auto`` (:func:`guess_network`; the choice is in
+        :attr:`network`), or the name of an alternate network: nodes that
+        publish an address there are reached at it (KV and HTTP services),
+        the others at their own."""
         try:
-            return cls._parse(data, source_host, tls)
+            return cls._parse(data, source_host, tls, network)
         except RecursionError as exc:
             # the decoder's (and _replace_host's) depth limit: the recursion limit
             raise ConfigError("the config is nested too deeply") from exc
@@ -213,7 +279,7 @@ class BucketConfig:
             raise ConfigError("the config is not UTF-8: %s" % exc) from exc
 
     @classmethod
-    def _parse(cls, data: Any, source_host: str, tls: bool) -> "BucketConfig":
+    def _parse(cls, data: Any, source_host: str, tls: bool, network: str) -> "BucketConfig":
         if isinstance(data, (bytes, bytearray)):
             data = data.decode("utf-8")
         if isinstance(data, str):
@@ -227,6 +293,11 @@ class BucketConfig:
         raw = _replace_host(data, host)
         cfg = cls()
         cfg.raw = raw
+        if network == "auto":
+            network = guess_network(data, source_host)
+        cfg.network = network
+        #: (host, kv port) as the config names a node -> its alternate address
+        moved: Dict[Tuple[str, Any], Tuple[str, Dict[str, int]]] = {}
         try:
             cfg.rev = int(raw.get("rev", -1))
             cfg.rev_epoch = int(raw.get("revEpoch", -1))
@@ -236,13 +307,19 @@ class BucketConfig:
             cfg.capabilities = list(raw.get("bucketCapabilities", []))
             cfg.cluster_capabilities = dict(raw.get("clusterCapabilities", {}) or {})
             for ext in raw.get("nodesExt", []) or []:
-                node_host = ext.get("hostname") or source_host
-                cfg.nodes.append(ServiceNode(node_host.strip("[]"), dict(ext.get("services", {}))))
+                node_host = (ext.get("hostname") or source_host).strip("[]")
+                services = dict(ext.get("services", {}))
+                if network != "default":
+                    alternate = alternate_address(ext, network, services)
+                    if alternate is not None:
+                        moved[(node_host, services.get("kv"))] = alternate
+                        node_host, services = alternate
+                cfg.nodes.append(ServiceNode(node_host, services))
             if cfg.locator == "vbucket":
                 smap = raw.get("vBucketServerMap")
                 if not isinstance(smap, dict):
                     raise ConfigError("a vbucket config without a vBucketServerMap")
-                plain = [_split_hostport(s) for s in smap.get("serverList", [])]
+                plain = [_moved(moved, *_split_hostport(s)) for s in smap.get("serverList", [])]
                 cfg.num_replicas = int(smap.get("numReplicas", 0))
                 cfg.servers = [cfg._kv_endpoint(h.strip("[]"), p, tls) for h, p in plain]
                 cfg.vbmap = _vbucket_map(smap.get("vBucketMap"), "vBucketMap", len(cfg.servers), cfg.num_replicas)
@@ -255,7 +332,7 @@ class BucketConfig:
             else:
                 for entry in raw.get("nodes", []) or []:
                     h, _mgmt = _split_hostport(entry["hostname"])
-                    port = int(entry.get("ports", {}).get("direct", 11210))
+                    h, port = _moved(moved, h, int(entry.get("ports", {}).get("direct", 11210)))
                     cfg.servers.append(cfg._kv_endpoint(h.strip("[]"), port, tls))
         except ConfigError:
             raise

@@ -122,6 +122,9 @@ class Engine:
         self.dirty: Set[KVConnection] = set()
         #: The current cluster config (Couchbase buckets).
         self.config: Optional[BucketConfig] = None
+        #: Addresses used (``network`` option): ``auto`` until the first
+        #: config settles it, then ``default`` or an alternate network's name.
+        self.network: str = settings.network
         self.couchbase = settings.scheme != "memcached"
         self.retry_statuses = _RETRY_STATUSES if self.couchbase else frozenset()
         self.tls_context: Any = settings.tls_context()
@@ -271,10 +274,22 @@ class Engine:
             self._by_addr[(host, port)] = conn
         return conn
 
+    def parse_config(self, data: Any, source_host: str) -> BucketConfig:
+        """Parse a config received from ``source_host`` for this engine (TLS
+        ports, the network's addresses). With ``network=auto`` the first
+        config decides the network for good (as libcouchbase does)."""
+        cfg = BucketConfig.parse(data, source_host, tls=self.tls_context is not None, network=self.network)
+        if self.network == "auto":
+            self.network = cfg.network
+            if cfg.network != "default":
+                log.info("network=auto: using the %r alternate addresses (bootstrap host %s)", cfg.network,
+                         source_host)
+        return cfg
+
     def on_config_text(self, text: bytes, source_host: str) -> bool:
         """A config arrived (NMV body, CCCP, push, HTTP): apply it if newer."""
         try:
-            cfg = BucketConfig.parse(text, source_host, tls=self.tls_context is not None)
+            cfg = self.parse_config(text, source_host)
         except ConfigError as exc:
             log.warning("ignoring an unusable config from %s: %s", source_host, exc)
             return False

@@ -19,7 +19,7 @@ from couchbase_core.connstr import (
     parse_int,
     parse_ratio,
 )
-from couchbase_core.exceptions import RC, ArgumentError, NotSupportedError, OptionIgnoredWarning
+from couchbase_core.exceptions import ArgumentError, OptionIgnoredWarning
 
 __all__ = ["Settings", "DEFAULT_MAX_VALUE_MEMCACHED", "DEFAULT_MAX_VALUE_COUCHBASE", "COUCHBASE_FEATURES",
            "TRACING_DEFAULTS"]
@@ -158,6 +158,17 @@ class Settings:
     cached_seeds: List[Tuple[str, int]] = field(default_factory=list)
     #: Management endpoints from the config cache (HTTP bootstrap).
     cached_http_seeds: List[Tuple[str, int]] = field(default_factory=list)
+    #: Addresses used (``network``): ``auto`` (the first config decides,
+    #: as libcouchbase does), ``default`` (the nodes' own) or the name of
+    #: an alternate network (``external``...).
+    network: str = "auto"
+    #: The DNS SRV name looked up for seeds before bootstrap, or None.
+    dnssrv_name: Optional[str] = None
+    #: Name servers for that lookup: ``dnssrv_nameserver`` or resolv.conf.
+    dnssrv_nameservers: Optional[List[Tuple[str, int]]] = None
+    #: Seconds the SRV lookup may take (ours: ``dnssrv_timeout``); at most
+    #: half of config_total_timeout is used.
+    dnssrv_timeout: float = 2.0
     _tls_context: Any = field(default=None, repr=False)
 
     def ud(self, value: Any) -> str:
@@ -310,6 +321,9 @@ class Settings:
                           % (name, opts[name]), OptionIgnoredWarning)
         s.ipv6 = opts.get("ipv6", "allow").lower()
         s._parse_compat(opts)
+        network = opts.get("network", "auto").strip()
+        s.network = network.lower() if network.lower() in ("auto", "default") else network
+        _configure_dnssrv(s, cs, opts)
         s._check_unsupported(opts)
         return s
 
@@ -344,15 +358,12 @@ class Settings:
     def _check_unsupported(self, opts: Dict[str, str]) -> None:
         """Options this client parses but does not act on: warn, or refuse
         what cannot be honoured (see docs/connection-strings.md)."""
-        network = opts.get("network", "default")
-        if network.lower() not in ("default", "auto"):
-            raise NotSupportedError({"rc": RC.CLIENT_NOT_SUPPORTED, "message": "network=%s: alternate addresses are not supported; only "
-                                     "network=default (and auto, which picks it) are" % network})
+        if self.scheme == "memcached" and self.network not in ("auto", "default"):
+            _warn("network=%s has no effect on memcached:// (no cluster config publishes alternate addresses)"
+                  % self.network, OptionIgnoredWarning)
         tracing = [name for name in TRACING_DEFAULTS if name in opts]
         if self.enable_tracing or tracing:
-            _warn(tracing_warning(self.enable_tracing, tracing), OptionIgnoredWarning)
-        if "dnssrv" in opts and parse_bool(opts["dnssrv"], "dnssrv"):
-            _warn("dnssrv=true: DNS SRV lookups are not implemented; the hosts are contacted as given",
+            _warn(tracing_warning(self.enable_tracing, tracing),
                   OptionIgnoredWarning)
         if "detailed_errcodes" in opts and not parse_bool(opts["detailed_errcodes"], "detailed_errcodes"):
             _warn("detailed_errcodes=false is ignored: extended error codes (HELLO XERROR) are always requested",
@@ -368,7 +379,8 @@ class Settings:
 _COUCHBASE_ONLY = ("bootstrap_on", "select_bucket", "sasl_mech_force", "http_poolsize", "http_timeout",
                    "fetch_mutation_tokens", "enable_mutation_tokens", "config_poll_interval", "retry_nmv_delay",
                    "durability_timeout", "durability_interval", "compression", "compression_min_size",
-                   "compression_min_ratio", "config_cache")
+                   "compression_min_ratio", "config_cache", "dnssrv_nameserver",
+                   "dnssrv_timeout")
 
 
 def tracing_warning(enabled: bool, names: List[str]) -> str:
@@ -379,6 +391,75 @@ def tracing_warning(enabled: bool, names: List[str]) -> str:
     return ("%s: the options are validated and kept, but this client does not produce the threshold "
             "and orphan tracing reports yet; nothing is logged for slow or orphaned operations"
             % ", ".join(what))
+
+#: Host names never looked up in DNS (RFC 6761: "localhost" is answered
+#: locally; resolvers do not send queries for it).
+_LOCAL_NAMES = ("localhost", "localhost.")
+
+
+def _configure_dnssrv(s: Settings, cs: ConnectionString, opts: Dict[str, str]) -> None:
+    """Decide whether bootstrap starts with a DNS SRV lookup (libcouchbase
+    2.10: ``couchbase://`` or ``couchbases://`` with exactly one host and no
+    port, unless ``dnssrv=off``; ours: not for ``localhost`` or an address
+    unless ``dnssrv=on``) and read the options that shape it."""
+    from couchbase_core._engine.dns import (
+        DNSFormatError,
+        encode_srv_query,
+        parse_nameserver,
+        read_nameservers,
+        srv_name,
+    )
+
+    if "dnssrv_timeout" in opts:
+        s.dnssrv_timeout = _positive(parse_duration(opts["dnssrv_timeout"], "dnssrv_timeout"), "dnssrv_timeout")
+    override = opts.get("dnssrv_nameserver")
+    if override is not None:
+        servers = []
+        for item in override.split(","):
+            try:
+                servers.append(parse_nameserver(item))
+            except ValueError as exc:
+                raise ArgumentError("dnssrv_nameserver=%r: %s" % (override, exc)) from None
+        s.dnssrv_nameservers = servers
+    wanted: Optional[bool] = parse_bool(opts["dnssrv"], "dnssrv") if "dnssrv" in opts else None
+    if wanted is False:
+        return
+    why_not = ""
+    hosts = cs.host_entries()
+    if cs.scheme not in ("couchbase", "couchbases"):
+        why_not = "DNS SRV is only used with couchbase:// and couchbases://"
+    elif len(hosts) != 1 or hosts[0].port is not None or hosts[0].proto is not None:
+        why_not = "DNS SRV needs exactly one host and no port"
+    elif not wanted and (hosts[0].host.lower() in _LOCAL_NAMES or _is_address(hosts[0].host)):
+        # Not asked for explicitly: an address or localhost has no SRV
+        # records, and a lookup would only delay the bootstrap.
+        return
+    if why_not:
+        if wanted:
+            _warn("dnssrv=on is ignored: %s; the hosts are contacted as given" % why_not, OptionIgnoredWarning)
+        return
+    name = srv_name(hosts[0].host, cs.is_ssl)
+    try:
+        encode_srv_query(name, 0)
+    except DNSFormatError as exc:
+        if wanted:
+            _warn("dnssrv=on is ignored: %s" % exc, OptionIgnoredWarning)
+        return
+    s.dnssrv_name = name
+    if s.dnssrv_nameservers is None:
+        # A small local file, read once here (bucket construction), never
+        # from the loop.
+        s.dnssrv_nameservers = read_nameservers()
+
+
+def _is_address(host: str) -> bool:
+    import _socket
+
+    try:
+        _socket.inet_pton(_socket.AF_INET6 if ":" in host else _socket.AF_INET, host)
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def _warn(message: str, category: type) -> None:

@@ -60,6 +60,9 @@ class MockCluster:
         base_port: fixed ports (node i uses ``base_port + 10*i + k``); default free ports.
         tls: also listen with TLS (a fresh CA is made; see :attr:`ca_cert`).
         in_process: run on a thread of this process instead of a child process.
+        alternate_host: also serve every node on this address (e.g.
+            ``127.0.0.2``), on ports of its own, and publish it in the
+            configs as the node's ``external`` alternate address.
         admin: ``(user, password)`` of the administrator.
         client_ca: PEM file of the CA that signs client certificates: turns
             on client certificate authentication on the TLS ports (needs
@@ -74,7 +77,8 @@ class MockCluster:
                  base_port: Optional[int] = None, tls: bool = False, in_process: bool = False,
                  admin: tuple = ("Administrator", "password"), start_timeout: float = 30.0,
                  client_ca: Optional[str] = None, client_cert_auth: str = "enable",
-                 client_cert_path: str = "subject.cn", client_cert_prefix: str = "") -> None:
+                 client_cert_path: str = "subject.cn", client_cert_prefix: str = "",
+                 alternate_host: Optional[str] = None) -> None:
         self.nodes = nodes
         self.buckets = list(buckets) if buckets is not None else ["default"]
         self.replicas = replicas
@@ -87,6 +91,7 @@ class MockCluster:
         self.start_timeout = start_timeout
         self.client_ca = client_ca
         self.client_cert = (client_cert_auth, client_cert_path, client_cert_prefix)
+        self.alternate_host = alternate_host
         self.info: Dict[str, Any] = {}
         self._proc: Optional[subprocess.Popen] = None
         self._thread_mock: Any = None
@@ -111,6 +116,8 @@ class MockCluster:
             auth, path, prefix = self.client_cert
             argv += ["--client-ca", self.client_ca, "--client-cert-auth", auth, "--client-cert-path", path,
                      "--client-cert-prefix", prefix]
+        if self.alternate_host:
+            argv += ["--alternate-host", self.alternate_host]
         return argv
 
     def start(self) -> "MockCluster":

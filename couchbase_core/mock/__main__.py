@@ -68,6 +68,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--client-cert-path", choices=sorted(PATHS), default="subject.cn",
                    help="where a client certificate carries the user name (default subject.cn)")
     p.add_argument("--client-cert-prefix", default="", help="prefix stripped from that name (default none)")
+    p.add_argument("--alternate-host", default=None, metavar="ADDRESS",
+                   help="also serve every node on ADDRESS (other ports) and publish it as the node's "
+                        "'external' alternate address, e.g. 127.0.0.2")
     p.add_argument("--admin", default="Administrator:password", help="administrator NAME:PASSWORD")
     p.add_argument("--json", action="store_true", help="print one JSON line with the cluster's addresses")
     p.add_argument("--ignore-stdin", action="store_true", help="do not stop when stdin closes")
@@ -114,7 +117,8 @@ def options_from_args(args: argparse.Namespace, tmpdir: Optional[str] = None) ->
                           tls_cert=cert if (args.tls or args.cert) else None, tls_key=key,
                           admin_user=admin_user, admin_password=admin_password or "password",
                           client_cert=CertAuthSettings(args.client_ca, args.client_cert_auth, args.client_cert_path,
-                                                       args.client_cert_prefix) if args.client_ca else None)
+                                                       args.client_cert_prefix) if args.client_ca else None,
+                          alternate_host=args.alternate_host)
     return opts
 
 

@@ -55,6 +55,10 @@ class Node:
         self.index = index
         self.host = host
         self.ports: Dict[str, int] = {}
+        #: Alternate address (``alternateAddresses``, for clients outside a
+        #: NAT): the host and the ports of extra listeners serving this node.
+        self.alt_host: Optional[str] = None
+        self.alt_ports: Dict[str, int] = {}
         self.state = ACTIVE
         #: Nodes added but not yet rebalanced in serve no bucket yet.
         self.member = True
@@ -228,6 +232,9 @@ class Cluster:
         #: Client certificate authentication (a ``certauth.CertAuthSettings``), or None.
         self.cert_auth: Any = None
         self.cluster_capabilities = {"n1ql": ["enhancedPreparedStatements"]}
+        #: Name of the network under which nodes publish their alternate
+        #: addresses (``nodesExt[].alternateAddresses.<name>``).
+        self.alternate_network = "external"
         #: Called with no argument after every config change (servers push it).
         self.listeners: List[Any] = []
         self.scram_iterations = 4096
@@ -332,6 +339,12 @@ class Cluster:
                 services[tls_name] = node.ports[tls_name]
         return services
 
+    def alternate_addresses(self, node: Node) -> Optional[Dict[str, Any]]:
+        """``nodesExt[].alternateAddresses`` of a node, or None when it has none."""
+        if not node.alt_host:
+            return None
+        return {self.alternate_network: {"hostname": node.alt_host, "ports": dict(node.alt_ports)}}
+
     def bucket_config(self, bucket: Bucket, this_node: Optional[Node] = None, host_placeholder: bool = True) -> dict:
         """The terse bucket config (CCCP, NMV bodies, ``/b/`` and ``/bs/``).
 
@@ -363,6 +376,9 @@ class Cluster:
                 ext["thisNode"] = True
             else:
                 ext["hostname"] = node.host
+            alternate = self.alternate_addresses(node)
+            if alternate:
+                ext["alternateAddresses"] = alternate
             nodes_ext.append(ext)
         config: Dict[str, Any] = {
             "rev": self.rev,
@@ -400,6 +416,9 @@ class Cluster:
                 ext["thisNode"] = True
             else:
                 ext["hostname"] = node.host
+            alternate = self.alternate_addresses(node)
+            if alternate:
+                ext["alternateAddresses"] = alternate
             nodes_ext.append(ext)
         return {"rev": self.rev, "revEpoch": self.rev_epoch, "nodesExt": nodes_ext,
                 "clusterCapabilitiesVer": [1, 0], "clusterCapabilities": self.cluster_capabilities}

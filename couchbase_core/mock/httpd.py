@@ -159,6 +159,37 @@ class _Connection:
                 continue
             return event
 
+    async def _stream(self, body: Any) -> None:
+        """Send a streamed body, watching the client meanwhile: a config
+        stream only writes when a config changes, so without a read the
+        server would not notice a client that went away until then. Bytes
+        the client sends meanwhile (a pipelined request) are kept for h11."""
+        gone = asyncio.ensure_future(self.reader.read(65536))
+        chunks = body.__aiter__()
+        nxt = asyncio.ensure_future(chunks.__anext__())
+        try:
+            while True:
+                done, _pending = await asyncio.wait({nxt, gone}, return_when=asyncio.FIRST_COMPLETED)
+                if gone in done:
+                    data = gone.result()
+                    if not data:
+                        nxt.cancel()
+                        raise ConnectionError("the client closed the stream")
+                    self.conn.receive_data(data)
+                    gone = asyncio.ensure_future(self.reader.read(65536))
+                    continue
+                try:
+                    chunk = nxt.result()
+                except StopAsyncIteration:
+                    return
+                if chunk:
+                    await self._send(h11.Data(data=chunk))
+                nxt = asyncio.ensure_future(chunks.__anext__())
+        finally:
+            for task in (gone, nxt):
+                if not task.done():
+                    task.cancel()
+
     async def run(self) -> None:
         self.registry.add(self)
         try:
@@ -216,9 +247,7 @@ class _Connection:
         headers.append((b"Transfer-Encoding", b"chunked"))
         await self._send(h11.Response(status_code=response.status, headers=headers, reason=reason))
         if hasattr(body, "__aiter__"):
-            async for chunk in body:  # type: ignore[union-attr]
-                if chunk:
-                    await self._send(h11.Data(data=chunk))
+            await self._stream(body)
         else:
             count = 0
             for chunk in body:  # type: ignore[union-attr]

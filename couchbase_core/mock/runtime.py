@@ -56,7 +56,8 @@ class ClusterOptions:
                  vbuckets: int = 64, users: Optional[List[User]] = None, base_port: Optional[int] = None,
                  tls_cert: Optional[str] = None, tls_key: Optional[str] = None, host: str = "127.0.0.1",
                  admin_user: str = "Administrator", admin_password: str = "password",
-                 client_cert: Optional[CertAuthSettings] = None) -> None:
+                 client_cert: Optional[CertAuthSettings] = None,
+                 alternate_host: Optional[str] = None) -> None:
         self.nodes = nodes
         self.buckets = buckets if buckets is not None else [BucketOptions("default")]
         self.replicas = replicas
@@ -70,6 +71,9 @@ class ClusterOptions:
         self.admin_password = admin_password
         #: Client certificate authentication on the TLS ports (needs ``tls_cert``).
         self.client_cert = client_cert
+        #: When set, every node also listens on this address (on ports of
+        #: its own) and publishes it as its ``external`` alternate address.
+        self.alternate_host = alternate_host
 
 
 #: Services of a node: name -> port offset when fixed ports are used.
@@ -125,8 +129,32 @@ class NodeRuntime:
             server = await httpd.serve(router, host, self._fixed_port(service), context, self.http_connections)
             self._servers[service] = server
             self.node.ports[service] = server.sockets[0].getsockname()[1]
+        alt_host = self.app.options.alternate_host
+        if alt_host:
+            await self._start_alternate(alt_host, kv_services, http_services)
         if self.node.state == STOPPED:
             self.node.state = ACTIVE
+
+    async def _start_alternate(self, alt_host: str, kv_services: List[Any], http_services: List[Any]) -> None:
+        """Extra listeners on the alternate address: the same node, reached
+        at another address and other ports (what a NAT in front of a real
+        cluster does), published in ``alternateAddresses``."""
+        from couchbase_core.mock import httpd
+
+        loop = asyncio.get_running_loop()
+        node = self.node
+        node.alt_host = alt_host
+        for service, context in kv_services:
+            server = await loop.create_server(lambda: KVSession(self), alt_host, node.alt_ports.get(service, 0),
+                                              ssl=context, reuse_address=True)
+            self._servers["alt:" + service] = server
+            node.alt_ports[service] = server.sockets[0].getsockname()[1]
+        for service, context in http_services:
+            router = self.app.router_for(service.replace("SSL", ""), self)
+            server = await httpd.serve(router, alt_host, node.alt_ports.get(service, 0), context,
+                                       self.http_connections)
+            self._servers["alt:" + service] = server
+            node.alt_ports[service] = server.sockets[0].getsockname()[1]
 
     def drop_connections(self) -> int:
         """Close every client connection of this node (KV and HTTP)."""
@@ -332,12 +360,39 @@ class MockApp:
             "control_url": "http://%s:%d/mock" % (self.options.host, self.control_port),
             "buckets": {name: {"type": b.type, "replicas": b.replicas, "vbuckets": b.num_vbuckets}
                         for name, b in cluster.buckets.items()},
-            "nodes": [{"index": n.index, "state": n.state, "member": n.member, "ports": dict(n.ports)}
+            "nodes": [{"index": n.index, "state": n.state, "member": n.member, "ports": dict(n.ports),
+                       "connections": self._open_connections(n.index),
+                       "connections_by_address": self._connections_by_address(n.index),
+                       "alt_host": n.alt_host, "alt_ports": dict(n.alt_ports)}
                       for n in cluster.nodes],
         }
         if tls:
             info["connstr_tls"] = "couchbases://%s" % ",".join("%s:%d" % (n.host, n.ports["kvSSL"]) for n in nodes)
         return info
+
+    def _open_connections(self, index: int) -> int:
+        """Client connections (KV and HTTP) a node holds open right now."""
+        if index >= len(self.runtimes):
+            return 0
+        runtime = self.runtimes[index]
+        return len(runtime.sessions) + len(runtime.http_connections)
+
+    def _connections_by_address(self, index: int) -> Dict[str, Dict[str, int]]:
+        """Open client connections of a node by the local address they
+        reached (``{"127.0.0.2": {"kv": 2, "http": 1}}``): which of its
+        addresses clients use."""
+        out: Dict[str, Dict[str, int]] = {}
+        if index >= len(self.runtimes):
+            return out
+        runtime = self.runtimes[index]
+        ends = [("kv", getattr(s, "transport", None)) for s in runtime.sessions]
+        ends += [("http", getattr(c, "writer", None)) for c in runtime.http_connections]
+        for kind, end in ends:
+            name = end.get_extra_info("sockname") if end is not None else None
+            address = name[0] if name else "?"
+            counts = out.setdefault(address, {})
+            counts[kind] = counts.get(kind, 0) + 1
+        return out
 
     def info_json(self) -> str:
         """:meth:`info` as one line of JSON."""
