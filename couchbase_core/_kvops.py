@@ -10,6 +10,7 @@ a loop callback.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any, Callable, Dict, Optional
 
@@ -49,6 +50,8 @@ from couchbase_core.result import (
     SubdocResult,
     ValueResult,
 )
+
+log = logging.getLogger("couchbase_core.engine")
 
 __all__ = ["GetOp", "StoreOp", "RemoveOp", "CounterOp", "TouchOp", "StatOp", "NoopOp", "FlushOp", "KeyBatch", "discard"]
 
@@ -425,8 +428,10 @@ class KeyBatch(Batch):
 
     def start(self, engine: Any, base: int, deadline: float) -> None:
         Batch.start(self, engine, base, deadline)
-        #: Plain reads (no items): replies may take the short way of on_part.
-        self.plain = self.kind == KIND_GET and self.items is None
+        #: Plain reads (no items, and no custom transcoder that must see
+        #: every value, even raw bytes): replies may take the short way of
+        #: on_part and take_run.
+        self.plain = self.kind == KIND_GET and self.items is None and (self.decoder is None or self.no_format)
         #: Plain mutations (no items, no durability to wait for).
         self.plain_mutation = self.kind == KIND_MUTATION and self.items is None and self.durability is None
         if self.plain:
@@ -475,7 +480,13 @@ class KeyBatch(Batch):
                         pending[frame[F_OPAQUE]] = op
                     return frame
         finally:
-            self._settle_taken(taken)
+            # The frame this returns belongs to another operation: a sink
+            # that raises must not lose it (the connection's rule, that a
+            # failing result handler never breaks the stream, kept here).
+            try:
+                self._settle_taken(taken)
+            except Exception:
+                log.exception("completing %s failed", self.describe())
 
     def _settle_taken(self, taken: int) -> None:
         """``taken`` more entries got their result in :meth:`take_run`."""
@@ -533,7 +544,7 @@ class KeyBatch(Batch):
                 extras = frame[F_EXTRAS]
                 flags = _FLAGS.unpack_from(extras)[0] if len(extras) >= 4 else 0
                 data = frame[F_VALUE]
-                if item is None and (self.no_format or flags == _FMT_BYTES):
+                if item is None and (self.no_format or (flags == _FMT_BYTES and self.decoder is None)):
                     res = ValueResult(key, 0, frame[F_CAS], data, flags)
                 else:
                     res = item if item is not None else ValueResult(key)

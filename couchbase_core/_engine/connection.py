@@ -756,6 +756,14 @@ class KVConnection:
         if not frames:
             return frames is not None
         self.last_activity = self.last_read
+        decoder = self._decoder
+        if decoder.server_requests:  # type: ignore[union-attr]
+            # A server request's opaque is the server's own: every frame of
+            # this read is matched by its magic first.
+            decoder.server_requests = False  # type: ignore[union-attr]
+            self._deliver_with_requests(frames)
+            self.engine.deadlines.trim()
+            return True
         pop = self.pending.pop
         inflate = self._inflate
         rest = iter(frames)
@@ -782,6 +790,30 @@ class KVConnection:
                 log.exception("completing %s failed", self.engine.settings.describe_op(op))
         self.engine.deadlines.trim()
         return True
+
+    def _deliver_with_requests(self, frames: List[Any]) -> None:
+        """Deliver a read that holds server requests (magic 0x82): those go
+        to the engine whatever their opaque; replies one by one (no runs)."""
+        pending = self.pending
+        pop = pending.pop
+        inflate = self._inflate
+        for frame in frames:
+            if frame[F_MAGIC] == Magic.SERVER_REQUEST:
+                self._unusual(frame, None)
+                continue
+            op = pop(frame[F_OPAQUE], None)
+            if op is None or frame[F_STATUS] or (inflate and frame[F_DATATYPE] & _SNAPPY):
+                self._unusual(frame, op)
+                continue
+            try:
+                if op.multi_reply:
+                    if not op.on_part(frame):
+                        pending[frame[F_OPAQUE]] = op
+                else:
+                    op.done = True
+                    op.on_response(frame)
+            except Exception:  # never let a result handler break the stream
+                log.exception("completing %s failed", self.engine.settings.describe_op(op))
 
     def _deliver_from(self, frame: Any, rest: Any) -> None:
         """Deliver ``frame`` and every frame left in ``rest``: the loop of

@@ -346,13 +346,17 @@ class FrameDecoder:
     not be used again.
     """
 
-    __slots__ = ("_partial", "_need", "max_body", "_failed")
+    __slots__ = ("_partial", "_need", "max_body", "_failed", "server_requests")
 
     def __init__(self, max_body: int = MAX_BODY) -> None:
         self._partial: Optional[bytearray] = None
         self._need = 0
         self.max_body = max_body
         self._failed = False
+        #: Set when a feed decoded a server request (magic 0x82): its opaque
+        #: is the server's, not one of ours, so the reader must look at the
+        #: magic of every frame of that feed (the caller resets it).
+        self.server_requests = False
 
     @property
     def buffered(self) -> int:
@@ -437,6 +441,8 @@ class FrameDecoder:
             keylen &= 0xFF
         elif magic in _ACCEPTED_MAGIC:
             framelen = 0
+            if magic == Magic.SERVER_REQUEST:
+                self.server_requests = True
         else:
             raise FrameError("bad magic 0x%02x at stream offset %d" % (magic, pos))
         if bodylen > self.max_body:
