@@ -125,7 +125,11 @@ class ItemSequence(ItemCollection):
     taken as a sequence of one (2.x)."""
 
     def __init__(self, obj: Any) -> None:
-        self._seq = [obj] if isinstance(obj, Item) else obj
+        if isinstance(obj, Item):
+            obj = [obj]
+        elif not hasattr(obj, "__len__"):
+            obj = list(obj)  # a generator: kept, so the collection can be used again
+        self._seq = obj
 
     @property
     def sequence(self) -> Any:
