@@ -207,7 +207,9 @@ class MultiMixin:
                 options = dict(options, cas=_item_cas(item, options))
             return build(key, value, item, options)
 
-        return self._run_entries(entries, build_items if use_item_cas else build, False, KIND_MUTATION,
+        # Items only come from item collections: a dict's keys skip the wrapper.
+        with_items = use_item_cas and isinstance(kvs, ItemCollection)
+        return self._run_entries(entries, build_items if with_items else build, False, KIND_MUTATION,
                                  durability=durability)
 
     def upsert_multi(self, keys: Any, ttl: int = 0, format: Optional[int] = None,  # noqa: A002
