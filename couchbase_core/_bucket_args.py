@@ -303,10 +303,10 @@ def _transcoded_value(tc: Any, key: Any, value: Any, fmt: Any) -> Tuple[bytes, i
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise ValueFormatError({"message": "transcoder.encode_value returned %s for the value, not bytes"
                                 % type(data).__name__, "key": key})
-    if isinstance(flags, bool) or not isinstance(flags, int) or not 0 <= flags <= _U32:
+    if not isinstance(flags, int) or not 0 <= flags <= _U32:
         raise ValueFormatError({"message": "transcoder.encode_value returned bad flags %s (an integer from 0 to "
                                 "0xFFFFFFFF is needed)" % _short_repr(flags), "key": key})
-    return bytes(data), flags
+    return bytes(data), int(flags)
 
 
 def _short_repr(obj: Any) -> str:

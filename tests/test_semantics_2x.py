@@ -158,8 +158,8 @@ class _Returning(Transcoder):
 
 @pytest.mark.parametrize("out", [
     b"bytes alone", ("only one",), (b"data", 1, 2), ("text", FMT_UTF8), (b"data", -1), (b"data", 2 ** 32),
-    (b"data", "flags"), (b"data", True), ValueError("transcoder bug"),
-], ids=["bytes", "1-tuple", "3-tuple", "str-data", "neg-flags", "big-flags", "str-flags", "bool-flags",
+    (b"data", "flags"), (b"data", 1.0), ValueError("transcoder bug"),
+], ids=["bytes", "1-tuple", "3-tuple", "str-data", "neg-flags", "big-flags", "str-flags", "float-flags",
         "raises"])
 def test_bad_encode_value_output_is_a_value_format_error(memcached_server, key, out):
     b = BlockingBucket(memcached_server.connstr, transcoder=_Returning())
@@ -398,6 +398,30 @@ def test_a_mutation_on_a_locked_document_is_a_key_exists_error(cb, key):
     with pytest.raises(TemporaryFailError):  # locking it again
         cb.lock(key, ttl=10)
     assert cb.upsert(key, 3, cas=lock.cas).success  # the lock's CAS mutates (and unlocks)
+
+
+@pytest.mark.parametrize("flavour", ["blocking", "gevent"])
+def test_a_server_without_extended_errors_answers_key_exists_and_tmpfail(flavour, monkeypatch):
+    # Without XERROR a server answers KEY_EEXISTS to a mutation of a locked
+    # document and TMPFAIL to a second lock: the 2.x classes, directly.
+    import couchbase_core.mock.kvserver as kvserver
+    from couchbase_core.mock import MockCluster, proto
+
+    monkeypatch.setattr(kvserver, "FEATURES", tuple(f for f in kvserver.FEATURES if f != proto.F_XERROR))
+    with MockCluster(nodes=1, replicas=0, in_process=True) as old:
+        b = open_bucket(flavour, old.connstr_for("default"), **ADMIN)
+        try:
+            b.upsert("locked", 1)
+            lock = b.lock("locked", ttl=10)
+            with pytest.raises(KeyExistsError) as info:
+                b.upsert("locked", 2)
+            assert info.value.rc == RC.KEY_EEXISTS and not isinstance(info.value, LockedError)
+            with pytest.raises(TemporaryFailError) as again:
+                b.lock("locked", ttl=10)
+            assert again.value.rc == RC.ETMPFAIL
+            assert b.unlock("locked", lock.cas).success
+        finally:
+            b.close()
 
 
 def test_single_key_failures_carry_all_results(bucket, key):
