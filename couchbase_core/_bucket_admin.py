@@ -8,6 +8,7 @@ the connections without I/O; ``bucket_manager`` opens the management API.
 
 from __future__ import annotations
 
+from enum import IntEnum
 from typing import Any, Callable, Dict, List, Tuple
 
 from couchbase_core._bucket_args import _cas, _positive_seconds
@@ -20,12 +21,13 @@ from couchbase_core.result import Result
 __all__ = ["AdminMixin", "PingStatus"]
 
 
-class PingStatus:
-    """Status values in a :meth:`BaseBucket.ping` report."""
+class PingStatus(IntEnum):
+    """Status values in a :meth:`BaseBucket.ping` report: an ``IntEnum``
+    with libcouchbase's values, as 2.x."""
 
-    OK = "ok"
-    TIMEOUT = "timeout"
-    ERROR = "error"
+    OK = 0
+    TIMEOUT = 1
+    ERROR = 2
 
 
 class AdminMixin:
@@ -139,7 +141,7 @@ class AdminMixin:
             {"id": ..., "sdk": ..., "version": 1,
              "services": {"kv": [{"id": ..., "remote": "host:port",
                                   "local": "host:port", "latency_us": 210,
-                                  "status": "ok"}, ...]}}
+                                  "status": PingStatus.OK}, ...]}}
 
         ``status`` is :class:`PingStatus` ``OK``, ``TIMEOUT`` or ``ERROR``
         (then ``details`` says why). A node being down is reported, not raised.

@@ -20,6 +20,7 @@ from couchbase_core._engine.protocol import (
     STORE_EXTRAS,
     SUBDOC_EMPTY_PATH_OPCODES,
     Feature,
+    Opcode,
     durability_framing,
 )
 from couchbase_core.connstr import MAX_TIMEOUT
@@ -33,6 +34,7 @@ from couchbase_core.exceptions import (
     TooBigError,
     ValueFormatError,
 )
+from couchbase_core.result import Result
 
 __all__ = ["ArgumentsMixin"]
 
@@ -45,6 +47,9 @@ _FMT_JSON = _formats.FMT_JSON
 _STORE_EXTRAS = STORE_EXTRAS
 _TTL = EXPIRY_EXTRAS
 _MAX_KEY = 250
+#: Sub-document opcodes that take an empty path: the protocol's list, plus
+#: GET_COUNT (the root's count; 2.x sends it, the server accepts it).
+_EMPTY_PATH_OPCODES = SUBDOC_EMPTY_PATH_OPCODES | {Opcode.SUBDOC_GET_COUNT}
 _U32 = 0xFFFFFFFF
 _U64 = 0xFFFFFFFFFFFFFFFF
 
@@ -68,6 +73,8 @@ def _ttl(ttl: Any) -> int:
 def _cas(cas: Any) -> int:
     if type(cas) is int and 0 <= cas <= _U64:
         return cas
+    if isinstance(cas, Result):  # as 2.x: a result stands for its CAS
+        cas = getattr(cas, "cas", 0)
     return _check_int(cas, "cas", 0, _U64)
 
 
@@ -88,15 +95,7 @@ class ArgumentsMixin:
             else:
                 kb = _tc.encode_key(key)
         else:
-            try:
-                kb = tc.encode_key(key)
-            except CouchbaseError:
-                raise
-            except Exception as exc:
-                raise ArgumentError({"message": "transcoder could not encode key: %r" % (exc,),
-                                     "key": key, "inner_cause": exc}) from exc
-            if not isinstance(kb, bytes):
-                raise ArgumentError({"message": "transcoder.encode_key must return bytes", "key": key})
+            kb = _transcoded_key(tc, key)
         size = len(kb)
         if size == 0 or size > _MAX_KEY:
             if size == 0:
@@ -108,7 +107,8 @@ class ArgumentsMixin:
     def _encode(self, key: Any, value: Any, fmt: Any) -> Tuple[bytes, int]:
         if fmt is None:
             fmt = self._default_format
-        elif isinstance(fmt, bool) or not isinstance(fmt, int):
+        elif (isinstance(fmt, bool) or not isinstance(fmt, int)) and self._transcoder is None:
+            # With a transcoder any format object is handed to it (2.x).
             raise ArgumentError({"message": "format must be one of the FMT_* constants", "key": key})
         if self._data_passthrough:
             if not isinstance(value, (bytes, bytearray, memoryview)):
@@ -117,21 +117,15 @@ class ArgumentsMixin:
             data, flags = bytes(value), (fmt if fmt != _FMT_AUTO else _FMT_BYTES)
         else:
             tc = self._transcoder
-            try:
-                if tc is None:
+            if tc is None:
+                try:
                     data, flags = _tc.encode_value(value, fmt)
-                else:
-                    data, flags = tc.encode_value(value, fmt)
-                    if not isinstance(data, (bytes, bytearray, memoryview)):
-                        raise ValueFormatError("transcoder.encode_value must return (bytes, flags)")
-                    data = bytes(data)
-            except CouchbaseError as exc:
-                if exc.key is None:
-                    exc.key = key
-                raise
-            except Exception as exc:
-                raise ValueFormatError({"message": "transcoder could not encode the value: %r" % (exc,),
-                                        "key": key, "inner_cause": exc}) from exc
+                except CouchbaseError as exc:
+                    if exc.key is None:
+                        exc.key = key
+                    raise
+            else:
+                data, flags = _transcoded_value(tc, key, value, fmt)
         if len(data) > self._settings.max_value_size:
             raise TooBigError({"rc": RC.CLIENT_TOO_BIG, "key": key,
                                "message": "value is %d bytes; the limit for this bucket is %d"
@@ -139,8 +133,13 @@ class ArgumentsMixin:
         return data, flags & _U32
 
     def _fragment(self, key: Any, value: Any, fmt: Any) -> bytes:
-        """Bytes for append/prepend: the server concatenates raw bytes."""
-        if fmt is None or fmt == _FMT_AUTO:
+        """Bytes for append/prepend: the server concatenates raw bytes. A
+        custom transcoder encodes the fragment (format default FMT_UTF8),
+        as in 2.x."""
+        tc = self._transcoder
+        if tc is not None:
+            data = _transcoded_value(tc, key, value, _FMT_UTF8 if fmt is None else fmt)[0]
+        elif fmt is None or fmt == _FMT_AUTO:
             if isinstance(value, str):
                 data = _utf8_fragment(key, value)
             elif isinstance(value, (bytes, bytearray, memoryview)):
@@ -250,11 +249,69 @@ class ArgumentsMixin:
             except UnicodeEncodeError as exc:
                 raise ArgumentError({"message": "sub-document path %r has no UTF-8 form: %s" % (spec.path, exc.reason),
                                      "inner_cause": exc}) from None
-            if not path and spec.opcode not in SUBDOC_EMPTY_PATH_OPCODES:
-                raise SubdocEmptyPathError("an empty path is only allowed for array_append, array_prepend "
-                                           "and array_addunique on a root array")
+            if not path and spec.opcode not in _EMPTY_PATH_OPCODES:
+                raise SubdocEmptyPathError("an empty path is only allowed for get_count (the root) and for "
+                                           "array_append, array_prepend and array_addunique on a root array")
             out.append((spec.opcode, path, spec.value, spec.flags))
         return out
+
+
+def _transcoder_method(tc: Any, name: str, key: Any) -> Any:
+    method = getattr(tc, name, None)
+    if not callable(method):
+        raise ValueFormatError({"message": "the transcoder %r has no %s method" % (tc, name), "key": key})
+    return method
+
+
+def _transcoded_key(tc: Any, key: Any) -> bytes:
+    """``tc.encode_key(key)``, checked: any failure, or a result that is
+    not non-empty bytes, is a ValueFormatError (as 2.x)."""
+    try:
+        kb = _transcoder_method(tc, "encode_key", key)(key)
+    except CouchbaseError:
+        raise
+    except Exception as exc:
+        raise ValueFormatError({"message": "the transcoder's encode_key failed: %r" % (exc,),
+                                "key": key, "inner_cause": exc}) from exc
+    if type(kb) is not bytes:
+        if not isinstance(kb, (bytes, bytearray)):
+            raise ValueFormatError({"message": "transcoder.encode_key must return bytes, not %s"
+                                    % type(kb).__name__, "key": key})
+        kb = bytes(kb)
+    if not kb:
+        raise ValueFormatError({"message": "transcoder.encode_key returned an empty key", "key": key})
+    return kb
+
+
+def _transcoded_value(tc: Any, key: Any, value: Any, fmt: Any) -> Tuple[bytes, int]:
+    """``tc.encode_value(value, fmt)``, checked: any failure, or a result
+    that is not ``(bytes, flags)`` with flags a 32-bit unsigned integer, is a
+    ValueFormatError (as 2.x)."""
+    try:
+        out = _transcoder_method(tc, "encode_value", key)(value, fmt)
+    except CouchbaseError as exc:
+        if exc.key is None:
+            exc.key = key
+        raise
+    except Exception as exc:
+        raise ValueFormatError({"message": "the transcoder's encode_value failed: %r" % (exc,),
+                                "key": key, "inner_cause": exc}) from exc
+    if not isinstance(out, tuple) or len(out) != 2:
+        raise ValueFormatError({"message": "transcoder.encode_value must return (bytes, flags), not %s"
+                                % _short_repr(out), "key": key})
+    data, flags = out
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ValueFormatError({"message": "transcoder.encode_value returned %s for the value, not bytes"
+                                % type(data).__name__, "key": key})
+    if not isinstance(flags, int) or not 0 <= flags <= _U32:
+        raise ValueFormatError({"message": "transcoder.encode_value returned bad flags %s (an integer from 0 to "
+                                "0xFFFFFFFF is needed)" % _short_repr(flags), "key": key})
+    return bytes(data), int(flags)
+
+
+def _short_repr(obj: Any) -> str:
+    text = repr(obj)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _positive_seconds(value: Any, name: str = "a timeout or interval") -> float:

@@ -17,13 +17,25 @@ from couchbase_core._bucket_compat import CompatMixin
 from couchbase_core._config_cache import CacheWriter
 from couchbase_core._engine.instance import Engine
 from couchbase_core._engine.settings import Settings
-from couchbase_core.exceptions import ArgumentError, NotSupportedError
+from couchbase_core.connstr import ConnectionString
+from couchbase_core.exceptions import ArgumentError, InvalidError, NotSupportedError
 
 if TYPE_CHECKING:
     from couchbase_core._bucketbase import BaseBucket
 
 
 __all__ = ["BucketCore"]
+
+
+def _parsed(text: str) -> ConnectionString:
+    """The parsed connection string; one that does not parse is an
+    InvalidError (what 2.x raised for it), whose ``inner_cause`` is the
+    parser's ArgumentError."""
+    try:
+        return ConnectionString.parse(text)
+    except ArgumentError as exc:
+        raise InvalidError({"message": "malformed connection string: %s" % exc.message,
+                            "inner_cause": exc}) from exc
 
 
 #: Options every bucket constructor accepts besides connection-string options.
@@ -48,6 +60,8 @@ class BucketCore(CompatMixin):
         tracer = kwargs.pop("tracer", None)
         default_format = kwargs.pop("default_format", _FMT_JSON)
         data_passthrough = kwargs.pop("data_passthrough", False)
+        if isinstance(connection_string, str):
+            connection_string = _parsed(connection_string)
         self._settings = Settings.from_connstr(connection_string, username, password, **kwargs)
         if self._settings.scheme == "memcached" and (self._settings.username or self._settings.password):
             raise NotSupportedError(
@@ -55,7 +69,8 @@ class BucketCore(CompatMixin):
                 "(drop the username/password, or use couchbase:// for a Couchbase cluster)")
         self._quiet = bool(quiet)
         self._transcoder = None
-        self.transcoder = transcoder
+        # As 2.x: a class given to the constructor is instantiated.
+        self.transcoder = transcoder() if isinstance(transcoder, type) else transcoder
         self._lockmode = lockmode
         if lockmode not in (_formats.LOCKMODE_EXC, _formats.LOCKMODE_WAIT, _formats.LOCKMODE_NONE):
             raise ArgumentError("lockmode must be LOCKMODE_EXC, LOCKMODE_WAIT or LOCKMODE_NONE")
@@ -149,11 +164,10 @@ class BucketCore(CompatMixin):
 
     @transcoder.setter
     def transcoder(self, value: Any) -> None:
-        if value is not None:
-            for name in ("encode_key", "decode_key", "encode_value", "decode_value"):
-                if not callable(getattr(value, name, None)):
-                    raise ArgumentError("a transcoder needs an %s method" % name)
-        self._transcoder = value
+        # As 2.x: any object is accepted and a false one means "none"; its
+        # methods are checked when used (a missing or failing one is a
+        # ValueFormatError for that operation).
+        self._transcoder = value if value else None
 
     @property
     def lockmode(self) -> int:

@@ -178,10 +178,13 @@ class KeyValueMixin:
             raise ArgumentError({"message": "delta must be an integer, not %s" % type(delta).__name__, "key": key})
         if not -_U64 <= delta <= _U64:
             raise ArgumentError({"message": "delta is out of the 64-bit range", "key": key})
-        expiry = 0
-        if initial is not None:
+        # As 2.x the ttl is checked even without ``initial`` (it then has no
+        # effect: the protocol sets an expiry only when it creates the key).
+        expiry = _ttl(ttl)
+        if initial is None:
+            expiry = 0
+        else:
             initial = _check_int(initial, "initial", 0, _U64)
-            expiry = _ttl(ttl)
             if expiry == COUNTER_NO_CREATE:
                 raise ArgumentError({"message": "ttl 0xFFFFFFFF is reserved by the protocol", "key": key})
         opcode, extras = counter_request(delta, initial, expiry)

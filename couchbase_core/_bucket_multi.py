@@ -15,7 +15,7 @@ from couchbase_core._bucket_args import _MAX_KEY, _TTL, _cas, _ttl
 from couchbase_core._engine.protocol import Opcode
 from couchbase_core._kvops import KIND_COUNTER, KIND_GET, KIND_MUTATION, KeyBatch
 from couchbase_core.exceptions import ArgumentError, CouchbaseError, NotSupportedError
-from couchbase_core.items import Item, ItemCollection
+from couchbase_core.items import Item, ItemCollection, checked_item
 from couchbase_core.result import OperationResult, Result, ValueResult
 
 __all__ = ["MultiMixin"]
@@ -36,6 +36,41 @@ def _key_entry(key: Any, value: Any, scalar: Optional[str]) -> Tuple[Any, Any, O
     if scalar is not None and value is not None:
         return key, None, None, {scalar: value}
     return key, None, None, _NO_OPTIONS
+
+
+def _item_entries(coll: ItemCollection, with_values: bool
+                  ) -> Iterator[Tuple[Any, Any, Optional[Item], Dict[str, Any]]]:
+    """The entries of an item collection, each item checked as it is used
+    (2.x checks items at use, not when they are added)."""
+    for entry in list(coll):
+        if not isinstance(entry, tuple) or len(entry) not in (1, 2):
+            raise ArgumentError({"message": "an item collection must yield (item, options) pairs, not %r"
+                                 % (entry,), "objextra": entry})
+        item = checked_item(entry[0])
+        options = entry[1] if len(entry) == 2 else None
+        if options is None:
+            options = _NO_OPTIONS
+        elif not isinstance(options, dict):
+            raise ArgumentError({"message": "item options must be None or a dict, not %s"
+                                 % type(options).__name__, "key": item.key})
+        else:
+            options = dict(options)
+        yield item.key, (item.value if with_values else None), item, options
+
+
+def _empty(what: str) -> ArgumentError:
+    """2.x refuses an empty key collection for every ``_multi`` call."""
+    return ArgumentError("%s needs at least one key (the collection is empty)" % what)
+
+
+def _item_cas(item: Optional[Item], options: Dict[str, Any]) -> Any:
+    """The CAS an item's mutation sends: ``options["cas"]`` if given, none
+    with ``ignore_cas=True``, else the item's own CAS (2.x)."""
+    if "cas" in options:
+        return options["cas"]
+    if item is None or options.get("ignore_cas"):
+        return 0
+    return item.cas
 
 
 def _per_key_failure(key: Any, exc: CouchbaseError, item: Optional[Item], value_result: bool) -> Result:
@@ -114,25 +149,41 @@ class MultiMixin:
     @staticmethod
     def _entries_with_values(kvs: Any, what: str) -> Iterator[Tuple[Any, Any, Optional[Item], Dict[str, Any]]]:
         if isinstance(kvs, ItemCollection):
-            return ((item.key, item.value, item, dict(opts)) for item, opts in list(kvs))
+            if not len(kvs):
+                raise _empty(what)
+            return _item_entries(kvs, True)
         if isinstance(kvs, dict):
+            if not kvs:
+                raise _empty(what)
             return ((k, v, None, _NO_OPTIONS) for k, v in list(kvs.items()))
         raise ArgumentError("%s needs a dict of key -> value or an item collection, not %s"
                             % (what, type(kvs).__name__))
 
     @staticmethod
-    def _entries_keys(keys: Any, what: str, scalar: Optional[str] = None
+    def _entries_keys(keys: Any, what: str, scalar: Optional[str] = None, results_as_keys: bool = False
                       ) -> Iterator[Tuple[Any, Any, Optional[Item], Dict[str, Any]]]:
+        """The entries of a collection of keys. With ``results_as_keys``
+        (remove_multi, unlock_multi) a result object in a list stands for
+        its key and CAS, as in 2.x."""
         if isinstance(keys, ItemCollection):
-            return ((item.key, None, item, dict(opts)) for item, opts in list(keys))
+            if not len(keys):
+                raise _empty(what)
+            return _item_entries(keys, False)
         if isinstance(keys, (str, bytes)):
             raise ArgumentError("%s needs a collection of keys, not a single %s" % (what, type(keys).__name__))
         if isinstance(keys, dict):
+            if not keys:
+                raise _empty(what)
             return (_key_entry(k, v, scalar) for k, v in list(keys.items()))
         try:
             snapshot = list(keys)
         except TypeError:
             raise ArgumentError("%s needs an iterable of keys, not %s" % (what, type(keys).__name__)) from None
+        if not snapshot:
+            raise _empty(what)
+        if results_as_keys:
+            return ((k.key, None, None, {"cas": k.cas}) if isinstance(k, OperationResult)
+                    else (k, None, None, _NO_OPTIONS) for k in snapshot)
         return ((k, None, None, _NO_OPTIONS) for k in snapshot)
 
     def _store_multi(self, opcode: int, kvs: Any, ttl: Any, fmt: Any, persist_to: Any, replicate_to: Any,
@@ -148,25 +199,28 @@ class MultiMixin:
             if options.get("persist_to") or options.get("replicate_to"):
                 raise ArgumentError({"message": "give persist_to/replicate_to to the %s call, not per item"
                                      % what, "key": key})
-            cas = options.get("cas", item.cas if (item is not None and use_item_cas) else 0)
+            cas = _item_cas(item, options) if use_item_cas else options.get("cas", 0)
             return store_parts(opcode, key, value, cas, options.get("ttl", ttl), options.get("format", fmt))
 
         def build_items(key: Any, value: Any, item: Optional[Item], options: Dict[str, Any]) -> tuple:
             if item is not None and use_item_cas and "cas" not in options:
-                options = dict(options, cas=item.cas)
+                options = dict(options, cas=_item_cas(item, options))
             return build(key, value, item, options)
 
-        return self._run_entries(entries, build_items if use_item_cas else build, False, KIND_MUTATION,
+        # Items only come from item collections: a dict's keys skip the wrapper.
+        with_items = use_item_cas and isinstance(kvs, ItemCollection)
+        return self._run_entries(entries, build_items if with_items else build, False, KIND_MUTATION,
                                  durability=durability)
 
     def upsert_multi(self, keys: Any, ttl: int = 0, format: Optional[int] = None,  # noqa: A002
                      persist_to: int = 0, replicate_to: int = 0,
                      durability_level: int = 0) -> Any:
         """:meth:`upsert` for many keys: ``keys`` is a dict of key -> value or
-        an item collection (per-item options allowed). Returns a
+        an item collection (per-item options allowed; an item's CAS is sent
+        unless ``ignore_cas=True``, as in 2.x). Returns a
         :class:`~couchbase_core.result.MultiResult`; if any key failed, raises
         that key's exception with ``all_results`` holding every key's result."""
-        return self._store_multi(Opcode.SET, keys, ttl, format, persist_to, replicate_to, "upsert_multi", False,
+        return self._store_multi(Opcode.SET, keys, ttl, format, persist_to, replicate_to, "upsert_multi", True,
                                  durability_level)
 
     def insert_multi(self, keys: Any, ttl: int = 0, format: Optional[int] = None,  # noqa: A002
@@ -189,8 +243,9 @@ class MultiMixin:
         entries = self._entries_with_values(kvs, what)
 
         def build(key: Any, value: Any, item: Optional[Item], options: Dict[str, Any]) -> tuple:
-            cas = options.get("cas", item.cas if item is not None else 0)
-            return self._concat_parts(opcode, key, value, cas, options.get("format", fmt))
+            if "fragment" in options:  # 2.x: an item's fragment is an option
+                value = options["fragment"]
+            return self._concat_parts(opcode, key, value, _item_cas(item, options), options.get("format", fmt))
 
         return self._run_entries(entries, build, False, KIND_MUTATION, durability=durability)
 
@@ -217,7 +272,7 @@ class MultiMixin:
             return self.rget_multi(keys, None, quiet, no_format)
         ttl = _ttl(ttl)
         quiet = self._quiet if quiet is None else bool(quiet)
-        if not ttl and self._transcoder is None and type(keys) in (list, tuple):
+        if not ttl and self._transcoder is None and type(keys) in (list, tuple) and keys:
             kbs = _plain_key_bytes(keys)
             if kbs is not None:  # every key is a valid str/bytes key
                 self._check_open()
@@ -258,14 +313,14 @@ class MultiMixin:
 
     def remove_multi(self, keys: Any, quiet: Optional[bool] = None, persist_to: int = 0,
                      replicate_to: int = 0, durability_level: int = 0) -> Any:
-        """:meth:`remove` for many keys (a dict gives per-key CAS values;
+        """:meth:`remove` for many keys (a dict gives per-key CAS values or
+        results; result objects in a list stand for their key and CAS;
         items use their own CAS)."""
         durability = self._mutation_extras(persist_to, replicate_to, durability_level)
-        entries = self._entries_keys(keys, "remove_multi", "cas")
+        entries = self._entries_keys(keys, "remove_multi", "cas", results_as_keys=True)
 
         def build(key: Any, _arg: Any, item: Optional[Item], options: Dict[str, Any]) -> tuple:
-            cas = options.get("cas", item.cas if item is not None else 0)
-            return Opcode.DELETE, self._kb(key), b"", b"", _cas(cas)
+            return Opcode.DELETE, self._kb(key), b"", b"", _cas(_item_cas(item, options))
 
         return self._run_entries(entries, build, self._quiet if quiet is None else bool(quiet), KIND_MUTATION,
                                  durability=durability)
@@ -295,6 +350,8 @@ class MultiMixin:
                    no_format: bool = False) -> Any:
         """:meth:`rget` for many keys (Couchbase buckets only)."""
         self._require_couchbase("rget_multi", "plain memcached keeps no replicas")
+        if isinstance(keys, ItemCollection):
+            raise ArgumentError("replica reads do not take items (2.x refuses them too): pass the keys")
         entries = self._entries_keys(keys, "rget_multi")
         self._replica_list(replica_index)  # validates
         ops = [self._replica_op(key, replica_index, no_format) for key, _a, _i, _o in entries]
@@ -317,11 +374,12 @@ class MultiMixin:
 
     def unlock_multi(self, keys: Any) -> Any:
         """:meth:`unlock` for many keys: a dict of key -> CAS, the result of
-        ``lock_multi``, or an item collection (Couchbase buckets only)."""
+        ``lock_multi``, a list of lock results, or an item collection
+        (Couchbase buckets only)."""
         self._require_couchbase("unlock_multi", "plain memcached has no document locking (UNLOCK_KEY)")
         if isinstance(keys, dict):
             keys = {k: (v.cas if isinstance(v, Result) else v) for k, v in keys.items()}
-        entries = self._entries_keys(keys, "unlock_multi", "cas")
+        entries = self._entries_keys(keys, "unlock_multi", "cas", results_as_keys=True)
 
         def build(key: Any, _arg: Any, item: Optional[Item], options: Dict[str, Any]) -> tuple:
             cas = options.get("cas", item.cas if item is not None else 0)

@@ -50,7 +50,7 @@ class DataStructuresMixin:
         """Chain: the value at one path as a ValueResult."""
         def steps() -> Any:
             res = yield self._ds_lookup(key, spec)
-            if res.rc:
+            if res.rc and res.rc != RC.SUBDOC_MULTI_PATH_FAILURE:
                 return res
             rc, value = res._results[0]
             out = ValueResult(key, rc, res.cas, value if not rc else None)
@@ -58,6 +58,13 @@ class DataStructuresMixin:
                 out._message = "%s (path %r)" % (rc_description(rc), spec.path)
             return out
         return self._ds_chain(key, steps)
+
+    def _ds_summary(self, key: Any, summarise: Callable[[Any], Any], want: type) -> Any:
+        """``summarise(doc)`` itself, as 2.x returned it (an ``int`` size, a
+        ``bool`` membership); an AsyncBucket's result holds it in ``value``."""
+        res = self._ds_document(key, summarise, want)
+        # None inside a pipeline: the result is in Pipeline.results later.
+        return res if res is None or self._is_async else res.value
 
     def _ds_document(self, key: Any, summarise: Callable[[Any], Any], want: type) -> Any:
         """Chain: read the whole document and return ``summarise(doc)``."""
@@ -79,7 +86,8 @@ class DataStructuresMixin:
         return self.mutate_in(key, SD.upsert(mapkey, value), create_doc=create, **kwargs)
 
     def map_get(self, key: Any, mapkey: str) -> Any:
-        """Value of ``mapkey`` in the object at ``key`` (a ValueResult)."""
+        """Value of ``mapkey`` in the object at ``key`` (a ValueResult). A
+        missing ``mapkey`` raises SubdocPathNotFoundError, an IndexError (2.x)."""
         return self._ds_value_at(key, SD.get(mapkey))
 
     def map_remove(self, key: Any, mapkey: str, **kwargs: Any) -> Any:
@@ -88,8 +96,8 @@ class DataStructuresMixin:
         return self.mutate_in(key, SD.remove(mapkey), **kwargs)
 
     def map_size(self, key: Any) -> Any:
-        """Number of entries of the object at ``key`` (ValueResult.value)."""
-        return self._ds_document(key, len, dict)
+        """Number of entries of the object at ``key`` (an ``int``)."""
+        return self._ds_summary(key, len, dict)
 
     def list_append(self, key: Any, value: Any, create: bool = False, **kwargs: Any) -> Any:
         """Add ``value`` at the end of the JSON array at ``key``."""
@@ -108,7 +116,8 @@ class DataStructuresMixin:
                               **kwargs)
 
     def list_get(self, key: Any, index: int) -> Any:
-        """Element ``index`` of the array at ``key`` (a ValueResult)."""
+        """Element ``index`` of the array at ``key`` (a ValueResult). A
+        missing index raises SubdocPathNotFoundError, an IndexError (2.x)."""
         return self._ds_value_at(key, SD.get("[%d]" % _check_int(index, "index", -2 ** 31, 2 ** 31)))
 
     def list_remove(self, key: Any, index: int, **kwargs: Any) -> Any:
@@ -117,8 +126,8 @@ class DataStructuresMixin:
         return self.mutate_in(key, SD.remove("[%d]" % _check_int(index, "index", -2 ** 31, 2 ** 31)), **kwargs)
 
     def list_size(self, key: Any) -> Any:
-        """Number of elements of the array at ``key`` (ValueResult.value)."""
-        return self._ds_document(key, len, list)
+        """Number of elements of the array at ``key`` (an ``int``)."""
+        return self._ds_summary(key, len, list)
 
     def set_add(self, key: Any, value: Any, create: bool = False, cas: int = 0, ttl: int = 0,
                 persist_to: int = 0, replicate_to: int = 0, durability_level: int = 0) -> Any:
@@ -168,12 +177,12 @@ class DataStructuresMixin:
         return res
 
     def set_size(self, key: Any) -> Any:
-        """Number of elements of the set (array) at ``key``."""
-        return self._ds_document(key, len, list)
+        """Number of elements of the set (array) at ``key`` (an ``int``)."""
+        return self._ds_summary(key, len, list)
 
     def set_contains(self, key: Any, value: Any) -> Any:
-        """Whether ``value`` is in the set at ``key`` (ValueResult.value)."""
-        return self._ds_document(key, lambda items: value in items, list)
+        """Whether ``value`` is in the set at ``key`` (a ``bool``)."""
+        return self._ds_summary(key, lambda items: value in items, list)
 
     def queue_push(self, key: Any, value: Any, create: bool = False, **kwargs: Any) -> Any:
         """Push ``value`` onto the queue (array) at ``key``."""
@@ -191,7 +200,7 @@ class DataStructuresMixin:
         def steps() -> Any:
             while True:
                 res = yield self._ds_lookup(key, SD.get("[-1]"))
-                if res.rc:
+                if res.rc and res.rc != RC.SUBDOC_MULTI_PATH_FAILURE:
                     return res
                 stale = self._ds_cas_mismatch(key, cas, res.cas)
                 if stale is not None:
@@ -210,5 +219,5 @@ class DataStructuresMixin:
         return self._ds_chain(key, steps)
 
     def queue_size(self, key: Any) -> Any:
-        """Number of elements in the queue at ``key``."""
-        return self._ds_document(key, len, list)
+        """Number of elements in the queue at ``key`` (an ``int``)."""
+        return self._ds_summary(key, len, list)

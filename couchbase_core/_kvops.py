@@ -298,14 +298,24 @@ class _NodeOp(KVOp):
         return "%s on %s" % (opcode_name(self.opcode), self.key)
 
 
+def _stat_value(text: str) -> Any:
+    """A statistic's value: an ``int`` when the text is a decimal integer
+    (as 2.x converted them), else the text."""
+    digits = text[1:] if text[:1] == "-" else text
+    if digits.isascii() and digits.isdigit():
+        return int(text)
+    return text
+
+
 class StatsResult(Result):
-    """STAT outcome for one node: ``value`` maps stat name -> value (str)."""
+    """STAT outcome for one node: ``value`` maps stat name -> value (an
+    ``int`` for integer statistics, else the text)."""
 
     __slots__ = ("value",)
 
     def __init__(self, key: Any = None, rc: int = 0) -> None:
         Result.__init__(self, key, rc)
-        self.value: Dict[str, str] = {}
+        self.value: Dict[str, Any] = {}
 
 
 class StatOp(_NodeOp):
@@ -316,7 +326,7 @@ class StatOp(_NodeOp):
 
     def __init__(self, node: str, group: bytes, timeout: float) -> None:
         _NodeOp.__init__(self, node, Opcode.STAT, group, b"", timeout)
-        self.stats: Dict[str, str] = {}
+        self.stats: Dict[str, Any] = {}
         self.status = 0
 
     def on_part(self, frame: Any) -> bool:
@@ -324,7 +334,7 @@ class StatOp(_NodeOp):
         if not status:
             key = frame[F_KEY]
             if key or frame[F_VALUE]:
-                self.stats[key.decode("utf-8", "replace")] = frame[F_VALUE].decode("utf-8", "replace")
+                self.stats[key.decode("utf-8", "replace")] = _stat_value(frame[F_VALUE].decode("utf-8", "replace"))
                 return False  # more frames come with this opaque
         # the empty terminator, or an error
         self.done = True
@@ -688,6 +698,16 @@ class SubdocLookupOp(_KeyOp):
             spec_status, fragment = entries[i]
             results.append((spec_status, _decode_fragment(opcode, fragment) if not spec_status else None))
         res._results = results
+        if status in _SPEC_FAILED:
+            # As 2.x: missing paths leave the multi-path rc (not raised);
+            # any other failed path makes the call fail with its own error.
+            res.rc = RC.SUBDOC_MULTI_PATH_FAILURE
+            for index, (spec_status, _value) in enumerate(results):
+                if spec_status and spec_status != RC.SUBDOC_PATH_ENOENT:
+                    res.rc = spec_status
+                    res._message = "%s (path %r, spec %d)" % (rc_description(spec_status), res._paths[index],
+                                                              index)
+                    break
         self.sink(res)
 
 
@@ -729,7 +749,9 @@ class SubdocMutateOp(_KeyOp):
                 res._message = "%s (path %r, spec %d)" % (rc_description(spec_status), res._paths[index], index)
                 self.sink(res)
                 return
-        res.rc = status
+        # A multi-path failure whose body names no spec is a malformed
+        # reply (its rc alone would read as "some paths missing").
+        res.rc = RC.PROTOCOL if status in _SPEC_FAILED else status
         res._message = _server_message(status, frame[F_VALUE])
         res._results = []
         self.sink(res)

@@ -344,9 +344,12 @@ class NotFoundError(CouchbaseDataError):
     CODE = RC.KEY_ENOENT
 
 
-class LockedError(CouchbaseDataError, TemporaryFailError):
-    """The document is locked by ``lock`` (GET_LOCKED). A
-    :class:`TemporaryFailError`, which is what 2.x code catches for it."""
+class LockedError(KeyExistsError, TemporaryFailError):
+    """The document is locked by ``lock`` (GET_LOCKED). It is both a
+    :class:`KeyExistsError` (what 2.x raised for a mutation of a locked
+    document) and a :class:`TemporaryFailError` (what 2.x raised for
+    ``lock`` on a document already locked), so 2.x handlers of either
+    catch it."""
 
     CODE = RC.LOCKED
 
@@ -463,8 +466,10 @@ class PipelineError(CouchbaseInputError):
     CODE = RC.PIPELINE
 
 
-class SubdocPathNotFoundError(CouchbaseDataError):
-    """A sub-document path does not exist."""
+class SubdocPathNotFoundError(CouchbaseDataError, IndexError):
+    """A sub-document path does not exist. Also an :class:`IndexError`:
+    2.x raised that for a missing map key or list index in ``map_get``
+    and ``list_get``."""
 
     CODE = RC.SUBDOC_PATH_ENOENT
 
@@ -517,8 +522,9 @@ class SubdocCantInsertValueError(CouchbaseInputError):
     CODE = RC.SUBDOC_VALUE_CANTINSERT
 
 
-class SubdocBadDeltaError(CouchbaseInputError):
-    """A sub-document counter delta is zero, non-integer or out of range."""
+class SubdocBadDeltaError(CouchbaseInputError, ValueError):
+    """A sub-document counter delta is zero, non-integer or out of range.
+    Also a :class:`ValueError`, which 2.x raised for a zero delta."""
 
     CODE = RC.SUBDOC_DELTA_EINVAL
 

@@ -30,10 +30,11 @@ callbacks.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from couchbase_core._engine.prepared import PreparedCache
 from couchbase_core.exceptions import RC, ArgumentError, CouchbaseError
+from couchbase_core.result import MutationToken
 
 __all__ = ["N1QLQuery", "N1QLRequest", "N1QLError", "MutationState", "CONSISTENCY_NONE",
            "CONSISTENCY_REQUEST", "CONSISTENCY_UNBOUNDED", "STATEMENT_PLUS", "PROFILE_OFF", "PROFILE_PHASES",
@@ -108,12 +109,38 @@ class MutationState:
     def __bool__(self) -> bool:
         return bool(self._tokens)
 
-    def encode(self) -> Dict[str, Dict[str, list]]:
-        """``scan_vectors`` for the request."""
-        out: Dict[str, Dict[str, list]] = {}
+    @property
+    def _sv(self) -> Dict[str, Dict[int, Tuple[int, str]]]:
+        """The state in 2.x's shape: ``{bucket: {vbid: (seqno, "vbuuid")}}``."""
+        out: Dict[str, Dict[int, Tuple[int, str]]] = {}
         for (bucket, vbucket), token in self._tokens.items():
-            out.setdefault(bucket, {})[str(vbucket)] = [token.seqno, str(token.vbucket_uuid)]
+            out.setdefault(bucket, {})[vbucket] = (token.seqno, str(token.vbucket_uuid))
         return out
+
+    def _scan_vectors(self) -> Dict[str, Dict[str, list]]:
+        """``scan_vectors`` for a request: ``{bucket: {"vbid": [seqno, "vbuuid"]}}``."""
+        return {bucket: {str(vb): [seqno, uuid] for vb, (seqno, uuid) in vbs.items()}
+                for bucket, vbs in self._sv.items()}
+
+    def encode(self) -> str:
+        """The state as the JSON text 2.x sends and stores:
+        ``{"bucket": {"vbid": [seqno, "vbuuid"]}}``; :meth:`decode` reads it."""
+        return json.dumps(self._scan_vectors(), separators=(",", ":"))
+
+    @classmethod
+    def decode(cls, text: Any) -> "MutationState":
+        """A MutationState from the text :meth:`encode` returned.
+        ArgumentError if it is not that shape."""
+        try:
+            data = json.loads(text)
+            state = cls()
+            for bucket, vbs in data.items():
+                for vb, (seqno, uuid) in vbs.items():
+                    token = MutationToken(int(vb), int(uuid), int(seqno), str(bucket))
+                    state._tokens[(token.bucket, token.vbucket)] = token
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise ArgumentError({"message": "not an encoded MutationState: %s" % exc, "inner_cause": exc}) from exc
+        return state
 
 
 def dump_body(body: Dict[str, Any]) -> str:
@@ -208,7 +235,7 @@ class N1QLQuery:
         if not isinstance(state, MutationState) or not state:
             raise ArgumentError("consistent_with needs a non-empty MutationState")
         self._body["scan_consistency"] = "at_plus"
-        self._body["scan_vectors"] = state.encode()
+        self._body["scan_vectors"] = state._scan_vectors()
 
     @property
     def adhoc(self) -> bool:

@@ -44,7 +44,12 @@ def raises(rc: int, quiet: bool) -> bool:
     result code, except a missing key under ``quiet`` (which only makes
     the result unsuccessful). Every flavour and every ``_multi`` / pipeline
     path asks this."""
-    return rc != 0 and not (quiet and rc == RC.KEY_ENOENT)
+    return rc != 0 and rc != _LOOKUP_PATHS_FAILED and not (quiet and rc == RC.KEY_ENOENT)
+
+
+#: The rc of a ``lookup_in`` that reached the document but found some paths
+#: missing: an outcome to inspect (``exists``, ``get``), never raised (2.x).
+_LOOKUP_PATHS_FAILED = RC.SUBDOC_MULTI_PATH_FAILURE
 
 
 class Result:
@@ -103,6 +108,10 @@ class Result:
             exc.key = self.key
         if exc.result is None:
             exc.result = self
+        if exc.all_results is None:
+            # As 2.x: a single-key failure carries its one result too (a
+            # _multi call replaces this with the whole MultiResult).
+            exc.all_results = MultiResult({self.key: self})
         return exc
 
     def _repr_fields(self) -> str:
@@ -132,6 +141,15 @@ class OperationResult(Result):
         self.success = not rc
         self.cas = cas
         self.mutation_token: Optional[MutationToken] = None
+
+    @property
+    def _mutinfo(self) -> Optional[tuple]:
+        """The mutation token as 2.x exposed it: ``(vbucket, vbucket_uuid,
+        seqno, bucket)``, or None when the server sent none."""
+        token = self.mutation_token
+        if token is None:
+            return None
+        return (token.vbucket, token.vbucket_uuid, token.seqno, token.bucket)
 
     def _repr_fields(self) -> str:
         return Result._repr_fields(self) + ", cas=0x%X" % self.cas
@@ -283,8 +301,6 @@ class AsyncResult(MultiResult):
         if self._errback is None:
             return
         self._fired = True
-        if self._single:
-            exc.all_results = None
         try:
             raise exc
         except CouchbaseError:
@@ -295,11 +311,17 @@ class AsyncResult(MultiResult):
 class SubdocResult(OperationResult):
     """Result of ``lookup_in`` / ``mutate_in``: one outcome per spec.
 
-    Index it by position or by path: ``rv[0]``, ``rv["name"]`` return the
-    value (raising that path's error if it failed); ``rv.get(i)`` returns
-    ``(rc, value)`` without raising; ``rv.exists(path)`` tells whether the
-    path was found. ``success`` is True only if every path succeeded;
-    ``access_ok`` tells whether the document itself could be accessed.
+    As in 2.x: iterating yields each spec's value in order (raising that
+    spec's error when it failed); ``rv[0]`` and ``rv["name"]`` index by
+    position or path the same way; ``rv.get(i)`` returns ``(rc, value)``
+    without raising (``(rc, default)`` for a failed spec; an index or path
+    that was never requested is an IndexError/KeyError); ``rv.exists(path)``
+    and ``path in rv`` tell whether the path was found.
+
+    A ``lookup_in`` that reached the document but found some paths missing
+    has ``rc`` :data:`~couchbase_core.exceptions.RC.SUBDOC_MULTI_PATH_FAILURE`
+    (:class:`~couchbase_core.exceptions.SubdocMultipleErrors`), is not
+    raised, and has ``success`` False and ``access_ok`` True.
     """
 
     __slots__ = ("_paths", "_results")
@@ -320,52 +342,78 @@ class SubdocResult(OperationResult):
 
     @property
     def access_ok(self) -> bool:
-        """True when the document itself was found and accessed."""
-        return self.rc == 0
+        """True when the document itself was found and accessed (even if
+        some paths were not found)."""
+        return self.rc == 0 or self.rc == RC.SUBDOC_MULTI_PATH_FAILURE
+
+    @property
+    def command_count(self) -> int:
+        """Number of specs sent."""
+        return len(self._paths)
+
+    @property
+    def result_count(self) -> int:
+        """Number of results received (for a failed ``mutate_in`` this may
+        be fewer than :attr:`command_count`)."""
+        return len(self._results)
 
     def _index(self, item: Any) -> int:
-        if isinstance(item, int):
+        if isinstance(item, int) and not isinstance(item, bool):
             if not -len(self._results) <= item < len(self._results):
-                raise IndexError("spec index %d out of range (%d specs)" % (item, len(self._results)))
+                raise IndexError("spec index %d out of range (%d results)" % (item, len(self._results)))
             return item % len(self._results)
         try:
-            return self._paths.index(item)
+            index = self._paths.index(item)
         except ValueError:
             raise KeyError("no spec with path %r" % (item,)) from None
+        if index >= len(self._results):
+            raise KeyError("no result for path %r" % (item,))
+        return index
 
-    def get(self, item: Any, default: Any = None) -> Any:
-        """``(rc, value)`` of a spec (by index or path), without raising."""
-        try:
-            return self._results[self._index(item)]
-        except (IndexError, KeyError):
-            return default
+    def get(self, path_or_index: Any, default: Any = None) -> Any:
+        """``(rc, value)`` of a spec (by index or path), without raising for
+        a failed spec (its value is then ``default``). An index or path that
+        was not requested raises IndexError / KeyError (a programming
+        error, as in 2.x)."""
+        rc, value = self._results[self._index(path_or_index)]
+        return rc, (default if rc else value)
 
-    def exists(self, item: Any) -> bool:
+    def exists(self, path_or_index: Any) -> bool:
         """True when the spec's path was found, False when it was not; any
         other failure of that spec (e.g. a path that does not match the
         document's shape) raises its exception."""
-        rc = self._results[self._index(item)][0]
+        rc = self._results[self._index(path_or_index)][0]
         if rc == 0:
             return True
         if rc == RC.SUBDOC_PATH_ENOENT:
             return False
-        return bool(self[item])  # raises the spec's own error
+        return bool(self[path_or_index])  # raises the spec's own error
+
+    def __contains__(self, path_or_index: Any) -> bool:
+        return self.exists(path_or_index)
+
+    def _spec_error(self, index: int, rc: int) -> CouchbaseError:
+        exc = exc_from_rc(rc, "path %r (spec %d) of %r failed" % (self._paths[index], index, self.key))
+        exc.key = self.key
+        exc.result = self
+        return exc
 
     def __getitem__(self, item: Any) -> Any:
         index = self._index(item)
         rc, value = self._results[index]
         if rc:
-            exc = exc_from_rc(rc, "path %r (spec %d) of %r failed" % (self._paths[index], index, self.key))
-            exc.key = self.key
-            exc.result = self
-            raise exc
+            raise self._spec_error(index, rc)
         return value
 
     def __len__(self) -> int:
         return len(self._results)
 
     def __iter__(self):  # type: ignore[no-untyped-def]
-        return iter(list(self._results))
+        """Each spec's value in order; a failed spec raises its error."""
+        for index, (rc, value) in enumerate(list(self._results)):
+            if rc:
+                raise self._spec_error(index, rc)
+            yield value
 
     def _repr_fields(self) -> str:
         return OperationResult._repr_fields(self) + ", results=%s" % _short(

@@ -21,7 +21,7 @@ import json
 from typing import Any, Tuple
 
 from couchbase_core._engine.protocol import Opcode, SubdocPathFlag
-from couchbase_core.exceptions import ArgumentError
+from couchbase_core.exceptions import ArgumentError, SubdocBadDeltaError
 
 __all__ = ["get", "exists", "get_count", "upsert", "replace", "insert", "array_append", "array_prepend",
            "array_insert", "array_addunique", "counter", "remove", "Spec", "MultiValue",
@@ -182,12 +182,20 @@ def array_addunique(path: str, value: Any, create_parents: bool = False, xattr: 
     return Spec(_ARRAY_ADD_UNIQUE, _path(path), _json(value), _flags(create_parents, xattr))
 
 
+#: The range of a sub-document counter delta (a signed 64-bit integer).
+_DELTA_MIN, _DELTA_MAX = -(2 ** 63), 2 ** 63 - 1
+
+
 def counter(path: str, delta: int, create_parents: bool = False, xattr: bool = False) -> Spec:
-    """Add ``delta`` (a non-zero integer) to the number at ``path``."""
+    """Add ``delta`` (a non-zero signed 64-bit integer) to the number at
+    ``path``. Any other delta is a :class:`SubdocBadDeltaError` (the error
+    the server gives for one), raised here, before anything is sent."""
     if isinstance(delta, bool) or not isinstance(delta, int):
-        raise ArgumentError("counter delta must be an integer")
+        raise SubdocBadDeltaError("counter delta must be an integer, not %s" % type(delta).__name__)
     if delta == 0:
-        raise ArgumentError("counter delta must not be zero")
+        raise SubdocBadDeltaError("counter delta must not be zero")
+    if not _DELTA_MIN <= delta <= _DELTA_MAX:
+        raise SubdocBadDeltaError("counter delta %d is out of the signed 64-bit range" % delta)
     return Spec(_COUNTER, _path(path), str(delta).encode("ascii"), _flags(create_parents, xattr))
 
 

@@ -8,7 +8,8 @@ format         stored bytes                accepted values
 ``FMT_JSON``   JSON text, UTF-8            anything the JSON encoder takes
 ``FMT_UTF8``   the text, UTF-8             ``str``
 ``FMT_BYTES``  the bytes themselves        ``bytes``, ``bytearray``, ``memoryview``
-``FMT_PICKLE`` ``pickle.dumps(value)``     anything picklable
+``FMT_PICKLE`` ``pickle.dumps(value)``     anything picklable (the default
+                                           pickle protocol, as 2.x)
 ``FMT_AUTO``   chosen from the type:       ``str`` -> UTF-8, bytes-like -> bytes,
                                            ``dict``/``list``/``tuple``/``int``/
                                            ``float``/``bool``/``None`` -> JSON,
@@ -58,7 +59,9 @@ def _default_json_encode(value: Any) -> str:
 
 
 def _default_pickle_encode(value: Any) -> bytes:
-    return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    # The interpreter's default protocol, as 2.x (it called pickle.dumps(value)):
+    # readable by every Python 3.4+ (HIGHEST_PROTOCOL, 5, needs 3.8+).
+    return pickle.dumps(value, protocol=pickle.DEFAULT_PROTOCOL)
 
 
 # The converters live in module globals (not attributes) so the hot path pays

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from couchbase_core.bucket import Bucket
+from couchbase_core.bucket import Bucket, PingStatus
 from couchbase_core.exceptions import (
     ConnectError,
     CouchbaseNetworkError,
@@ -254,8 +254,8 @@ def test_one_node_down(flavour, three_servers):
             assert results[k].success == (owners[k] != dead.address), k
         report = b.ping()["services"]["kv"]
         status = {e["remote"]: e["status"] for e in report}
-        assert status[dead.address] == "error"
-        assert sum(1 for v in status.values() if v == "ok") == 2
+        assert status[dead.address] == PingStatus.ERROR
+        assert sum(1 for v in status.values() if v == PingStatus.OK) == 2
         reserved.close()
         dead.start()  # on its old port again
         deadline = time.monotonic() + 30

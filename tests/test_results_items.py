@@ -15,7 +15,7 @@ from couchbase_core.exceptions import (
     NotFoundError,
     TimeoutError,
 )
-from couchbase_core.items import Item, ItemCollection, ItemOptionDict, ItemSequence
+from couchbase_core.items import Item, ItemCollection, ItemOptionDict, ItemSequence, checked_item
 from couchbase_core.result import (
     AsyncResult,
     MultiResult,
@@ -236,7 +236,8 @@ def test_single_errback_arguments():
     assert isinstance(evalue, NotFoundError)
     assert evalue.key == "k"
     assert evalue.result is ar["k"]
-    assert evalue.all_results is None
+    # as 2.x, a single-key failure carries its one result in all_results
+    assert dict(evalue.all_results) == {"k": ar["k"]}
     assert isinstance(tb, types.TracebackType)
 
 
@@ -370,7 +371,7 @@ def test_item_option_dict_add_keeps_options_and_chains():
     a, b = Item("a", 1), Item("b", 2)
     coll = ItemOptionDict()
     assert coll.add(a, persist_to=1).add(b) is coll
-    assert dict(iter(coll)) == {a: {"persist_to": 1}, b: {}}
+    assert dict(iter(coll)) == {a: {"persist_to": 1}, b: None}  # no options: None, as 2.x
     coll.add(a, ttl=5)  # re-adding replaces the options
     assert len(coll) == 2
     assert coll.dict[a] == {"ttl": 5}
@@ -378,25 +379,30 @@ def test_item_option_dict_add_keeps_options_and_chains():
 
 def test_item_option_dict_from_dict():
     a, b = Item("a"), Item("b")
-    coll = ItemOptionDict({a: {"ttl": 1}, b: None})
-    assert coll.dict == {a: {"ttl": 1}, b: {}}
+    given = {a: {"ttl": 1}, b: None}
+    coll = ItemOptionDict(given)
+    assert coll.dict is given  # 2.x keeps the dict itself
+    assert coll.dict == {a: {"ttl": 1}, b: None}
 
 
-@pytest.mark.parametrize("bad", ["a string", ValueResult("k"), {"key": "k"}, None])
-def test_item_option_dict_rejects_non_items(bad):
+# 2.x checks a collection's entries when a _multi call uses them, not when
+# they are added (the use is tested against servers in test_semantics_2x.py).
+@pytest.mark.parametrize("bad", ["a string", ValueResult("k"), ("key", "k"), None])
+def test_item_option_dict_checks_entries_at_use(bad):
     coll = ItemOptionDict()
+    coll.add(bad)
+    assert len(coll) == 1
     with pytest.raises(ArgumentError):
-        coll.add(bad)
-    assert len(coll) == 0
+        checked_item(bad)
 
 
-def test_item_without_key_rejected():
+def test_item_without_key_rejected_at_use():
+    keyless = Item(value="v")
+    assert len(ItemOptionDict().add(keyless)) == 1
+    assert len(ItemSequence([Item("ok"), keyless])) == 2
     with pytest.raises(ArgumentError):
-        ItemOptionDict().add(Item(value="v"))
-    with pytest.raises(ArgumentError):
-        ItemSequence([Item("ok"), Item()])
-    with pytest.raises(ArgumentError):
-        ItemOptionDict({Item(): {}})
+        checked_item(keyless)
+    assert checked_item(Item("ok")).key == "ok"
 
 
 def test_item_sequence():
@@ -404,23 +410,25 @@ def test_item_sequence():
     seq = ItemSequence(items)
     assert len(seq) == 2
     assert seq.sequence == items
-    assert list(seq) == [(items[0], {}), (items[1], {})]
+    assert list(seq) == [(items[0], None), (items[1], None)]
     # a generator is accepted; the items are kept, so the collection can be iterated again
     seq2 = ItemSequence(i for i in items)
     assert [it for it, _ in seq2] == items
     assert [it for it, _ in seq2] == items
 
 
-def test_item_sequence_rejects_non_items():
-    with pytest.raises(ArgumentError):
-        ItemSequence([Item("x"), "y"])
+def test_item_sequence_of_one_item():
+    itm = Item("x", 1)
+    seq = ItemSequence(itm)  # a single Item is a sequence of one (2.x)
+    assert len(seq) == 1 and seq.sequence == [itm]
+    assert list(seq) == [(itm, None)]
 
 
 def test_as_itcoll_without_options():
     itm = Item("solo", "v")
     coll = itm.as_itcoll()
     assert isinstance(coll, ItemSequence)
-    assert list(coll) == [(itm, {})]
+    assert list(coll) == [(itm, None)]
 
 
 def test_as_itcoll_with_options():
@@ -430,9 +438,10 @@ def test_as_itcoll_with_options():
     assert list(coll) == [(itm, {"ttl": 30, "format": 0x03000002})]
 
 
-def test_as_itcoll_without_key_rejected():
+def test_as_itcoll_without_key_checked_at_use():
+    coll = Item().as_itcoll()
     with pytest.raises(ArgumentError):
-        Item().as_itcoll()
+        checked_item(next(iter(coll))[0])
 
 
 def test_item_collection_base_is_abstract():

@@ -204,7 +204,9 @@ _MUTATION_OPS = frozenset({
     ARRAY_PUSH_LAST, ARRAY_PUSH_FIRST, ARRAY_INSERT, ARRAY_ADD_UNIQUE, COUNTER,
 })
 _WHOLE_DOC_OPS = frozenset({WHOLE_DOC_GET, WHOLE_DOC_SET, WHOLE_DOC_DELETE})
-_EMPTY_PATH_OPS = frozenset({ARRAY_PUSH_LAST, ARRAY_PUSH_FIRST, ARRAY_ADD_UNIQUE})
+#: Ops that take an empty path (the document root): the root-array pushes,
+#: and GET_COUNT (the root's count; lookups only).
+_EMPTY_PATH_OPS = frozenset({ARRAY_PUSH_LAST, ARRAY_PUSH_FIRST, ARRAY_ADD_UNIQUE, GET_COUNT})
 _MKDIR_OPS = frozenset({
     DICT_ADD, DICT_UPSERT, ARRAY_PUSH_LAST, ARRAY_PUSH_FIRST, ARRAY_ADD_UNIQUE, COUNTER,
 })
@@ -678,7 +680,7 @@ def _prepare_lookup(specs: List[Tuple[int, int, str]]) -> Tuple[int, List[_Spec]
         if opcode == WHOLE_DOC_GET:
             if text or flags:
                 return EINVAL, []
-        elif not text:
+        elif not text and (opcode not in _EMPTY_PATH_OPS or flags & XATTR):
             return EINVAL, []
         prepared.append(_Spec(index, opcode, flags, text, b""))
     return _check_xattr_rules(prepared, mutation=False), prepared

@@ -177,10 +177,12 @@ class View:
     def _request_op(self, consumer: Any) -> Any:
         """The streamed HTTP request of this view, its rows and end going to
         ``consumer`` (a row stream for the iterator, the view itself for
-        AsyncViewBase). ObjectDestroyedError if the bucket is closed."""
+        AsyncViewBase). ObjectDestroyedError if the bucket is closed;
+        PipelineError inside a pipeline block (as 2.x: nothing is sent)."""
         from couchbase_core._httpops import RowStreamOp
 
         self.bucket._check_open()
+        self.bucket._refuse_in_pipeline("a view query")
         method, path, body, headers = self._request()
         return RowStreamOp("capi", method, path, body, headers, self.bucket.views_timeout, consumer, "rows")
 
