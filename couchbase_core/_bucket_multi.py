@@ -436,7 +436,7 @@ class MultiMixin:
                                            kwargs.pop("durability_level", 0))
         if kwargs:
             raise ArgumentError("%s got unexpected keyword argument(s) %s" % (what, ", ".join(sorted(kwargs))))
-        pairs = list(items.dict.items())
+        pairs = [(checked_item(item), options or {}) for item, options in items.dict.items()]
         for item, options in pairs:
             if "fragment" not in options:
                 raise ArgumentError({"message": "%s: every item needs a 'fragment' option" % what, "key": item.key})

@@ -10,10 +10,10 @@ format         stored bytes                accepted values
 ``FMT_BYTES``  the bytes themselves        ``bytes``, ``bytearray``, ``memoryview``
 ``FMT_PICKLE`` ``pickle.dumps(value)``     anything picklable (the default
                                            pickle protocol, as 2.x)
-``FMT_AUTO``   chosen from the type:       ``str`` -> UTF-8, bytes-like -> bytes,
-                                           ``dict``/``list``/``tuple``/``int``/
-                                           ``float``/``bool``/``None`` -> JSON,
-                                           anything else -> pickle
+``FMT_AUTO``   chosen from the type, as    ``str`` -> UTF-8, bytes-like -> bytes,
+              2.x did                      ``dict``/``list``/``tuple``/``bool``/
+                                           ``None`` -> JSON, anything else
+                                           (``int`` and ``float`` too) -> pickle
 =============  ==========================  ==================================
 
 Reading looks at the flags' common byte first and falls back to the legacy
@@ -92,7 +92,8 @@ def set_pickle_converters(encode: Callable[[Any], bytes], decode: Callable[[byte
     return old
 
 
-_JSON_TYPES = (dict, list, tuple, int, float, bool, type(None))
+#: What FMT_AUTO stores as JSON (as 2.x: numbers other than bool are pickled).
+_JSON_TYPES = (dict, list, tuple, bool, type(None))
 _BYTES_TYPES = (bytes, bytearray, memoryview)
 
 # common-flags byte -> canonical format; legacy bits -> canonical format

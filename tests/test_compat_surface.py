@@ -19,6 +19,7 @@ from couchbase_core.bucket import Bucket
 from couchbase_core.connstr import UnknownOptionWarning
 from couchbase_core.exceptions import (
     ArgumentError,
+    InvalidError,
     KeyExistsError,
     NotFoundError,
     NotStoredError,
@@ -153,7 +154,8 @@ def test_redaction_property_and_settings_ud(memcached_server):
 
 
 def test_log_redaction_bad_value_raises():
-    with pytest.raises(ArgumentError, match="log_redaction"):
+    # a bad value inside the connection string makes it malformed (2.x: InvalidError)
+    with pytest.raises(InvalidError, match="log_redaction"):
         Bucket("memcached://127.0.0.1:1?log_redaction=sometimes")
 
 
@@ -209,13 +211,17 @@ def test_tracing_defaults_and_runtime_change_warns_once(memcached_server):
         b.close()
 
 
-@pytest.mark.parametrize("option,value", [
-    ("tracing_threshold_kv", "-1"), ("tracing_threshold_kv", "soon"), ("tracing_threshold_queue_size", "0"),
-    ("tracing_orphaned_queue_size", "x"), ("tracing_threshold_queue_flush_interval", "0"),
-    ("tracing_orphaned_queue_size", str(1 << 40)), ("enable_tracing", "perhaps"),
+# A value the connection-string parser refuses makes the string malformed
+# (InvalidError, as 2.x); one that parses but is out of range is refused when
+# the bucket applies it (ArgumentError).
+@pytest.mark.parametrize("option,value,error", [
+    ("tracing_threshold_kv", "-1", InvalidError), ("tracing_threshold_kv", "soon", InvalidError),
+    ("tracing_threshold_queue_size", "0", InvalidError), ("tracing_orphaned_queue_size", "x", InvalidError),
+    ("tracing_threshold_queue_flush_interval", "0", ArgumentError),
+    ("tracing_orphaned_queue_size", str(1 << 40), ArgumentError), ("enable_tracing", "perhaps", InvalidError),
 ])
-def test_bad_tracing_values_raise(option, value):
-    with pytest.raises(ArgumentError, match=option):
+def test_bad_tracing_values_raise(option, value, error):
+    with pytest.raises(error, match=option):
         Bucket("memcached://127.0.0.1:1?%s=%s" % (option, value))
 
 
@@ -476,7 +482,7 @@ def test_compression_min_size_controls_what_is_compressed(couchbase_mock, unique
 @pytest.mark.parametrize("option,value", [("compression_min_size", "-3"), ("compression_min_ratio", "0"),
                                           ("compression_min_ratio", "2"), ("compression_min_ratio", "abc")])
 def test_bad_compression_tunables_raise(option, value):
-    with pytest.raises(ArgumentError, match=option):
+    with pytest.raises(InvalidError, match=option):
         Bucket("couchbase://127.0.0.1:1/default?%s=%s" % (option, value))
 
 

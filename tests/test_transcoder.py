@@ -98,8 +98,8 @@ def test_bytes_like_with_fmt_bytes(value):
     ({"d": 1}, FMT_JSON),
     ([1], FMT_JSON),
     ((1,), FMT_JSON),
-    (7, FMT_JSON),
-    (1.5, FMT_JSON),
+    (7, FMT_PICKLE),  # as 2.x: only dict/list/tuple/bool/None are JSON
+    (1.5, FMT_PICKLE),
     (True, FMT_JSON),
     (None, FMT_JSON),
     ({1, 2}, FMT_PICKLE),

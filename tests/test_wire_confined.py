@@ -37,6 +37,7 @@ HOT_PATH_ALLOWED: Set[Tuple[str, str]] = set()
 #: Modules that may use ``struct`` for something other than the wire.
 STRUCT_ALLOWED: Dict[str, str] = {
     "couchbase_core/_engine/config.py": "ketama: little-endian words of MD5 digests",
+    "couchbase_core/_engine/dns.py": "DNS messages (RFC 1035): another protocol's sans-I/O codec",
 }
 
 #: The header layouts (protocol.HEADER, protocol.ALT_HEADER) and their

@@ -846,8 +846,11 @@ def test_subdoc_multi_lookup(cb: ClusterClients) -> None:
     # the worked example of the spec: spec 0 "Bob", spec 1 PATH_ENOENT
     assert reply.status == 0xCC and reply.cas == stored.cas
     assert reply.value == b"\x00\x00" + b"\x00\x00\x00\x05" + b'"Bob"' + b"\x00\xc0" + b"\x00\x00\x00\x00"
+    # GET_COUNT of the root (an empty path) counts the document's top level
     whole = op(cb, SD_MULTI_LOOKUP, key, value=lookup_specs((0x00, 0, b""), (SD_GET_COUNT, 0, b"")))
-    assert whole.status == proto.EINVAL  # GET_COUNT needs a path
+    assert whole.status == 0 and multi_results(whole.value) == [(0, b'{"name":"Bob"}'), (0, b"1")]
+    bad = op(cb, SD_MULTI_LOOKUP, key, value=lookup_specs((0x00, 0, b""), (SD_EXISTS, 0, b"")))
+    assert bad.status == proto.EINVAL  # EXISTS needs a path
     fine = op(cb, SD_MULTI_LOOKUP, key, value=lookup_specs((0x00, 0, b""), (SD_EXISTS, 0, b"name")))
     assert fine.status == 0 and multi_results(fine.value) == [(0, b'{"name":"Bob"}'), (0, b"")]
     assert op(cb, SD_MULTI_LOOKUP, key, value=b"\xc5\x00\x00\x09name").status == proto.EINVAL

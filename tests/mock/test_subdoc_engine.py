@@ -301,7 +301,6 @@ def test_lookup_rejects_non_lookup_opcodes(opcode):
 @pytest.mark.parametrize("spec, status", [
     ((sd.GET, 0, ""), sd.EINVAL),
     ((sd.EXISTS, 0, ""), sd.EINVAL),
-    ((sd.GET_COUNT, 0, ""), sd.EINVAL),
     ((sd.WHOLE_DOC_GET, 0, "name"), sd.EINVAL),
     ((sd.WHOLE_DOC_GET, sd.XATTR, ""), sd.EINVAL),
     ((sd.GET, sd.MKDIR_P, "name"), sd.EINVAL),
@@ -310,6 +309,13 @@ def test_lookup_rejects_non_lookup_opcodes(opcode):
 ])
 def test_lookup_document_level_validation(spec, status):
     assert lookup(make(SAMPLE), [spec]) == (status, [])
+
+
+def test_get_count_of_the_root_counts_the_top_level():
+    # An empty path is allowed for GET_COUNT (the document root), as 2.x's
+    # get_count('') relies on.
+    status, results = lookup(make(SAMPLE), [(sd.GET_COUNT, 0, "")])
+    assert status == 0 and results[0][0] == 0 and int(results[0][1]) == len(SAMPLE)
 
 
 @pytest.mark.parametrize("doc_flags", [sd.MKDOC, sd.ADD, 0x08, 0x40])
