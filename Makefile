@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: venv memcached demo test bench bench-extra lint clean
+.PHONY: venv memcached demo test bench bench-extra bench-instr lint clean
 
 venv:
 	@PYTHON=$(PYTHON) VENV=$(VENV) ./scripts/ensure-venv
@@ -26,6 +26,11 @@ bench-extra: venv memcached
 	$(PY) -m bench.stall
 	$(PY) -m bench.parked
 	$(PY) -m bench.rows
+
+# CPU instructions per operation next to the shared harness's raw client
+# (valgrind's callgrind; a few minutes; docs/performance.md)
+bench-instr: venv memcached
+	$(PY) -m bench.instr
 
 lint: venv
 	$(PY) -m ruff check couchbase_core gcouchbase tests bench

@@ -88,3 +88,26 @@ def test_rows_can_take_the_rows_from_the_emulator_engines(tmp_path):
     assert "emulator's own view and N1QL engines" in stdout
     assert data["problems"] == []
     assert all(data["summary"][name]["median"] > 0 for name in data["summary"])
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("kind", ["gcouchbase", "raw"])
+@pytest.mark.parametrize("workload", ["mix", "mget"])
+def test_instr_child_runs_each_client_and_workload(kind, workload):
+    # The callgrind runs themselves take minutes (python -m bench.instr);
+    # here the measured program runs once without valgrind, so a broken
+    # adapter or workload shows up in the suite.
+    from bench.instr import DEFAULT_PEERS
+    from couchbase_core.testing.memcached import MemcachedServer
+
+    if not os.path.isdir(os.path.join(DEFAULT_PEERS, "kinds")):
+        pytest.skip("the shared harness (../shared/bench-peers) is not next to this checkout")
+    server = MemcachedServer(memory_mb=64, threads=1)
+    server.start()
+    try:
+        env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        proc = subprocess.run([sys.executable, "-m", "bench.instr", "--child", kind, workload, "2", "5",
+                               str(server.port)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=100)
+        assert proc.returncode == 0, proc.stderr
+    finally:
+        server.stop()
