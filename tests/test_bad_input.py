@@ -160,8 +160,13 @@ def test_subdoc_path_with_a_surrogate_is_an_argument_error():
 def test_json_rejects_nan_and_infinity(bucket, unique_key, value):
     exc = failing(bucket.upsert, unique_key + "nan", value)
     assert isinstance(exc, ValueFormatError) and exc.key == unique_key + "nan"
-    exc = failing(bucket.upsert, unique_key + "nan", value, format=FMT_AUTO)
-    assert isinstance(exc, ValueFormatError)
+    if isinstance(value, float):
+        # FMT_AUTO pickles numbers (as 2.x), and pickle keeps NaN and infinities
+        bucket.upsert(unique_key + "nan", value, format=FMT_AUTO)
+        assert repr(bucket.get(unique_key + "nan").value) == repr(value)
+    else:
+        exc = failing(bucket.upsert, unique_key + "nan", value, format=FMT_AUTO)
+        assert isinstance(exc, ValueFormatError)
     with pytest.raises(ValueFormatError):
         encode_value(value, FMT_JSON)
 
