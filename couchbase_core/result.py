@@ -181,6 +181,10 @@ class ValueResult(OperationResult):
         return OperationResult._repr_fields(self) + ", value=%s, flags=0x%X" % (_short(self.value), self.flags)
 
 
+#: The rc of a result (C-level, for whole-call checks).
+_RC_OF = attrgetter("rc")
+
+
 class MultiResult(dict):
     """Results of a ``_multi`` call: a ``dict`` mapping each key to its result.
 
@@ -200,12 +204,11 @@ class MultiResult(dict):
     def all_ok(self) -> bool:
         """True when every operation succeeded; a quiet miss (``quiet=True``,
         key not found) is not a success: it only did not raise."""
-        for res in self.values():
-            if res.rc:
-                return False
-        return True
+        return not any(map(_RC_OF, self.values()))
 
     def _first_failure(self) -> Optional[Result]:
+        if not any(map(_RC_OF, self.values())):
+            return None  # the common case, checked by a C-level loop (100k-key calls)
         quiet = self._quiet
         for res in self.values():
             rc = res.rc
