@@ -761,7 +761,8 @@ class KVConnection:
             # A server request's opaque is the server's own: every frame of
             # this read is matched by its magic first.
             decoder.server_requests = False  # type: ignore[union-attr]
-            self._deliver_with_requests(frames)
+            rest = iter(frames)
+            self._deliver_from(next(rest), rest, runs=False)
             self.engine.deadlines.trim()
             return True
         pop = self.pending.pop
@@ -791,44 +792,27 @@ class KVConnection:
         self.engine.deadlines.trim()
         return True
 
-    def _deliver_with_requests(self, frames: List[Any]) -> None:
-        """Deliver a read that holds server requests (magic 0x82): those go
-        to the engine whatever their opaque; replies one by one (no runs)."""
-        pending = self.pending
-        pop = pending.pop
-        inflate = self._inflate
-        for frame in frames:
-            if frame[F_MAGIC] == Magic.SERVER_REQUEST:
-                self._unusual(frame, None)
-                continue
-            op = pop(frame[F_OPAQUE], None)
-            if op is None or frame[F_STATUS] or (inflate and frame[F_DATATYPE] & _SNAPPY):
-                self._unusual(frame, op)
-                continue
-            try:
-                if op.multi_reply:
-                    if not op.on_part(frame):
-                        pending[frame[F_OPAQUE]] = op
-                else:
-                    op.done = True
-                    op.on_response(frame)
-            except Exception:  # never let a result handler break the stream
-                log.exception("completing %s failed", self.engine.settings.describe_op(op))
-
-    def _deliver_from(self, frame: Any, rest: Any) -> None:
-        """Deliver ``frame`` and every frame left in ``rest``: the loop of
-        :meth:`_read` after a batch took a run (runs of other batches may
-        follow; a loop, not recursion, however they alternate)."""
+    def _deliver_from(self, frame: Any, rest: Any, runs: bool = True) -> None:
+        """Deliver ``frame`` and every frame left in ``rest``, the careful
+        way: the loop of :meth:`_read` after a batch took a run (runs of
+        other batches may follow: a loop, not recursion, however they
+        alternate), or, with ``runs=False``, a whole read that holds server
+        requests (magic 0x82: their opaque is the server's own, so each
+        frame's magic is looked at first, and no batch takes a run)."""
         pending = self.pending
         pop = pending.pop
         inflate = self._inflate
         while frame is not None:
+            if frame[F_MAGIC] == Magic.SERVER_REQUEST:
+                self._unusual(frame, None)
+                frame = next(rest, None)
+                continue
             op = pop(frame[F_OPAQUE], None)
             if op is None or frame[F_STATUS] or (inflate and frame[F_DATATYPE] & _SNAPPY):
                 self._unusual(frame, op)
             else:
                 try:
-                    if op.takes_runs:
+                    if runs and op.takes_runs:
                         frame = op.take_run(frame, rest, pending)
                         continue
                     if op.multi_reply:
@@ -838,7 +822,7 @@ class KVConnection:
                         op.done = True
                         op.on_response(frame)
                 except Exception:  # never let a result handler break the stream
-                    log.exception("completing %s failed", op.describe())
+                    log.exception("completing %s failed", self.engine.settings.describe_op(op))
             frame = next(rest, None)
 
     def _unusual(self, frame: Any, op: Optional[KVOp]) -> None:
