@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
+import couchbase_core.subdocument as SD
 import gcouchbase.bucket
 from couchbase_core import FMT_JSON, FMT_UTF8
 from couchbase_core.bucket import Bucket
@@ -20,8 +21,15 @@ from couchbase_core.exceptions import (
     NotFoundError,
     TimeoutError,
 )
-from couchbase_core.n1ql import N1QLQuery
-from couchbase_core.result import MultiResult, OperationResult, Result, ValueResult
+from couchbase_core.n1ql import CONSISTENCY_REQUEST, MutationState, N1QLQuery, N1QLRequest
+from couchbase_core.result import (
+    MultiResult,
+    MutationToken,
+    OperationResult,
+    Result,
+    SubdocResult,
+    ValueResult,
+)
 from couchbase_core.views.params import Query
 
 
@@ -101,11 +109,40 @@ def queries(bucket: Bucket) -> int:
     return count
 
 
+def subdocument_and_pipeline(bucket: Bucket) -> Optional[MutationToken]:
+    """Sub-document calls, a pipeline, mutation tokens, consistency."""
+    looked: SubdocResult = bucket.lookup_in("user::1", SD.get("name"), SD.exists("age"))
+    print(looked[0], looked.exists("age"))
+    mutated: SubdocResult = bucket.mutate_in("user::1", SD.upsert("age", 36), SD.counter("visits", 1))
+    with bucket.pipeline():
+        bucket.upsert("p1", 1)
+        bucket.get("p1")
+    state = MutationState(mutated)
+    query = N1QLQuery("SELECT 1")
+    query.consistency = CONSISTENCY_REQUEST
+    query.consistent_with(state)
+    observed: ValueResult = bucket.observe("user::1")
+    print(observed.value, bucket.bucket_manager())
+    return mutated.mutation_token
+
+
+def errors() -> CouchbaseError:
+    """Exceptions are built as in 2.x: from a message, a dict or keywords."""
+    by_message = NotFoundError("no such key")
+    by_dict = CouchbaseError({"rc": 0x0D, "message": "not found", "key": "k"})
+    by_keywords = KeyExistsError(message="exists", key="k", rc=0x0C)
+    ok, failed = by_dict.split_results()
+    print(by_message.rc, by_keywords.key, len(ok), len(failed), str(by_dict))
+    return by_message
+
+
 def cluster_entry_point() -> Bucket:
     """The 2.5 ``Cluster`` and its authenticators."""
     cluster = Cluster("couchbase://127.0.0.1")
     cluster.authenticate(PasswordAuthenticator("app", "secret"))
     bucket: Bucket = cluster.open_bucket("travel")
+    request: N1QLRequest = cluster.n1ql_query("SELECT 1")
+    print(request.get_single_result(), request.meta)
     return bucket
 
 
@@ -134,5 +171,7 @@ def main() -> None:
     many(bucket)
     counters_and_locks(bucket)
     queries(bucket)
+    subdocument_and_pipeline(bucket)
+    errors()
     cluster_entry_point()
     gevent_bucket()

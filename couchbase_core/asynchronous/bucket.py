@@ -159,6 +159,7 @@ class AsyncBucket(BaseBucket):
         def set(self, *args: Any, **kwargs: Any) -> AsyncResult: ...  # type: ignore[override]
         def add(self, *args: Any, **kwargs: Any) -> AsyncResult: ...  # type: ignore[override]
         def delete(self, *args: Any, **kwargs: Any) -> AsyncResult: ...  # type: ignore[override]
+        def observe(self, *args: Any, **kwargs: Any) -> AsyncResult: ...  # type: ignore[override]
 
         def upsert_multi(self, *args: Any, **kwargs: Any) -> AsyncResult: ...
         def insert_multi(self, *args: Any, **kwargs: Any) -> AsyncResult: ...
