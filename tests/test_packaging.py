@@ -170,6 +170,7 @@ def test_pytest_plugin_imports_nothing_heavy() -> None:
         heavy = sorted(m for m in sys.modules
                        if m.split(".")[0] in ("gevent", "greenlet", "h11", "quickjs", "dukpy", "trustme",
                                                "cramjam", "cryptography", "asyncio")
+                       or m in ("ssl", "urllib.request", "http.client")
                        or (m.startswith("couchbase_core.") and m not in (
                            "couchbase_core._formats", "couchbase_core.mock",
                            "couchbase_core.mock.pytest_plugin")))
