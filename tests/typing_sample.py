@@ -121,6 +121,11 @@ def subdocument_and_pipeline(bucket: Bucket) -> Optional[MutationToken]:
     query = N1QLQuery("SELECT 1")
     query.consistency = CONSISTENCY_REQUEST
     query.consistent_with(state)
+    bucket.map_add("profile", "city", "Paris", create=True)
+    city: ValueResult = bucket.map_get("profile", "city")
+    bucket.queue_push("jobs", {"id": 1}, create=True)
+    job: ValueResult = bucket.queue_pop("jobs")
+    print(city.value, job.value, bucket.map_size("profile"))
     observed: ValueResult = bucket.observe("user::1")
     print(observed.value, bucket.bucket_manager())
     return mutated.mutation_token

@@ -160,6 +160,16 @@ class AsyncBucket(BaseBucket):
         def add(self, *args: Any, **kwargs: Any) -> AsyncResult: ...  # type: ignore[override]
         def delete(self, *args: Any, **kwargs: Any) -> AsyncResult: ...  # type: ignore[override]
         def observe(self, *args: Any, **kwargs: Any) -> AsyncResult: ...  # type: ignore[override]
+        def map_add(self, *args: Any, **kwargs: Any) -> AsyncResult: ...  # type: ignore[override]
+        def map_remove(self, *args: Any, **kwargs: Any) -> AsyncResult: ...  # type: ignore[override]
+        def list_append(self, *args: Any, **kwargs: Any) -> AsyncResult: ...  # type: ignore[override]
+        def list_prepend(self, *args: Any, **kwargs: Any) -> AsyncResult: ...  # type: ignore[override]
+        def list_set(self, *args: Any, **kwargs: Any) -> AsyncResult: ...  # type: ignore[override]
+        def list_remove(self, *args: Any, **kwargs: Any) -> AsyncResult: ...  # type: ignore[override]
+        def queue_push(self, *args: Any, **kwargs: Any) -> AsyncResult: ...  # type: ignore[override]
+        def map_get(self, *args: Any, **kwargs: Any) -> AsyncResult: ...  # type: ignore[override]
+        def list_get(self, *args: Any, **kwargs: Any) -> AsyncResult: ...  # type: ignore[override]
+        def queue_pop(self, *args: Any, **kwargs: Any) -> AsyncResult: ...  # type: ignore[override]
 
         def upsert_multi(self, *args: Any, **kwargs: Any) -> AsyncResult: ...
         def insert_multi(self, *args: Any, **kwargs: Any) -> AsyncResult: ...
