@@ -9,7 +9,7 @@ the connections without I/O; ``bucket_manager`` opens the management API.
 from __future__ import annotations
 
 from enum import IntEnum
-from typing import Any, Callable, Dict, List, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Tuple
 
 from couchbase_core._bucket_args import _cas, _positive_seconds
 from couchbase_core._bucket_submit import _raise_or_return
@@ -17,6 +17,10 @@ from couchbase_core._kvops import EndureOp, FlushOp, NoopOp, ObserveKeyOp, StatO
 from couchbase_core._latch import Latch
 from couchbase_core.exceptions import RC, ArgumentError
 from couchbase_core.result import Result
+
+if TYPE_CHECKING:  # pragma: no cover - annotations only
+    from couchbase_core.bucketmanager import BucketManager
+    from couchbase_core.result import ValueResult
 
 __all__ = ["AdminMixin", "PingStatus"]
 
@@ -33,7 +37,7 @@ class PingStatus(IntEnum):
 class AdminMixin:
     """Observe, endure and whole-cluster operations of :class:`~couchbase_core._bucketbase.BaseBucket`."""
 
-    def observe(self, key: Any, master_only: bool = False) -> Any:
+    def observe(self, key: Any, master_only: bool = False) -> ValueResult:
         """Ask the nodes holding ``key`` about its state: a
         :class:`ValueResult` whose ``value`` is a list of
         :class:`~couchbase_core.result.ObserveInfo` (the active node first;
@@ -220,7 +224,7 @@ class AdminMixin:
         return {"version": 1, "id": engine.client_id, "sdk": self._settings.client_string,
                 "services": {"kv": entries}}
 
-    def bucket_manager(self) -> Any:
+    def bucket_manager(self) -> BucketManager:
         """A :class:`~couchbase_core.bucketmanager.BucketManager` for this bucket."""
         from couchbase_core.bucketmanager import BucketManager
 

@@ -8,7 +8,7 @@ Each method checks its arguments, builds one engine operation
 
 from __future__ import annotations
 
-from typing import Any, List, Optional
+from typing import TYPE_CHECKING, Any, List, Optional
 
 from couchbase_core import subdocument as SD
 from couchbase_core._bucket_args import (
@@ -40,6 +40,9 @@ from couchbase_core._kvops import (
 )
 from couchbase_core.exceptions import RC, ArgumentError, NotSupportedError
 
+if TYPE_CHECKING:  # pragma: no cover - annotations only
+    from couchbase_core.result import OperationResult, SubdocResult, ValueResult
+
 __all__ = ["KeyValueMixin"]
 
 
@@ -58,7 +61,7 @@ class KeyValueMixin:
         return StoreOp(key, opcode, kb, extras, data, cas, self._timeout)
 
     def upsert(self, key: Any, value: Any, cas: int = 0, ttl: int = 0, format: Optional[int] = None,  # noqa: A002
-               persist_to: int = 0, replicate_to: int = 0, durability_level: int = 0) -> Any:
+               persist_to: int = 0, replicate_to: int = 0, durability_level: int = 0) -> OperationResult:
         """Store ``value`` under ``key``, creating or replacing it.
 
         Args:
@@ -88,14 +91,14 @@ class KeyValueMixin:
         return self._one(self._with_durability(self._store_op(Opcode.SET, key, value, cas, ttl, format), extras))
 
     def insert(self, key: Any, value: Any, ttl: int = 0, format: Optional[int] = None,  # noqa: A002
-               persist_to: int = 0, replicate_to: int = 0, durability_level: int = 0) -> Any:
+               persist_to: int = 0, replicate_to: int = 0, durability_level: int = 0) -> OperationResult:
         """Store ``value`` only if ``key`` does not exist yet
         (:class:`KeyExistsError` otherwise). Arguments as :meth:`upsert`."""
         extras = self._mutation_extras(persist_to, replicate_to, durability_level)
         return self._one(self._with_durability(self._store_op(Opcode.ADD, key, value, 0, ttl, format), extras))
 
     def replace(self, key: Any, value: Any, cas: int = 0, ttl: int = 0, format: Optional[int] = None,  # noqa: A002
-                persist_to: int = 0, replicate_to: int = 0, durability_level: int = 0) -> Any:
+                persist_to: int = 0, replicate_to: int = 0, durability_level: int = 0) -> OperationResult:
         """Store ``value`` only if ``key`` exists (:class:`NotFoundError`
         otherwise). Arguments as :meth:`upsert`."""
         extras = self._mutation_extras(persist_to, replicate_to, durability_level)
@@ -111,20 +114,20 @@ class KeyValueMixin:
         return StoreOp(key, opcode, kb, extras, data, cas, self._timeout)
 
     def append(self, key: Any, value: Any, cas: int = 0, format: Optional[int] = None,  # noqa: A002
-               persist_to: int = 0, replicate_to: int = 0, durability_level: int = 0) -> Any:
+               persist_to: int = 0, replicate_to: int = 0, durability_level: int = 0) -> OperationResult:
         """Append ``value`` (``str`` or ``bytes``) to the stored bytes of an
         existing key (:class:`NotStoredError` if it does not exist)."""
         extras = self._mutation_extras(persist_to, replicate_to, durability_level)
         return self._one(self._with_durability(self._concat_op(Opcode.APPEND, key, value, cas, format), extras))
 
     def prepend(self, key: Any, value: Any, cas: int = 0, format: Optional[int] = None,  # noqa: A002
-                persist_to: int = 0, replicate_to: int = 0, durability_level: int = 0) -> Any:
+                persist_to: int = 0, replicate_to: int = 0, durability_level: int = 0) -> OperationResult:
         """Prepend ``value`` to the stored bytes of an existing key."""
         extras = self._mutation_extras(persist_to, replicate_to, durability_level)
         return self._one(self._with_durability(self._concat_op(Opcode.PREPEND, key, value, cas, format), extras))
 
     def get(self, key: Any, ttl: int = 0, quiet: Optional[bool] = None, replica: bool = False,
-            no_format: bool = False) -> Any:
+            no_format: bool = False) -> ValueResult:
         """Read ``key``.
 
         Args:
@@ -157,14 +160,14 @@ class KeyValueMixin:
             return self._one(op, quiet)
         return self._run_one(op, quiet)
 
-    def touch(self, key: Any, ttl: int = 0) -> Any:
+    def touch(self, key: Any, ttl: int = 0) -> OperationResult:
         """Set the expiry of ``key`` without reading it."""
         kb = self._kb(key)
         op = TouchOp(key, Opcode.TOUCH, kb, _TTL.pack(_ttl(ttl)), b"", 0, self._timeout)
         return self._one(op)
 
     def remove(self, key: Any, cas: int = 0, quiet: Optional[bool] = None,
-               persist_to: int = 0, replicate_to: int = 0, durability_level: int = 0) -> Any:
+               persist_to: int = 0, replicate_to: int = 0, durability_level: int = 0) -> OperationResult:
         """Delete ``key`` (only if its CAS equals ``cas`` when given). With
         ``quiet`` a missing key is not an error."""
         extras = self._mutation_extras(persist_to, replicate_to, durability_level)
@@ -195,7 +198,7 @@ class KeyValueMixin:
         return CounterOp(key, opcode, kb, extras, b"", 0, self._timeout)
 
     def counter(self, key: Any, delta: int = 1, initial: Optional[int] = None, ttl: int = 0,
-                durability_level: int = 0) -> Any:
+                durability_level: int = 0) -> ValueResult:
         """Add ``delta`` (negative: subtract; the server floors at 0) to the
         decimal number stored at ``key``.
 
@@ -211,11 +214,11 @@ class KeyValueMixin:
         extras = self._mutation_extras(0, 0, durability_level)
         return self._one(self._with_durability(self._counter_op(key, delta, initial, ttl), extras))
 
-    def incr(self, key: Any, amount: int = 1, initial: Optional[int] = None, ttl: int = 0) -> Any:
+    def incr(self, key: Any, amount: int = 1, initial: Optional[int] = None, ttl: int = 0) -> ValueResult:
         """``counter(key, amount, ...)`` (2.x alias)."""
         return self.counter(key, amount, initial, ttl)
 
-    def decr(self, key: Any, amount: int = 1, initial: Optional[int] = None, ttl: int = 0) -> Any:
+    def decr(self, key: Any, amount: int = 1, initial: Optional[int] = None, ttl: int = 0) -> ValueResult:
         """``counter(key, -amount, ...)`` (2.x alias)."""
         return self.counter(key, -amount, initial, ttl)
 
@@ -241,14 +244,14 @@ class KeyValueMixin:
                             self._transcoder, bool(no_format) or self._data_passthrough)
 
     def rget(self, key: Any, replica_index: Optional[int] = None, quiet: Optional[bool] = None,
-             no_format: bool = False) -> Any:
+             no_format: bool = False) -> ValueResult:
         """Read ``key`` from a replica: ``replica_index`` 0 for the first
         replica, 1 for the second...; None tries each replica in turn until
         one has it. Returns a :class:`ValueResult` (Couchbase buckets only)."""
         op = self._replica_op(key, replica_index, no_format)
         return self._one(op, self._quiet if quiet is None else quiet)
 
-    def lock(self, key: Any, ttl: int = 0) -> Any:
+    def lock(self, key: Any, ttl: int = 0) -> ValueResult:
         """Read ``key`` and lock it for ``ttl`` seconds (0: the server's default,
         15 s; the server caps locks at 30 s and gives a longer request the
         default instead). Until it is unlocked (``unlock`` with the returned
@@ -260,7 +263,7 @@ class KeyValueMixin:
         op = LockOp(key, kb, _ttl(ttl), self._timeout, self._transcoder, self._data_passthrough)
         return self._one(op)
 
-    def unlock(self, key: Any, cas: int) -> Any:
+    def unlock(self, key: Any, cas: int) -> OperationResult:
         """Release a lock taken with :meth:`lock` (``cas`` from its result)."""
         self._require_couchbase("unlock", "plain memcached has no document locking (UNLOCK_KEY)")
         kb = self._kb(key)
@@ -271,7 +274,7 @@ class KeyValueMixin:
 
     # --- sub-document ------------------------------------------------------------
 
-    def lookup_in(self, key: Any, *specs: Any, **kwargs: Any) -> Any:
+    def lookup_in(self, key: Any, *specs: Any, **kwargs: Any) -> SubdocResult:
         """Read paths inside a JSON document (Couchbase buckets only).
 
         ``specs`` are :func:`couchbase_core.subdocument.get`, ``exists`` and
@@ -289,13 +292,13 @@ class KeyValueMixin:
         op = SubdocLookupOp(key, kb, self._subdoc_specs(specs, True), doc_flags, self._timeout)
         return self._one(op, self._quiet if quiet is None else bool(quiet))
 
-    def retrieve_in(self, key: Any, *paths: Any) -> Any:
+    def retrieve_in(self, key: Any, *paths: Any) -> SubdocResult:
         """``lookup_in(key, get(path1), get(path2), ...)``."""
         return self.lookup_in(key, *(SD.get(p) for p in paths))
 
     def mutate_in(self, key: Any, *specs: Any, cas: int = 0, ttl: int = 0, create_doc: bool = False,
                   upsert_doc: bool = False, insert_doc: bool = False, persist_to: int = 0,
-                  replicate_to: int = 0, access_deleted: bool = False, durability_level: int = 0) -> Any:
+                  replicate_to: int = 0, access_deleted: bool = False, durability_level: int = 0) -> SubdocResult:
         """Change paths inside a JSON document, atomically (Couchbase buckets
         only). ``specs`` are the mutation builders of
         :mod:`couchbase_core.subdocument`.
@@ -325,17 +328,17 @@ class KeyValueMixin:
 
     # ------------------------------------------- 2.x deprecated aliases
 
-    def set(self, *args: Any, **kwargs: Any) -> Any:
+    def set(self, *args: Any, **kwargs: Any) -> OperationResult:
         """Deprecated 1.x/2.x name of :meth:`upsert` (DeprecationWarning)."""
         _deprecated("set", "upsert")
         return self.upsert(*args, **kwargs)
 
-    def add(self, *args: Any, **kwargs: Any) -> Any:
+    def add(self, *args: Any, **kwargs: Any) -> OperationResult:
         """Deprecated 1.x/2.x name of :meth:`insert` (DeprecationWarning)."""
         _deprecated("add", "insert")
         return self.insert(*args, **kwargs)
 
-    def delete(self, *args: Any, **kwargs: Any) -> Any:
+    def delete(self, *args: Any, **kwargs: Any) -> OperationResult:
         """Deprecated 1.x/2.x name of :meth:`remove` (DeprecationWarning)."""
         _deprecated("delete", "remove")
         return self.remove(*args, **kwargs)

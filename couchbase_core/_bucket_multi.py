@@ -16,7 +16,7 @@ from couchbase_core._engine.protocol import Opcode
 from couchbase_core._kvops import KIND_COUNTER, KIND_GET, KIND_MUTATION, KeyBatch
 from couchbase_core.exceptions import ArgumentError, CouchbaseError, NotSupportedError
 from couchbase_core.items import Item, ItemCollection, checked_item
-from couchbase_core.result import OperationResult, Result, ValueResult
+from couchbase_core.result import MultiResult, OperationResult, Result, ValueResult
 
 __all__ = ["MultiMixin"]
 
@@ -214,7 +214,7 @@ class MultiMixin:
 
     def upsert_multi(self, keys: Any, ttl: int = 0, format: Optional[int] = None,  # noqa: A002
                      persist_to: int = 0, replicate_to: int = 0,
-                     durability_level: int = 0) -> Any:
+                     durability_level: int = 0) -> MultiResult:
         """:meth:`upsert` for many keys: ``keys`` is a dict of key -> value or
         an item collection (per-item options allowed; an item's CAS is sent
         unless ``ignore_cas=True``, as in 2.x). Returns a
@@ -225,14 +225,14 @@ class MultiMixin:
 
     def insert_multi(self, keys: Any, ttl: int = 0, format: Optional[int] = None,  # noqa: A002
                      persist_to: int = 0, replicate_to: int = 0,
-                     durability_level: int = 0) -> Any:
+                     durability_level: int = 0) -> MultiResult:
         """:meth:`insert` for many keys (see :meth:`upsert_multi`)."""
         return self._store_multi(Opcode.ADD, keys, ttl, format, persist_to, replicate_to, "insert_multi", False,
                                  durability_level)
 
     def replace_multi(self, keys: Any, ttl: int = 0, format: Optional[int] = None,  # noqa: A002
                       persist_to: int = 0, replicate_to: int = 0,
-                      durability_level: int = 0) -> Any:
+                      durability_level: int = 0) -> MultiResult:
         """:meth:`replace` for many keys; items use their own CAS."""
         return self._store_multi(Opcode.REPLACE, keys, ttl, format, persist_to, replicate_to, "replace_multi", True,
                                  durability_level)
@@ -250,19 +250,19 @@ class MultiMixin:
         return self._run_entries(entries, build, False, KIND_MUTATION, durability=durability)
 
     def append_multi(self, keys: Any, format: Optional[int] = None,  # noqa: A002
-                     persist_to: int = 0, replicate_to: int = 0, durability_level: int = 0) -> Any:
+                     persist_to: int = 0, replicate_to: int = 0, durability_level: int = 0) -> MultiResult:
         """:meth:`append` for many keys (dict of key -> fragment)."""
         return self._concat_multi(Opcode.APPEND, keys, format, persist_to, replicate_to, "append_multi",
                                   durability_level)
 
     def prepend_multi(self, keys: Any, format: Optional[int] = None,  # noqa: A002
-                      persist_to: int = 0, replicate_to: int = 0, durability_level: int = 0) -> Any:
+                      persist_to: int = 0, replicate_to: int = 0, durability_level: int = 0) -> MultiResult:
         """:meth:`prepend` for many keys (dict of key -> fragment)."""
         return self._concat_multi(Opcode.PREPEND, keys, format, persist_to, replicate_to, "prepend_multi",
                                   durability_level)
 
     def get_multi(self, keys: Any, ttl: int = 0, quiet: Optional[bool] = None, replica: bool = False,
-                  no_format: bool = False) -> Any:
+                  no_format: bool = False) -> MultiResult:
         """:meth:`get` for many keys: an iterable of keys, a dict whose values
         are per-key ttls (or option dicts with ``ttl``), or an item collection
         (whose items receive the values). Returns a MultiResult."""
@@ -301,7 +301,7 @@ class MultiMixin:
 
         return self._run_entries(entries, build, quiet, KIND_GET, bool(no_format))
 
-    def touch_multi(self, keys: Any, ttl: int = 0) -> Any:
+    def touch_multi(self, keys: Any, ttl: int = 0) -> MultiResult:
         """:meth:`touch` for many keys (a dict gives per-key ttls)."""
         ttl = _ttl(ttl)
         entries = self._entries_keys(keys, "touch_multi", "ttl")
@@ -312,7 +312,7 @@ class MultiMixin:
         return self._run_entries(entries, build, False, KIND_MUTATION)
 
     def remove_multi(self, keys: Any, quiet: Optional[bool] = None, persist_to: int = 0,
-                     replicate_to: int = 0, durability_level: int = 0) -> Any:
+                     replicate_to: int = 0, durability_level: int = 0) -> MultiResult:
         """:meth:`remove` for many keys (a dict gives per-key CAS values or
         results; result objects in a list stand for their key and CAS;
         items use their own CAS)."""
@@ -326,7 +326,7 @@ class MultiMixin:
                                  durability=durability)
 
     def counter_multi(self, kvs: Any, delta: int = 1, initial: Optional[int] = None, ttl: int = 0,
-                      durability_level: int = 0) -> Any:
+                      durability_level: int = 0) -> MultiResult:
         """:meth:`counter` for many keys (a dict gives per-key deltas or
         option dicts with ``delta``/``initial``/``ttl``)."""
         durability = self._mutation_extras(0, 0, durability_level)
@@ -338,16 +338,16 @@ class MultiMixin:
 
         return self._run_entries(entries, build, False, KIND_COUNTER, durability=durability)
 
-    def incr_multi(self, keys: Any, amount: int = 1, initial: Optional[int] = None, ttl: int = 0) -> Any:
+    def incr_multi(self, keys: Any, amount: int = 1, initial: Optional[int] = None, ttl: int = 0) -> MultiResult:
         """``counter_multi`` with a positive ``amount`` (2.x alias)."""
         return self.counter_multi(keys, amount, initial, ttl)
 
-    def decr_multi(self, keys: Any, amount: int = 1, initial: Optional[int] = None, ttl: int = 0) -> Any:
+    def decr_multi(self, keys: Any, amount: int = 1, initial: Optional[int] = None, ttl: int = 0) -> MultiResult:
         """``counter_multi`` with ``-amount`` (2.x alias)."""
         return self.counter_multi(keys, -amount, initial, ttl)
 
     def rget_multi(self, keys: Any, replica_index: Optional[int] = None, quiet: Optional[bool] = None,
-                   no_format: bool = False) -> Any:
+                   no_format: bool = False) -> MultiResult:
         """:meth:`rget` for many keys (Couchbase buckets only)."""
         self._require_couchbase("rget_multi", "plain memcached keeps no replicas")
         if isinstance(keys, ItemCollection):
@@ -359,7 +359,7 @@ class MultiMixin:
         mres._quiet = self._quiet if quiet is None else bool(quiet)
         return self._many(ops, mres)
 
-    def lock_multi(self, keys: Any, ttl: int = 0) -> Any:
+    def lock_multi(self, keys: Any, ttl: int = 0) -> MultiResult:
         """:meth:`lock` for many keys (Couchbase buckets only)."""
         self._require_couchbase("lock_multi", "plain memcached has no document locking (GET_LOCKED)")
         ttl = _ttl(ttl)
@@ -372,7 +372,7 @@ class MultiMixin:
 
         return self._run_entries(entries, build, False, KIND_GET, idempotent=False)
 
-    def unlock_multi(self, keys: Any) -> Any:
+    def unlock_multi(self, keys: Any) -> MultiResult:
         """:meth:`unlock` for many keys: a dict of key -> CAS, the result of
         ``lock_multi``, a list of lock results, or an item collection
         (Couchbase buckets only)."""
@@ -391,22 +391,22 @@ class MultiMixin:
 
     # ------------------------------------------- 2.x deprecated aliases, append_items
 
-    def set_multi(self, *args: Any, **kwargs: Any) -> Any:
+    def set_multi(self, *args: Any, **kwargs: Any) -> MultiResult:
         """Deprecated 1.x/2.x name of :meth:`upsert_multi` (DeprecationWarning)."""
         _deprecated("set_multi", "upsert_multi")
         return self.upsert_multi(*args, **kwargs)
 
-    def add_multi(self, *args: Any, **kwargs: Any) -> Any:
+    def add_multi(self, *args: Any, **kwargs: Any) -> MultiResult:
         """Deprecated 1.x/2.x name of :meth:`insert_multi` (DeprecationWarning)."""
         _deprecated("add_multi", "insert_multi")
         return self.insert_multi(*args, **kwargs)
 
-    def delete_multi(self, *args: Any, **kwargs: Any) -> Any:
+    def delete_multi(self, *args: Any, **kwargs: Any) -> MultiResult:
         """Deprecated 1.x/2.x name of :meth:`remove_multi` (DeprecationWarning)."""
         _deprecated("delete_multi", "remove_multi")
         return self.remove_multi(*args, **kwargs)
 
-    def append_items(self, items: Any, **kwargs: Any) -> Any:
+    def append_items(self, items: Any, **kwargs: Any) -> MultiResult:
         """Append to many items and update each item's ``value`` (2.x).
 
         ``items`` is an :class:`~couchbase_core.items.ItemOptionDict` whose
@@ -418,7 +418,7 @@ class MultiMixin:
         """
         return self._concat_items(Opcode.APPEND, items, "append_items", kwargs)
 
-    def prepend_items(self, items: Any, **kwargs: Any) -> Any:
+    def prepend_items(self, items: Any, **kwargs: Any) -> MultiResult:
         """As :meth:`append_items`, prepending: each successful item's
         ``value`` becomes ``fragment + value``."""
         return self._concat_items(Opcode.PREPEND, items, "prepend_items", kwargs)

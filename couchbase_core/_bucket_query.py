@@ -9,9 +9,13 @@ flavour picks the iterator class through ``_view_class``/``_n1ql_class``/
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from couchbase_core.exceptions import ArgumentError
+
+if TYPE_CHECKING:  # pragma: no cover - annotations only
+    from couchbase_core.n1ql import N1QLRequest
+    from couchbase_core.views.iterator import View
 
 __all__ = ["QueryMixin"]
 
@@ -24,7 +28,7 @@ class QueryMixin:
     #: The iterator class ``query`` returns (GView on the gevent bucket).
     _view_class: Any = None
 
-    def query(self, design: str, view: str, use_devmode: bool = False, **kwargs: Any) -> Any:
+    def query(self, design: str, view: str, use_devmode: bool = False, **kwargs: Any) -> View:
         """A view query: returns an iterable :class:`~couchbase_core.views.iterator.View`
         (on the gevent bucket a ``GView``; on an AsyncBucket pass
         ``itercls=`` an :class:`~couchbase_core.asynchronous.view.AsyncViewBase`
@@ -42,7 +46,7 @@ class QueryMixin:
     #: The request class ``n1ql_query`` returns (GN1QLRequest on gevent).
     _n1ql_class: Any = None
 
-    def n1ql_query(self, query: Any, *args: Any, **kwargs: Any) -> Any:
+    def n1ql_query(self, query: Any, *args: Any, **kwargs: Any) -> N1QLRequest:
         """A N1QL query: returns an iterable
         :class:`~couchbase_core.n1ql.N1QLRequest` (a ``GN1QLRequest`` on the
         gevent bucket; pass ``itercls=`` an

@@ -15,7 +15,7 @@ from couchbase_core._bucket_args import _cas, _check_int, _ttl
 from couchbase_core._engine.protocol import SubdocDocFlag
 from couchbase_core._kvops import ChainOp, GetOp, SubdocLookupOp, SubdocMutateOp
 from couchbase_core.exceptions import RC, rc_description
-from couchbase_core.result import OperationResult, ValueResult
+from couchbase_core.result import OperationResult, SubdocResult, ValueResult
 
 __all__ = ["DataStructuresMixin"]
 
@@ -79,18 +79,18 @@ class DataStructuresMixin:
             return ValueResult(key, 0, res.cas, summarise(res.value), res.flags)
         return self._ds_chain(key, steps)
 
-    def map_add(self, key: Any, mapkey: str, value: Any, create: bool = False, **kwargs: Any) -> Any:
+    def map_add(self, key: Any, mapkey: str, value: Any, create: bool = False, **kwargs: Any) -> SubdocResult:
         """Set ``mapkey`` of the JSON object stored at ``key`` (create the
         document if ``create``)."""
         self._require_couchbase("map_add", "plain memcached has no sub-document API")
         return self.mutate_in(key, SD.upsert(mapkey, value), create_doc=create, **kwargs)
 
-    def map_get(self, key: Any, mapkey: str) -> Any:
+    def map_get(self, key: Any, mapkey: str) -> ValueResult:
         """Value of ``mapkey`` in the object at ``key`` (a ValueResult). A
         missing ``mapkey`` raises SubdocPathNotFoundError, an IndexError (2.x)."""
         return self._ds_value_at(key, SD.get(mapkey))
 
-    def map_remove(self, key: Any, mapkey: str, **kwargs: Any) -> Any:
+    def map_remove(self, key: Any, mapkey: str, **kwargs: Any) -> SubdocResult:
         """Remove ``mapkey`` from the object at ``key``."""
         self._require_couchbase("map_remove", "plain memcached has no sub-document API")
         return self.mutate_in(key, SD.remove(mapkey), **kwargs)
@@ -99,28 +99,28 @@ class DataStructuresMixin:
         """Number of entries of the object at ``key`` (an ``int``)."""
         return self._ds_summary(key, len, dict)
 
-    def list_append(self, key: Any, value: Any, create: bool = False, **kwargs: Any) -> Any:
+    def list_append(self, key: Any, value: Any, create: bool = False, **kwargs: Any) -> SubdocResult:
         """Add ``value`` at the end of the JSON array at ``key``."""
         self._require_couchbase("list_append", "plain memcached has no sub-document API")
         return self.mutate_in(key, SD.array_append("", value), create_doc=create, **kwargs)
 
-    def list_prepend(self, key: Any, value: Any, create: bool = False, **kwargs: Any) -> Any:
+    def list_prepend(self, key: Any, value: Any, create: bool = False, **kwargs: Any) -> SubdocResult:
         """Add ``value`` at the start of the JSON array at ``key``."""
         self._require_couchbase("list_prepend", "plain memcached has no sub-document API")
         return self.mutate_in(key, SD.array_prepend("", value), create_doc=create, **kwargs)
 
-    def list_set(self, key: Any, index: int, value: Any, **kwargs: Any) -> Any:
+    def list_set(self, key: Any, index: int, value: Any, **kwargs: Any) -> SubdocResult:
         """Replace the element at ``index`` of the array at ``key``."""
         self._require_couchbase("list_set", "plain memcached has no sub-document API")
         return self.mutate_in(key, SD.replace("[%d]" % _check_int(index, "index", -2 ** 31, 2 ** 31), value),
                               **kwargs)
 
-    def list_get(self, key: Any, index: int) -> Any:
+    def list_get(self, key: Any, index: int) -> ValueResult:
         """Element ``index`` of the array at ``key`` (a ValueResult). A
         missing index raises SubdocPathNotFoundError, an IndexError (2.x)."""
         return self._ds_value_at(key, SD.get("[%d]" % _check_int(index, "index", -2 ** 31, 2 ** 31)))
 
-    def list_remove(self, key: Any, index: int, **kwargs: Any) -> Any:
+    def list_remove(self, key: Any, index: int, **kwargs: Any) -> SubdocResult:
         """Remove element ``index`` of the array at ``key``."""
         self._require_couchbase("list_remove", "plain memcached has no sub-document API")
         return self.mutate_in(key, SD.remove("[%d]" % _check_int(index, "index", -2 ** 31, 2 ** 31)), **kwargs)
@@ -184,13 +184,13 @@ class DataStructuresMixin:
         """Whether ``value`` is in the set at ``key`` (a ``bool``)."""
         return self._ds_summary(key, lambda items: value in items, list)
 
-    def queue_push(self, key: Any, value: Any, create: bool = False, **kwargs: Any) -> Any:
+    def queue_push(self, key: Any, value: Any, create: bool = False, **kwargs: Any) -> SubdocResult:
         """Push ``value`` onto the queue (array) at ``key``."""
         self._require_couchbase("queue_push", "plain memcached has no sub-document API")
         return self.mutate_in(key, SD.array_prepend("", value), create_doc=create, **kwargs)
 
     def queue_pop(self, key: Any, cas: int = 0, persist_to: int = 0, replicate_to: int = 0,
-                  durability_level: int = 0) -> Any:
+                  durability_level: int = 0) -> ValueResult:
         """Remove and return the oldest element of the queue at ``key`` (a
         ValueResult). Raises QueueEmpty when it is empty. With ``cas``,
         fails with KeyExistsError if the document changed; without, a

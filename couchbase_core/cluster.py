@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import warnings
 import weakref
-from typing import Any, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
 
 from couchbase_core.bucket import Bucket
 from couchbase_core.connstr import ConnectionString
@@ -31,6 +31,10 @@ from couchbase_core.exceptions import (
     NotSupportedError,
     OptionIgnoredWarning,
 )
+
+if TYPE_CHECKING:  # pragma: no cover - annotations only
+    from couchbase_core.admin import Admin
+    from couchbase_core.n1ql import N1QLRequest
 
 __all__ = [
     "Cluster",
@@ -391,7 +395,7 @@ class Cluster:
 
     # -------------------------------------------------------------- management
 
-    def cluster_manager(self) -> Any:
+    def cluster_manager(self) -> Admin:
         """An :class:`~couchbase_core.admin.Admin` for the cluster, with the
         authenticator's management credentials (a :class:`CertAuthenticator`
         without cluster credentials uses its certificate).
@@ -447,7 +451,7 @@ class Cluster:
 
     # ----------------------------------------------------------------- queries
 
-    def n1ql_query(self, query: Any, *args: Any, **kwargs: Any) -> Any:
+    def n1ql_query(self, query: Any, *args: Any, **kwargs: Any) -> N1QLRequest:
         """A "cluster-level" N1QL query, run through a bucket this cluster
         opened (any one still open) as a cross-bucket query: the request
         carries the bucket's credentials, so it may read the other buckets

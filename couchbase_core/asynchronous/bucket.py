@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import sys
 import threading
-from typing import Any, Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
 from couchbase_core._bucketbase import (
     _PIPELINES,
@@ -134,6 +134,62 @@ class AsyncBucket(BaseBucket):
 
     _is_async = True
     _caller = staticmethod(_context_caller)
+
+    if TYPE_CHECKING:  # pragma: no cover - annotations only, no runtime definitions
+        # The inherited key-value methods return an AsyncResult here, not the
+        # ValueResult / OperationResult / MultiResult of the blocking buckets.
+
+        def upsert(self, *args: Any, **kwargs: Any) -> AsyncResult: ...  # type: ignore[override]
+        def insert(self, *args: Any, **kwargs: Any) -> AsyncResult: ...  # type: ignore[override]
+        def replace(self, *args: Any, **kwargs: Any) -> AsyncResult: ...  # type: ignore[override]
+        def append(self, *args: Any, **kwargs: Any) -> AsyncResult: ...  # type: ignore[override]
+        def prepend(self, *args: Any, **kwargs: Any) -> AsyncResult: ...  # type: ignore[override]
+        def get(self, *args: Any, **kwargs: Any) -> AsyncResult: ...  # type: ignore[override]
+        def touch(self, *args: Any, **kwargs: Any) -> AsyncResult: ...  # type: ignore[override]
+        def remove(self, *args: Any, **kwargs: Any) -> AsyncResult: ...  # type: ignore[override]
+        def counter(self, *args: Any, **kwargs: Any) -> AsyncResult: ...  # type: ignore[override]
+        def incr(self, *args: Any, **kwargs: Any) -> AsyncResult: ...  # type: ignore[override]
+        def decr(self, *args: Any, **kwargs: Any) -> AsyncResult: ...  # type: ignore[override]
+        def rget(self, *args: Any, **kwargs: Any) -> AsyncResult: ...  # type: ignore[override]
+        def lock(self, *args: Any, **kwargs: Any) -> AsyncResult: ...  # type: ignore[override]
+        def unlock(self, *args: Any, **kwargs: Any) -> AsyncResult: ...  # type: ignore[override]
+        def lookup_in(self, *args: Any, **kwargs: Any) -> AsyncResult: ...  # type: ignore[override]
+        def retrieve_in(self, *args: Any, **kwargs: Any) -> AsyncResult: ...  # type: ignore[override]
+        def mutate_in(self, *args: Any, **kwargs: Any) -> AsyncResult: ...  # type: ignore[override]
+        def set(self, *args: Any, **kwargs: Any) -> AsyncResult: ...  # type: ignore[override]
+        def add(self, *args: Any, **kwargs: Any) -> AsyncResult: ...  # type: ignore[override]
+        def delete(self, *args: Any, **kwargs: Any) -> AsyncResult: ...  # type: ignore[override]
+        def observe(self, *args: Any, **kwargs: Any) -> AsyncResult: ...  # type: ignore[override]
+        def map_add(self, *args: Any, **kwargs: Any) -> AsyncResult: ...  # type: ignore[override]
+        def map_remove(self, *args: Any, **kwargs: Any) -> AsyncResult: ...  # type: ignore[override]
+        def list_append(self, *args: Any, **kwargs: Any) -> AsyncResult: ...  # type: ignore[override]
+        def list_prepend(self, *args: Any, **kwargs: Any) -> AsyncResult: ...  # type: ignore[override]
+        def list_set(self, *args: Any, **kwargs: Any) -> AsyncResult: ...  # type: ignore[override]
+        def list_remove(self, *args: Any, **kwargs: Any) -> AsyncResult: ...  # type: ignore[override]
+        def queue_push(self, *args: Any, **kwargs: Any) -> AsyncResult: ...  # type: ignore[override]
+        def map_get(self, *args: Any, **kwargs: Any) -> AsyncResult: ...  # type: ignore[override]
+        def list_get(self, *args: Any, **kwargs: Any) -> AsyncResult: ...  # type: ignore[override]
+        def queue_pop(self, *args: Any, **kwargs: Any) -> AsyncResult: ...  # type: ignore[override]
+
+        def upsert_multi(self, *args: Any, **kwargs: Any) -> AsyncResult: ...
+        def insert_multi(self, *args: Any, **kwargs: Any) -> AsyncResult: ...
+        def replace_multi(self, *args: Any, **kwargs: Any) -> AsyncResult: ...
+        def append_multi(self, *args: Any, **kwargs: Any) -> AsyncResult: ...
+        def prepend_multi(self, *args: Any, **kwargs: Any) -> AsyncResult: ...
+        def get_multi(self, *args: Any, **kwargs: Any) -> AsyncResult: ...
+        def touch_multi(self, *args: Any, **kwargs: Any) -> AsyncResult: ...
+        def remove_multi(self, *args: Any, **kwargs: Any) -> AsyncResult: ...
+        def counter_multi(self, *args: Any, **kwargs: Any) -> AsyncResult: ...
+        def incr_multi(self, *args: Any, **kwargs: Any) -> AsyncResult: ...
+        def decr_multi(self, *args: Any, **kwargs: Any) -> AsyncResult: ...
+        def rget_multi(self, *args: Any, **kwargs: Any) -> AsyncResult: ...
+        def lock_multi(self, *args: Any, **kwargs: Any) -> AsyncResult: ...
+        def unlock_multi(self, *args: Any, **kwargs: Any) -> AsyncResult: ...
+        def set_multi(self, *args: Any, **kwargs: Any) -> AsyncResult: ...
+        def add_multi(self, *args: Any, **kwargs: Any) -> AsyncResult: ...
+        def delete_multi(self, *args: Any, **kwargs: Any) -> AsyncResult: ...
+        def append_items(self, *args: Any, **kwargs: Any) -> AsyncResult: ...
+        def prepend_items(self, *args: Any, **kwargs: Any) -> AsyncResult: ...
 
     def __init__(self, iops: Optional[IOPS] = None, *args: Any, **kwargs: Any) -> None:
         if iops is None:

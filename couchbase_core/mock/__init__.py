@@ -25,8 +25,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import urllib.error
-import urllib.request
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 __all__ = ["MockCluster", "MockError"]
@@ -245,6 +243,9 @@ class MockCluster:
 
     def control(self, action: str, **body: Any) -> Dict[str, Any]:
         """POST one control action; returns (and keeps) the refreshed info."""
+        import urllib.error
+        import urllib.request  # here, not at the top: the pytest plugin imports this module in every run
+
         data = json.dumps({k: v for k, v in body.items() if v is not None}).encode()
         req = urllib.request.Request("%s/%s" % (self.control_url, action), data=data, method="POST",
                                      headers={"Content-Type": "application/json"})
@@ -258,6 +259,8 @@ class MockCluster:
 
     def refresh(self) -> Dict[str, Any]:
         """Re-read where everything is."""
+        import urllib.request
+
         with urllib.request.urlopen("%s/info" % self.control_url, timeout=30) as resp:
             self.info.update(json.loads(resp.read()))
         return self.info

@@ -88,7 +88,8 @@ def _make_certificate(directory: str) -> tuple:
     try:
         import trustme
     except ImportError:  # pragma: no cover - depends on the environment
-        raise SystemExit("--tls without --cert/--key needs the trustme package (pip install trustme)") from None
+        raise SystemExit(("--tls without --cert/--key needs the trustme package: install the 'mock' extra "
+                          "(pip install 'gcouchbase[mock]')")) from None
     ca = trustme.CA()
     cert = ca.issue_cert("127.0.0.1", "localhost")
     cert_path = os.path.join(directory, "server.pem")
@@ -126,6 +127,7 @@ async def _run(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="couchbase-mock-") as tmpdir:
         app = MockApp(options_from_args(args, tmpdir))
         await app.start(control_port=args.control_port)
+        _warn_without_js_engine()
         info = app.info()
         if getattr(args, "ca_cert", None):
             info["ca_cert"] = args.ca_cert
@@ -151,6 +153,18 @@ async def _run(args: argparse.Namespace) -> None:
             _watch_stdin(loop, stop)
         await stop.wait()
         await app.close()
+
+
+def _warn_without_js_engine() -> None:
+    """Say on stderr, once at start, that views will fail (everything
+    else works) when no JavaScript engine is installed."""
+    from couchbase_core.mock.views import INSTALL_HINT, js_engine_available
+
+    if js_engine_available() is None:
+        sys.stderr.write("couchbase emulator: no JavaScript engine (quickjs or dukpy) is installed, so view "
+                         "requests will fail with js_engine_missing; install the 'mock' extra (%s)\n"
+                         % INSTALL_HINT)
+        sys.stderr.flush()
 
 
 def _watch_stdin(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:

@@ -95,9 +95,9 @@ def router(app: "MockApp", runtime: "NodeRuntime") -> Router:
             return failure
         from couchbase_core.mock import views
 
-        engine = view_engine(app, bucket)
         spatial = request.params.get("kind") == "_spatial"
         try:
+            engine = view_engine(app, bucket)  # JSEngineMissing without a JavaScript engine
             chunks = engine.query(request.params["ddoc"], request.params["view"], dict(request.query),
                                   request.body if request.method == "POST" else None, spatial=spatial)
         except views.ViewError as exc:

@@ -11,15 +11,21 @@ Installed with the package (entry point ``pytest11``). Fixtures:
 
 ``couchbase_mock_session``
     The shared session cluster itself.
+
+pytest loads this module in every test run of an environment where
+gcouchbase is installed, so it imports nothing at module level beyond
+pytest and the typing module: the emulator (and its JavaScript engine) is
+imported and started only when a test asks for one of the fixtures.
 """
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import pytest
 
-from couchbase_core.mock import MockCluster
+if TYPE_CHECKING:  # pragma: no cover
+    from couchbase_core.mock import MockCluster
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -31,6 +37,8 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session")
 def couchbase_mock_session() -> Iterator[MockCluster]:
     """One emulated cluster for the whole session."""
+    from couchbase_core.mock import MockCluster
+
     with MockCluster() as cluster:
         yield cluster
 
@@ -40,6 +48,8 @@ def couchbase_mock(request: pytest.FixtureRequest) -> Iterator[MockCluster]:
     """A running emulated cluster (see the module docs)."""
     marker = request.node.get_closest_marker("couchbase_mock")
     if marker is not None:
+        from couchbase_core.mock import MockCluster
+
         with MockCluster(**marker.kwargs) as cluster:
             yield cluster
         return

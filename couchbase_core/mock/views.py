@@ -81,6 +81,8 @@ from urllib.parse import quote
 __all__ = [
     "Doc",
     "ViewError",
+    "JSEngineMissing",
+    "js_engine_available",
     "DesignDocuments",
     "ViewEngine",
     "collate_key",
@@ -314,6 +316,37 @@ class _JSError(Exception):
     """A JavaScript exception (compile or run time)."""
 
 
+#: How to get a JavaScript engine, quoted by :class:`JSEngineMissing`.
+INSTALL_HINT = "pip install 'gcouchbase[mock]'"
+
+
+class JSEngineMissing(ViewError, ImportError):
+    """No JavaScript engine is installed, so views cannot run.
+
+    Raised (and answered as an HTTP 500 ``js_engine_missing`` by the views
+    service) the first time a design document or a view query needs one.
+    The engines come with the ``mock`` extra; the rest of the emulator
+    works without them."""
+
+    def __init__(self, wanted: Optional[str] = None) -> None:
+        engines = wanted or "quickjs or dukpy"
+        ViewError.__init__(self, 500, "js_engine_missing",
+                           "the emulator's views need a JavaScript engine (%s), which is not installed: "
+                           "install the 'mock' extra (%s)" % (engines, INSTALL_HINT))
+
+
+def js_engine_available() -> Optional[str]:
+    """Name of the JavaScript engine views would use, or ``None`` when
+    neither ``quickjs`` nor ``dukpy`` is installed (nothing is imported:
+    only looked up)."""
+    import importlib.util
+
+    for name in ("quickjs", "dukpy"):
+        if importlib.util.find_spec(name) is not None:
+            return name
+    return None
+
+
 class _JSRuntime:
     """One JavaScript context with the view prelude; not thread-safe."""
 
@@ -324,7 +357,7 @@ class _JSRuntime:
                 import quickjs
             except ImportError:
                 if engine == "quickjs":
-                    raise
+                    raise JSEngineMissing("quickjs") from None
             else:
                 self.kind = "quickjs"
                 self._ctx = quickjs.Context()
@@ -333,7 +366,10 @@ class _JSRuntime:
                 self._errors: Tuple[type, ...] = (quickjs.JSException,)
                 self._funcs: Dict[str, Any] = {}
         if not self.kind:
-            import dukpy
+            try:
+                import dukpy
+            except ImportError:
+                raise JSEngineMissing(engine) from None
 
             self.kind = "dukpy"
             self._interp = dukpy.JSInterpreter()
