@@ -19,9 +19,9 @@ from __future__ import annotations
 import os
 from typing import Optional
 
+from catalog import create_app, settings_from_environment
 from gevent.lock import Semaphore
 
-from catalog import create_app, settings_from_environment
 from gcouchbase.bucket import Bucket
 
 _bucket: Optional[Bucket] = None

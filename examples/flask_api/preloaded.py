@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 
 from catalog import create_app, settings_from_environment
+
 from gcouchbase.bucket import Bucket
 
 #: Made at import: in the gunicorn master under --preload.
