@@ -1,9 +1,10 @@
 """The examples in ``examples/`` run, end to end, against the emulator.
 
 * ``examples/flask_api``: the catalogue API is served by
-  ``gunicorn -k gevent -w 2`` in both of its forms, a Bucket per worker
-  (``per_worker:app``, opened in ``post_fork``) and one Bucket made in the
-  master before the fork (``--preload preloaded:app``). Each is driven over
+  ``gunicorn -k gevent -w 2`` in each of its forms: a Bucket per worker
+  (``per_worker:app``), opened in ``post_fork`` or lazily by the first
+  request, and one Bucket made in the master before the fork
+  (``--preload preloaded:app``). Each is driven over
   HTTP (single and batch writes, reads, a N1QL query, a view, deletes) and
   every document read back is compared with what was written.
 * ``examples/locust``: Locust runs the user class headless for a few
@@ -160,6 +161,8 @@ def _gunicorn_argv(port: int, pidfile: str, *app_args: str) -> List[str]:
 VARIANTS = {
     # a Bucket per worker, opened in post_fork
     "per_worker": ["-c", "per_worker_conf.py", "per_worker:app"],
+    # a Bucket per worker, opened by the first request (no post_fork hook)
+    "per_worker_lazy": ["per_worker:app"],
     # one Bucket made in the master, before the fork
     "preloaded": ["--preload", "preloaded:app"],
 }
@@ -241,8 +244,10 @@ def test_flask_api_under_gunicorn_gevent(cluster, variant, tmp_path):
             assert answer["pid"] != master
             if variant == "preloaded":
                 assert answer["bucket_opened_by"] == master, answer  # before the fork, used after it
-            else:
+            elif variant == "per_worker":
                 assert answer["bucket_opened_by"] == answer["pid"], answer  # by the worker itself
+            else:  # by the worker itself, if it has served a request that needed it
+                assert answer["bucket_opened_by"] in (None, answer["pid"]), answer
         assert proc.poll() is None, open(log_path).read()
     finally:
         _stop_group(proc)
@@ -307,4 +312,4 @@ def test_locust_reports_failures(cluster, tmp_path):
     failures_path = str(tmp_path / "stats_failures.csv")
     with open(failures_path, newline="") as f:
         errors = [row["Error"] for row in csv.DictReader(f)]
-    assert errors and all("ArgumentError" in e or "key" in e.lower() for e in errors), errors
+    assert errors and all(e.startswith("ArgumentError(") for e in errors), errors

@@ -35,6 +35,7 @@ from typing import Any, Callable, Dict, Optional
 
 from gevent.lock import Semaphore
 from locust import User, between, events, task
+from locust.runners import MasterRunner
 
 from gcouchbase.bucket import Bucket
 
@@ -61,7 +62,8 @@ _user_numbers = itertools.count()
 
 
 def shared_bucket(environment: Any) -> Bucket:
-    """The Bucket every user of this process shares, opened on first use."""
+    """The Bucket every user of this process shares, opened on first use
+    (normally when Locust starts: :func:`connect_before_the_test`)."""
     global _shared_bucket
     with _opening:  # users that start together wait for one bootstrap
         if _shared_bucket is None:
@@ -71,6 +73,16 @@ def shared_bucket(environment: Any) -> Bucket:
                 kwargs = {"username": options.cb_username, "password": options.cb_password}
             _shared_bucket = Bucket(environment.host, **kwargs)
     return _shared_bucket
+
+
+@events.init.add_listener
+def connect_before_the_test(environment: Any, runner: Any = None, **_kwargs: Any) -> None:
+    """Open the shared Bucket when Locust starts, before any user is
+    spawned: the bootstrap does not eat into ``--run-time``, and a wrong
+    address is reported at once. A distributed run's master runs no users
+    and opens nothing."""
+    if environment.host and not isinstance(runner, MasterRunner):
+        shared_bucket(environment)
 
 
 @events.quitting.add_listener
