@@ -14,7 +14,8 @@
 
 Everything runs as subprocesses with bounded lifetimes (gunicorn under
 ``timeout`` when available, each process group killed in a ``finally``), on
-free loopback ports, and waits for readiness by polling with a deadline.
+free loopback ports (gunicorn inherits a socket already listening), and
+waits for readiness by polling with a deadline.
 Nothing here imports ``locust`` (it monkey-patches the importing process).
 """
 
@@ -54,10 +55,15 @@ def _require(*modules: str) -> None:
             pytest.skip("%s is not installed (pip install -e '.[examples]')" % name)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _listener() -> socket.socket:
+    """A listening socket on a free loopback port, inheritable: gunicorn
+    gets it as ``fd://N``, so no other process can take the port between
+    choosing it and binding it."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(128)
+    s.set_inheritable(True)
+    return s
 
 
 def _bounded(argv: List[str]) -> List[str]:
@@ -148,8 +154,8 @@ def _wait_until_serving(proc: "subprocess.Popen[bytes]", api: Api, log_path: str
         time.sleep(0.2)
 
 
-def _gunicorn_argv(port: int, pidfile: str, *app_args: str) -> List[str]:
-    argv = [sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", "2", "-b", "127.0.0.1:%d" % port,
+def _gunicorn_argv(fd: int, pidfile: str, *app_args: str) -> List[str]:
+    argv = [sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", "2", "-b", "fd://%d" % fd,
             "--pid", pidfile, "--timeout", "120", "--graceful-timeout", "5"]
     from gunicorn.config import KNOWN_SETTINGS  # a plain import: gunicorn patches nothing
 
@@ -181,14 +187,14 @@ def test_flask_api_under_gunicorn_gevent(cluster, variant, tmp_path):
     """Writes, reads, a N1QL query, a view and deletes through the API, two
     gevent workers; every document read back is the one written."""
     _require("gunicorn", "flask")
-    port = _free_port()
-    api = Api(port)
     log_path = str(tmp_path / "gunicorn.log")
     pidfile = str(tmp_path / "gunicorn.pid")
     log = open(log_path, "wb")
-    proc = subprocess.Popen(_bounded(_gunicorn_argv(port, pidfile, *VARIANTS[variant])), cwd=FLASK_API,
-                            env=_env(**_catalog_settings(cluster)), stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    with _listener() as listener:
+        api = Api(listener.getsockname()[1])
+        proc = subprocess.Popen(_bounded(_gunicorn_argv(listener.fileno(), pidfile, *VARIANTS[variant])),
+                                cwd=FLASK_API, env=_env(**_catalog_settings(cluster)), stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True, pass_fds=(listener.fileno(),))
     try:
         _wait_until_serving(proc, api, log_path)
         products = _products(variant)
