@@ -319,3 +319,14 @@ def test_locust_reports_failures(cluster, tmp_path):
     with open(failures_path, newline="") as f:
         errors = [row["Error"] for row in csv.DictReader(f)]
     assert errors and all(e.startswith("ArgumentError(") for e in errors), errors
+
+
+def test_examples_readme_shows_the_commands_tested_here():
+    """The gunicorn command lines in examples/README.md are the ones the
+    tests above run (less the test's own bind, pid file and timeouts)."""
+    with open(os.path.join(ROOT, "examples", "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    for variant in ("per_worker", "preloaded"):
+        assert "gunicorn -k gevent -w 2 %s\n" % " ".join(VARIANTS[variant]) in readme, variant
+    assert "locust -f examples/locust/locustfile.py --headless" in readme
+    assert "python catalog.py prepare" in readme
