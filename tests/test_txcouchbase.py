@@ -18,6 +18,7 @@ import pytest
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.python.failure import Failure
 
+from couchbase_core.analytics import AnalyticsQuery
 from couchbase_core.asynchronous.n1ql import AsyncN1QLRequest
 from couchbase_core.asynchronous.view import AsyncViewBase
 from couchbase_core.bucket import Bucket as BlockingBucket
@@ -27,7 +28,13 @@ from couchbase_core.mock import MockCluster
 from couchbase_core.n1ql import N1QLError
 from couchbase_core.result import AsyncResult, MultiResult, ValueResult
 from tests.flavours import TxDriver
-from txcouchbase.bucket import BatchedN1QLRequest, BatchedView, Bucket, RawBucket
+from txcouchbase.bucket import (
+    BatchedAnalyticsRequest,
+    BatchedN1QLRequest,
+    BatchedView,
+    Bucket,
+    RawBucket,
+)
 
 ADMIN = {"username": "Administrator", "password": "password"}
 DDOC = {"views": {"by_n": {"map": "function (doc) { if (doc.kind == 'tx') emit(doc.n, doc.n * 10); }"}}}
@@ -354,6 +361,17 @@ def test_search_query_all(tmp_path):
             assert [hit["id"] for hit in req] == ["stout"]
         finally:
             b.close()
+
+
+def test_analytics_query_all(cluster, ctxb):
+    setup = BlockingBucket(cluster.connstr_for("default"), operation_timeout=30, **ADMIN)
+    try:
+        setup.analytics_query("CREATE DATASET txd ON `default` WHERE `kind` = 'tx'; CONNECT LINK Local;").execute()
+    finally:
+        setup.close()
+    query = AnalyticsQuery("SELECT VALUE d.n FROM txd d WHERE d.n > ? ORDER BY d.n", 2)
+    req = wait(ctxb.analyticsQueryAll(query, None), 60)
+    assert isinstance(req, BatchedAnalyticsRequest) and list(req) == [3, 4]
 
 
 # ------------------------------------------------------------------ fork
