@@ -404,3 +404,17 @@ def test_a_bucket_raises_fork_error_in_a_child(txb, unique_key):
         os.waitpid(pid, 0)
     assert said == b"ForkError"
     assert wait(txb.upsert(unique_key, "parent")).success  # the parent goes on
+
+
+# ------------------------------------------------------------------ docs
+
+
+def test_documented_example_runs(memcached_server):
+    import re
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "docs", "async.md"), encoding="utf-8") as f:
+        blocks = re.findall(r"```python\n(.*?)```", f.read(), re.S)
+    namespace: dict = {}
+    exec(next(b for b in blocks if "def greet" in b), namespace)
+    assert wait(namespace["greet"](memcached_server.connstr)) == ({"text": "hello"}, ["greeting"])
