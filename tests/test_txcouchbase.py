@@ -191,6 +191,29 @@ def test_operations_issued_before_the_bootstrap_go_out_once_connected(memcached_
         b.close()
 
 
+def _our_descriptors() -> int:
+    from twisted.internet import reactor
+
+    from txcouchbase.iops import _Descriptor
+
+    return sum(isinstance(x, _Descriptor) for x in set(reactor.getReaders()) | set(reactor.getWriters()))
+
+
+def test_a_bucket_dropped_without_close_is_collected_and_leaves_the_reactor(memcached_server):
+    import gc
+    import weakref
+
+    before = _our_descriptors()
+    b = Bucket(memcached_server.connstr)
+    wait(b.on_connect())
+    assert _our_descriptors() > before
+    ref = weakref.ref(b)
+    del b
+    gc.collect()
+    assert ref() is None
+    assert _our_descriptors() == before
+
+
 # ---------------------------------------------------------- cancellation
 
 
@@ -338,6 +361,18 @@ def test_n1ql_query_all_and_ex(ctxb):
 
     ctxb.n1qlQueryEx(Collect, "SELECT RAW n FROM `default` WHERE kind = 'tx' ORDER BY n LIMIT 2")
     assert wait(Collect.done) == [0, 1]
+
+
+def test_a_query_issued_before_the_bootstrap_starts_once_connected(cluster):
+    b = Bucket(cluster.connstr_for("default"), operation_timeout=30, **ADMIN)
+    try:
+        d = b.n1qlQueryAll("SELECT RAW n FROM `default` WHERE kind = 'tx' ORDER BY n LIMIT 3")
+        view = b.queryEx(BatchedView, "tx", "by_n", stale=False, limit=1)
+        assert not view.started  # waits for the cluster map
+        assert list(wait(d)) == [0, 1, 2]
+        assert [r.key for r in wait(view._getDeferred())] == [0]
+    finally:
+        b.close()
 
 
 def test_cancelling_a_query_all_stops_it_and_the_bucket_goes_on(ctxb):

@@ -254,8 +254,23 @@ class RawBucket(AsyncBucket):
     # --------------------------------------------------------------- queries
 
     def _start_query(self, obj: Any) -> Any:
-        """Start ``obj`` now (the engine holds it until connected)."""
-        obj.start()
+        """Start ``obj`` now, or once the bucket is connected (a query needs
+        the cluster map to find a node of its service); a failed bootstrap
+        goes to its ``on_error``. A query cancelled meanwhile never starts."""
+        if self._connect_result is not _PENDING:
+            obj.start()
+            return obj
+
+        def connected(err: Optional[CouchbaseError]) -> None:
+            if getattr(obj, "_reported", False):
+                return
+            if err is None:
+                obj.start()
+            else:
+                obj._reported = True
+                obj.on_error(err)
+
+        AsyncBucket.on_connect(self, connected)
         return obj
 
     def queryEx(self, viewcls: type, *args: Any, **kwargs: Any) -> Any:
