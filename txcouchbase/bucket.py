@@ -68,10 +68,14 @@ class BatchedRowMixin:
     ``*QueryAll`` methods; ``_getDeferred()`` returns the Deferred. Cancelling
     the Deferred stops the request."""
 
+    # set by the request classes this is mixed into
+    _op: Any
+    _reported: bool
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._batched_rows: List[Any] = []
-        self._d: Deferred = Deferred(self._cancel_request)
+        self._d: Deferred[Any] = Deferred(self._cancel_request)
 
     def _getDeferred(self) -> Deferred:
         """The Deferred fired with this object once every row is in."""
@@ -189,7 +193,7 @@ class RawBucket(AsyncBucket):
     def connect(self) -> Deferred:
         """A Deferred fired (with None) once the bucket is connected, or
         failed with the bootstrap's error (2.x)."""
-        d = Deferred()
+        d: Deferred[None] = Deferred()
         self.registerDeferred("connect", d)
         return d
 
@@ -217,12 +221,12 @@ class RawBucket(AsyncBucket):
 
     def _run_one(self, op: Any, quiet: bool) -> AsyncResult:
         ar = AsyncBucket._run_one(self, op, quiet)
-        ar._txops = (op,)  # what defer()'s canceller detaches
+        ar._txops = (op,)  # type: ignore[attr-defined]  # what defer()'s canceller detaches
         return ar
 
     def _collect(self, ops: List[Any], mres: MultiResult, finish: Callable[[MultiResult], Any]) -> AsyncResult:
         ar = AsyncBucket._collect(self, ops, mres, finish)
-        ar._txops = tuple(ops)
+        ar._txops = tuple(ops)  # type: ignore[attr-defined]
         return ar
 
     def defer(self, opres: AsyncResult) -> Deferred:
@@ -237,7 +241,7 @@ class RawBucket(AsyncBucket):
                 op.sink = discard
                 engine.cancel(op)
 
-        d = Deferred(cancel)
+        d: Deferred[Any] = Deferred(cancel)
 
         def on_ok(result: Any) -> None:
             if not d.called:

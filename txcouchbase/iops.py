@@ -106,7 +106,8 @@ class IOPS(base.IOPS):
             from twisted.internet import reactor as global_reactor
 
             reactor = global_reactor
-        self.reactor = reactor
+        #: The reactor (an IReactorFDSet and IReactorTime provider).
+        self.reactor: Any = reactor
 
     # ------------------------------------------------------------- sockets
 
