@@ -15,6 +15,7 @@ import socket
 from typing import Any, List, Tuple
 
 import pytest
+from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.python.failure import Failure
 
@@ -24,6 +25,12 @@ from couchbase_core.asynchronous.view import AsyncViewBase
 from couchbase_core.bucket import Bucket as BlockingBucket
 from couchbase_core.exceptions import ArgumentError, CouchbaseError, ForkError, NotFoundError
 from couchbase_core.fulltext import MatchQuery
+from couchbase_core.iops.base import (
+    LCB_READ_EVENT,
+    LCB_WRITE_EVENT,
+    PYCBC_EVACTION_CLEANUP,
+    PYCBC_EVACTION_WATCH,
+)
 from couchbase_core.mock import MockCluster
 from couchbase_core.n1ql import N1QLError
 from couchbase_core.result import AsyncResult, MultiResult, ValueResult
@@ -35,6 +42,7 @@ from txcouchbase.bucket import (
     Bucket,
     RawBucket,
 )
+from txcouchbase.iops import IOPS, _Descriptor
 
 ADMIN = {"username": "Administrator", "password": "password"}
 DDOC = {"views": {"by_n": {"map": "function (doc) { if (doc.kind == 'tx') emit(doc.n, doc.n * 10); }"}}}
@@ -70,6 +78,64 @@ def txb(memcached_server):
     wait(b.on_connect())
     yield b
     b.close()
+
+
+# ------------------------------------------------------------------ IOPS
+
+
+def test_iops_hands_a_refused_connect_to_the_engine_and_can_watch_again():
+    """A refused connect is reported hung up and not readable: the reactor
+    drops the descriptor and calls connectionLost, and the IOPS must pass
+    the readiness on (the engine reads SO_ERROR) and forget its watch."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    iops = IOPS()
+    sock = socket.socket()
+    sock.setblocking(False)
+    sock.connect_ex(("127.0.0.1", port))
+    event = iops.io_event_factory()
+    event.fd = sock.fileno()
+    seen: List[int] = []
+    event._handler = seen.append
+    try:
+        iops.update_event(event, PYCBC_EVACTION_WATCH, LCB_WRITE_EVENT)
+        TxDriver.run_until(lambda: seen, 30)
+        assert seen[0] & LCB_WRITE_EVENT
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) != 0
+        seen.clear()
+        iops.update_event(event, PYCBC_EVACTION_WATCH, LCB_WRITE_EVENT)  # registered anew, no error
+        TxDriver.run_until(lambda: seen, 30)
+        assert seen and seen[0] & LCB_WRITE_EVENT
+    finally:
+        iops.update_event(event, PYCBC_EVACTION_CLEANUP, 0)
+        sock.close()
+
+
+def test_iops_survives_a_raising_handler():
+    iops = IOPS()
+    ours, theirs = socket.socketpair()
+    event = iops.io_event_factory()
+    event.fd = ours.fileno()
+    calls: List[int] = []
+
+    def boom(flags: int) -> None:
+        calls.append(flags)
+        raise RuntimeError("boom")
+
+    event._handler = boom
+    try:
+        theirs.send(b"x")
+        iops.update_event(event, PYCBC_EVACTION_WATCH, LCB_READ_EVENT)
+        desc = event.pydata
+        # the reactor keeps the descriptor: the still-readable socket keeps firing
+        TxDriver.run_until(lambda: len(calls) >= 3, 30)
+        assert desc in iops.reactor.getReaders()
+    finally:
+        iops.update_event(event, PYCBC_EVACTION_CLEANUP, 0)
+        ours.close()
+        theirs.close()
+    assert desc not in iops.reactor.getReaders() and event.pydata is None
 
 
 # ------------------------------------------------------------- key-value
@@ -192,10 +258,6 @@ def test_operations_issued_before_the_bootstrap_go_out_once_connected(memcached_
 
 
 def _our_descriptors() -> int:
-    from twisted.internet import reactor
-
-    from txcouchbase.iops import _Descriptor
-
     return sum(isinstance(x, _Descriptor) for x in set(reactor.getReaders()) | set(reactor.getWriters()))
 
 
