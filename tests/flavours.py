@@ -5,7 +5,8 @@ wrapped by :class:`AsyncDriver`: each call returns an AsyncResult, the driver
 sets its ``callback`` and ``errback``, runs the bucket's select loop until
 exactly one of them fired, and then returns the callback's result or raises
 the errback's exception. So the shared tests exercise the async API through
-its documented callbacks, not around them.
+its documented callbacks, not around them. The txcouchbase Bucket is wrapped
+the same way by :class:`TxDriver`, through its Deferreds.
 """
 
 from __future__ import annotations

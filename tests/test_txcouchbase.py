@@ -300,6 +300,15 @@ def test_cancel_withdraws_an_unwritten_request(memcached_server, unique_key):
         b.close()
 
 
+def _written_get(b: Bucket, key: str) -> Tuple[Deferred, Any]:
+    """A get whose request has left for the server: (its Deferred, its op)."""
+    ar = RawBucket.get(b, key)
+    d = b.defer(ar)
+    (op,) = ar._txops
+    TxDriver.run_until(lambda: op.written and op.wire is None, 30)
+    return d, op
+
+
 def test_cancel_drops_the_reply_of_a_written_request_memcached(fresh_memcached, unique_key):
     b = Bucket(fresh_memcached.connstr, operation_timeout=30)
     try:
@@ -307,23 +316,22 @@ def test_cancel_drops_the_reply_of_a_written_request_memcached(fresh_memcached, 
         wait(b.upsert_multi({unique_key + "a": "A", unique_key + "b": "B"}))
         fresh_memcached.pause()  # holds every reply
         try:
-            ar = RawBucket.get(b, unique_key + "a")
-            first = b.defer(ar)
-            turn(0.2)
-            assert not first.called
-            (op,) = ar._txops  # written, and waiting for its reply
-            assert op.wire is None and op in op.conn.pending.values()
+            first, op = _written_get(b, unique_key + "a")
+            conn = op.conn
+            assert not first.called and op in conn.pending.values()
             first.cancel()
             _cancelled(first)
-            assert op not in op.conn.pending.values()
-            second = b.get(unique_key + "b")
+            assert op not in conn.pending.values()
+            second, op2 = _written_get(b, unique_key + "b")
             many = b.get_multi([unique_key + "a", unique_key + "b"])
             many.cancel()
             _cancelled(many)
         finally:
             fresh_memcached.resume()
-        # the cancelled reply is read and dropped: the next one is in step
+        # the cancelled replies are read and dropped: the next one is in step,
+        # on the same connection (nothing was torn down)
         assert wait(second).value == "B"
+        assert op2.conn is conn
         assert wait(b.get(unique_key + "a")).value == "A"
     finally:
         b.close()
@@ -352,17 +360,15 @@ def ctxb(cluster):
 
 
 def test_cancel_drops_the_reply_of_a_written_request_emulator(cluster, ctxb):
-    cluster.delay(0.5)
+    cluster.delay(2.0)  # every reply held that long
     try:
-        first = ctxb.get("tx:1")
-        turn(0.1)
+        first, op = _written_get(ctxb, "tx:1")
         assert not first.called
         first.cancel()
         _cancelled(first)
-        second = ctxb.get("tx:2")
+        second, op2 = _written_get(ctxb, "tx:2")
         assert wait(second).value == {"kind": "tx", "n": 2}
-        turn(0.6)  # nothing more arrives for the cancelled one
-        assert first.called
+        assert op2.conn is op.conn and op not in op.conn.pending.values()
     finally:
         cluster.clear_faults()
     assert wait(ctxb.get("tx:1")).value == {"kind": "tx", "n": 1}
