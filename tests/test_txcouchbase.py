@@ -300,6 +300,16 @@ def test_cancel_withdraws_an_unwritten_request(memcached_server, unique_key):
         b.close()
 
 
+def test_cancel_inside_a_pipeline_block_withdraws_the_operation(txb, unique_key):
+    with txb.pipeline():
+        dropped = txb.upsert(unique_key + "dropped", "x")
+        kept = txb.upsert(unique_key + "kept", "y")
+        dropped.cancel()
+    _cancelled(dropped)
+    assert wait(kept).success
+    assert wait(txb.get(unique_key + "dropped", quiet=True)).success is False
+
+
 def _written_get(b: Bucket, key: str) -> Tuple[Deferred, Any]:
     """A get whose request has left for the server: (its Deferred, its op)."""
     ar = RawBucket.get(b, key)

@@ -39,7 +39,7 @@ from twisted.python.failure import Failure
 
 from couchbase_core._kvops import discard
 from couchbase_core.asynchronous.analytics import AsyncAnalyticsRequest
-from couchbase_core.asynchronous.bucket import _PENDING, AsyncBucket
+from couchbase_core.asynchronous.bucket import _PENDING, AsyncBucket, _AsyncPipeline
 from couchbase_core.asynchronous.fulltext import AsyncSearchRequest
 from couchbase_core.asynchronous.n1ql import AsyncN1QLRequest
 from couchbase_core.asynchronous.view import AsyncViewBase
@@ -129,6 +129,16 @@ class BatchedAnalyticsRequest(BatchedRowMixin, AsyncAnalyticsRequest):
 # ------------------------------------------------------------------ RawBucket
 
 
+class _TxPipeline(_AsyncPipeline):
+    """``with bucket.pipeline():`` on a Twisted bucket: an operation whose
+    Deferred was cancelled inside the block is not sent when it ends."""
+
+    def __exit__(self, *exc: Any) -> None:
+        self._queue = [op for op in self._queue if not op.done]
+        _AsyncPipeline.__exit__(self, *exc)
+
+
+
 def _connect_failure(err: Optional[BaseException]) -> Optional[Failure]:
     return None if err is None else Failure(err)
 
@@ -216,6 +226,11 @@ class RawBucket(AsyncBucket):
                 waiting, self._events["_dtor"] = self._events["_dtor"], []
                 for d in waiting:
                     self._fire(d, None, None)
+
+    def pipeline(self) -> Any:
+        """Batch the operations the caller issues inside the block (see
+        :meth:`AsyncBucket.pipeline`); those cancelled inside it are dropped."""
+        return _TxPipeline(self)
 
     # ------------------------------------------------ AsyncResult -> Deferred
 
