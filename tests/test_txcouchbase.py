@@ -241,10 +241,23 @@ def test_the_dtor_event_fires_on_close(memcached_server):
     b.registerDeferred("_dtor", d)
     assert not d.called
     b.close()
+    assert not d.called  # fired from the reactor, not inside close()
     assert wait(d) is None
     late = Deferred()
     b.registerDeferred("_dtor", late)
     assert wait(late) is None
+
+
+def test_the_dtor_event_fires_when_an_unclosed_bucket_is_collected(memcached_server):
+    import gc
+
+    b = Bucket(memcached_server.connstr)
+    wait(b.on_connect())
+    d = Deferred()
+    b.registerDeferred("_dtor", d)
+    del b
+    gc.collect()
+    assert wait(d) is None
 
 
 def test_operations_issued_before_the_bootstrap_go_out_once_connected(memcached_server, unique_key):

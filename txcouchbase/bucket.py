@@ -185,8 +185,9 @@ class RawBucket(AsyncBucket):
     def registerDeferred(self, event: str, d: Deferred) -> None:
         """Fire ``d`` when ``event`` happens: ``"connect"`` (the bootstrap
         ended: callback(None), or errback with its error) or ``"_dtor"``
-        (the bucket was closed: callback(None)). If the event has already
-        happened, ``d`` fires on the next reactor turn.
+        (the bucket was closed, by ``close()`` or by being collected:
+        callback(None)). ``d`` fires on a reactor turn, never inside the
+        call that made the event happen (or this one).
 
         Raises:
             ValueError: for any other event name.
@@ -217,7 +218,9 @@ class RawBucket(AsyncBucket):
 
     def close(self) -> None:
         """Close every connection (pending operations fail with
-        ObjectDestroyedError) and fire the ``_dtor`` Deferreds."""
+        ObjectDestroyedError); the ``_dtor`` Deferreds fire on the next
+        reactor turn. A bucket collected unclosed is closed the same way
+        (so its ``_dtor`` Deferreds fire too, never inside the collector)."""
         try:
             AsyncBucket.close(self)
         finally:
@@ -225,7 +228,7 @@ class RawBucket(AsyncBucket):
                 self._dtor_fired = True
                 waiting, self._events["_dtor"] = self._events["_dtor"], []
                 for d in waiting:
-                    self._fire(d, None, None)
+                    self.reactor.callLater(0, self._fire, d, None, None)
 
     def pipeline(self) -> Any:
         """Batch the operations the caller issues inside the block (see
