@@ -5,7 +5,8 @@ wrapped by :class:`AsyncDriver`: each call returns an AsyncResult, the driver
 sets its ``callback`` and ``errback``, runs the bucket's select loop until
 exactly one of them fired, and then returns the callback's result or raises
 the errback's exception. So the shared tests exercise the async API through
-its documented callbacks, not around them.
+its documented callbacks, not around them. The txcouchbase Bucket is wrapped
+the same way by :class:`TxDriver`, through its Deferreds.
 """
 
 from __future__ import annotations
@@ -18,6 +19,12 @@ from couchbase_core.iops.select import SelectIOPS
 from couchbase_core.result import AsyncResult
 
 FLAVOURS = ["blocking", "async", "gevent"]
+FLAVOURS.append("txcouchbase")  # TxDriver below
+
+#: The flavours whose calls hand over AsyncResult outcomes (through
+#: callbacks or Deferreds): reports such as stats() come in ``value``, and
+#: single-key data-structure calls give the whole result.
+CALLBACK_FLAVOURS = frozenset({"async", "txcouchbase"})
 
 
 class AsyncDriver:
@@ -85,6 +92,78 @@ class AsyncDriver:
         self.iops.run_once(0)
 
 
+class TxDriver:
+    """Drives a :class:`txcouchbase.bucket.Bucket` synchronously: each call
+    returns a Deferred, the driver adds a callback and an errback and turns
+    the global reactor with ``reactor.iterate()`` until one of them ran
+    (the global reactor cannot be restarted once stopped, so it is never
+    run), then returns the result or raises the Failure's exception. A
+    Deferred that never fires fails the test after a bound, never hangs it.
+    """
+
+    def __init__(self, connstr: str, **kwargs: Any) -> None:
+        from txcouchbase.bucket import Bucket as TxBucket
+
+        self.raw = TxBucket(connstr, **kwargs)
+        try:
+            self.wait(self.raw.on_connect(), 30)
+        except BaseException:
+            self.raw.close()
+            raise
+
+    @staticmethod
+    def run_until(done: Any, timeout: float) -> None:
+        """Turn the reactor until ``done()`` or ``timeout`` seconds passed."""
+        import time
+
+        from twisted.internet import reactor
+
+        deadline = time.monotonic() + timeout
+        while not done():
+            if time.monotonic() > deadline:
+                raise AssertionError("the Deferred never fired")
+            reactor.iterate(0.05)
+
+    def wait(self, d: Any, timeout: float = 60) -> Any:
+        """Wait for a Deferred through its callback/errback."""
+        fired: List[Any] = []
+        d.addCallbacks(lambda res: fired.append(("ok", res)), lambda f: fired.append(("err", f)))
+        self.run_until(lambda: fired, timeout)
+        kind, value = fired[0]
+        if kind == "ok":
+            if isinstance(value, AsyncResult) and "value" in vars(value):
+                return value.value
+            return value
+        value.raiseException()
+
+    def __getattr__(self, name: str) -> Any:
+        from twisted.internet.defer import Deferred
+
+        attr = getattr(self.raw, name)
+        if not callable(attr) or name in ("pipeline", "close", "on_connect"):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            out = attr(*args, **kwargs)
+            if isinstance(out, Deferred):
+                return self.wait(out)
+            return out
+
+        return call
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "raw":
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self.raw, name, value)
+
+    def close(self) -> None:
+        from twisted.internet import reactor
+
+        self.raw.close()
+        reactor.iterate(0)
+
+
 def open_bucket(flavour: str, connstr: str, **kwargs: Any) -> Any:
     """Open a bucket of ``flavour`` on ``connstr``."""
     if flavour == "blocking":
@@ -95,4 +174,6 @@ def open_bucket(flavour: str, connstr: str, **kwargs: Any) -> Any:
         from gcouchbase.bucket import Bucket as GBucket
 
         return GBucket(connstr, **kwargs)
+    if flavour == "txcouchbase":
+        return TxDriver(connstr, **kwargs)
     raise ValueError(flavour)

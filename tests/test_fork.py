@@ -202,8 +202,15 @@ def _run_hammer(bucket: Any, test: str, greenlets: int = 1, child_setup: Callabl
     assert bucket.get(_key(test, 0, 1)).value == _value(0, 1)
 
 
+#: The flavours whose buckets keep working in a child. Not txcouchbase: a
+#: Twisted reactor does not survive fork() (its epoll descriptor is the
+#: parent's), so its IOPS has no after_fork and a bucket raises ForkError in
+#: the child (tests/test_txcouchbase.py checks that).
+FORKABLE = [f for f in FLAVOURS if f != "txcouchbase"]
+
+
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("flavour", FLAVOURS)
+@pytest.mark.parametrize("flavour", FORKABLE)
 def test_parent_and_two_children_hammer_one_bucket_memcached(flavour, memcached_server):
     bucket = open_bucket(flavour, memcached_server.connstr)
     try:
@@ -266,7 +273,7 @@ def test_child_first_use_bootstraps_afresh_couchbase(couchbase_mock):
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("flavour", FLAVOURS)
+@pytest.mark.parametrize("flavour", FORKABLE)
 def test_child_first_use_reconnects_memcached(flavour, memcached_server):
     bucket = open_bucket(flavour, memcached_server.connstr)
     raw = getattr(bucket, "raw", bucket)

@@ -96,3 +96,18 @@ def test_select_survives_a_raising_callback(caplog):
     assert seen == [0]
     assert "boom" in caplog.text
     iops.close()
+
+
+class TestTwistedIOPS(IOPSContract):
+    """The Twisted reactor IOPS, turned with ``reactor.iterate()`` (the
+    global reactor cannot be restarted, so no test runs it)."""
+
+    def make_iops(self):
+        from txcouchbase.iops import IOPS as TwistedIOPS
+
+        return TwistedIOPS()
+
+    def run_loop(self, iops, until, timeout):
+        deadline = time.monotonic() + max(timeout, GUARD)
+        while not until() and time.monotonic() < deadline:
+            iops.reactor.iterate(0.001)

@@ -80,7 +80,11 @@ class AsyncViewBase(View):
         if not ids:
             self._docs_arrived({})
             return
-        ar = self.bucket.get_multi(ids, quiet=True)
+        # AsyncBucket's own get_multi: a subclass may wrap the public one
+        # (txcouchbase.bucket.Bucket returns Deferreds), this needs the AsyncResult.
+        from couchbase_core.asynchronous.bucket import AsyncBucket
+
+        ar = AsyncBucket.get_multi(self.bucket, ids, quiet=True)
         ar.callback = lambda res: self._docs_arrived(dict(res))
         ar.errback = lambda res, et, ev, tb: self._docs_arrived(dict(res))
 
