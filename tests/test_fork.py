@@ -202,8 +202,18 @@ def _run_hammer(bucket: Any, test: str, greenlets: int = 1, child_setup: Callabl
     assert bucket.get(_key(test, 0, 1)).value == _value(0, 1)
 
 
+#: Every flavour but acouchbase: an asyncio loop does not survive fork() (the
+#: child's selector and self-pipe are the parent's), so its IOPS has no
+#: after_fork and its buckets raise ForkError in the child (tested in
+#: tests/test_acouchbase.py).
+FORK_FLAVOURS = [pytest.param(f, marks=pytest.mark.skip(reason="asyncio loops do not survive fork(): acouchbase "
+                                                               "buckets raise ForkError in the child "
+                                                               "(tests/test_acouchbase.py)"))
+                 if f == "acouchbase" else f for f in FLAVOURS]
+
+
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("flavour", FLAVOURS)
+@pytest.mark.parametrize("flavour", FORK_FLAVOURS)
 def test_parent_and_two_children_hammer_one_bucket_memcached(flavour, memcached_server):
     bucket = open_bucket(flavour, memcached_server.connstr)
     try:
@@ -266,7 +276,7 @@ def test_child_first_use_bootstraps_afresh_couchbase(couchbase_mock):
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("flavour", FLAVOURS)
+@pytest.mark.parametrize("flavour", FORK_FLAVOURS)
 def test_child_first_use_reconnects_memcached(flavour, memcached_server):
     bucket = open_bucket(flavour, memcached_server.connstr)
     raw = getattr(bucket, "raw", bucket)
