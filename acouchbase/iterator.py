@@ -79,12 +79,12 @@ class AioRows:
         self._wake()
 
     def on_done(self) -> None:
-        self._end(_DONE)
+        self._conclude(_DONE)
 
     def on_error(self, ex: BaseException) -> None:
-        self._end(ex)
+        self._conclude(ex)
 
-    def _end(self, outcome: Any) -> None:
+    def _conclude(self, outcome: Any) -> None:
         if self._outcome is not None:
             return
         self._outcome = outcome
@@ -124,7 +124,7 @@ class AioRows:
             if op is not None:
                 op.cancel()
             self._reported = True  # the request class reports nothing more
-            self._end(_DONE)
+            self._conclude(_DONE)
         self._rows.clear()
 
     def __aiter__(self) -> AsyncIterator[Any]:
