@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict
 import pytest
 
 import acouchbase.iterator as aiter_mod
+import couchbase_core.fulltext as FT
 from acouchbase.bucket import Bucket
 from couchbase_core.bucket import Bucket as BlockingBucket
 from couchbase_core.exceptions import (
@@ -31,6 +32,7 @@ from couchbase_core.exceptions import (
 from couchbase_core.mock import MockCluster
 from couchbase_core.n1ql import N1QLError, N1QLQuery
 from couchbase_core.views.iterator import AlreadyQueriedError
+from tests.test_search import put_index
 
 ADMIN = {"username": "Administrator", "password": "password"}
 ROWS = 1200  # documents of the row tests
@@ -335,9 +337,39 @@ def cluster():
                 use_devmode=False, syncwait=60)
             assert list(b.query("aio", "by_n", stale=False, limit=1))
             mgr.n1ql_index_create_primary()
+            b.upsert_multi(BEERS)
+            put_index(mock, "aio-beers")
+            b.analytics_query("CREATE DATASET rows ON `default` WHERE `kind` = 'r'; CONNECT LINK Local;").execute()
         finally:
             b.close()
         yield mock
+
+
+BEERS = {"acb:ipa": {"desc": "hoppy pale ale"}, "acb:lager": {"desc": "clean malty lager"}}
+
+
+def test_async_for_over_search_hits(run, cluster):
+    async def main() -> None:
+        cb = Bucket(cluster.connstr_for("default"), operation_timeout=60, **ADMIN)
+        await cb.connect()
+        req = cb.search("aio-beers", FT.MatchQuery("hoppy", field="desc"))
+        hits = [hit async for hit in req]
+        assert [h["id"] for h in hits] == ["acb:ipa"] and req.total_hits == 1
+        cb.close()
+
+    run(main())
+
+
+def test_async_for_over_analytics_rows(run, cluster):
+    async def main() -> None:
+        cb = Bucket(cluster.connstr_for("default"), operation_timeout=60, **ADMIN)
+        await cb.connect()
+        req = cb.analytics_query("SELECT VALUE d.n FROM rows d WHERE d.n < ? ORDER BY d.n", None, 4)
+        assert [n async for n in req] == [0, 1, 2, 3]
+        assert req.meta["status"] == "success"
+        cb.close()
+
+    run(main())
 
 
 STATEMENT = "SELECT RAW n FROM `default` WHERE kind = 'r' ORDER BY n"
