@@ -7,10 +7,12 @@ is awaitable, running on an asyncio loop (the stock loops or uvloop) through
 See docs/async.md.
 """
 
+from typing import Any
+
 __all__ = ["Bucket"]
 
 
-def __getattr__(name: str):  # lazily: importing the package costs nothing
+def __getattr__(name: str) -> Any:  # lazily: importing the package costs nothing
     if name == "Bucket":
         from acouchbase.bucket import Bucket
 

@@ -159,7 +159,7 @@ class Bucket(AsyncBucket):
         if running is not None and running is not self._loop:
             raise ObjectThreadError("this Bucket belongs to another event loop (%r)" % (self._loop,))
 
-    def _run_one(self, op: Any, quiet: bool) -> "asyncio.Future[Any]":
+    def _run_one(self, op: Any, quiet: bool) -> "asyncio.Future[Any]":  # type: ignore[override]
         self._check_loop()
         fut = _OpFuture(loop=self._loop)
         fut._ops = (op,)
@@ -167,7 +167,8 @@ class Bucket(AsyncBucket):
         _settle(fut, AsyncBucket._run_one(self, op, quiet), False)
         return fut
 
-    def _collect(self, ops: List[Any], mres: MultiResult, finish: Any) -> "asyncio.Future[Any]":
+    def _collect(self, ops: List[Any], mres: MultiResult,  # type: ignore[override]
+                 finish: Any) -> "asyncio.Future[Any]":
         self._check_loop()
         fut = _OpFuture(loop=self._loop)
         fut._ops = tuple(ops)
@@ -175,7 +176,7 @@ class Bucket(AsyncBucket):
         _settle(fut, AsyncBucket._collect(self, ops, mres, finish), True)
         return fut
 
-    def pipeline(self) -> Any:  # type: ignore[override]
+    def pipeline(self) -> Any:
         """Batch the operations the calling task issues inside the block:
         they are sent together when it ends; await their futures after it."""
         return _AioPipeline(self)

@@ -234,18 +234,18 @@ class AView(AioRows, AsyncViewBase):
         fetch.add_done_callback(fetched)
 
 
-class AN1QLRequest(AioRows, AsyncN1QLRequest):
+class AN1QLRequest(AioRows, AsyncN1QLRequest):  # type: ignore[misc]  # execute() is a coroutine here
     """N1QL rows for ``async for``; ``meta`` (``metrics``, ``errors``...)
     is there once the response has ended. Prepared statements
     (``adhoc = False``) are prepared, and re-prepared once when the plan
     went stale, as in the other flavours."""
 
 
-class AAnalyticsRequest(AioRows, AsyncAnalyticsRequest):
+class AAnalyticsRequest(AioRows, AsyncAnalyticsRequest):  # type: ignore[misc]  # execute() is a coroutine here
     """Analytics rows for ``async for`` (as :class:`AN1QLRequest`).
     Deferred queries are not available on the asyncio bucket."""
 
 
-class ASearchRequest(AioRows, AsyncSearchRequest):
+class ASearchRequest(AioRows, AsyncSearchRequest):  # type: ignore[misc]  # execute() is a coroutine here
     """Full-text search hits for ``async for``; ``meta``, ``total_hits``
     and ``facets`` are there once the response has ended."""

@@ -162,11 +162,13 @@ def test_pipeline_futures_settle_after_the_block(run, memcached_server):
             stored = cb.upsert("acb:pipe", "v")
             read = cb.get("acb:pipe")
             dropped = cb.upsert("acb:pipe-dropped", "never sent")
-            dropped.cancel()
+            dropped_many = cb.upsert_multi({"acb:pipe-dropped1": 1, "acb:pipe-dropped2": 2})
+            assert dropped.cancel() and dropped_many.cancel()
             assert not stored.done() and not read.done()
         assert (await stored).success and (await read).value == "v"
         assert dropped.cancelled()
-        assert (await cb.get("acb:pipe-dropped", quiet=True)).success is False
+        gone = await cb.get_multi(["acb:pipe-dropped", "acb:pipe-dropped1", "acb:pipe-dropped2"], quiet=True)
+        assert not any(r.success for r in gone.values())
         cb.close()
 
     run(main())
