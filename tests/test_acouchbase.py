@@ -154,6 +154,39 @@ def test_a_bucket_refuses_another_running_loop(memcached_server):
         loop.close()
 
 
+def test_host_names_are_resolved_through_the_loop(run, memcached_server, monkeypatch):
+    from acouchbase.asyncio_iops import IOPS
+
+    asked = []
+    resolve = IOPS.resolve
+
+    def recording(self: Any, host: str, port: int, callback: Any) -> None:
+        asked.append(host)
+        resolve(self, host, port, callback)
+
+    monkeypatch.setattr(IOPS, "resolve", recording)
+    port = memcached_server.connstr.rsplit(":", 1)[1]
+
+    async def main() -> None:
+        cb = Bucket("memcached://localhost:%s" % port)
+        await cb.connect()
+        assert (await cb.upsert("acb:resolved", 1)).success
+        cb.close()
+
+    run(main())
+    assert asked == ["localhost"]
+
+
+def test_a_bucket_outliving_its_loop_still_closes(memcached_server):
+    loop = asyncio.new_event_loop()
+    cb = Bucket(memcached_server.connstr, loop=loop)
+    loop.run_until_complete(cb.connect())
+    pending_op = cb.get("acb:k")
+    loop.close()
+    cb.close()  # no watch or timer can be set on a closed loop: nothing raises
+    assert cb.closed and not pending_op.done()
+
+
 def test_pipeline_futures_settle_after_the_block(run, memcached_server):
     async def main() -> None:
         cb = Bucket(memcached_server.connstr)
