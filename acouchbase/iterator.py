@@ -118,12 +118,15 @@ class AioRows:
 
     def cancel(self) -> None:
         """Abandon the request: its HTTP connection is closed, buffered rows
-        are dropped, and an ``async for`` over it sees no more rows."""
+        are dropped, an ``async for`` over it sees no more rows, and
+        :attr:`future` (if it was asked for) is cancelled."""
         if self._outcome is None:
             op = self._op  # type: ignore[attr-defined]
             if op is not None:
                 op.cancel()
             self._reported = True  # the request class reports nothing more
+            if self._all is not None:
+                self._all.cancel()  # whoever awaits the whole result hears of it
             self._conclude(_DONE)
         self._rows.clear()
 
