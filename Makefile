@@ -33,7 +33,7 @@ bench-instr: venv memcached
 	$(PY) -m bench.instr
 
 lint: venv
-	$(PY) -m ruff check couchbase_core gcouchbase txcouchbase tests bench examples
+	$(PY) -m ruff check couchbase_core gcouchbase acouchbase txcouchbase tests bench examples
 	$(PY) -m mypy couchbase_core/_engine couchbase_core/iops
 
 clean:

@@ -1,4 +1,4 @@
-"""The three bucket flavours behind one synchronous test interface.
+"""The bucket flavours behind one synchronous test interface.
 
 The blocking and gevent buckets are used as they are. The AsyncBucket is
 wrapped by :class:`AsyncDriver`: each call returns an AsyncResult, the driver
@@ -6,7 +6,8 @@ sets its ``callback`` and ``errback``, runs the bucket's select loop until
 exactly one of them fired, and then returns the callback's result or raises
 the errback's exception. So the shared tests exercise the async API through
 its documented callbacks, not around them. The txcouchbase Bucket is wrapped
-the same way by :class:`TxDriver`, through its Deferreds.
+the same way by :class:`TxDriver`, through its Deferreds, and the acouchbase
+Bucket by :class:`AioDriver`, which runs an asyncio loop until each future settles.
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ from couchbase_core.result import AsyncResult
 
 FLAVOURS = ["blocking", "async", "gevent"]
 FLAVOURS.append("txcouchbase")  # TxDriver below
+FLAVOURS.append("acouchbase")  # AioDriver below
 
 #: The flavours whose calls hand over AsyncResult outcomes (through
 #: callbacks or Deferreds): reports such as stats() come in ``value``, and
 #: single-key data-structure calls give the whole result.
-CALLBACK_FLAVOURS = frozenset({"async", "txcouchbase"})
+CALLBACK_FLAVOURS = frozenset({"async", "txcouchbase", "acouchbase"})
 
 
 class AsyncDriver:
@@ -164,6 +166,106 @@ class TxDriver:
         reactor.iterate(0)
 
 
+class AioDriver:
+    """Drives an acouchbase Bucket synchronously: the driver owns an asyncio
+    loop (uvloop's when ``uvloop=True``); each call returns a future, and
+    the driver runs the loop until it has settled, then returns its result
+    or raises its exception. Row iterators come back wrapped in
+    :class:`AioRowsDriver`."""
+
+    def __init__(self, connstr: str, uvloop: bool = False, **kwargs: Any) -> None:
+        import asyncio
+
+        from acouchbase.bucket import Bucket as AioBucket
+
+        if uvloop:
+            import uvloop as uv
+
+            self.loop = uv.new_event_loop()
+        else:
+            self.loop = asyncio.new_event_loop()
+
+        async def connect() -> Any:
+            bucket = AioBucket(connstr, **kwargs)
+            await bucket.connect()
+            return bucket
+
+        try:
+            self.raw = self.loop.run_until_complete(connect())
+        except BaseException:
+            self._settle()
+            self.loop.close()
+            raise
+
+    def _settle(self) -> None:
+        import asyncio
+
+        self.loop.run_until_complete(asyncio.sleep(0.01))
+
+    def run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Call ``fn`` and run the loop until what it returns (if awaitable)
+        has settled. The call itself is made outside the loop, in the test's
+        own context, so ``with cb.durability():`` blocks entered by the test
+        cover it (inside the loop, each task would be a caller of its own)."""
+        import inspect
+
+        out = fn(*args, **kwargs)
+        if inspect.isawaitable(out):
+            out = self.loop.run_until_complete(out)
+        from acouchbase.iterator import AioRows
+
+        if isinstance(out, AioRows):
+            return AioRowsDriver(self, out)
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.raw, name)
+        if not callable(attr) or name in ("pipeline", "durability", "close", "on_connect", "connect"):
+            return attr
+        return lambda *args, **kwargs: self.run(attr, *args, **kwargs)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in ("loop", "raw"):
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self.raw, name, value)
+
+    def close(self) -> None:
+        self.raw.close()
+        if not self.loop.is_closed():
+            self._settle()
+
+    def __del__(self) -> None:
+        loop = self.__dict__.get("loop")
+        if loop is not None and not loop.is_closed() and not loop.is_running():
+            raw = self.__dict__.get("raw")
+            if raw is not None and not raw.closed:
+                raw.close()
+            loop.close()
+
+
+class AioRowsDriver:
+    """A plain iterator over an acouchbase row iterator (one loop run per
+    row); other attributes are the request's."""
+
+    def __init__(self, driver: AioDriver, rows: Any) -> None:
+        self._driver = driver
+        self._rows = rows
+
+    def __iter__(self) -> Any:
+        agen = self._rows.__aiter__()
+        loop = self._driver.loop
+        while True:
+            try:
+                row = loop.run_until_complete(agen.__anext__())
+            except StopAsyncIteration:
+                return
+            yield row
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._rows, name)
+
+
 def open_bucket(flavour: str, connstr: str, **kwargs: Any) -> Any:
     """Open a bucket of ``flavour`` on ``connstr``."""
     if flavour == "blocking":
@@ -176,4 +278,6 @@ def open_bucket(flavour: str, connstr: str, **kwargs: Any) -> Any:
         return GBucket(connstr, **kwargs)
     if flavour == "txcouchbase":
         return TxDriver(connstr, **kwargs)
+    if flavour == "acouchbase":
+        return AioDriver(connstr, **kwargs)
     raise ValueError(flavour)

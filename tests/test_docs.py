@@ -65,49 +65,17 @@ def test_documented_async_example_runs(memcached_server):
     assert namespace["ar"].done and namespace["ar"].all_ok
 
 
-def _doc_asyncio_namespace():
+def test_documented_acouchbase_program_runs(memcached_server, capsys):
+    """The complete asyncio program of docs/async.md (the acouchbase
+    section), on a real memcached."""
+    import asyncio
+
     code = _python_blocks(_read("docs/async.md"))
-    iops_block = next(c for c in code if "class AsyncioIOPS" in c)
-    main_block = next(c for c in code if "async def main" in c)
+    program = next(c for c in code if "async def main" in c)
     namespace = {}
-    exec(iops_block, namespace)
-    exec(main_block, namespace)
-    return namespace
-
-
-class TestDocumentedAsyncioIOPS(IOPSContract):
-    """The asyncio IOPS of docs/async.md passes the contract suite."""
-
-    def make_iops(self):
-        import asyncio
-
-        self._loop = asyncio.new_event_loop()
-        return _doc_asyncio_namespace()["AsyncioIOPS"](self._loop)
-
-    def run_loop(self, iops, until, timeout):
-        deadline = time.monotonic() + max(timeout, 30)  # a hang guard, stretched for a loaded machine
-        while not until() and time.monotonic() < deadline:
-            iops.loop.run_until_complete(_asyncio_tick())
-
-    def teardown_method(self, method):
-        loop = getattr(self, "_loop", None)
-        if loop is not None:
-            loop.close()
-
-
-async def _asyncio_tick():
-    import asyncio
-
-    await asyncio.sleep(0.005)
-
-
-def test_documented_asyncio_main_runs(memcached_server):
-    import asyncio
-
-    namespace = _doc_asyncio_namespace()
-    value, keys = asyncio.run(namespace["main"](memcached_server.connstr))
-    assert value == {"text": "hello"}
-    assert keys == ["a", "b"]
+    exec(program.replace("memcached://127.0.0.1:11211", memcached_server.connstr), namespace)
+    assert capsys.readouterr().out.strip() == "({'text': 'hello'}, ['a', 'b'])"
+    assert asyncio.run(namespace["main"](memcached_server.connstr)) == ({"text": "hello"}, ["a", "b"])
 
 
 # ---------------------------------------------------------------------------

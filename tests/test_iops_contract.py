@@ -1,4 +1,5 @@
-"""Both shipped IOPS pass the shared IOPS contract suite."""
+"""Every shipped IOPS (select, gevent, asyncio, asyncio on uvloop) passes the
+shared IOPS contract suite."""
 
 from __future__ import annotations
 
@@ -39,6 +40,40 @@ class TestGeventIOPS(IOPSContract):
         deadline = time.monotonic() + max(timeout, GUARD)
         while not until() and time.monotonic() < deadline:
             gevent.sleep(0.001)
+
+
+class _AsyncioContract(IOPSContract):
+    """The asyncio IOPS on a loop of its own, run in slices by the kit."""
+
+    def new_loop(self):
+        import asyncio
+
+        return asyncio.new_event_loop()
+
+    def make_iops(self):
+        from acouchbase.asyncio_iops import IOPS as AsyncioIOPS
+
+        return AsyncioIOPS(self.new_loop())
+
+    def run_loop(self, iops, until, timeout):
+        import asyncio
+
+        deadline = time.monotonic() + max(timeout, GUARD)
+        while not until() and time.monotonic() < deadline:
+            iops.loop.run_until_complete(asyncio.sleep(0.001))
+
+    def close_iops(self, iops):
+        iops.loop.close()
+
+
+class TestAsyncioIOPS(_AsyncioContract):
+    pass
+
+
+class TestAsyncioIOPSOnUvloop(_AsyncioContract):
+    def new_loop(self):
+        uvloop = pytest.importorskip("uvloop", reason="uvloop is not installed (pip install uvloop)")
+        return uvloop.new_event_loop()
 
 
 def test_base_iops_methods_must_be_implemented():
