@@ -77,6 +77,7 @@ from itertools import chain, islice, repeat
 from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from couchbase_core._engine import snappy as _snappy
+from couchbase_core._engine import tracing as _tracing
 from couchbase_core._engine.dial import resolve
 from couchbase_core._engine.ops import KVOp
 from couchbase_core._engine.protocol import (
@@ -209,6 +210,30 @@ class KVConnection:
         self._min_ratio: Optional[float] = _MIN_RATIO
         #: Error map from GET_ERROR_MAP (status code -> entry), when fetched.
         self.error_map: Dict[int, Dict[str, Any]] = {}
+        if engine.tracer is not None:
+            self.trace_writes(engine.tracer)
+
+    def trace_writes(self, tracer: Any) -> None:
+        """With a tracer (``enable_tracing``), shadow :meth:`_write` with a
+        version that tells the tracer which requests each write took; with
+        None, use the plain one again. The plain path pays nothing."""
+        if tracer is None:
+            self.__dict__.pop("_write", None)
+        else:
+            plain = functools.partial(KVConnection._write, self)
+            clock = self.engine.clock
+
+            def traced_write() -> None:
+                waiting = [e for e in islice(self._queue, _tracing.MAX_STAMPED) if not e.written]
+                plain()
+                written = [e for e in waiting if e.written]
+                if written:
+                    tracer.kv_written(written, clock())
+
+            self._write = traced_write  # type: ignore[method-assign]
+        transport = self._transport
+        if self.state is READY and transport is not None:
+            transport.on_writable = self._write
 
     def apply_compression(self) -> None:
         """(Re)read the Snappy settings (``compression``,
@@ -860,6 +885,8 @@ class KVConnection:
                     log.exception("handling server request 0x%02x from %s failed", frame[F_OPCODE], self.authority)
             elif failure is not None:
                 log.warning("dropping a frame nobody waits for: %s", failure[1])
+            elif self.engine.tracer is not None:
+                self.engine.tracer.orphan_reply(self, frame)  # a reply after its operation timed out?
             return  # the operation timed out or was abandoned
         try:
             if failure is not None:
@@ -934,6 +961,8 @@ class KVConnection:
             return
         was_ready = self.state is READY
         log.debug("%s: %s", self.authority, message)
+        if self.engine.tracer is not None:
+            self.engine.tracer.forget_connection(self)
         self.last_error = (rc, message)
         self._disarm_connect_timer()
         pending = self._take_pending()
