@@ -180,6 +180,7 @@ def test_tracing_options_are_parsed_and_exposed_without_warning(memcached_server
     try:
         assert not [w for w in caught if issubclass(w.category, OptionIgnoredWarning)], \
             [str(w.message) for w in caught]
+        assert not [w for w in caught if issubclass(w.category, UnknownOptionWarning)]
         assert b.enable_tracing and b._engine.tracer is not None
         for name, (_text, value) in TRACING_OPTIONS.items():
             assert getattr(b, name) == value

@@ -47,6 +47,7 @@ class _CCCPRequest(KVOp):
     """The bootstrap's GET_CLUSTER_CONFIG."""
 
     __slots__ = ("callback",)
+    traced = False
 
     def __init__(self, callback: Any, timeout: float) -> None:
         KVOp.__init__(self, Opcode.GET_CLUSTER_CONFIG, timeout=timeout)

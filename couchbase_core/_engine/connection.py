@@ -1048,6 +1048,7 @@ class _Probe(KVOp):
 
     __slots__ = ("probe_conn", "generation", "sent_after")
     idempotent = True
+    traced = False
 
     def __init__(self, conn: KVConnection, timeout: float) -> None:
         KVOp.__init__(self, Opcode.NOOP, timeout=timeout)

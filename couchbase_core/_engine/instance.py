@@ -468,7 +468,7 @@ class Engine:
     def _traced_submit(self, op: KVOp) -> None:
         """:meth:`submit` while tracing is on: the same, timed."""
         tracer = self.tracer
-        if tracer is None or op.local or op.multi_key:
+        if tracer is None or op.local or op.multi_key or not op.traced:
             Engine.submit(self, op)
             return
         started = self.clock()
@@ -1180,6 +1180,7 @@ class _ConfigOp(KVOp):
 
     __slots__ = ("engine", "source")
     idempotent = True
+    traced = False
 
     def __init__(self, engine: Engine, source: str) -> None:
         KVOp.__init__(self, Opcode.GET_CLUSTER_CONFIG)

@@ -53,7 +53,11 @@ from couchbase_core._engine.protocol import (
     decode_frame_infos,
     opcode_name,
 )
-from couchbase_core.iops.base import PYCBC_EVACTION_CLEANUP, PYCBC_EVACTION_UNWATCH, PYCBC_EVACTION_WATCH
+from couchbase_core.iops.base import (
+    PYCBC_EVACTION_CLEANUP,
+    PYCBC_EVACTION_UNWATCH,
+    PYCBC_EVACTION_WATCH,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from couchbase_core._engine.connection import KVConnection
