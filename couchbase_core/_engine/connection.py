@@ -479,6 +479,8 @@ class KVConnection:
             return
         self.state = CONNECTING
         self._connect_started = self.engine.clock()
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s: connecting%s", self.authority, " (again: %s)" % self.last_error[1] if self.last_error else "")
         self._arm_connect_timer(self.engine.settings.connect_timeout)
         self._open_transport()
 
@@ -629,6 +631,10 @@ class KVConnection:
         self._disarm_connect_timer()
         self.apply_compression()
         self.state = READY
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s: ready after %.1f ms (features %s)", self.authority,
+                      (self.engine.clock() - self._connect_started) * 1e3,
+                      ",".join("0x%02x" % f for f in sorted(self.features)) or "none")
         self.last_error = None
         self.last_read = self.engine.clock()
         # from now on readiness goes straight to the dispatch loop
