@@ -293,3 +293,61 @@ def test_no_secret_in_any_record_with_tracing_and_debug_logging(cluster, capture
             text += logging.Formatter().formatException(record.exc_info)
         for needle in needles:
             assert needle not in text, (needle, record.name, text[:300])
+
+
+# ------------------------------------------------------------ HTTP services
+
+def test_views_fts_and_analytics_requests_are_timed_per_service(capture):
+    import couchbase_core.fulltext as FT
+    from tests.mock import rawhttp
+
+    with MockCluster(nodes=1, admin=(ADMIN["username"], SECRET), in_process=True) as mock:
+        port = mock.info["nodes"][0]["ports"]["fts"]
+        reply = rawhttp.request("127.0.0.1", port, "PUT", "/api/index/docs",
+                                json.dumps({"type": "fulltext-index", "sourceName": "default"}).encode(),
+                                {"Content-Type": "application/json"}, (ADMIN["username"], SECRET))
+        assert reply.status == 200, reply.body
+        b = Bucket(mock.connstr_for("default", enable_tracing="true", tracing_threshold_view="0",
+                                    tracing_threshold_fts="0", tracing_threshold_analytics="0",
+                                    config_poll_interval=0), operation_timeout=30, **ADMIN)
+        try:
+            b.upsert("doc:1", {"type": "t", "name": "one"})
+            b.bucket_manager().design_create(
+                "dd", {"views": {"names": {"map": "function (doc, meta) { emit(doc.name, null); }"}}},
+                use_devmode=False, syncwait=60)
+            assert [r.key for r in b.query("dd", "names", stale=False)] == ["one"]
+            list(b.search("docs", FT.MatchAllQuery()))
+            assert list(b.analytics_query("SELECT VALUE 1;")) == [1]
+            threshold, _orphans = b._engine.tracer.flush()
+        finally:
+            b.close()
+    by_service = {r["service"]: r for r in threshold}
+    assert {"view", "fts", "analytics"} <= set(by_service), threshold
+    views = [e["operation_name"] for e in by_service["view"]["top"]]
+    assert any(name.startswith("GET /default/_design/dd/_view/names") for name in views), views
+    assert by_service["fts"]["top"][0]["operation_name"] == "POST /api/index/docs/query"
+    assert by_service["analytics"]["top"][0]["operation_name"].startswith("POST /")
+    for report in by_service.values():
+        for entry in report["top"]:
+            assert entry["total_us"] >= entry.get("dispatch_us", 0)
+
+
+# ------------------------------------------------------- server durations
+
+def test_the_server_duration_frame_is_decoded():
+    from couchbase_core._engine.protocol import (
+        FrameDecoder,
+        Opcode,
+        ResponseFrameInfoId,
+        encode_frame_infos,
+        encode_response,
+    )
+    from couchbase_core._engine.tracing import server_duration_us
+
+    framing = encode_frame_infos([(ResponseFrameInfoId.SERVER_DURATION, (1000).to_bytes(2, "big"))])
+    frames = FrameDecoder().feed(encode_response(Opcode.GET, value=b"v", extras=b"\0\0\0\0", opaque=7,
+                                                 framing=framing))
+    assert len(frames) == 1
+    assert server_duration_us(frames[0]) == round(1000 ** 1.74 / 2)
+    plain = FrameDecoder().feed(encode_response(Opcode.GET, value=b"v", extras=b"\0\0\0\0", opaque=7))
+    assert server_duration_us(plain[0]) is None
