@@ -351,3 +351,25 @@ def test_the_server_duration_frame_is_decoded():
     assert server_duration_us(frames[0]) == round(1000 ** 1.74 / 2)
     plain = FrameDecoder().feed(encode_response(Opcode.GET, value=b"v", extras=b"\0\0\0\0", opaque=7))
     assert server_duration_us(plain[0]) is None
+
+
+# ------------------------------------------------------------------ fork
+
+def test_a_forked_child_starts_with_empty_reports_and_keeps_tracing(memcached_server):
+    from tests.test_fork import collect, fork_children
+
+    b = Bucket(memcached_server.connstr + "?enable_tracing=true&tracing_threshold_kv=0")
+    try:
+        b.upsert("fork:parent", 1)  # queued in the parent's report
+
+        def child(_index: int) -> Any:
+            b.upsert("fork:child", 2)
+            threshold, _orphans = b._engine.tracer.flush()
+            return [e["operation_name"] for r in threshold for e in r["top"]]
+
+        reports = collect(fork_children(1, child))
+        assert reports == [["set"]]  # the child's own set only, not the parent's
+        threshold, _orphans = b._engine.tracer.flush()
+        assert [r["count"] for r in threshold] == [1]  # the parent's queue is intact
+    finally:
+        b.close()

@@ -1016,6 +1016,8 @@ class Engine:
             if timer is not None:
                 timer._handler = _ignore
         self.deadlines._closed = True
+        if self.tracer is not None:
+            self.tracer.abandon_after_fork()  # the parent's entries and timers
         self._bootstrap_timer = self._poll_timer = None
         self._retries = []
         self._retry_armed = None
@@ -1027,6 +1029,8 @@ class Engine:
 
         self.http_pool = HTTPPool(self, max(1, self.settings.http_poolsize))
         self.client_id = binascii.hexlify(os.urandom(8)).decode("ascii")
+        if self.tracer is not None:
+            self.tracer.client_id = self.client_id
         pending = [op for op in inflight.values() if not op.done]
         if not recover:
             # Nothing can be delivered (no loop to deliver from): the

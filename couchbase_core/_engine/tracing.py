@@ -198,6 +198,14 @@ class _Queue:
         self._drop_timer()
         self.tops = {}
 
+    def abandon_after_fork(self) -> None:
+        """In a forked child: forget the parent's entries and timer without
+        an IOPS call (the IOPS forgot its events, or cannot be trusted)."""
+        if self.timer is not None:
+            self.timer._handler = _ignore
+        self.timer = None
+        self.tops = {}
+
 
 class Tracer:
     """The threshold and orphan queues of one engine, and the hooks that
@@ -241,6 +249,13 @@ class Tracer:
         """Report both queues now (tests; ``close``): (threshold, orphan) reports."""
         return self.threshold.flush(), self.orphans.flush()
 
+    def abandon_after_fork(self) -> None:
+        """In a forked child: drop what the parent measured and its timers
+        (no IOPS call; the child starts with empty queues)."""
+        self.threshold.abandon_after_fork()
+        self.orphans.abandon_after_fork()
+        self._awaited.clear()
+
     def close(self) -> None:
         """Report what is queued and stop the timers."""
         self.flush()
@@ -265,8 +280,8 @@ class Tracer:
         """The connection's write hook: ``entries`` just reached the socket."""
         for entry in entries:
             span = getattr(entry, "_span", None)
-            if span is not None:
-                span.written_at = now  # the last write of a retried request counts
+            if span is not None and not span.written_at:
+                span.written_at = now
 
     def await_orphan(self, op: "KVOp", entry: Entry, started: float) -> None:
         """``op`` timed out after being written: remember it until its reply
@@ -489,6 +504,10 @@ class _HTTPSpan:
         self.tracer.finished(self.service, entry)
         if self.otel is not None:
             end_otel(self.otel, entry, error)
+
+
+def _ignore(*_args: Any) -> None:
+    """Installed on abandoned timers: a late callback does nothing."""
 
 
 def _copy(entry: Entry) -> Entry:
