@@ -373,3 +373,29 @@ def test_a_forked_child_starts_with_empty_reports_and_keeps_tracing(memcached_se
         assert [r["count"] for r in threshold] == [1]  # the parent's queue is intact
     finally:
         b.close()
+
+
+def test_an_opentelemetry_span_of_a_timed_out_operation_has_an_error_status(fresh_memcached):
+    sdk = pytest.importorskip("opentelemetry.sdk.trace")
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import StatusCode
+
+    exporter = InMemorySpanExporter()
+    provider = sdk.TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    b = Bucket(fresh_memcached.connstr + "?operation_timeout=0.3", tracer=provider.get_tracer("test"))
+    try:
+        fresh_memcached.pause()
+        try:
+            with pytest.raises(TimeoutError):
+                b.get("otel:frozen")
+        finally:
+            fresh_memcached.resume()
+    finally:
+        b.close()
+    spans = [s for s in exporter.get_finished_spans() if s.name == "get"]
+    assert len(spans) == 1
+    assert spans[0].status.status_code == StatusCode.ERROR
+    assert spans[0].attributes["error.type"] == "TimeoutError"
+    assert "otel:frozen" not in repr(dict(spans[0].attributes)) + (spans[0].status.description or "")

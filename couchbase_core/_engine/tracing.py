@@ -53,6 +53,7 @@ from couchbase_core._engine.protocol import (
     decode_frame_infos,
     opcode_name,
 )
+from couchbase_core.exceptions import RC, exc_from_rc
 from couchbase_core.iops.base import (
     PYCBC_EVACTION_CLEANUP,
     PYCBC_EVACTION_UNWATCH,
@@ -359,10 +360,10 @@ def end_otel(span: Any, entry: Entry, error: Optional[Tuple[int, str]]) -> None:
     if error is not None:
         from opentelemetry.trace import Status, StatusCode
 
-        from couchbase_core.exceptions import exc_from_rc
-
-        span.set_attribute("error.type", type(exc_from_rc(error[0], "")).__name__)
-        span.set_status(Status(StatusCode.ERROR, error[1][:200]))
+        # the error's message may name the key: the span gets its class and code only
+        name = type(exc_from_rc(error[0], "")).__name__
+        span.set_attribute("error.type", name)
+        span.set_status(Status(StatusCode.ERROR, "%s (rc=0x%02x)" % (name, error[0])))
     span.end()
 
 
@@ -405,8 +406,6 @@ class _KVSpan:
             self.end()
 
     def on_error(self, rc: int, message: str) -> None:
-        from couchbase_core.exceptions import RC
-
         self.replied = self.tracer.clock()
         self.error = (rc, message)
         try:
