@@ -869,7 +869,7 @@ class KVConnection:
                         op.done = True
                         op.on_response(frame)
                 except Exception:  # never let a result handler break the stream
-                    log.exception("completing %s failed", op.describe())
+                    log.exception("completing %s failed", self.engine.settings.describe_op(op))
             frame = next(rest, None)
 
     def _unusual(self, frame: Any, op: Optional[KVOp]) -> None:

@@ -824,12 +824,11 @@ class Engine:
         waiting, self._unrouted = self._unrouted, []
         self.fail_ops(waiting, rc, message)
 
-    @staticmethod
-    def _finish_with_error(op: KVOp, rc: int, message: str) -> None:
+    def _finish_with_error(self, op: KVOp, rc: int, message: str) -> None:
         try:
             op.on_error(rc, message)
         except Exception:
-            log.exception("failing %s raised", op.describe())
+            log.exception("failing %s raised", self.settings.describe_op(op))
 
     # ------------------------------------------------------ connection events
 
