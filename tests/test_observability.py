@@ -157,6 +157,7 @@ def test_tracing_can_be_turned_on_and_off_and_costs_nothing_while_off(memcached_
         conn = engine.connections[0]
         # off: the plain methods, no hook anywhere
         assert engine.tracer is None and "submit" not in vars(engine) and "_write" not in vars(conn)
+        assert "submit_batch" not in vars(engine)
         b.tracing_threshold_kv = 0
         b.enable_tracing = True
         assert "submit" in vars(engine) and "_write" in vars(conn)
@@ -169,6 +170,21 @@ def test_tracing_can_be_turned_on_and_off_and_costs_nothing_while_off(memcached_
         b.close()
     tops = capture.top("Operations over threshold", "kv")
     assert [e["operation_name"] for e in tops] == ["get"]  # only the get made while on
+
+
+def test_a_multi_call_is_timed_as_one_entry_with_its_size(memcached_server):
+    b = GBucket(memcached_server.connstr + "?enable_tracing=true&tracing_threshold_kv=0")
+    try:
+        b.upsert_multi({"batch:%d" % i: i for i in range(5)})
+        assert len(b.get_multi(["batch:%d" % i for i in range(5)])) == 5
+        threshold, _orphans = b._engine.tracer.flush()
+    finally:
+        b.close()
+    entries = [e for r in threshold for e in r["top"]]
+    assert sorted((e["operation_name"], e["batch_size"]) for e in entries) == [("get", 5), ("set", 5)]
+    for entry in entries:
+        assert entry["last_remote_address"] == memcached_server.address
+        assert 0 <= entry["encode_us"] <= entry["total_us"]
 
 
 # ------------------------------------------------------------------ orphans

@@ -452,6 +452,7 @@ class Engine:
                 tracer = self.tracer = Tracer(self.iops, self.settings.tracing, self.clock, self.client_id,
                                               self.settings.bucket)
                 self.submit = self._traced_submit  # type: ignore[method-assign]
+                self.submit_batch = self._traced_submit_batch  # type: ignore[method-assign]
                 for conn in set(self.connections) | set(self._by_addr.values()):
                     conn.trace_writes(tracer)
             if tracer.reports and not reports:
@@ -461,6 +462,7 @@ class Engine:
         elif tracer is not None:
             self.tracer = None
             self.__dict__.pop("submit", None)
+            self.__dict__.pop("submit_batch", None)
             for conn in set(self.connections) | set(self._by_addr.values()):
                 conn.trace_writes(None)
             tracer.close()
@@ -474,6 +476,14 @@ class Engine:
         started = self.clock()
         Engine.submit(self, op)
         tracer.kv_submitted(op, started, self.clock())
+
+    def _traced_submit_batch(self, batch: Batch) -> None:
+        """:meth:`submit_batch` while tracing is on: the same, timed as one entry."""
+        tracer = self.tracer
+        started = self.clock()
+        Engine.submit_batch(self, batch)
+        if tracer is not None:
+            tracer.batch_submitted(batch, started, self.clock())
 
     def _submit_unusual(self, op: KVOp) -> None:
         """submit() for a closed engine, the first use after a fork, or a

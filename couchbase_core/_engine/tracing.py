@@ -89,7 +89,7 @@ class Entry:
     """One timed operation, as reported."""
 
     __slots__ = ("operation_name", "operation_id", "local", "remote", "local_id", "total_us", "server_us",
-                 "encode_us", "queue_us", "dispatch_us", "decode_us", "timeout_ms")
+                 "encode_us", "queue_us", "dispatch_us", "decode_us", "timeout_ms", "batch_size")
 
     def __init__(self, operation_name: str, operation_id: str = "", local: str = "", remote: str = "",
                  local_id: str = "") -> None:
@@ -105,6 +105,8 @@ class Entry:
         self.dispatch_us: Optional[int] = None
         self.decode_us: Optional[int] = None
         self.timeout_ms: Optional[int] = None
+        #: Keys of a ``*_multi`` batch (timed as one entry).
+        self.batch_size: Optional[int] = None
 
     def as_dict(self) -> Dict[str, Any]:
         """The report entry: only the fields that were measured."""
@@ -117,7 +119,7 @@ class Entry:
             out["last_remote_address"] = self.remote
         if self.local_id:
             out["last_local_id"] = self.local_id
-        for name in ("server_us", "encode_us", "queue_us", "dispatch_us", "decode_us", "timeout_ms"):
+        for name in ("batch_size", "server_us", "encode_us", "queue_us", "dispatch_us", "decode_us", "timeout_ms"):
             value = getattr(self, name)
             if value is not None:
                 out[name] = value
@@ -276,6 +278,12 @@ class Tracer:
         span.written_at = queued if op.written else 0.0
         if span.encode is None:
             span.encode = queued - started
+
+    def batch_submitted(self, batch: Any, started: float, queued: float) -> None:
+        """Engine.submit_batch just queued the keys of ``batch`` (a
+        ``*_multi`` call): it is timed as one entry, until its last key
+        is settled."""
+        _BatchSpan(self, batch, started, queued)
 
     def kv_written(self, entries: List[Any], now: float) -> None:
         """The connection's write hook: ``entries`` just reached the socket."""
@@ -453,6 +461,46 @@ class _KVSpan:
         if self.otel is not None:
             end_otel(self.otel, entry, self.error)
         return entry
+
+
+class _BatchSpan:
+    """The timing of one batch of keys: from submission to the last key
+    settled (the batch calls its ``sink`` once, then)."""
+
+    __slots__ = ("tracer", "batch", "started", "encode", "name", "otel", "_sink")
+
+    def __init__(self, tracer: Tracer, batch: Any, started: float, queued: float) -> None:
+        self.tracer = tracer
+        self.batch = batch
+        self.started = started
+        self.encode = queued - started
+        # the command of the first key names the batch (a batch may mix
+        # commands: upsert_multi with per-item options)
+        self.name = opcode_name(batch.request(0)[0] if len(batch.kbs) else batch.opcode).lower()
+        self.otel = tracer.start_otel(self.name, "kv")
+        self._sink = batch.sink
+        batch.sink = self.sink
+
+    def sink(self, result: Any) -> None:
+        self.batch.sink = self._sink
+        self.end()
+        self._sink(result)
+
+    def end(self) -> None:
+        tracer = self.tracer
+        batch = self.batch
+        entry = Entry(self.name, "0x%x" % batch.base)
+        entry.batch_size = len(batch.kbs)
+        conns = list(batch.conns)
+        if len(conns) == 1:  # else the keys went to several nodes: no one address
+            entry.remote = conns[0].authority
+            entry.local_id = "%s/%x" % (tracer.client_id, conns[0].index)
+        entry.total_us = int((tracer.clock() - self.started) * 1e6)
+        entry.encode_us = int(self.encode * 1e6)
+        tracer.finished("kv", entry)
+        if self.otel is not None:
+            self.otel.set_attribute("db.couchbase.batch_size", entry.batch_size)
+            end_otel(self.otel, entry, None)
 
 
 class _HTTPSpan:
