@@ -26,13 +26,16 @@ measured: ``encode_us`` (packing the request into the write queue),
 ``queue_us`` (queued until the socket took it), ``dispatch_us`` (written
 until the reply was read), ``decode_us`` (building the result), and
 ``server_us`` when the server reported its own duration (HELLO "tracing").
-Orphans have ``timeout_ms`` too. Keys and values never appear.
+Orphans have ``timeout_ms`` too; a ``*_multi`` batch is one entry with
+``batch_size``. Keys and values never appear.
 
 Cost. Nothing here runs while tracing is off: the engine installs the
-timing hooks (:meth:`KVTracer.install`) only when tracing is turned on, as
-instance attributes that shadow the plain methods, and removes them when it
-is turned off. The flush timers are IOPS timers, armed when a queue gets
-its first entry (an idle bucket wakes nobody).
+timing versions of ``Engine.submit``/``submit_batch`` and of each
+connection's write handler (``Engine._retrace``) only when tracing or an
+OpenTelemetry tracer is turned on, as instance attributes that shadow the
+plain methods, and removes them when both are off. The flush timers are
+IOPS timers, armed when a queue gets its first entry (an idle bucket
+wakes nobody).
 """
 
 from __future__ import annotations
