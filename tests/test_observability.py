@@ -77,6 +77,26 @@ def _wait(cond, what: str, timeout: float = 20.0) -> None:
         gevent.sleep(0.02)
 
 
+# ------------------------------------------------------------- log records
+
+def test_debug_records_show_connections_bootstrap_and_config_with_elapsed_times(cluster, capture):
+    import re
+
+    b = Bucket(cluster.connstr_for("default", config_poll_interval=0), **ADMIN)
+    try:
+        b.upsert("log:1", 1)
+        node = b._engine.connections[0].authority
+    finally:
+        b.close()
+    text = [r.getMessage() for r in capture.records if r.name == "couchbase_core.engine"]
+    assert "%s: connecting" % node in text, text
+    assert any(re.match(r"%s: ready after [0-9.]+ ms \(features (0x[0-9a-f]{2},?)+\)$" % re.escape(node), t)
+               for t in text), text
+    assert any(re.match(r"bootstrapped by CCCP from .* \(rev \d+\) in [0-9.]+ ms$", t) for t in text), text
+    assert any(re.match(r"applied config rev \d+ epoch \d+ \(1 nodes\)$", t) for t in text), text
+    assert all(r.levelno == logging.DEBUG for r in capture.records if "ready after" in r.getMessage())
+
+
 # ------------------------------------------------------------- threshold log
 
 def test_a_delayed_operation_is_in_the_slow_operation_log_with_its_phases(cluster, capture):
