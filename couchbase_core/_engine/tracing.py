@@ -419,13 +419,12 @@ class _KVSpan:
     def on_error(self, rc: int, message: str) -> None:
         self.replied = self.tracer.clock()
         self.error = (rc, message)
+        op = self.op
         try:
             self._on_error(rc, message)
         finally:
             entry = self.end()
-            op = self.op
             if rc == RC.TIMEOUT and op.written and not op.multi_reply:
-                entry.timeout_ms = int(op.timeout * 1000)
                 self.tracer.await_orphan(op, _copy(entry), self.started)
 
     def sink(self, result: Any) -> None:
@@ -459,11 +458,25 @@ class _KVSpan:
             entry.decode_us = int(max(0.0, now - self.replied) * 1e6)
         if self.frame is not None:
             entry.server_us = server_duration_us(self.frame)
+        if self.error is not None and self.error[0] == RC.TIMEOUT:
+            entry.timeout_ms = int(op.timeout * 1000)
         self.entry = entry
         tracer.finished("kv", entry)
         if self.otel is not None:
             end_otel(self.otel, entry, self.error)
+        self._release()
         return entry
+
+    def _release(self) -> None:
+        """Give the operation back its own callbacks and sink: it no longer
+        refers to this span (no reference cycle per operation)."""
+        op = self.op
+        d = op.__dict__
+        d.pop("_span", None)
+        d.pop("on_response", None)
+        d.pop("on_error", None)
+        if self._sink is not None and getattr(op, "sink", None) == self.sink:
+            op.sink = self._sink  # type: ignore[attr-defined]
 
 
 class _BatchSpan:
