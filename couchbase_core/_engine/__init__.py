@@ -9,4 +9,5 @@ library: it reacts to readiness callbacks on events it obtained from an IOPS
 * :mod:`.timeouts` — per-operation deadlines on one engine timer.
 * :mod:`.connection` — one KV socket: connect, handshake, pipelined I/O.
 * :mod:`.instance` — the engine: routing, bootstrap, closing.
+* :mod:`.tracing` — slow-operation and orphan reports, OpenTelemetry spans (``enable_tracing``, ``tracer=``).
 """
