@@ -15,12 +15,8 @@ import warnings
 from typing import Any, Dict, Optional, Tuple
 
 from couchbase_core._engine.protocol import Feature
-from couchbase_core._engine.settings import (
-    TRACING_DEFAULTS,
-    TRACING_SIZES,
-    parse_tracing_option,
-    tracing_warning,
-)
+from couchbase_core._engine.settings import TRACING_DEFAULTS, TRACING_SIZES, parse_tracing_option
+from couchbase_core._engine.tracing import is_otel_tracer
 from couchbase_core.connstr import parse_bool, parse_duration, parse_int, parse_ratio
 from couchbase_core.crypto._bucket import CryptoMixin
 from couchbase_core.exceptions import RC, ArgumentError, NotSupportedError, OptionIgnoredWarning
@@ -113,9 +109,8 @@ def _tracing_property(name: str) -> property:
         self._set_tracing(name, value)
 
     unit = "entries" if name in TRACING_SIZES else "seconds"
-    return property(fget, fset, doc="``%s`` (%s; libcouchbase default %r). Validated and kept; the "
-                                    "tracing reports are not produced yet (a warning says so once)."
-                                    % (name, unit, TRACING_DEFAULTS[name]))
+    return property(fget, fset, doc="``%s`` (%s; libcouchbase default %r): see docs/observability.md. "
+                                    "A change applies at once." % (name, unit, TRACING_DEFAULTS[name]))
 
 
 class CompatMixin(CryptoMixin):
@@ -130,7 +125,6 @@ class CompatMixin(CryptoMixin):
     # Set by BucketCore.__init__ (class defaults keep half-built objects sane).
     _unlock_gil = True
     _tracer: Any = None
-    _tracing_warned = False
 
     # ------------------------------------------------------------- versions
 
@@ -148,12 +142,14 @@ class CompatMixin(CryptoMixin):
         """Take the 2.x constructor options ``unlock_gil`` and ``tracer``."""
         self._unlock_gil = True if unlock_gil is None else bool(unlock_gil)
         self._tracer = tracer
-        self._tracing_warned = False
-        settings = self._settings  # type: ignore[attr-defined]
-        if settings.enable_tracing or any(name in settings.options for name in TRACING_DEFAULTS):
-            self._tracing_warned = True  # Settings warned already
         if tracer is not None:
-            self._warn_tracing("tracer=%r: spans are not reported to the tracer yet" % (tracer,))
+            if is_otel_tracer(tracer):
+                self._settings.otel_tracer = tracer  # type: ignore[attr-defined]
+            else:
+                from couchbase_core._engine.settings import _warn
+
+                _warn("tracer=%r is not an OpenTelemetry Tracer (opentelemetry-api): no spans are reported to it "
+                      "(2.x took OpenTracing tracers; see docs/observability.md)" % (tracer,), OptionIgnoredWarning)
         self._bucket_creds: Dict[str, str] = {}
 
     @property
@@ -165,21 +161,27 @@ class CompatMixin(CryptoMixin):
 
     @property
     def tracer(self) -> Any:
-        """The ``tracer`` given to the constructor (an OpenTracing tracer in
-        2.x), or None. Spans are not reported to it yet (a warning says so)."""
+        """The ``tracer`` given to the constructor, or None. An OpenTelemetry
+        ``Tracer`` gets a span per operation (docs/observability.md); 2.x
+        took an OpenTracing tracer, which is kept but not used (a warning
+        said so)."""
         return self._tracer
 
-    def _warn_tracing(self, message: Optional[str] = None) -> None:
-        if self._tracing_warned:
-            return
-        self._tracing_warned = True
-        from couchbase_core._engine.settings import _warn
-
-        _warn(message or tracing_warning(True, []), OptionIgnoredWarning)  # attributed to the caller
-
     def _set_tracing(self, name: str, value: Any) -> None:
+        # The engine's tracer reads this dict at each use: the change applies at once.
         self._settings.tracing[name] = parse_tracing_option(name, value)  # type: ignore[attr-defined]
-        self._warn_tracing(tracing_warning(False, [name]))
+
+    @property
+    def enable_tracing(self) -> bool:
+        """``enable_tracing``: the threshold and orphan reports of
+        docs/observability.md are produced while True (settable)."""
+        return self._settings.enable_tracing  # type: ignore[attr-defined]
+
+    @enable_tracing.setter
+    def enable_tracing(self, value: Any) -> None:
+        flag = parse_bool(value, "enable_tracing")
+        self._settings.enable_tracing = flag  # type: ignore[attr-defined]
+        self._engine.set_tracing(flag)  # type: ignore[attr-defined]
 
     tracing_threshold_kv = _tracing_property("tracing_threshold_kv")
     tracing_threshold_n1ql = _tracing_property("tracing_threshold_n1ql")
@@ -348,9 +350,7 @@ class CompatMixin(CryptoMixin):
             elif name == "log_redaction":
                 settings.log_redaction = flag
             else:
-                settings.enable_tracing = flag
-                if flag:
-                    self._warn_tracing()
+                self.enable_tracing = flag
             return None
         if kind == "compression":
             if value is None:

@@ -61,6 +61,7 @@ SUBSYSTEMS: Dict[str, str] = {
     "tls": "lcbio",
     "select": "lcbio",
     "_config_cache": "bc_file",
+    "tracing": "tracer",
 }
 
 _lock = threading.Lock()

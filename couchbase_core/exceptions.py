@@ -727,7 +727,7 @@ def exc_from_rc(rc: int, msg: Optional[str] = None, obj: Any = None) -> Couchbas
 
 class OptionIgnoredWarning(UserWarning):
     """A connection-string or keyword option was accepted but has no effect
-    in this client (e.g. ``enable_tracing=true``: tracing is not implemented
-    yet; ``dnssrv=true``: no DNS SRV lookup is made). The message names the
+    in this client (e.g. ``dnssrv=true`` where no DNS SRV lookup is made,
+    or a ``tracer=`` that is not an OpenTelemetry tracer). The message names the
     option and says what is done instead. Unknown option names warn with its
     subclass :class:`couchbase_core.connstr.UnknownOptionWarning`."""

@@ -25,4 +25,6 @@ library: it reacts to readiness callbacks on events it obtained from an IOPS
 * :mod:`.durability`, :mod:`.forks`, :mod:`.settings`, :mod:`.snappy`,
   :mod:`.tls` — observe-based durability, fork safety, options, Snappy,
   TLS contexts.
+* :mod:`.tracing` — slow-operation and orphan reports, OpenTelemetry spans
+  (``enable_tracing``, ``tracer=``).
 """

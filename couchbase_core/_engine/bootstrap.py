@@ -47,6 +47,7 @@ class _CCCPRequest(KVOp):
     """The bootstrap's GET_CLUSTER_CONFIG."""
 
     __slots__ = ("callback",)
+    traced = False
 
     def __init__(self, callback: Any, timeout: float) -> None:
         KVOp.__init__(self, Opcode.GET_CLUSTER_CONFIG, timeout=timeout)
@@ -97,6 +98,7 @@ class Bootstrapper:
         """Begin with the DNS SRV lookup when there is one to make, then
         CCCP (or HTTP when ``bootstrap_on=http``)."""
         settings = self.engine.settings
+        self._started = self.engine.clock()
         if settings.dnssrv_name:
             from couchbase_core._engine.dns import SrvLookup
 
@@ -299,7 +301,9 @@ class Bootstrapper:
             return
         self._done = True
         self.used_cache = from_cache
-        log.debug("bootstrapped by %s (rev %s)", how, cfg.rev)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("bootstrapped by %s (rev %s) in %.1f ms", how, cfg.rev,
+                      (self.engine.clock() - getattr(self, "_started", self.engine.clock())) * 1e3)
         self.engine.apply_config(cfg)
         self.engine.finish_bootstrap(None)
 

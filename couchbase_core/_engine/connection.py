@@ -77,6 +77,7 @@ from itertools import chain, islice, repeat
 from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from couchbase_core._engine import snappy as _snappy
+from couchbase_core._engine import tracing as _tracing
 from couchbase_core._engine.dial import resolve
 from couchbase_core._engine.ops import KVOp
 from couchbase_core._engine.protocol import (
@@ -209,6 +210,31 @@ class KVConnection:
         self._min_ratio: Optional[float] = _MIN_RATIO
         #: Error map from GET_ERROR_MAP (status code -> entry), when fetched.
         self.error_map: Dict[int, Dict[str, Any]] = {}
+        tracer = getattr(engine, "tracer", None)  # owners made by tests may have none
+        if tracer is not None:
+            self.trace_writes(tracer)
+
+    def trace_writes(self, tracer: Any) -> None:
+        """With a tracer (``enable_tracing``), shadow :meth:`_write` with a
+        version that tells the tracer which requests each write took; with
+        None, use the plain one again. The plain path pays nothing."""
+        if tracer is None:
+            self.__dict__.pop("_write", None)
+        else:
+            plain = functools.partial(KVConnection._write, self)
+            clock = self.engine.clock
+
+            def traced_write() -> None:
+                waiting = [e for e in islice(self._queue, _tracing.MAX_STAMPED) if not e.written]
+                plain()
+                written = [e for e in waiting if e.written]
+                if written:
+                    tracer.kv_written(written, clock())
+
+            self._write = traced_write  # type: ignore[method-assign]
+        transport = self._transport
+        if self.state is READY and transport is not None:
+            transport.on_writable = self._write
 
     def apply_compression(self) -> None:
         """(Re)read the Snappy settings (``compression``,
@@ -454,6 +480,8 @@ class KVConnection:
             return
         self.state = CONNECTING
         self._connect_started = self.engine.clock()
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s: connecting%s", self.authority, " (again: %s)" % self.last_error[1] if self.last_error else "")
         self._arm_connect_timer(self.engine.settings.connect_timeout)
         self._open_transport()
 
@@ -604,6 +632,10 @@ class KVConnection:
         self._disarm_connect_timer()
         self.apply_compression()
         self.state = READY
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s: ready after %.1f ms (features %s)", self.authority,
+                      (self.engine.clock() - self._connect_started) * 1e3,
+                      ",".join("0x%02x" % f for f in sorted(self.features)) or "none")
         self.last_error = None
         self.last_read = self.engine.clock()
         # from now on readiness goes straight to the dispatch loop
@@ -844,6 +876,10 @@ class KVConnection:
                     log.exception("handling server request 0x%02x from %s failed", frame[F_OPCODE], self.authority)
             elif failure is not None:
                 log.warning("dropping a frame nobody waits for: %s", failure[1])
+            else:
+                tracer = getattr(self.engine, "tracer", None)
+                if tracer is not None:
+                    tracer.orphan_reply(self, frame)  # a reply after its operation timed out?
             return  # the operation timed out or was abandoned
         try:
             if failure is not None:
@@ -918,6 +954,9 @@ class KVConnection:
             return
         was_ready = self.state is READY
         log.debug("%s: %s", self.authority, message)
+        tracer = getattr(self.engine, "tracer", None)
+        if tracer is not None:
+            tracer.forget_connection(self)
         self.last_error = (rc, message)
         self._disarm_connect_timer()
         pending = self._take_pending()
@@ -1003,6 +1042,7 @@ class _Probe(KVOp):
 
     __slots__ = ("probe_conn", "generation", "sent_after")
     idempotent = True
+    traced = False
 
     def __init__(self, conn: KVConnection, timeout: float) -> None:
         KVOp.__init__(self, Opcode.NOOP, timeout=timeout)

@@ -72,6 +72,7 @@ from couchbase_core._engine.protocol import (
 )
 from couchbase_core._engine.settings import Settings
 from couchbase_core._engine.timeouts import Deadlines
+from couchbase_core._engine.tracing import HTTP_SERVICES, Tracer
 from couchbase_core.exceptions import RC, CouchbaseError, ObjectDestroyedError, exc_from_rc
 from couchbase_core.iops.base import (
     IOPS,
@@ -156,7 +157,12 @@ class Engine:
         #: N1QL prepared statements of this bucket, by statement text (LRU,
         #: at most PreparedCache.size entries; see couchbase_core.n1ql)
         self.prepared_cache = PreparedCache()
+        #: The threshold/orphan tracer while ``enable_tracing`` is on, else
+        #: None (see tracing.py and :meth:`set_tracing`).
+        self.tracer: Optional[Tracer] = None
         self._init_fork_state()
+        if settings.enable_tracing or settings.otel_tracer is not None:
+            self._retrace(settings.enable_tracing, settings.otel_tracer)
 
     # ------------------------------------------------------------- bootstrap
 
@@ -424,6 +430,60 @@ class Engine:
             return
         op.opaque = self._opaque = (self._opaque + 1) & 0xFFFFFFFF
         conn.enqueue(op)
+
+    # ------------------------------------------------------------- tracing
+
+    def set_tracing(self, on: bool) -> None:
+        """Turn the threshold and orphan reports on or off (``enable_tracing``)."""
+        self._retrace(on, self.tracer.otel if self.tracer is not None else None)
+
+    def set_otel_tracer(self, otel: Any) -> None:
+        """Report a span per operation to the OpenTelemetry tracer ``otel``
+        (None: stop)."""
+        self._retrace(self.tracer is not None and self.tracer.reports, otel)
+
+    def _retrace(self, reports: bool, otel: Any) -> None:
+        """While reports or spans are wanted, :meth:`submit` is shadowed by a
+        timing version and every connection's writer stamps the requests
+        it writes; otherwise none of that code runs (the plain methods)."""
+        tracer = self.tracer
+        if (reports or otel is not None) and not self.closed:
+            if tracer is None:
+                tracer = self.tracer = Tracer(self.iops, self.settings.tracing, self.clock, self.client_id,
+                                              self.settings.bucket)
+                self.submit = self._traced_submit  # type: ignore[method-assign]
+                self.submit_batch = self._traced_submit_batch  # type: ignore[method-assign]
+                for conn in set(self.connections) | set(self._by_addr.values()):
+                    conn.trace_writes(tracer)
+            if tracer.reports and not reports:
+                tracer.flush()
+            tracer.reports = reports
+            tracer.otel = otel
+        elif tracer is not None:
+            self.tracer = None
+            self.__dict__.pop("submit", None)
+            self.__dict__.pop("submit_batch", None)
+            for conn in set(self.connections) | set(self._by_addr.values()):
+                conn.trace_writes(None)
+            tracer.close()
+
+    def _traced_submit(self, op: KVOp) -> None:
+        """:meth:`submit` while tracing is on: the same, timed."""
+        tracer = self.tracer
+        if tracer is None or op.local or op.multi_key or not op.traced:
+            Engine.submit(self, op)
+            return
+        started = self.clock()
+        Engine.submit(self, op)
+        tracer.kv_submitted(op, started, self.clock())
+
+    def _traced_submit_batch(self, batch: Batch) -> None:
+        """:meth:`submit_batch` while tracing is on: the same, timed as one entry."""
+        tracer = self.tracer
+        started = self.clock()
+        Engine.submit_batch(self, batch)
+        if tracer is not None:
+            tracer.batch_submitted(batch, started, self.clock())
 
     def _submit_unusual(self, op: KVOp) -> None:
         """submit() for a closed engine, the first use after a fork, or a
@@ -741,6 +801,11 @@ class Engine:
         op.done = True
         self._detach_op(op)
         conn = op.conn
+        if log.isEnabledFor(logging.DEBUG):  # the key is user data: redacted with log_redaction=on
+            log.debug("%s timed out after %.3gs on %s (%s, %s; last problem: %s)", self.settings.describe_op(op),
+                      op.timeout, conn.authority if conn is not None else "no node yet",
+                      conn.state if conn is not None else "unrouted",
+                      "written" if op.written else "never written", op.last_error or "none")
         where = ""
         if conn is not None:
             where = " on %s (%s)" % (conn.authority, conn.state if conn.state is not READY else "connected")
@@ -769,12 +834,11 @@ class Engine:
         waiting, self._unrouted = self._unrouted, []
         self.fail_ops(waiting, rc, message)
 
-    @staticmethod
-    def _finish_with_error(op: KVOp, rc: int, message: str) -> None:
+    def _finish_with_error(self, op: KVOp, rc: int, message: str) -> None:
         try:
             op.on_error(rc, message)
         except Exception:
-            log.exception("failing %s raised", op.describe())
+            log.exception("failing %s raised", self.settings.describe_op(op))
 
     # ------------------------------------------------------ connection events
 
@@ -818,6 +882,8 @@ class Engine:
         self.iops.update_timer(self._retry_timer, PYCBC_EVACTION_CLEANUP, 0)
         if self._bootstrapper is not None:
             self._bootstrapper.close()
+        if self.tracer is not None:
+            self._retrace(False, None)  # reports what is queued
         self.http_pool.close()
         if not self.bootstrapped and self.bootstrap_error is None:
             # Settle the bootstrap first (closing connections below must not
@@ -959,6 +1025,8 @@ class Engine:
             if timer is not None:
                 timer._handler = _ignore
         self.deadlines._closed = True
+        if self.tracer is not None:
+            self.tracer.abandon_after_fork()  # the parent's entries and timers
         self._bootstrap_timer = self._poll_timer = None
         self._retries = []
         self._retry_armed = None
@@ -970,6 +1038,8 @@ class Engine:
 
         self.http_pool = HTTPPool(self, max(1, self.settings.http_poolsize))
         self.client_id = binascii.hexlify(os.urandom(8)).decode("ascii")
+        if self.tracer is not None:
+            self.tracer.client_id = self.client_id
         pending = [op for op in inflight.values() if not op.done]
         if not recover:
             # Nothing can be delivered (no loop to deliver from): the
@@ -1089,8 +1159,15 @@ class Engine:
             raise ValueError("an HTTP request needs a timeout greater than 0, not %r" % (timeout,))
         if self._pid != _forks.pid:
             self._resume_after_fork()
+        tracer = self.tracer
+        span = None
+        if tracer is not None and service in HTTP_SERVICES:
+            span = tracer.http_started(service, method, path)
+            on_head, on_end, on_error = span.wrap(on_head, on_end, on_error)
         request = ServiceRequest(self, service, method, path, body, headers, timeout, on_head, on_chunk, on_end,
                                  on_error, idempotent, order)
+        if span is not None:
+            span.request = request
         if self._fork_restarting:
             self._bootstrap_callbacks.append(request.start_after_bootstrap)
         else:
@@ -1116,6 +1193,7 @@ class _ConfigOp(KVOp):
 
     __slots__ = ("engine", "source")
     idempotent = True
+    traced = False
 
     def __init__(self, engine: Engine, source: str) -> None:
         KVOp.__init__(self, Opcode.GET_CLUSTER_CONFIG)

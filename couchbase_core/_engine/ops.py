@@ -56,6 +56,9 @@ class KVOp:
     #: True when sending it twice is harmless (reads): such operations are
     #: re-sent after a connection loss; mutations then fail instead.
     idempotent = False
+    #: False for the engine's own requests (config fetches, probes): they
+    #: are left out of the threshold reports and spans.
+    traced = True
     #: True for operations the engine runs itself instead of sending a
     #: request (``endure``, ``observe``): Engine.submit calls ``run(engine)``.
     local = False

@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from couchbase_core._engine.protocol import Frame
     from couchbase_core._engine.settings import Settings
     from couchbase_core._engine.timeouts import Deadlines
+    from couchbase_core._engine.tracing import Tracer
     from couchbase_core.iops.base import IOPS
 
 __all__ = ["ConnectionOwner"]
@@ -52,6 +53,8 @@ class ConnectionOwner(Protocol):
     #: themselves to :attr:`dirty` and are flushed when the batch ends.
     batch_depth: int
     dirty: Set["KVConnection"]
+    #: The threshold/orphan tracer while ``enable_tracing`` is on, else None.
+    tracer: Optional["Tracer"]
 
     def next_opaque(self) -> int:
         """A fresh opaque."""

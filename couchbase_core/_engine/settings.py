@@ -22,7 +22,7 @@ from couchbase_core.connstr import (
 from couchbase_core.exceptions import ArgumentError, OptionIgnoredWarning
 
 __all__ = ["Settings", "DEFAULT_MAX_VALUE_MEMCACHED", "DEFAULT_MAX_VALUE_COUCHBASE", "COUCHBASE_FEATURES",
-           "TRACING_DEFAULTS"]
+           "TRACING_DEFAULTS", "parse_tracing_option"]
 
 #: HELLO features requested from Couchbase servers: the ones the engine
 #: handles (XERROR statuses, SELECT_BUCKET, config pushes).
@@ -144,9 +144,12 @@ class Settings:
     #: in ``<ud>...</ud>`` (see :meth:`ud`).
     log_redaction: bool = False
     #: ``enable_tracing`` and the ``tracing_*`` options (TRACING_DEFAULTS):
-    #: parsed and validated; the reports themselves are not produced yet.
+    #: the threshold and orphan reports of couchbase_core._engine.tracing
+    #: (docs/observability.md).
     enable_tracing: bool = False
     tracing: Dict[str, float] = field(default_factory=lambda: dict(TRACING_DEFAULTS))
+    #: The OpenTelemetry tracer given as ``tracer=`` (a span per operation), or None.
+    otel_tracer: Any = field(default=None, repr=False)
     #: Snappy: values smaller than this are never compressed, and a
     #: compressed value is sent only if at most this fraction of the original.
     compression_min_size: int = DEFAULT_COMPRESSION_MIN_SIZE
@@ -344,6 +347,10 @@ class Settings:
             self.log_redaction = parse_bool(opts["log_redaction"], "log_redaction")
         if "enable_tracing" in opts:
             self.enable_tracing = parse_bool(opts["enable_tracing"], "enable_tracing")
+            if self.enable_tracing and self.scheme != "memcached":
+                # ask the server for its own duration of each request
+                # (reported as server_us; servers that do not know it refuse it)
+                self.hello_features = self.hello_features + (Feature.TRACING,)
         for name in TRACING_DEFAULTS:
             if name in opts:
                 self.tracing[name] = parse_tracing_option(name, opts[name])
@@ -361,10 +368,6 @@ class Settings:
         if self.scheme == "memcached" and self.network not in ("auto", "default"):
             _warn("network=%s has no effect on memcached:// (no cluster config publishes alternate addresses)"
                   % self.network, OptionIgnoredWarning)
-        tracing = [name for name in TRACING_DEFAULTS if name in opts]
-        if self.enable_tracing or tracing:
-            _warn(tracing_warning(self.enable_tracing, tracing),
-                  OptionIgnoredWarning)
         if "detailed_errcodes" in opts and not parse_bool(opts["detailed_errcodes"], "detailed_errcodes"):
             _warn("detailed_errcodes=false is ignored: extended error codes (HELLO XERROR) are always requested",
                   OptionIgnoredWarning)
@@ -382,15 +385,6 @@ _COUCHBASE_ONLY = ("bootstrap_on", "select_bucket", "sasl_mech_force", "http_poo
                    "compression_min_ratio", "config_cache", "dnssrv_nameserver",
                    "dnssrv_timeout")
 
-
-def tracing_warning(enabled: bool, names: List[str]) -> str:
-    """The one warning given when tracing is asked for (the threshold and
-    orphan reports are not produced yet: see docs/compat.md)."""
-    what = ["enable_tracing=true"] if enabled else []
-    what += names
-    return ("%s: the options are validated and kept, but this client does not produce the threshold "
-            "and orphan tracing reports yet; nothing is logged for slow or orphaned operations"
-            % ", ".join(what))
 
 #: Host names never looked up in DNS (RFC 6761: "localhost" is answered
 #: locally; resolvers do not send queries for it).
