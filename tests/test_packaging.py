@@ -370,7 +370,7 @@ def test_wheel_builds_and_installs_in_a_clean_venv() -> None:
         assert "Provides-Extra: mock" in meta
         tops = {n.split("/", 1)[0] for n in names if "/" in n and not n.split("/", 1)[0].endswith(
             (".dist-info", ".data"))}
-        assert {"couchbase_core", "gcouchbase"} <= tops
+        assert {"couchbase_core", "gcouchbase", "acouchbase", "txcouchbase"} <= tops
         for top in tops:
             assert "%s/py.typed" % top in names, "the wheel has no %s/py.typed" % top
         assert "couchbase_core/mock/pytest_plugin.py" in names
@@ -401,5 +401,16 @@ def test_wheel_builds_and_installs_in_a_clean_venv() -> None:
         assert out.returncode == 0, out.stderr
         code, _, reason = out.stdout.strip().partition(" ")
         assert code == "500" and "pip install 'gcouchbase[mock]'" in reason, out.stdout
+
+        # acouchbase needs only asyncio; txcouchbase needs Twisted (the
+        # `twisted` extra), installed here as a wheel of this environment's version.
+        out = _run([vpy, "-c", "import acouchbase.bucket, gcouchbase.bucket"], timeout=120, cwd=tmp)
+        assert out.returncode == 0, out.stderr
+        out = _run(pip + ["--only-binary", ":all:", "twisted==%s" % metadata.version("twisted")], timeout=240)
+        _skip_if_offline(out, "installing Twisted")
+        assert out.returncode == 0, out.stderr
+        out = _run([vpy, "-c", "import txcouchbase.bucket; import importlib.util as u; "
+                    "assert u.find_spec('quickjs') is None"], timeout=120, cwd=tmp)
+        assert out.returncode == 0, out.stderr
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
