@@ -83,6 +83,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List,
 from couchbase_core.mock import n1ql
 from couchbase_core.mock.auth import http_access
 from couchbase_core.mock.httpd import HTTPRequest, HTTPResponse, Router, json_response
+from couchbase_core.mock.query import request_fields
 
 if TYPE_CHECKING:  # pragma: no cover
     from couchbase_core.mock.runtime import MockApp, NodeRuntime
@@ -541,26 +542,8 @@ def analytics_service(app: "MockApp") -> AnalyticsService:
     return service
 
 
-def _request_fields(request: HTTPRequest) -> Dict[str, Any]:
-    ctype = request.headers.get("content-type", "")
-    if request.method == "POST" and ctype.startswith("application/json"):
-        fields = json.loads(request.body or b"{}")
-        if not isinstance(fields, dict):
-            raise ValueError("the request body must be a JSON object")
-        return fields
-    raw = dict(request.query)
-    if request.method == "POST":
-        raw.update(request.form())
-    decoded: Dict[str, Any] = {}
-    for name, value in raw.items():
-        if name in ("statement", "mode", "timeout", "client_context_id", "scan_consistency"):
-            decoded[name] = value
-            continue
-        try:
-            decoded[name] = json.loads(value)
-        except ValueError:
-            decoded[name] = value
-    return decoded
+#: Analytics request parameters taken as plain text (not JSON).
+_TEXT_FIELDS = frozenset({"statement", "mode", "timeout", "client_context_id", "scan_consistency"})
 
 
 def _auth_failure() -> HTTPResponse:
@@ -582,7 +565,7 @@ def router(app: "MockApp", runtime: "NodeRuntime") -> Router:
         if denied(request):
             return _auth_failure()
         try:
-            fields = _request_fields(request)
+            fields = request_fields(request, _TEXT_FIELDS)
         except ValueError as exc:
             return json_response({"errors": [{"code": 24000, "msg": "Invalid request: %s" % exc}],
                                   "status": "fatal"}, 400)

@@ -66,7 +66,14 @@ def query_service(app: "MockApp") -> Any:
     return service
 
 
-def _request_fields(request: HTTPRequest) -> Dict[str, Any]:
+#: Request parameters a query service takes as plain text (not JSON).
+_TEXT_FIELDS = frozenset({"statement", "prepared", "encoded_plan"})
+
+
+def request_fields(request: HTTPRequest, text_fields: frozenset = _TEXT_FIELDS) -> Dict[str, Any]:
+    """The parameters of a query-service request: a JSON body as it is, or
+    form/query-string fields, each JSON-decoded unless it is one of
+    ``text_fields`` (or does not decode)."""
     ctype = request.headers.get("content-type", "")
     if request.method == "POST" and ctype.startswith("application/json"):
         fields = json.loads(request.body or b"{}")
@@ -78,7 +85,7 @@ def _request_fields(request: HTTPRequest) -> Dict[str, Any]:
         raw.update(request.form())
     fields: Dict[str, Any] = {}
     for name, value in raw.items():
-        if name == "statement" or name == "prepared" or name == "encoded_plan":
+        if name in text_fields:
             fields[name] = value
             continue
         try:
@@ -98,7 +105,7 @@ def router(app: "MockApp", runtime: "NodeRuntime") -> Router:
             return json_response({"requestID": "", "errors": [{"code": 10000, "msg": "Authentication Failure"}],
                                   "status": "fatal"}, 401)
         try:
-            fields = _request_fields(request)
+            fields = request_fields(request)
         except ValueError as exc:
             return json_response({"errors": [{"code": 1000, "msg": "Invalid request: %s" % exc}],
                                   "status": "fatal"}, 400)
