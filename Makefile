@@ -3,8 +3,11 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PYTEST_ARGS ?=
+# PyPy: Debian's pypy3 (installed by scripts/ensure-venv-pypy when missing)
+PYPY      ?= pypy3
+VENV_PYPY ?= .venv-pypy
 
-.PHONY: venv memcached demo test bench bench-extra bench-instr lint clean
+.PHONY: venv venv-pypy memcached demo test test-pypy bench bench-extra bench-instr lint clean
 
 venv:
 	@PYTHON=$(PYTHON) VENV=$(VENV) ./scripts/ensure-venv
@@ -17,6 +20,13 @@ demo: venv
 
 test: venv memcached
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+venv-pypy:
+	@PYPY=$(PYPY) VENV=$(VENV_PYPY) ./scripts/ensure-venv-pypy
+
+# the whole suite again, on PyPy (docs/interpreters.md)
+test-pypy: venv-pypy memcached
+	$(VENV_PYPY)/bin/python -m pytest $(PYTEST_ARGS)
 
 bench: venv memcached
 	$(PY) -m bench
@@ -37,4 +47,4 @@ lint: venv
 	$(PY) -m mypy couchbase_core/_engine couchbase_core/iops
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(VENV_PYPY) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -42,7 +42,13 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seconds", type=float, default=2.0, help="measured time per cell (default 2)")
-    p.add_argument("--warmup", type=float, default=0.3, help="unmeasured warm-up per cell (default 0.3)")
+    p.add_argument("--warmup", type=float, default=None,
+                   help="unmeasured warm-up per cell, seconds (default 0.3 on CPython, %g on PyPy, whose JIT "
+                        "compiles the hot loops during the first seconds)" % PYPY_WARMUP)
+    p.add_argument("--python", default=None, metavar="PATH[,PATH...]",
+                   help="interpreter(s) to run the clients under (default: this one). With two or more "
+                        "(e.g. .venv/bin/python,.venv-pypy/bin/python) every client runs under each, in one "
+                        "run against the same memcached, and an interpreter table compares them")
     p.add_argument("--quick", action="store_true",
                    help="only the 100-greenlet 90/10 100-byte cell and get_multi")
     p.add_argument("--clients", default=",".join(CLIENT_NAMES),
@@ -57,9 +63,34 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     if unknown or not names:
         p.error("unknown client(s) %s; choose from %s" % (", ".join(unknown) or "(none)", ", ".join(CLIENT_NAMES)))
     args.clients = [c for c in CLIENT_NAMES if c in names]
-    if args.seconds <= 0 or args.warmup < 0 or args.repeat < 1:
+    if args.seconds <= 0 or (args.warmup is not None and args.warmup < 0) or args.repeat < 1:
         p.error("--seconds must be > 0, --warmup >= 0 and --repeat >= 1")
+    paths = [x.strip() for x in (args.python or sys.executable).split(",") if x.strip()]
+    args.interpreters = []
+    for path in paths:
+        try:
+            args.interpreters.append(describe_interpreter(path))
+        except (OSError, subprocess.SubprocessError, ValueError) as exc:
+            p.error("--python %s: cannot run it (%s)" % (path, exc))
+    tags = [i["tag"] for i in args.interpreters]
+    if len(set(tags)) != len(tags):
+        p.error("--python: two interpreters of the same kind (%s); give one CPython and one PyPy" % ", ".join(tags))
     return args
+
+
+PYPY_WARMUP = 3.0
+
+
+def describe_interpreter(path: str) -> Dict[str, Any]:
+    """What ``path`` is: implementation, version, a short tag for the
+    tables (``cpython``/``pypy``) and the warm-up it needs by default."""
+    code = "import platform; print(platform.python_implementation(), platform.python_version())"
+    out = subprocess.run([path, "-c", code], capture_output=True, text=True, timeout=60, check=True).stdout.split()
+    if len(out) != 2:
+        raise ValueError("unexpected answer %r" % (out,))
+    impl, version = out
+    return {"path": path, "implementation": impl, "version": version, "tag": impl.lower(),
+            "warmup": PYPY_WARMUP if impl == "PyPy" else 0.3}
 
 
 # -- machine ---------------------------------------------------------------
@@ -111,10 +142,10 @@ def machine_info(memcached_binary: str, threads: int) -> Dict[str, Any]:
 # -- running -------------------------------------------------------------------
 
 def run_client(client: str, host: str, port: int, cells: List[Dict[str, Any]],
-               seconds: float, warmup: float) -> Dict[str, Any]:
+               seconds: float, warmup: float, python: Optional[str] = None) -> Dict[str, Any]:
     spec = {"seconds": seconds, "warmup": warmup, "cells": cells}
     budget = len(cells) * (seconds + warmup + 15) + 120
-    cmd = [sys.executable, "-m", "bench.worker", client, host, str(port), json.dumps(spec)]
+    cmd = [python or sys.executable, "-m", "bench.worker", client, host, str(port), json.dumps(spec)]
     env = dict(os.environ)
     env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     try:
@@ -180,8 +211,8 @@ def _size(n: int) -> str:
     return "%d B" % n if n < 1024 else "%d KiB" % (n // 1024)
 
 
-def print_tables(results: Dict[str, Dict[str, Any]], cells: List[Dict[str, Any]]) -> None:
-    base = results.get("gcouchbase")
+def print_tables(results: Dict[str, Dict[str, Any]], cells: List[Dict[str, Any]], base_name: str = "gcouchbase") -> None:
+    base = results.get(base_name)
     repeated = any(len(c.get("rates", ())) > 1 for r in results.values() for c in r.get("cells", []))
     for workload, title in WORKLOADS.items():
         rows = [c for c in cells if c["workload"] == workload]
@@ -190,9 +221,9 @@ def print_tables(results: Dict[str, Dict[str, Any]], cells: List[Dict[str, Any]]
         unit = "keys/s" if workload == "multi" else "ops/s"
         print()
         print("== %s" % title)
-        print(("%9s  %-6s  %-11s %12s %9s %9s  %-18s%s" % ("greenlets", "value", "client", unit, "p50 µs",
-                                                           "p99 µs", "vs gcouchbase",
-                                                           "  runs min..max" if repeated else "")).rstrip())
+        print(("%9s  %-6s  %-18s %12s %9s %9s  %-26s%s" % ("greenlets", "value", "client", unit, "p50 µs",
+                                                            "p99 µs", "vs " + base_name,
+                                                            "  runs min..max" if repeated else "")).rstrip())
         for cell in rows:
             first = True
             ref = _rate(_find(base, cell)) if base else None
@@ -201,27 +232,28 @@ def print_tables(results: Dict[str, Dict[str, Any]], cells: List[Dict[str, Any]]
                 first = False
                 c = _find(res, cell)
                 if c is None:
-                    print("%s  %-11s %12s" % (lead, name, "(failed)"))
+                    print("%s  %-18s %12s" % (lead, name, "(failed)"))
                     continue
                 rate = _rate(c)
                 ratio = "%.2fx" % (rate / ref) if ref and rate is not None else "-"
-                if name == "gcouchbase":
+                if name == base_name:
                     ratio = "1.00x" if ref else "-"
                 note = ""
                 if repeated and c.get("rates"):
                     note += "  %s..%s" % ("{:,.0f}".format(min(c["rates"])), "{:,.0f}".format(max(c["rates"])))
                 if c["errors"]:
                     note += "   !! %d wrong/missing values" % c["errors"]
-                label = ratio if name == "gcouchbase" else "%s %s" % (name, ratio)
-                print(("%s  %-11s %12s %9.0f %9.0f  %-18s%s" % (lead, name, "{:,.0f}".format(rate), c["p50_us"],
+                label = ratio if name == base_name else "%s %s" % (name, ratio)
+                print(("%s  %-18s %12s %9.0f %9.0f  %-26s%s" % (lead, name, "{:,.0f}".format(rate), c["p50_us"],
                                                                c["p99_us"], label, note)).rstrip())
         if workload == "multi":
             print("%28s(latency is per get_multi call of 1,000 keys)" % "")
 
 
-def headline(results: Dict[str, Dict[str, Any]]) -> Dict[str, Optional[float]]:
+def headline(results: Dict[str, Dict[str, Any]], base_name: str = "gcouchbase",
+             peer_name: str = "pymemcache") -> Dict[str, Optional[float]]:
     """Print the gcouchbase / peer lines; return gcouchbase / pymemcache for the two checks."""
-    base = results.get("gcouchbase")
+    base = results.get(base_name)
     ratios: Dict[str, Optional[float]] = {"mix": None, "multi": None}
     print()
     print("== headline")
@@ -232,16 +264,36 @@ def headline(results: Dict[str, Dict[str, Any]]) -> Dict[str, Optional[float]]:
         if ref is None:
             print("  %s: gcouchbase not measured" % label)
             continue
-        print("  %s: gcouchbase %s" % (label, "{:,.0f}".format(ref)))
+        print("  %s: %s %s" % (label, base_name, "{:,.0f}".format(ref)))
         for name, res in results.items():
-            if name == "gcouchbase":
+            if name == base_name:
                 continue
             rate = _rate(_find(res, cell))
             if rate:
-                print("    gcouchbase / %-10s = %.2fx" % (name, ref / rate))
-                if name == "pymemcache":
+                print("    %s / %-18s = %.2fx" % (base_name, name, ref / rate))
+                if name == peer_name:
                     ratios[key] = ref / rate
     return ratios
+
+
+def print_interpreters(results: Dict[str, Dict[str, Any]], cells: List[Dict[str, Any]],
+                       clients: List[str], interpreters: List[Dict[str, Any]]) -> None:
+    """One row per cell and client: the rate under each interpreter, and
+    each later interpreter's rate over the first's."""
+    first = interpreters[0]["tag"]
+    heads = ["%s %s" % (i["implementation"], i["version"]) for i in interpreters]
+    print()
+    print("== interpreters (ops/s; keys/s for get_multi)")
+    print(("%-10s %9s  %-6s  %-11s" % ("workload", "greenlets", "value", "client")
+           + "".join(" %16s" % h for h in heads)
+           + "".join(" %16s" % ("%s/%s" % (i["tag"], first)) for i in interpreters[1:])))
+    for cell in cells:
+        for client in clients:
+            rates = [_rate(_find(results.get("%s@%s" % (client, i["tag"]), {}), cell)) for i in interpreters]
+            ratios = ["%.2fx" % (r / rates[0]) if r and rates[0] else "-" for r in rates[1:]]
+            print(("%-10s %9d  %-6s  %-11s" % (cell["workload"], cell["greenlets"], _size(cell["size"]), client)
+                   + "".join(" %16s" % ("{:,.0f}".format(r) if r else "(failed)") for r in rates)
+                   + "".join(" %16s" % x for x in ratios)))
 
 
 def checks(ratios: Dict[str, Optional[float]]) -> None:
@@ -274,20 +326,38 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("  memcached: %s on %s (shares the CPUs with the client)" % (meta["memcached"], srv.address))
         print("  peers:     pymemcache %s, python-binary-memcached %s" % (meta["pymemcache"],
                                                                         meta["python-binary-memcached"]))
-        print("  cells:     %d per client, %.1f s measured + %.1f s warm-up each%s"
-              % (len(cells), args.seconds, args.warmup,
+        interps = args.interpreters
+        multi = len(interps) > 1
+        for interp in interps:
+            interp["warmup_s"] = args.warmup if args.warmup is not None else interp["warmup"]
+            print("  client interpreter: %s %s (%s), %.1f s warm-up per cell"
+                  % (interp["implementation"], interp["version"], interp["path"], interp["warmup_s"]))
+        print("  cells:     %d per client, %.1f s measured each%s"
+              % (len(cells), args.seconds,
                  ", %d interleaved runs (median shown)" % args.repeat if args.repeat > 1 else ""))
-        runs: Dict[str, List[Dict[str, Any]]] = {c: [] for c in args.clients}
+
+        def label(client: str, interp: Dict[str, Any]) -> str:
+            return "%s@%s" % (client, interp["tag"]) if multi else client
+
+        runs: Dict[str, List[Dict[str, Any]]] = {label(c, i): [] for i in interps for c in args.clients}
         for round_no in range(args.repeat):
-            for client in args.clients:
-                tag = " (run %d/%d)" % (round_no + 1, args.repeat) if args.repeat > 1 else ""
-                print("  running %-11s%s ..." % (client, tag), end=" ", flush=True)
-                res = run_client(client, srv.host, srv.port, cells, args.seconds, args.warmup)
-                runs[client].append(res)
-                print("crashed" if res.get("error") else "done", flush=True)
+            for interp in interps:
+                for client in args.clients:
+                    name = label(client, interp)
+                    tag = " (run %d/%d)" % (round_no + 1, args.repeat) if args.repeat > 1 else ""
+                    print("  running %-18s%s ..." % (name, tag), end=" ", flush=True)
+                    res = run_client(client, srv.host, srv.port, cells, args.seconds, interp["warmup_s"],
+                                     python=interp["path"])
+                    res["interpreter"] = {k: interp[k] for k in ("path", "implementation", "version")}
+                    runs[name].append(res)
+                    print("crashed" if res.get("error") else "done", flush=True)
         results = {c: merge_runs(r, cells) for c, r in runs.items()}
-    print_tables(results, cells)
-    ratios = headline(results)
+        meta["interpreters"] = interps
+    base_name = label("gcouchbase", interps[0])
+    print_tables(results, cells, base_name)
+    if multi:
+        print_interpreters(results, cells, args.clients, interps)
+    ratios = headline(results, base_name, label("pymemcache", interps[0]))
     checks(ratios)
     crashed = {k: v for k, v in results.items() if v.get("error")}
     for name, res in crashed.items():

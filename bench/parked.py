@@ -104,9 +104,9 @@ def _sites(before: Any, after: Any) -> List[Dict[str, Any]]:
 def run_worker(mode: str, kind: str, n: int, host: str, port: int, pid: int, timeout: float) -> Dict[str, Any]:
     """Park ``n`` greenlets the ``kind`` way with memcached (``pid``) frozen
     and measure them the ``mode`` way. Returns the result as a dict."""
-    import tracemalloc
-
     if mode == "tracemalloc":
+        import tracemalloc
+
         tracemalloc.start(1)
     import gevent
     import gevent.event
@@ -180,6 +180,20 @@ def run_worker(mode: str, kind: str, n: int, host: str, port: int, pid: int, tim
 
 # -- the parent --------------------------------------------------------------------------
 
+def available_modes() -> List[str]:
+    """The measures this interpreter can take: PyPy has no tracemalloc
+    (its ``tracemalloc`` module fails to import ``_tracemalloc``), so there
+    only RSS is measured."""
+    try:
+        import tracemalloc  # noqa: F401
+    except ImportError:
+        return ["rss"]
+    return list(MODES)
+
+
+UNAVAILABLE_NOTE = ("tracemalloc: not available on this interpreter (%s has none); RSS only, and no "
+                    "allocation sites")
+
 class Watchdog:
     """After ``seconds``, continue the frozen memcached, kill the current
     worker and stop the server: a hung run never leaves memcached stopped."""
@@ -245,7 +259,7 @@ def measure(n: int, kinds: List[str], timeout: float, deadline: float) -> Dict[s
     watchdog = Watchdog(deadline, srv).start()
     results: Dict[str, Dict[str, Any]] = {m: {} for m in MODES}
     try:
-        for mode in MODES:
+        for mode in available_modes():
             for kind in ["baseline"] + kinds:
                 if watchdog.fired or srv.proc is None:
                     results[mode][kind] = {"error": "the watchdog stopped the run after %.0f s" % deadline}
@@ -321,20 +335,25 @@ def report(summary: Dict[str, Any], results: Dict[str, Dict[str, Any]], kinds: L
             [[s["site"], "%.0f" % s["per_greenlet"], "%.0f" % s["baseline_per_greenlet"], "%.0f" % s["beyond"],
               "%.2f" % s["count_per_greenlet"]] for s in sites]))
     lines.append("")
+    modes = available_modes()
+    if "tracemalloc" not in modes:
+        import platform
+
+        lines += [UNAVAILABLE_NOTE % platform.python_implementation(), ""]
     for kind in kinds:
         s = summary[kind]
         measured = [v for v in (s.get("rss_beyond"), s.get("tracemalloc_beyond")) if v is not None]
-        problems = [r.get("error") or r.get("problem") for m in MODES for r in (results[m].get(kind, {}),
+        problems = [r.get("error") or r.get("problem") for m in modes for r in (results[m].get(kind, {}),
                                                                               results[m].get("baseline", {}))]
         problems = sorted({p for p in problems if p})
-        if len(measured) < 2 or problems:
+        if len(measured) < len(modes) or problems:
             lines.append("%s: not measured (%s); <= 4 KB per parked greenlet beyond gevent's: FAIL"
                          % (LABELS[kind], "; ".join(problems) or "a run failed"))
             continue
         worst = max(measured)
         lines.append("%s: %s B per parked greenlet beyond gevent's (RSS %s, tracemalloc %s); "
                      "<= 4 KB per parked greenlet beyond gevent's: %s"
-                     % (LABELS[kind], _b(worst), _b(s["rss_beyond"]), _b(s["tracemalloc_beyond"]),
+                     % (LABELS[kind], _b(worst), _b(s.get("rss_beyond")), _b(s.get("tracemalloc_beyond")),
                         verdict(worst <= LIMIT_BYTES)))
     for mode in MODES:
         for kind, res in results[mode].items():

@@ -49,6 +49,7 @@ class RowStream:
         self.http_status = 0
         self.error: Optional[Tuple[int, str]] = None
         self.rows_received = 0
+        self.closed = False  # close() was called: the consumer wants no more rows
 
     @property
     def bucket(self) -> Any:
@@ -85,6 +86,27 @@ class RowStream:
             latch.done()
 
     # -- consumer side ------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop for good: cancel the request if it is still running (its
+        connection is closed, never pooled), drop the buffered rows, and let
+        an iterator waiting for rows (in another greenlet) end. Idempotent.
+
+        Iterators do this themselves when they are closed, killed or
+        collected; calling it makes the moment deterministic on any
+        interpreter (PyPy collects an abandoned iterator later than
+        CPython)."""
+        self.closed = True
+        self._buffer.clear()
+        if not self.done:
+            if self.op is not None:
+                self.op.cancel()
+            self.done = True
+            self.error = self.error or (0, "abandoned")
+        if self._latch is not None:
+            # An iterator waits for rows in another greenlet: wake it from
+            # the loop (a waiter may only be resumed from there).
+            self.bucket._engine.defer(self._wake)
 
     def start(self) -> None:
         """Send the request."""

@@ -484,6 +484,8 @@ class DeferredAnalyticsRequest(AnalyticsRequest):
         # 1. the query itself: the service answers with a handle (and no rows)
         for _ in super().__iter__():
             pass
+        if self._closed:
+            return
         self._done = False
         handle = self.meta.get("handle")
         if not isinstance(handle, str) or not handle:
@@ -508,12 +510,16 @@ class DeferredAnalyticsRequest(AnalyticsRequest):
             if time.monotonic() + self._interval > deadline:
                 raise CBTimeoutError("the deferred analytics query did not finish within %.3gs" % limit)
             _pause(bucket, self._interval)
+            if self._closed:
+                return
         # 3. the rows
         rows = self._get_json(result)
         if not isinstance(rows, list):
             rows = [rows]
         self._done = True
         for row in rows:
+            if self._closed:
+                return
             self.rows_returned += 1
             yield self.row_factory(row)
 

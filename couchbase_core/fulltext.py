@@ -1019,6 +1019,8 @@ class SearchRequest:
         self._meta: Dict[str, Any] = {}
         self._meta_received = False
         self._iterated = False
+        self._closed = False
+        self._current: Any = None  # the row stream being read
 
     @classmethod
     def mk_kwargs(cls, kwargs: Dict[str, Any]) -> Dict[str, Any]:
@@ -1073,15 +1075,39 @@ class SearchRequest:
         from couchbase_core._rowstream import RowStream
 
         self.bucket._require_couchbase("full-text search", "plain memcached has no search service")
-        stream = RowStream(self.bucket, self._request_op)
+        if self._closed:
+            return  # closed before it was iterated
+        stream = self._current = RowStream(self.bucket, self._request_op)
         for batch in stream.batches():
             for row in batch:
                 stream.check_open()
+                if stream.closed:
+                    return
                 self.rows_returned += 1
                 yield self.row_factory(row)
+        if stream.closed:
+            return
         exc = self._finish(stream.meta, stream.http_status, stream.error)
         if exc is not None:
             raise exc
+
+    def close(self) -> None:
+        """Stop reading hits: the request is cancelled (its connection is
+        closed, not pooled), buffered hits are dropped, and an iteration in
+        progress ends after the hit it is at. Idempotent; a search closed
+        before it is iterated yields nothing. As for views and N1QL, a
+        ``for`` left early cancels the request only once the iterator is
+        collected (later on PyPy than on CPython); ``close()`` or ``with
+        bucket.search(...) as hits:`` does it at a known moment."""
+        self._closed = True
+        if self._current is not None:
+            self._current.close()
+
+    def __enter__(self) -> "SearchRequest":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
 
     def execute(self) -> "SearchRequest":
         """Run the search to its end (hits are discarded); returns self."""

@@ -327,6 +327,8 @@ class N1QLRequest:
         self.rows_returned = 0
         self._iterated = False
         self._done = False
+        self._closed = False
+        self._current: Any = None  # the row stream being read
 
     # -- the request machine -------------------------------------------------------
 
@@ -374,17 +376,45 @@ class N1QLRequest:
         machine = self._new_machine()
         action = machine.start()
         while not isinstance(action, (Finished, Failed)):
-            stream = self._stream(action)
+            if self._closed:
+                return
+            stream = self._current = self._stream(action)
             for batch in stream.batches():
                 for row in machine.feed_rows(batch):
                     stream.check_open()
+                    if stream.closed:
+                        return
                     self.rows_returned += 1
                     yield self.row_factory(row)
+            if stream.closed:
+                return
             action = machine.end(stream.meta, stream.http_status, stream.error)
         self.meta = machine.meta
         self._done = True
         if isinstance(action, Failed):
             raise action.error
+
+    def close(self) -> None:
+        """Stop reading rows: the request in flight is cancelled (its
+        connection is closed, not pooled), buffered rows are dropped, no
+        further request is sent (a prepare's execute, say), and an iteration
+        in progress ends after the row it is at. Idempotent; a request closed
+        before it is iterated yields nothing.
+
+        Breaking out of a ``for`` loop, or a killed greenlet, cancels the
+        request too, but only once the iterator is collected: at once on
+        CPython, at the next garbage collection on PyPy. ``close()`` (or
+        ``with bucket.n1ql_query(...) as rows:``) frees the connection at a
+        known moment on both."""
+        self._closed = True
+        if self._current is not None:
+            self._current.close()
+
+    def __enter__(self) -> "N1QLRequest":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
 
     def execute(self) -> "N1QLRequest":
         """Run the request to completion (rows are discarded); returns self."""

@@ -323,6 +323,12 @@ def _check_gevent(ns):
     assert ns["gcb"].closed
 
 
+def _check_n1ql_closed(ns):
+    rows = ns["rows"]
+    assert ns["first_b"] == "Bob" and rows._closed and rows.rows_returned == 2
+    assert rows._current.done and rows._current.closed
+
+
 def _check_manager(ns):
     assert sorted(row.key for row in ns["sample"]) == ["Ann", "Bob", "Cid", "Dee", "Eve", "Fay"]
     assert ns["ddocs"] == ["_design/reports", "_design/users"]
@@ -366,6 +372,7 @@ def test_examples_of_views_n1ql_doc_run():
             ("req.metrics", _check_n1ql_request),
             ("N1QLError", _check_n1ql_error),
             ("gevent.spawn", _check_gevent),
+            ("with cb.n1ql_query", _check_n1ql_closed),
             ("design_publish", _check_manager),
             ("Admin(", lambda ns: _check_admin(cluster, ns)),
         ])

@@ -566,10 +566,14 @@ def test_gunicorn_gevent_preload_serves_each_request_its_own_document(memcached_
     env = dict(os.environ, FORK_TEST_CONNSTR=memcached_server.connstr,
                PYTHONPATH=os.pathsep.join([ROOT, str(tmp_path)]))
     log = open(tmp_path / "gunicorn.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", "2", "--preload",
-                             "-b", "127.0.0.1:%d" % port, "--timeout", "60", "--graceful-timeout", "5",
-                             "forkapp:app"], cwd=str(tmp_path), env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    argv = [sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", "2", "--preload",
+            "-b", "127.0.0.1:%d" % port, "--timeout", "60", "--graceful-timeout", "5"]
+    from gunicorn.config import KNOWN_SETTINGS  # a plain import: gunicorn patches nothing
+
+    if any(s.name == "control_socket_disable" for s in KNOWN_SETTINGS):
+        argv.append("--no-control-socket")  # gunicorn 25+: one per user by default, shared by all runs
+    proc = subprocess.Popen(argv + ["forkapp:app"], cwd=str(tmp_path), env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
     try:
         end = time.monotonic() + 40
         while True:

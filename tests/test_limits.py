@@ -578,6 +578,128 @@ def test_close_stops_a_stream_being_iterated(flavour, kind, cluster, monkeypatch
     assert state["rows"] < 100000 - 1
 
 
+# The request kinds whose rows stream: how to start one, the path the
+# emulator serves it on, and the JSON member its rows come in.
+STREAM_KINDS = {
+    "view": (lambda b: b.query("ddoc", "view"), "/_view/", "rows"),
+    "n1ql": (lambda b: b.n1ql_query("SELECT 1"), "/query/service", "results"),
+    "analytics": (lambda b: b.analytics_query("SELECT 1"), "/analytics/service", "results"),
+    "search": (lambda b: b.search("idx", __import__("couchbase_core.fulltext", fromlist=["x"]).MatchAllQuery()),
+               "/api/index/", "hits"),
+}
+
+
+def endless_rows(path: str, member: str, monkeypatch: Any, state: dict, pause_after: int = 0) -> None:
+    """Serve ``path`` with rows that never end: every row, or (with
+    ``pause_after``) that many, then silence. ``state["closed"]`` turns true
+    when the server side of the response is torn down."""
+
+    async def rows():
+        import asyncio
+
+        yield ('{"total_rows":100000,"%s":[' % member).encode()
+        try:
+            for i in range(100000):
+                state["rows"] = i
+                yield ('%s{"id":"k%d","key":%d,"value":null}' % ("," if i else "", i, i)).encode()
+                if pause_after and i + 1 == pause_after:
+                    await asyncio.sleep(3600)  # a slow index: nothing more for an hour
+                if i % 50 == 0:
+                    await asyncio.sleep(0)
+            yield b"]}"
+        finally:
+            state["closed"] = True
+
+    hostile_route(monkeypatch, lambda r: path in r.path,
+                  lambda r: mock_httpd.HTTPResponse(200, rows(), {"Content-Type": "application/json"}))
+
+
+def wait_server_side_closed(cluster: Any, state: dict) -> None:
+    for _ in range(500):
+        if state["closed"]:
+            return
+        cluster.refresh()  # the emulator thread runs meanwhile
+        gevent.sleep(0.02)
+    raise AssertionError("the server never saw the stream's connection close")
+
+
+@pytest.mark.parametrize("flavour", ["blocking", "gevent"])
+@pytest.mark.parametrize("kind", sorted(STREAM_KINDS))
+def test_close_on_the_request_ends_its_stream_at_once(flavour, kind, cluster, monkeypatch):
+    # No reliance on the iterator being collected (PyPy collects it late):
+    # close() cancels the request there and then.
+    start, path, member = STREAM_KINDS[kind]
+    state = {"closed": False, "rows": 0}
+    endless_rows(path, member, monkeypatch, state)
+    b = open_bucket(flavour, cluster.connstr_for("default"))
+    try:
+        req = start(b)
+        it = iter(req)
+        for _ in range(100):
+            next(it)
+        lent = [c for c in b._engine.http_pool._lent if c.busy]
+        assert len(lent) == 1
+        req.close()
+        assert lent[0].state == "closed"  # not pooled: half-read
+        with pytest.raises(StopIteration):  # the loop ends quietly, no error
+            next(it)
+        req.close()  # idempotent
+        wait_server_side_closed(cluster, state)
+        assert state["rows"] < 100000 - 1
+        # the bucket goes on
+        b.upsert("after-close", 1)
+        assert b.get("after-close").value == 1
+    finally:
+        b.close()
+
+
+@pytest.mark.parametrize("kind", sorted(STREAM_KINDS))
+def test_a_with_block_closes_the_request(kind, cluster, monkeypatch):
+    start, path, member = STREAM_KINDS[kind]
+    state = {"closed": False, "rows": 0}
+    endless_rows(path, member, monkeypatch, state)
+    b = open_bucket("gevent", cluster.connstr_for("default"))
+    try:
+        seen = 0
+        with start(b) as rows:
+            for _row in rows:
+                seen += 1
+                if seen == 10:
+                    break
+        assert not [c for c in b._engine.http_pool._lent if c.busy and c.state != "closed"]
+        wait_server_side_closed(cluster, state)
+        # closed before it was iterated: nothing is sent, nothing is yielded
+        req = start(b)
+        req.close()
+        assert list(req) == []
+    finally:
+        b.close()
+
+
+@pytest.mark.parametrize("kind", sorted(STREAM_KINDS))
+def test_close_from_another_greenlet_ends_a_waiting_iteration(kind, cluster, monkeypatch):
+    start, path, member = STREAM_KINDS[kind]
+    state = {"closed": False, "rows": 0}
+    endless_rows(path, member, monkeypatch, state, pause_after=20)
+    b = open_bucket("gevent", cluster.connstr_for("default"))
+    try:
+        req = start(b)
+        seen: List[Any] = []
+        consumer = gevent.spawn(lambda: seen.extend(req))
+        for _ in range(1500):  # the consumer has the 20 rows and waits for more
+            if len(seen) == 20 and state["rows"] == 19:
+                break
+            gevent.sleep(0.02)
+        assert len(seen) == 20 and not consumer.dead
+        req.close()
+        consumer.join(timeout=30)
+        assert consumer.dead and consumer.successful(), consumer.exception
+        assert len(seen) == 20
+        wait_server_side_closed(cluster, state)
+    finally:
+        b.close()
+
+
 def test_close_fails_an_async_view_in_progress(cluster, monkeypatch):
     from couchbase_core.asynchronous.bucket import AsyncBucket
     from couchbase_core.asynchronous.view import AsyncViewBase

@@ -189,6 +189,16 @@ class _Connection:
             for task in (gone, nxt):
                 if not task.done():
                     task.cancel()
+            # End the body now, not when it is collected: without reference
+            # counting (PyPy) an abandoned async generator would keep its
+            # ``finally`` (and whatever it holds) until the next collection.
+            await asyncio.gather(nxt, return_exceptions=True)
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                try:
+                    await aclose()
+                except Exception:  # noqa: BLE001 - the body's own cleanup failing ends nothing more
+                    pass
 
     async def run(self) -> None:
         self.registry.add(self)
@@ -250,12 +260,17 @@ class _Connection:
             await self._stream(body)
         else:
             count = 0
-            for chunk in body:  # type: ignore[union-attr]
-                if chunk:
-                    await self._send(h11.Data(data=chunk))
-                count += 1
-                if count % 16 == 0:
-                    await asyncio.sleep(0)  # let the other connections run
+            try:
+                for chunk in body:  # type: ignore[union-attr]
+                    if chunk:
+                        await self._send(h11.Data(data=chunk))
+                    count += 1
+                    if count % 16 == 0:
+                        await asyncio.sleep(0)  # let the other connections run
+            finally:
+                close = getattr(body, "close", None)  # a generator: its cleanup runs now (see _stream)
+                if close is not None:
+                    close()
         await self._send(h11.EndOfMessage())
 
 

@@ -160,6 +160,7 @@ class View:
         self.raw: Dict[str, Any] = {}
         self._stream: Any = None
         self._iterated = False
+        self._closed = False
 
     @property
     def path(self) -> str:
@@ -196,6 +197,8 @@ class View:
         if self._iterated:
             raise AlreadyQueriedError("this View has already been iterated; create a new one")
         self._iterated = True
+        if self._closed:
+            return  # closed before it was iterated
         stream = self._stream = self._make_stream()
         for batch in stream.batches():
             if stream.http_status not in (0, 200) and not batch:
@@ -203,9 +206,33 @@ class View:
             rows = self.row_processor.handle_rows(batch, self.bucket, self.include_docs)
             for row in rows:
                 stream.check_open()
+                if stream.closed:
+                    return
                 self.rows_returned += 1
                 yield row
-        self._finish(stream)
+        if not stream.closed:
+            self._finish(stream)
+
+    def close(self) -> None:
+        """Stop reading rows: the request is cancelled (its connection is
+        closed, not pooled), buffered rows are dropped, and an iteration in
+        progress ends after the row it is at. Idempotent; a View closed
+        before it is iterated yields nothing.
+
+        Breaking out of a ``for`` loop, or a killed greenlet, cancels the
+        request too, but only once the iterator is collected: at once on
+        CPython, at the next garbage collection on PyPy. ``close()`` (or
+        ``with bucket.query(...) as rows:``) frees the connection at a
+        known moment on both."""
+        self._closed = True
+        if self._stream is not None:
+            self._stream.close()
+
+    def __enter__(self) -> "View":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
 
     def _finish(self, stream: Any) -> None:
         meta = stream.meta

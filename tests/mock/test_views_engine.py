@@ -7,7 +7,6 @@ import inspect
 import json
 import threading
 import time
-import tracemalloc
 from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
@@ -710,7 +709,12 @@ def test_streaming_100k_documents():
     it = eng.query("d", "v", {"reduce": "false", "stale": "ok"})
     assert inspect.isgenerator(it)
     assert next(it) == b'{"total_rows":%d,"rows":[\n' % n
-    tracemalloc.start()
+    try:
+        import tracemalloc  # CPython only: PyPy has no _tracemalloc
+    except ImportError:
+        tracemalloc = None
+    if tracemalloc is not None:
+        tracemalloc.start()
     try:
         total = 0
         biggest = 0
@@ -724,15 +728,19 @@ def test_streaming_100k_documents():
                 count += len(lines)
                 first = first or json.loads(lines[0])
                 last = json.loads(lines[-1])
-        _, peak = tracemalloc.get_traced_memory()
+        peak = tracemalloc.get_traced_memory()[1] if tracemalloc is not None else None
     finally:
-        tracemalloc.stop()
+        if tracemalloc is not None:
+            tracemalloc.stop()
     assert count == n
     assert biggest <= 256 * 1024
     assert total > 4 * 1024 * 1024
-    assert peak < 2 * 1024 * 1024, peak  # bounded by a batch, not by the response
     assert first == {"id": "doc000000", "key": ["t0", 0], "value": 0}
     assert last == {"id": "doc099994", "key": ["t6", 99994], "value": 99994}  # 99994 % 7 == 6
+    if peak is None:
+        pytest.skip("rows streamed in bounded chunks; the peak-memory bound is not "
+                    "measured here: this interpreter has no tracemalloc (PyPy)")
+    assert peak < 2 * 1024 * 1024, peak  # bounded by a batch, not by the response
     assert json.loads(b"".join(eng.query("d", "v", {"stale": "ok"}))) == {"rows": [{"key": None, "value": n}]}
 
 
