@@ -105,8 +105,11 @@ class RowStream:
             self.error = self.error or (0, "abandoned")
         if self._latch is not None:
             # An iterator waits for rows in another greenlet: wake it from
-            # the loop (a waiter may only be resumed from there).
-            self.bucket._engine.defer(self._wake)
+            # the loop (a waiter may only be resumed from there). A closed
+            # engine has already failed the request, which woke it.
+            engine = self.bucket._engine
+            if not engine.closed:
+                engine.defer(self._wake)
 
     def start(self) -> None:
         """Send the request."""
