@@ -69,3 +69,14 @@ def unique_key(request):
     """A key prefix unique to the running test."""
     name = request.node.nodeid.split("::")[-1]
     return "t:%s:%d:" % (name[:80], os.getpid())
+
+
+@pytest.fixture(params=["raw_decode", "slice_decode"])
+def both_row_decoders(request, monkeypatch):
+    """Run a row-parser test with each way of decoding a row: ``raw_decode``
+    (CPython's default) and ``json.loads`` of the scanned slice (PyPy's),
+    whichever interpreter runs the suite."""
+    import couchbase_core._engine.rows as rows_mod
+
+    monkeypatch.setattr(rows_mod, "SLICE_DECODE", request.param == "slice_decode")
+    return request.param

@@ -619,6 +619,7 @@ def feed_in_pieces(parser: RowParser, body: bytes, size: int) -> Tuple[List[Any]
     (N1QL_BODY, "results", [{"a": 1}, 2, "three", [4, [5]], None],
      {k: v for k, v in json.loads(N1QL_BODY).items() if k != "results"}),
 ])
+@pytest.mark.usefixtures("both_row_decoders")
 def test_row_parser_gives_the_same_rows_at_every_chunk_size(body, key, rows, meta):
     for size in range(1, len(body) + 1):
         parser = RowParser(key)
@@ -627,6 +628,7 @@ def test_row_parser_gives_the_same_rows_at_every_chunk_size(body, key, rows, met
         assert parser.close() == meta, size
 
 
+@pytest.mark.usefixtures("both_row_decoders")
 def test_row_parser_at_every_two_way_split():
     for cut in range(1, len(VIEW_BODY)):
         parser = RowParser("rows")
@@ -636,6 +638,7 @@ def test_row_parser_at_every_two_way_split():
         assert parser.rows_seen == 3
 
 
+@pytest.mark.usefixtures("both_row_decoders")
 def test_rows_come_out_as_soon_as_they_are_complete():
     parser = RowParser("rows")
     end_of_first = VIEW_BODY.index(b"},") + 1
@@ -647,6 +650,7 @@ def test_rows_come_out_as_soon_as_they_are_complete():
     assert parser.close() == VIEW_META
 
 
+@pytest.mark.usefixtures("both_row_decoders")
 def test_n1ql_meta_before_and_after_results():
     body = (b'{"requestID":"r","signature":{"x":"json"},"results":[{"x":1}],'
             b'"status":"success","metrics":{"resultCount":1}}')
@@ -657,6 +661,7 @@ def test_n1ql_meta_before_and_after_results():
                     "metrics": {"resultCount": 1}}
 
 
+@pytest.mark.usefixtures("both_row_decoders")
 def test_reduce_body_without_total_rows_and_empty_rows():
     parser = RowParser("rows")
     assert parser.feed(b'{"rows":[{"key":null,"value":4212}]}') == [{"key": None, "value": 4212}]
@@ -666,12 +671,14 @@ def test_reduce_body_without_total_rows_and_empty_rows():
     assert parser.close() == {"total_rows": 0}
 
 
+@pytest.mark.usefixtures("both_row_decoders")
 def test_error_body_is_all_meta():
     parser = RowParser("rows")
     assert parser.feed(b'{"error":"not_found","reason":"missing"}') == []
     assert parser.close() == {"error": "not_found", "reason": "missing"}
 
 
+@pytest.mark.usefixtures("both_row_decoders")
 def test_invalid_and_truncated_bodies_raise():
     with pytest.raises(RowParseError):
         RowParser("rows").feed(b"Not found <html>")
@@ -683,6 +690,7 @@ def test_invalid_and_truncated_bodies_raise():
     assert isinstance(RowParseError("x"), ValueError)
 
 
+@pytest.mark.usefixtures("both_row_decoders")
 def test_numbers_survive():
     parser = RowParser("rows")
     rows = parser.feed(b'{"rows":[{"key":9223372036854775807,"value":0.1},{"key":1e3,"value":-5}]}')
@@ -692,6 +700,7 @@ def test_numbers_survive():
 
 
 @pytest.mark.parametrize("number", [2 ** 63, 2 ** 64 - 1, -2 ** 63])
+@pytest.mark.usefixtures("both_row_decoders")
 def test_integers_beyond_int64_survive(number):
     parser = RowParser("results")
     assert parser.feed(b'{"results":[%d],"status":"success"}' % number) == [number]

@@ -210,6 +210,7 @@ def test_a_management_body_beyond_the_limit_fails_the_request(serve, monkeypatch
     assert sent and sent[0] < 50 * 1024 * 1024  # the client hung up
 
 
+@pytest.mark.usefixtures("both_row_decoders")
 def test_row_parser_caps_metadata_outside_the_rows(monkeypatch):
     monkeypatch.setattr(rows_mod, "MAX_META_CHARS", 10000)
     parser = RowParser("results")
@@ -221,6 +222,7 @@ def test_row_parser_caps_metadata_outside_the_rows(monkeypatch):
     assert sum(len(json.dumps(v)) for v in parser.meta.values()) <= 10000
 
 
+@pytest.mark.usefixtures("both_row_decoders")
 def test_row_parser_caps_a_number_that_never_ends(monkeypatch):
     monkeypatch.setattr(rows_mod, "MAX_VALUE_CHARS", 10000)
     parser = RowParser("rows")
@@ -232,6 +234,7 @@ def test_row_parser_caps_a_number_that_never_ends(monkeypatch):
     assert info.value.rc == RC.LIMIT_EXCEEDED
 
 
+@pytest.mark.usefixtures("both_row_decoders")
 def test_row_parser_caps_a_row_that_never_ends(monkeypatch):
     monkeypatch.setattr(rows_mod, "MAX_VALUE_CHARS", 10000)
     parser = RowParser("rows")
@@ -242,6 +245,7 @@ def test_row_parser_caps_a_row_that_never_ends(monkeypatch):
     assert info.value.rc == RC.LIMIT_EXCEEDED
 
 
+@pytest.mark.usefixtures("both_row_decoders")
 def test_row_parser_deep_json_is_a_limit_error():
     parser = RowParser("rows")
     with pytest.raises(RowParseError) as info:

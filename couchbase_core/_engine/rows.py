@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import platform
 import re
 import sys
 from typing import Any, Dict, List, Optional
@@ -47,6 +48,12 @@ _WS = re.compile(r"[ \t\n\r]*")
 _NUMBER_START = frozenset("-0123456789")
 _NUMBER_CHARS = frozenset("0123456789.eE+-")
 _DECODER = json.JSONDecoder()
+#: PyPy's ``raw_decode`` runs json's pure-Python scanner (about 8x slower
+#: than ``json.loads``, which PyPy implements natively); there an object or
+#: array that is whole in the buffer is found with the structural scanner
+#: below and decoded by ``json.loads`` of its slice. CPython's C scanner
+#: makes ``raw_decode`` the faster way.
+SLICE_DECODE = platform.python_implementation() == "PyPy"
 
 # Parser states: where we are in  { "key" : value , ... "rows" : [ row , ... ] ... }
 _START = 0          # before the opening brace
@@ -83,7 +90,7 @@ class _PartialValue:
     does not complete: depth, inside-a-string and escape state carry over
     from chunk to chunk, and the pieces wait unjoined until it is whole."""
 
-    __slots__ = ("pieces", "size", "depth", "in_string", "escaped")
+    __slots__ = ("pieces", "size", "depth", "in_string", "escaped", "end")
 
     def __init__(self) -> None:
         self.pieces: List[str] = []
@@ -91,6 +98,7 @@ class _PartialValue:
         self.depth = 0
         self.in_string = False
         self.escaped = False
+        self.end = -1  # where the value ended in the text scan() saw end it
 
     def scan(self, text: str, start: int = 0) -> bool:
         """Follow ``text``; True once the value has ended in it."""
@@ -109,6 +117,7 @@ class _PartialValue:
                 else:  # the closing quote
                     self.in_string = False
                     if self.depth == 0:
+                        self.end = i + 1
                         return True
                 i += 1
                 continue
@@ -124,6 +133,7 @@ class _PartialValue:
             else:
                 self.depth -= 1
                 if self.depth <= 0:
+                    self.end = i
                     return True
         return False
 
@@ -294,6 +304,13 @@ class RowParser:
     def _value(self, buf: str, pos: int, final: bool) -> Any:
         """Decode the JSON value starting at ``pos``: (value, end) or
         (None, -1) when the buffer does not hold all of it yet."""
+        if SLICE_DECODE and buf[pos] in "{[":
+            whole = _PartialValue()
+            if whole.scan(buf, pos):
+                try:
+                    return json.loads(buf[pos:whole.end]), whole.end
+                except (ValueError, RecursionError):
+                    pass  # raw_decode below reports it, with the position in the whole text
         try:
             value, stop = _DECODER.raw_decode(buf, pos)
         except json.JSONDecodeError as exc:
