@@ -25,7 +25,7 @@ from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Tuple
 from couchbase_core._latch import Latch
 from couchbase_core.exceptions import RC, ObjectDestroyedError
 
-__all__ = ["RowStream"]
+__all__ = ["RowStream", "ClosableRows"]
 
 #: Pause reading when this many rows wait; resume below LOW_WATER.
 HIGH_WATER = 2000
@@ -162,3 +162,36 @@ class RowStream:
                 self.op.cancel()
                 self.done = True
                 self.error = self.error or (0, "abandoned")
+
+
+class ClosableRows:
+    """``close()`` and ``with`` blocks for the blocking and gevent row
+    iterators (views, N1QL, analytics, search). The class iterating sets
+    ``_current`` to the :class:`RowStream` it reads, and stops (quietly)
+    once ``_closed`` or ``_current.closed`` is true."""
+
+    _closed = False
+    _current: Optional[RowStream] = None
+
+    def close(self) -> None:
+        """Stop reading rows: the request in flight is cancelled (its
+        connection is closed, not pooled), buffered rows are dropped, no
+        further request is sent (a prepared statement's execute, say), and
+        an iteration in progress ends after the row it is at; called from
+        another greenlet, it also ends an iteration waiting for rows.
+        Idempotent; a request closed before it is iterated yields nothing.
+
+        Breaking out of a ``for`` loop, or a killed greenlet, cancels the
+        request too, but only once the iterator is collected: at once on
+        CPython, at the next garbage collection on PyPy. ``close()``, or a
+        ``with`` block around the loop, frees the connection at a known
+        moment on both."""
+        self._closed = True
+        if self._current is not None:
+            self._current.close()
+
+    def __enter__(self) -> "ClosableRows":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()

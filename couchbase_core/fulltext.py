@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
+from couchbase_core._rowstream import ClosableRows
 from couchbase_core.exceptions import RC, ArgumentError, CouchbaseError, HTTPError, exc_from_rc
 
 __all__ = [
@@ -998,7 +999,7 @@ def search_error(meta: Dict[str, Any], http_status: int, error: Optional[Tuple[i
     return None
 
 
-class SearchRequest:
+class SearchRequest(ClosableRows):
     """A search being run: iterate it (once) for the hits (dicts with ``id``,
     ``score``, ``index``, ``sort``, ``locations`` and, when asked for,
     ``fields``, ``fragments``, ``explanation``), passed through
@@ -1019,8 +1020,6 @@ class SearchRequest:
         self._meta: Dict[str, Any] = {}
         self._meta_received = False
         self._iterated = False
-        self._closed = False
-        self._current: Any = None  # the row stream being read
 
     @classmethod
     def mk_kwargs(cls, kwargs: Dict[str, Any]) -> Dict[str, Any]:
@@ -1090,24 +1089,6 @@ class SearchRequest:
         exc = self._finish(stream.meta, stream.http_status, stream.error)
         if exc is not None:
             raise exc
-
-    def close(self) -> None:
-        """Stop reading hits: the request is cancelled (its connection is
-        closed, not pooled), buffered hits are dropped, and an iteration in
-        progress ends after the hit it is at. Idempotent; a search closed
-        before it is iterated yields nothing. As for views and N1QL, a
-        ``for`` left early cancels the request only once the iterator is
-        collected (later on PyPy than on CPython); ``close()`` or ``with
-        bucket.search(...) as hits:`` does it at a known moment."""
-        self._closed = True
-        if self._current is not None:
-            self._current.close()
-
-    def __enter__(self) -> "SearchRequest":
-        return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self.close()
 
     def execute(self) -> "SearchRequest":
         """Run the search to its end (hits are discarded); returns self."""

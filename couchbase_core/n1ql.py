@@ -33,6 +33,7 @@ import json
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from couchbase_core._engine.prepared import PreparedCache
+from couchbase_core._rowstream import ClosableRows
 from couchbase_core.exceptions import RC, ArgumentError, CouchbaseError
 from couchbase_core.result import MutationToken
 
@@ -308,7 +309,7 @@ def prepared_cache(bucket: Any) -> PreparedCache:
     return bucket._engine.prepared_cache
 
 
-class N1QLRequest:
+class N1QLRequest(ClosableRows):
     """An iterable N1QL request (see the module docs). Iterate it once;
     ``execute()`` runs it to completion; ``get_single_result()`` returns the
     first row. ``meta`` (and ``metrics``, ``warnings``, ``profile``, read
@@ -327,8 +328,6 @@ class N1QLRequest:
         self.rows_returned = 0
         self._iterated = False
         self._done = False
-        self._closed = False
-        self._current: Any = None  # the row stream being read
 
     # -- the request machine -------------------------------------------------------
 
@@ -393,28 +392,6 @@ class N1QLRequest:
         self._done = True
         if isinstance(action, Failed):
             raise action.error
-
-    def close(self) -> None:
-        """Stop reading rows: the request in flight is cancelled (its
-        connection is closed, not pooled), buffered rows are dropped, no
-        further request is sent (a prepare's execute, say), and an iteration
-        in progress ends after the row it is at. Idempotent; a request closed
-        before it is iterated yields nothing.
-
-        Breaking out of a ``for`` loop, or a killed greenlet, cancels the
-        request too, but only once the iterator is collected: at once on
-        CPython, at the next garbage collection on PyPy. ``close()`` (or
-        ``with bucket.n1ql_query(...) as rows:``) frees the connection at a
-        known moment on both."""
-        self._closed = True
-        if self._current is not None:
-            self._current.close()
-
-    def __enter__(self) -> "N1QLRequest":
-        return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self.close()
 
     def execute(self) -> "N1QLRequest":
         """Run the request to completion (rows are discarded); returns self."""

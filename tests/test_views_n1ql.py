@@ -660,7 +660,7 @@ def test_gview_streams_rows_before_the_response_ends(gbucket):
     count = 0
     for row in view:
         if count == 0:
-            seen_at_first_row = (view._stream.done, view._stream.rows_received)
+            seen_at_first_row = (view._current.done, view._current.rows_received)
         assert row.key == count and row.docid == "s:%04d" % count
         count += 1
     assert count == S_COUNT and view.indexed_rows == S_COUNT
@@ -1071,16 +1071,16 @@ def test_a_killed_greenlet_leaves_the_bucket_usable(gbucket):
         view = state["view"] = gbucket.query("stream", "by_n", stale=STALE_OK)
         for _row in view:
             if state["rows"] == 0:
-                state["conn"] = view._stream.op._conn
+                state["conn"] = view._current.op._conn
             state["rows"] += 1
             gevent.sleep(0.01)
 
     glet = gevent.spawn(slow_consumer)
     deadline = time.monotonic() + 30
-    while "view" not in state or state["view"]._stream is None or not state["view"]._stream._paused:
+    while "view" not in state or state["view"]._current is None or not state["view"]._current._paused:
         assert time.monotonic() < deadline, "the stream never paused"
         gevent.sleep(0.01)
-    stream = state["view"]._stream
+    stream = state["view"]._current
     conn = state["conn"]
     # back-pressure: reading stopped near the high-water mark, mid-response
     assert not stream.done and HIGH_WATER <= len(stream._buffer) < HIGH_WATER + 1000
@@ -1119,7 +1119,7 @@ def test_gevent_timeout_while_waiting_for_rows(gbucket):
         with pytest.raises(gevent.Timeout):
             with gevent.Timeout(0.15):
                 list(view)
-        assert view._stream.done and view._stream.error == (0, "abandoned")
+        assert view._current.done and view._current.error == (0, "abandoned")
         assert keys_of(gbucket.query("slow2", "v")) == ["slow2:1"]
         assert gbucket.get("slow2:1").value == {"slow2": True}
     finally:
@@ -1339,7 +1339,7 @@ def test_100k_row_view_streams_through_gview_with_bounded_memory(big):
     def check(i: int, row: Any) -> None:
         assert row.key == i and len(row.value) == BIG_PAD
 
-    result = _stream_and_measure(iter(view), lambda: view._stream, check)
+    result = _stream_and_measure(iter(view), lambda: view._current, check)
     assert view.indexed_rows == BIG_COUNT
     _assert_streamed(result)
 

@@ -98,7 +98,7 @@ class _PartialValue:
         self.depth = 0
         self.in_string = False
         self.escaped = False
-        self.end = -1  # where the value ended in the text scan() saw end it
+        self.end = -1  # once scan() returned True: the index just past the value
 
     def scan(self, text: str, start: int = 0) -> bool:
         """Follow ``text``; True once the value has ended in it."""

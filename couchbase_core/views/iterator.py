@@ -15,6 +15,7 @@ from collections import namedtuple
 from typing import Any, Dict, Iterator, List, Optional
 from urllib.parse import quote
 
+from couchbase_core._rowstream import ClosableRows
 from couchbase_core.exceptions import (
     RC,
     ArgumentError,
@@ -121,7 +122,7 @@ def view_error(http_status: int, meta: Dict[str, Any], error: Optional[tuple], w
     return exc
 
 
-class View:
+class View(ClosableRows):
     """An iterable view query (see the module docs).
 
     Args:
@@ -158,9 +159,7 @@ class View:
         self.rows_returned = 0
         self.errors: List[Any] = []
         self.raw: Dict[str, Any] = {}
-        self._stream: Any = None
         self._iterated = False
-        self._closed = False
 
     @property
     def path(self) -> str:
@@ -199,7 +198,7 @@ class View:
         self._iterated = True
         if self._closed:
             return  # closed before it was iterated
-        stream = self._stream = self._make_stream()
+        stream = self._current = self._make_stream()
         for batch in stream.batches():
             if stream.http_status not in (0, 200) and not batch:
                 continue
@@ -212,27 +211,6 @@ class View:
                 yield row
         if not stream.closed:
             self._finish(stream)
-
-    def close(self) -> None:
-        """Stop reading rows: the request is cancelled (its connection is
-        closed, not pooled), buffered rows are dropped, and an iteration in
-        progress ends after the row it is at. Idempotent; a View closed
-        before it is iterated yields nothing.
-
-        Breaking out of a ``for`` loop, or a killed greenlet, cancels the
-        request too, but only once the iterator is collected: at once on
-        CPython, at the next garbage collection on PyPy. ``close()`` (or
-        ``with bucket.query(...) as rows:``) frees the connection at a
-        known moment on both."""
-        self._closed = True
-        if self._stream is not None:
-            self._stream.close()
-
-    def __enter__(self) -> "View":
-        return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self.close()
 
     def _finish(self, stream: Any) -> None:
         meta = stream.meta
