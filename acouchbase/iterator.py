@@ -130,6 +130,11 @@ class AioRows:
             self._conclude(_DONE)
         self._rows.clear()
 
+    def close(self) -> None:
+        """The same as :meth:`cancel` (the name the blocking and gevent
+        iterators use)."""
+        self.cancel()
+
     def __aiter__(self) -> AsyncIterator[Any]:
         if self._consumed:
             raise AlreadyQueriedError("this request has already been iterated; create a new one")

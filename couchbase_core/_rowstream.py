@@ -195,3 +195,12 @@ class ClosableRows:
 
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
+
+
+def refuse_close(self: Any) -> None:
+    """``close()`` of the callback request classes (AsyncBucket's, and
+    txcouchbase's on top of them), which inherit the iterators' API but push
+    their rows: there is nothing for it to stop quietly, so it says so
+    rather than do nothing."""
+    raise TypeError("close() stops the iterators of the blocking and gevent buckets; a callback request "
+                    "ends with its on_done/on_error (acouchbase's requests have cancel())")

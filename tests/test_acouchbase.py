@@ -539,3 +539,22 @@ def test_the_readme_example_runs(run, memcached_server):
         return result.value, sorted(many)
 
     assert run(main(memcached_server.connstr)) == ({"text": "hello"}, ["a", "b"])
+
+
+def test_close_is_cancel_on_an_asyncio_request(run, cluster, monkeypatch):
+    monkeypatch.setattr(aiter_mod, "HIGH_WATER", 40)
+    monkeypatch.setattr(aiter_mod, "LOW_WATER", 10)
+
+    async def main() -> None:
+        cb = Bucket(cluster.connstr_for("default"), operation_timeout=60, **ADMIN)
+        await cb.connect()
+        seen = []
+        req = cb.n1ql_query(STATEMENT)
+        async for n in req:
+            seen.append(n)
+            if n == 2:
+                req.close()  # the loop sees no more rows, at once
+        assert seen == [0, 1, 2] and req._op.done and req._outcome is not None
+        cb.close()
+
+    run(main())

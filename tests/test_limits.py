@@ -756,3 +756,27 @@ def test_close_fails_an_async_view_in_progress(cluster, monkeypatch):
     finally:
         iops.close()
     assert len(outcome) == 1 and isinstance(outcome[0], ObjectDestroyedError)
+
+
+def test_close_on_a_callback_request_says_it_does_not_apply(cluster):
+    # AsyncBucket's request classes push rows to callbacks: close() (which
+    # they inherit from the iterators) refuses rather than do nothing.
+    from couchbase_core.asynchronous.bucket import AsyncBucket
+    from couchbase_core.asynchronous.fulltext import AsyncSearchRequest
+    from couchbase_core.asynchronous.n1ql import AsyncN1QLRequest
+    from couchbase_core.asynchronous.view import AsyncViewBase
+    from couchbase_core.iops.select import SelectIOPS
+
+    cb = AsyncBucket(SelectIOPS(), cluster.connstr_for("default"), username="Administrator", password="password")
+    try:
+        reqs = (cb.query("ddoc", "view", itercls=AsyncViewBase),
+                cb.n1ql_query("SELECT 1", itercls=AsyncN1QLRequest),
+                cb.search("idx", __import__("couchbase_core.fulltext", fromlist=["x"]).MatchAllQuery(),
+                          itercls=AsyncSearchRequest))
+        assert [type(r) for r in reqs] == [AsyncViewBase, AsyncN1QLRequest, AsyncSearchRequest]
+        for req in reqs:
+            with pytest.raises(TypeError, match="callback request"):
+                req.close()
+            assert not req.started  # nothing was sent
+    finally:
+        cb.close()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
+from couchbase_core._rowstream import refuse_close
 from couchbase_core.fulltext import SearchRequest
 
 __all__ = ["AsyncSearchRequest"]
@@ -23,6 +24,8 @@ __all__ = ["AsyncSearchRequest"]
 
 class AsyncSearchRequest(SearchRequest):
     """A search whose hits are pushed to callbacks (see the module docs)."""
+
+    close = refuse_close
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
+from couchbase_core._rowstream import refuse_close
 from couchbase_core.exceptions import CouchbaseError
 from couchbase_core.n1ql import N1QLRequest
 
@@ -23,6 +24,8 @@ __all__ = ["AsyncN1QLRequest"]
 
 class AsyncN1QLRequest(N1QLRequest):
     """A N1QL request whose rows are pushed to callbacks."""
+
+    close = refuse_close
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

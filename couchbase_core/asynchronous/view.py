@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, Deque, Dict, List, Optional, Tuple
 
+from couchbase_core._rowstream import refuse_close
 from couchbase_core.views.iterator import View, view_error
 
 __all__ = ["AsyncViewBase"]
@@ -22,6 +23,8 @@ __all__ = ["AsyncViewBase"]
 
 class AsyncViewBase(View):
     """A view query whose rows are pushed to callbacks (see the module docs)."""
+
+    close = refuse_close
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
