@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from itertools import repeat
 from typing import Any, Callable, Dict, Optional
 
 from couchbase_core import transcoder as _tc
@@ -497,6 +498,25 @@ class KeyBatch(Batch):
                 self._settle_taken(taken)
             except Exception:
                 log.exception("completing %s failed", self.describe())
+
+    def run_results(self, start: int, count: int, run: Any) -> bool:
+        # Plain reads only. Each result is made by C-level loops: map() calls
+        # ValueResult (and the transcoder, for values to decode) per entry.
+        if not self.plain:
+            return False
+        flags = run[F_EXTRAS]  # a run holds each reply's flags as an int
+        values = run[F_VALUE]
+        if count < len(values):
+            flags = flags[:count]
+            values = values[:count]
+        if not self.no_format and flags.count(_FMT_BYTES) != count:
+            try:
+                values = list(map(_tc.decode_value, values, flags))
+            except Exception:
+                return False  # a bad value: on_reply makes its error result
+        keys = self.keys[start:start + count]
+        self.mres.update(zip(keys, map(ValueResult, keys, repeat(0), run[F_CAS], values, flags)))
+        return True
 
     def _settle_taken(self, taken: int) -> None:
         """``taken`` more entries got their result in :meth:`take_run`."""

@@ -37,6 +37,7 @@ from couchbase_core._engine.protocol import (
     FLAGS_EXTRAS,
     HEADER,
     MUTATION_TOKEN,
+    RUN,
     Datatype,
     Feature,
     FrameDecoder,
@@ -512,6 +513,52 @@ def test_take_run_with_no_format_takes_any_flags():
     assert batch.sinks == [None] and pending == {}
 
 
+# take_plain_run's contract: a RUN item from the decoder (run_window)
+
+def decoded_run(opaques: Sequence[int], values: Sequence[bytes], extras: bytes = BYTES_EXTRAS) -> tuple:
+    """The RUN item a decoder with a wide window makes of these replies."""
+    decoder = FrameDecoder()
+    decoder.run_window(0, 1 << 32)
+    items = decoder.feed(b"".join(encode_response(Opcode.GET, extras=extras, value=v, opaque=o, cas=o)
+                                  for o, v in zip(opaques, values)))
+    assert len(items) == 1 and items[0][0] == RUN
+    return items[0]
+
+
+def test_take_plain_run_settles_every_entry_and_hands_back_the_replies_past_the_batch():
+    batch = key_batch(["a", "b"])
+    other = Other()
+    pending: Dict[int, Any] = {1001: batch, 1002: other}  # 1000 already popped by the connection
+    left = batch.take_plain_run(decoded_run([1000, 1001, 1002], [b"A", b"B", b"other"]), pending)
+    assert [(f[4], f[8]) for f in left] == [(1002, b"other")] and left == [frame(1002, b"other", cas=1002)]
+    assert pending == {1002: other}
+    assert [(batch.mres[k].value, batch.mres[k].cas, batch.mres[k].flags) for k in "ab"] == [
+        (b"A", 1000, FMT_BYTES), (b"B", 1001, FMT_BYTES)]
+    assert batch.done and batch.sinks == [None]
+
+
+def test_take_plain_run_decodes_json_values_at_once():
+    batch = key_batch(["a", "b"])
+    pending: Dict[int, Any] = {1001: batch}
+    assert batch.take_plain_run(decoded_run([1000, 1001], [b'{"n": 1}', b"[2]"], JSON_EXTRAS), pending) is None
+    assert [batch.mres[k].value for k in "ab"] == [{"n": 1}, [2]] and pending == {} and batch.sinks == [None]
+
+
+@pytest.mark.parametrize("why", ["a bad JSON value", "an entry settled meanwhile", "a custom decoder"])
+def test_take_plain_run_changes_nothing_when_a_reply_needs_the_careful_way(why):
+    batch = key_batch(["a", "b", "c"], decoder=Transcoder() if why == "a custom decoder" else None)
+    if why == "an entry settled meanwhile":
+        batch.fail_entry(1, RC.TIMEOUT, "its retry timed out")
+    values = [b"[1]", b"{broken" if why == "a bad JSON value" else b"[2]", b"[3]"]
+    run = decoded_run([1000, 1001, 1002], values, JSON_EXTRAS)
+    pending: Dict[int, Any] = {1001: batch, 1002: batch}
+    before = (dict(batch.mres), batch.remaining, bytes(batch.waiting))
+    left = batch.take_plain_run(run, pending)
+    assert left == [frame(1000 + i, v, extras=JSON_EXTRAS, cas=1000 + i) for i, v in enumerate(values)]
+    assert pending == {1000: batch, 1001: batch, 1002: batch}, "the first opaque is pending again"
+    assert (dict(batch.mres), batch.remaining, bytes(batch.waiting)) == before
+
+
 # ------------------------------------- layer 3: a real engine, scripted node
 
 class ScriptedNode:
@@ -676,15 +723,27 @@ def cluster():
 
 @pytest.fixture
 def runs(monkeypatch):
-    """The opaque of the first frame of every ``KeyBatch.take_run`` call."""
+    """The opaque of the first reply of every run a batch took in one call:
+    a ``KeyBatch.take_run`` call (frame by frame), or a
+    ``Batch.take_plain_run`` call that took at least one entry (a RUN item
+    from the decoder, for the batch in the connection's run window)."""
     calls: List[int] = []
     original = KeyBatch.take_run
+    original_plain = Batch.take_plain_run
 
     def counting(self: KeyBatch, frame: Any, rest: Any, pending: Any) -> Any:
         calls.append(frame[4])
         return original(self, frame, rest, pending)
 
+    def counting_plain(self: Batch, run: Any, pending: Any) -> Any:
+        before = self.remaining
+        left = original_plain(self, run, pending)
+        if self.remaining != before:
+            calls.append(run[4])
+        return left
+
     monkeypatch.setattr(KeyBatch, "take_run", counting)
+    monkeypatch.setattr(Batch, "take_plain_run", counting_plain)
     return calls
 
 
@@ -916,6 +975,44 @@ def test_a_reply_nobody_waits_for_in_the_middle_of_a_run_is_dropped(cluster, run
     assert cluster.conn.pending == {}
 
 
+def test_a_run_of_json_values_is_taken_at_once(cluster, runs):
+    call = cluster.get_multi(keys_of(5))
+    cluster.answer(b"".join(call.reply(k, value=b'{"k": "%s"}' % k.encode(), extras=JSON_EXTRAS)
+                            for k in keys_of(5)))
+    assert call.completions == [None]
+    assert {k: (r.rc, r.value, r.flags) for k, r in call.mres.items()} == {
+        k: (0, {"k": k}, FMT_JSON) for k in keys_of(5)}
+    assert runs == [call.batch.base]
+    assert cluster.conn.pending == {}
+
+
+def test_a_bad_value_in_a_run_gets_its_own_error_and_the_others_their_values(cluster, runs):
+    call = cluster.get_multi(keys_of(4))
+    replies = [call.reply(k, value=b"[%d]" % i, extras=JSON_EXTRAS) for i, k in enumerate(keys_of(4))]
+    replies[2] = call.reply("key-0002", value=b"{not json", extras=JSON_EXTRAS)
+    cluster.answer(b"".join(replies))
+    assert call.completions == [None]
+    assert [call.mres[k].value for k in ("key-0000", "key-0001", "key-0003")] == [[0], [1], [3]]
+    bad = call.mres["key-0002"]
+    assert bad.rc == RC.VALUE_FORMAT and bad.value == b"{not json"
+    assert runs == [call.batch.base], "taken frame by frame, in one take_run"
+    assert cluster.conn.pending == {}
+
+
+def test_single_gets_answered_back_to_back_inside_a_stale_window(cluster):
+    """After 2**32 opaques the numbers come round again: single reads may
+    fall inside the window of an old batch and reach the connection as a
+    run. Each still gets its own reply."""
+    cluster.conn._decoder.run_window(0, 1 << 32)
+    gets = {k: cluster.get(k) for k in ("one", "two", "three")}
+    opaques = {r.key.decode(): o for o, r in cluster.node.requests.items()}
+    cluster.answer(b"".join(encode_response(Opcode.GET, extras=BYTES_EXTRAS, value=b"v-" + k.encode(),
+                                            opaque=opaques[k], cas=7) for k in ("one", "two", "three")))
+    assert {k: [(r.rc, r.value, r.cas) for r in got] for k, got in gets.items()} == {
+        k: [(0, b"v-" + k.encode(), 7)] for k in ("one", "two", "three")}
+    assert cluster.conn.pending == {}
+
+
 def config_push(node: ScriptedNode, rev: int, opaque: int) -> bytes:
     """A CLUSTERMAP_CHANGE_NOTIFICATION (magic 0x82) carrying config ``rev``."""
     text, name = node.config(rev), b"default"
@@ -923,16 +1020,21 @@ def config_push(node: ScriptedNode, rev: int, opaque: int) -> bytes:
                        0) + FLAGS_EXTRAS.pack(rev) + name + text
 
 
-def test_a_config_push_in_the_middle_of_a_run_is_applied(cluster, runs):
+@pytest.mark.parametrize("push_opaque", ["zero", "one of the batch's"])
+def test_a_config_push_in_the_middle_of_a_run_is_applied(cluster, runs, push_opaque):
     call = cluster.get_multi(keys_of(5))
     replies = call.replies()
-    replies.insert(3, config_push(cluster.node, 2, opaque=0))
+    opaque = 0 if push_opaque == "zero" else call.opaque("key-0004")
+    replies.insert(3, config_push(cluster.node, 2, opaque=opaque))
     cluster.answer(b"".join(replies))
     call.assert_all_read()
     assert cluster.engine.config.rev == 2
     # A read that holds a server request is delivered frame by frame (its
-    # opaque is the server's, so every frame's magic is looked at): no runs.
-    assert runs == []
+    # opaque is the server's, so every frame's magic is looked at first):
+    # take_run is not used. The decoder's runs still are: a run holds
+    # responses (magic 0x81) only, so the push, even under an opaque of the
+    # batch, is a frame of its own between two runs.
+    assert runs == [call.opaque("key-0000"), call.opaque("key-0003")]
     assert cluster.conn.pending == {}
 
 

@@ -17,6 +17,8 @@ from hypothesis import strategies as st
 from couchbase_core._engine.protocol import (
     HEADER,
     HEADER_LEN,
+    RUN,
+    RUN_STATUS,
     FrameDecoder,
     FrameError,
     Magic,
@@ -26,6 +28,7 @@ from couchbase_core._engine.protocol import (
     encode_frame_infos,
     encode_request,
     encode_response,
+    expand_run,
     opcode_name,
     status_name,
 )
@@ -655,3 +658,148 @@ def test_complete_frame_over_max_body_fails_even_in_one_chunk():
     dec = FrameDecoder(max_body=100)
     with pytest.raises(FrameError):
         dec.feed(encode_response(Opcode.GET, value=b"x" * 200))
+
+
+# -- runs (FrameDecoder.run_window) ---------------------------------------------
+#
+# A run is only another shape for frames the decoder would return anyway:
+# with any window, expanding every run gives back exactly the frames decoded
+# without one, in the same order, whatever the chunking. These tests hold the
+# decoder to that, and to the shape of a run.
+
+
+@st.composite
+def run_candidates(draw, opaque):
+    """A reply that may join a run (a GET/GAT success, 4 bytes of flags, no
+    key), or one that almost does (snappy value, a key, other extras, an
+    error status)."""
+    flags = draw(st.integers(0, 0xFFFFFFFF))
+    value = draw(st.binary(max_size=20))
+    cas = draw(st.integers(0, 0xFFFFFFFFFFFFFFFF))
+    opcode = draw(st.sampled_from([Opcode.GET, Opcode.GET, Opcode.GAT]))
+    datatype = draw(st.sampled_from([0, 0, 0, 1, 2, 3]))
+    odd = draw(st.sampled_from(["none"] * 6 + ["key", "extras", "status"]))
+    key = b"k" if odd == "key" else b""
+    extras = b"\0" * 8 if odd == "extras" else struct.pack(">I", flags)
+    status = Status.KEY_ENOENT if odd == "status" else 0
+    wire = encode_response(opcode, status, key=key, extras=extras, value=value, opaque=opaque, cas=cas,
+                           datatype=datatype)
+    return wire, (0x81, opcode, status, datatype, opaque, cas, extras, key, value, b"")
+
+
+@st.composite
+def run_streams(draw):
+    """Replies with mostly consecutive opaques (some skipped, some repeated),
+    strangers between them, and a window over part of them."""
+    items = []
+    opaque = draw(st.integers(0, 50))
+    for _ in range(draw(st.integers(1, 14))):
+        if draw(st.integers(0, 5)) == 0:
+            items.append(draw(response_frames(small=True)))
+            continue
+        opaque += draw(st.sampled_from([1, 1, 1, 1, 0, 2]))
+        items.append(draw(run_candidates(opaque)))
+    lo = draw(st.integers(0, 60))
+    hi = draw(st.integers(lo, 80))
+    return items, lo, hi
+
+
+def _feed_window(chunks, lo, hi):
+    dec = FrameDecoder()
+    dec.run_window(lo, hi)
+    out = []
+    for chunk in chunks:
+        out.extend(dec.feed(chunk))
+    return dec, out
+
+
+def _expanded(items):
+    frames = []
+    for item in items:
+        frames.extend(expand_run(item) if item[0] == RUN else [item])
+    return frames
+
+
+def _check_runs(items, lo, hi):
+    for item in items:
+        if item[0] != RUN:
+            continue
+        _m, opcode, status, datatype, first, cas, flags, key, values, framing = item
+        assert status == RUN_STATUS and key == b"" and framing == b""
+        assert not datatype & 0x02, "a compressed value never joins a run"
+        assert len(cas) == len(flags) == len(values) >= 1
+        assert lo <= first and first + len(values) <= hi, "a run stays inside its window"
+
+
+@PROP
+@given(run_streams(), st.data())
+def test_runs_expand_to_the_frames_decoded_without_a_window(stream, data):
+    items, lo, hi = stream
+    wire, expected = _stream(items)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(wire)), max_size=6)))
+    bounds = [0] + cuts + [len(wire)]
+    chunks = [wire[a:b] for a, b in zip(bounds, bounds[1:])]
+    dec, out = _feed_window(chunks, lo, hi)
+    assert _expanded(out) == expected
+    assert dec.buffered == 0
+    _check_runs(out, lo, hi)
+
+
+def test_a_run_split_at_every_index():
+    replies = [encode_response(Opcode.GET, extras=struct.pack(">I", 7 + o), value=b"v%d" % o, opaque=o, cas=o)
+               for o in range(10, 16)]
+    replies.insert(3, encode_response(Opcode.GET, Status.KEY_ENOENT, value=b"Not found", opaque=13))
+    del replies[4]  # opaque 13 answered with an error instead
+    wire = b"".join(replies)
+    whole = FrameDecoder().feed(wire)
+    dec = FrameDecoder()
+    dec.run_window(10, 16)
+    out = dec.feed(wire)
+    assert [item[0] for item in out] == [RUN, 0x81, RUN]
+    assert out[0][4] == 10 and out[0][8] == [b"v10", b"v11", b"v12"] and out[0][6] == [17, 18, 19]
+    assert out[2][4] == 14 and out[2][8] == [b"v14", b"v15"]
+    for i in range(len(wire) + 1):
+        dec, out = _feed_window([wire[:i], wire[i:]], 10, 16)
+        assert _expanded(out) == whole, i
+        _check_runs(out, 10, 16)
+
+
+def test_expand_run_from_an_offset():
+    wire = b"".join(encode_response(Opcode.GET, extras=b"\0\0\0\x01", value=b"%d" % o, opaque=o, cas=o)
+                    for o in range(5, 9))
+    dec = FrameDecoder()
+    dec.run_window(0, 100)
+    run, = dec.feed(wire)
+    assert expand_run(run, 2) == FrameDecoder().feed(wire)[2:]
+    assert expand_run(run, 4) == []
+
+
+def test_frames_outside_the_window_are_frames():
+    wire = b"".join(encode_response(Opcode.GET, extras=b"\0" * 4, value=b"x", opaque=o) for o in range(1, 6))
+    dec = FrameDecoder()
+    dec.run_window(2, 4)
+    out = dec.feed(wire)
+    assert [(item[0], item[4]) for item in out] == [(0x81, 1), (RUN, 2), (0x81, 4), (0x81, 5)]
+    assert len(out[1][8]) == 2
+    dec.run_window(0, 0)
+    assert all(item[0] == 0x81 for item in dec.feed(wire)), "an empty window turns runs off"
+
+
+@pytest.mark.parametrize("position", ["first", "inside"])
+def test_a_body_over_max_body_inside_a_window_still_fails(position):
+    good = encode_response(Opcode.GET, extras=b"\0" * 4, value=b"ok", opaque=1)
+    big = encode_response(Opcode.GET, extras=b"\0" * 4, value=b"x" * 200, opaque=1 if position == "first" else 2)
+    dec = FrameDecoder(max_body=100)
+    dec.run_window(0, 10)
+    with pytest.raises(FrameError):
+        dec.feed(big if position == "first" else good + big)
+
+
+@pytest.mark.parametrize("bodylen", [0, 3])
+def test_a_frame_shorter_than_its_extras_inside_a_run_fails(bodylen):
+    good = encode_response(Opcode.GET, extras=b"\0" * 4, value=b"ok", opaque=1)
+    bad = struct.pack(">BBHBBHIIQ", 0x81, 0, 0, 4, 0, 0, bodylen, 2, 0) + b"\0" * bodylen
+    dec = FrameDecoder()
+    dec.run_window(0, 10)
+    with pytest.raises(FrameError):
+        dec.feed(good + bad + b"\0" * 8)

@@ -23,12 +23,17 @@ of the generic one.
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+import logging
+from collections import deque
+from itertools import repeat
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from couchbase_core._engine.ops import KVOp
-from couchbase_core._engine.protocol import F_OPAQUE, Frame
+from couchbase_core._engine.protocol import F_OPAQUE, F_VALUE, Frame, expand_run
 
 __all__ = ["Batch", "EntryRetry", "Request"]
+
+log = logging.getLogger("couchbase_core.engine")
 
 #: One entry's request: (opcode, extras, value, cas).
 Request = Tuple[int, bytes, bytes, int]
@@ -140,6 +145,44 @@ class Batch(KVOp):
             self.waiting[i] = 0
             self.on_reply(i, frame)
         return True
+
+    def take_plain_run(self, run: Frame, pending: Dict[int, Any]) -> Optional[List[Frame]]:
+        """A :data:`~couchbase_core._engine.protocol.RUN` of plain replies
+        whose first opaque is ours (the connection popped it from
+        ``pending``). If every entry it covers is still waiting and
+        :meth:`run_results` takes them all, they are settled here with no
+        Python loop per entry, and the replies past our last entry come
+        back as frames; otherwise nothing changes, the first opaque is
+        pending again and the whole run comes back as frames, to be
+        delivered one by one."""
+        first = run[F_OPAQUE]
+        count = len(run[F_VALUE])
+        start = first - self.base
+        waiting = self.waiting
+        taken = min(count, len(waiting) - start)
+        if start < 0 or taken <= 0 or waiting.find(0, start, start + taken) >= 0 \
+                or not self.run_results(start, taken, run):
+            pending[first] = self
+            return expand_run(run)
+        if taken > 1:
+            deque(map(pending.pop, range(first + 1, first + taken), repeat(None)), 0)
+        waiting[start:start + taken] = bytes(taken)
+        left = expand_run(run, taken) if taken < count else None
+        self.remaining -= taken
+        if self.remaining == 0:
+            self.done = True
+            try:
+                self.sink(None)
+            except Exception:  # the replies left in the run are not ours to lose
+                log.exception("completing %s failed", self.describe())
+        return left
+
+    def run_results(self, start: int, count: int, run: Frame) -> bool:
+        """Subclasses that take runs: make the results of entries ``start``
+        .. ``start + count - 1`` from the first ``count`` replies of ``run``
+        (all successes) and return True, or return False, having changed
+        nothing, when some reply needs the careful way (:meth:`on_reply`)."""
+        return False
 
     def on_response(self, frame: Frame) -> None:  # pragma: no cover - batches take on_part
         self.on_part(frame)

@@ -86,6 +86,7 @@ from couchbase_core._engine.protocol import (
     F_OPAQUE,
     F_OPCODE,
     F_STATUS,
+    RUN,
     Datatype,
     Feature,
     FrameDecoder,
@@ -93,6 +94,7 @@ from couchbase_core._engine.protocol import (
     Magic,
     Opcode,
     encode_request,
+    expand_run,
     frame_end_after,
     frame_opaques,
     pack_alt_header,
@@ -198,6 +200,9 @@ class KVConnection:
         self._transport: Optional[Transport] = None
         self._session: Optional[Session] = None
         self._decoder: Optional[FrameDecoder] = None
+        #: The opaques of the last batch of plain reads sent whole here: the
+        #: decoder returns their replies as runs (FrameDecoder.run_window).
+        self._run_window = (0, 0)
         self._connect_started = 0.0
         self._listeners: List[Callable[["KVConnection", Optional[Tuple[int, str]]], None]] = []
         self._connect_timer: Optional[TimerEvent] = None
@@ -345,6 +350,13 @@ class KVConnection:
                 opaques = list(map(base.__add__, indexes))
                 keys = list(map(kbs.__getitem__, indexes))
                 vbs = map(vbuckets.__getitem__, indexes) if vbuckets is not None else repeat(0, count)
+            if batch.takes_runs and count and (indexes is None or indexes[-1] - indexes[0] + 1 == count):
+                # Its replies come back to back: let the decoder hand them
+                # over as runs (a retried or re-routed part is left out).
+                first = base if indexes is None else base + indexes[0]
+                self._run_window = (first, first + count)
+                if self._decoder is not None:
+                    self._decoder.run_window(first, first + count)
             klens = list(map(len, keys))
             bodylens = map(elen.__add__, klens) if elen else klens
             headers = map(pack, repeat(_REQUEST), repeat(opcode), klens, repeat(elen), repeat(0), vbs,
@@ -503,6 +515,7 @@ class KVConnection:
         settings = engine.settings
         self.generation += 1
         self._decoder = FrameDecoder()
+        self._decoder.run_window(*self._run_window)
         transport = self._transport = Transport(
             self.iops, self.host, self.port, resolve=functools.partial(resolve, engine),
             on_connected=self._on_connected, on_readable=self._read_handshake, on_writable=self._write_handshake,
@@ -860,7 +873,11 @@ class KVConnection:
     def _unusual(self, frame: Any, op: Optional[KVOp]) -> None:
         """Deliver a reply that is not a plain success: compressed, an error
         status (maybe retried), part of a multi-reply operation, a server
-        request, or one nobody waits for any more."""
+        request, one nobody waits for any more, or a run of plain replies
+        (FrameDecoder.run_window)."""
+        if frame[F_MAGIC] == RUN:
+            self._deliver_run(frame, op)
+            return
         failure = None
         if self._inflate and frame[F_DATATYPE] & _SNAPPY:
             try:
@@ -895,6 +912,25 @@ class KVConnection:
             op.on_response(frame)
         except Exception:  # never let a result handler break the stream
             log.exception("completing %s failed", self.engine.settings.describe_op(op))
+
+    def _deliver_run(self, run: Any, op: Optional[KVOp]) -> None:
+        """A run of plain replies whose first opaque belonged to ``op``: a
+        batch that takes runs settles them at once; what it leaves (or the
+        whole run, for anyone else) is delivered frame by frame."""
+        frames: Optional[List[Any]]
+        if op is not None and op.takes_runs:
+            try:
+                frames = op.take_plain_run(run, self.pending)  # type: ignore[attr-defined]
+            except Exception:  # never let a result handler break the stream
+                log.exception("completing %s failed", self.engine.settings.describe_op(op))
+                return
+        else:
+            if op is not None:
+                self.pending[run[F_OPAQUE]] = op
+            frames = expand_run(run)
+        if frames:
+            rest = iter(frames)
+            self._deliver_from(next(rest), rest)
 
     def _read_handshake(self) -> None:
         """Feed what the stream has to the handshake (NEGOTIATING)."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import struct
+from itertools import repeat
 from typing import Any, Dict, Final, FrozenSet, Iterable, List, NamedTuple, Optional, Tuple
 
 __all__ = [
@@ -31,7 +32,7 @@ __all__ = [
     "FrameError", "FrameDecoder", "Frame", "encode_request", "encode_response",
     "encode_frame_infos", "decode_frame_infos", "opcode_name", "status_name",
     "F_MAGIC", "F_OPCODE", "F_STATUS", "F_DATATYPE", "F_OPAQUE", "F_CAS",
-    "F_EXTRAS", "F_KEY", "F_VALUE", "F_FRAMING",
+    "F_EXTRAS", "F_KEY", "F_VALUE", "F_FRAMING", "RUN", "RUN_STATUS", "expand_run",
     "ServerOpcode", "FrameInfoId", "ResponseFrameInfoId", "DurabilityLevel", "SubdocPathFlag",
     "SubdocDocFlag", "ObserveState", "SUBDOC_EMPTY_PATH_OPCODES", "COUNTER_NO_CREATE", "ERROR_MAP_VERSION",
     "SubdocSpec",
@@ -334,6 +335,37 @@ F_FRAMING: Final = 9
 
 _ACCEPTED_MAGIC = (Magic.RESPONSE, Magic.ALT_RESPONSE, Magic.SERVER_REQUEST)
 
+#: The magic of a *run*: several plain replies with consecutive opaques
+#: inside the decoder's run window (see :meth:`FrameDecoder.run_window`),
+#: delivered as one item of a feed's list, shaped like a frame:
+#: ``(RUN, opcode, RUN_STATUS, datatype, first opaque, [cas...],
+#: [flags...], b"", [value...], b"")``: the reply for ``first + i`` has
+#: the i-th CAS, the i-th flags as its 4 bytes of extras (an int here) and
+#: the i-th value, no key and no framing. Not a byte on the wire: 0x100
+#: does not fit in the magic byte.
+RUN: Final = 0x100
+#: The status slot of a run: non-zero, so code that takes the short way only
+#: for a zero status never mistakes a run for one reply.
+RUN_STATUS: Final = -1
+
+_U32 = struct.Struct(">I")
+#: The first 8 bytes of a header, as one number (what a run's frames share).
+_HEAD8 = struct.Struct(">Q")
+#: A header followed by 4 bytes of extras, for the frames that extend a run:
+#: first 8 bytes, body length, opaque, CAS, flags.
+_RUN_HEADER = struct.Struct(">QIIQI")
+
+
+def expand_run(run: Any, start: int = 0) -> List[Frame]:
+    """The frames a run stands for, from its ``start``-th reply on."""
+    _magic, opcode, _status, datatype, first, cas, flags, _key, values, _framing = run
+    count = len(values) - start
+    if start:
+        cas, flags, values = cas[start:], flags[start:], values[start:]
+    return list(zip(repeat(0x81, count), repeat(opcode), repeat(0), repeat(datatype),
+                    range(first + start, first + start + count), cas, map(_U32.pack, flags), repeat(b""),
+                    values, repeat(b"")))
+
 
 class FrameDecoder:
     """Incremental decoder for the server's side of a connection.
@@ -346,7 +378,7 @@ class FrameDecoder:
     not be used again.
     """
 
-    __slots__ = ("_partial", "_need", "max_body", "_failed", "server_requests")
+    __slots__ = ("_partial", "_need", "max_body", "_failed", "server_requests", "_run_lo", "_run_hi")
 
     def __init__(self, max_body: int = MAX_BODY) -> None:
         self._partial: Optional[bytearray] = None
@@ -357,6 +389,21 @@ class FrameDecoder:
         #: is the server's, not one of ours, so the reader must look at the
         #: magic of every frame of that feed (the caller resets it).
         self.server_requests = False
+        # The run window (empty: no runs).
+        self._run_lo = 0
+        self._run_hi = 0
+
+    def run_window(self, lo: int, hi: int) -> None:
+        """From now on, plain replies (magic 0x81, status 0, no key, 4 bytes
+        of extras, not compressed) whose opaques are in ``lo`` .. ``hi - 1``
+        and follow each other in the stream with consecutive opaques (and the
+        same opcode and datatype) are returned as one :data:`RUN` item
+        instead of one frame each. The reader of a batch of
+        reads sets this to the batch's opaques: a 1,000-key reply stream then
+        costs no tuple and no table lookup per key. ``run_window(0, 0)``
+        turns it off. Frames outside the window are decoded as always."""
+        self._run_lo = lo
+        self._run_hi = hi
 
     @property
     def buffered(self) -> int:
@@ -411,6 +458,9 @@ class FrameDecoder:
         max_body = self.max_body
         pos = 0
         size = len(buf)
+        run_lo = self._run_lo
+        run_hi = self._run_hi
+        unpack_run = _RUN_HEADER.unpack_from
         while size - pos >= 24:
             magic, opcode, keylen, extlen, datatype, status, bodylen, opaque, cas = unpack(buf, pos)
             if magic != 0x81 or extlen + keylen > bodylen or bodylen > max_body:
@@ -427,6 +477,38 @@ class FrameDecoder:
             p = pos + 24
             e = p + extlen
             k = e + keylen
+            # A run starts at a success with no key and 4 bytes of extras
+            # (flags), not compressed (0x02: snappy), inside the window.
+            # (opaque < run_hi first: the one test a frame outside the window pays,
+            # as opaques only grow; after a batch the window is behind them.)
+            if opaque < run_hi and run_lo <= opaque and not status and not keylen and extlen == 4 \
+                    and not datatype & 0x02:
+                cas_list = [cas]
+                flags_list = [_U32.unpack_from(buf, p)[0]]
+                values = [buf[e:end]]
+                append((RUN, opcode, RUN_STATUS, datatype, opaque, cas_list, flags_list, b"", values,  # type: ignore[arg-type]
+                        b""))
+                add_cas = cas_list.append
+                add_flags = flags_list.append
+                add_value = values.append
+                # The run goes on while the next frame has the same first 8
+                # header bytes (magic, opcode, no key, 4 bytes of extras,
+                # datatype, status 0) and the next opaque, still inside the
+                # window, and is whole and within the size limit.
+                head = _HEAD8.unpack_from(buf, pos)[0]
+                pos = end
+                for wanted in range(opaque + 1, run_hi):
+                    if size - pos < 28:
+                        break
+                    head_next, bodylen, opaque, cas, flags = unpack_run(buf, pos)
+                    end = pos + 24 + bodylen
+                    if head_next != head or opaque != wanted or end > size or not 4 <= bodylen <= max_body:
+                        break
+                    add_cas(cas)
+                    add_flags(flags)
+                    add_value(buf[pos + 28:end])
+                    pos = end
+                continue
             # Empty slices are the shared b"": no allocation for absent parts.
             append((0x81, opcode, status, datatype, opaque, cas, buf[p:e], buf[e:k], buf[k:end], b""))
             pos = end
