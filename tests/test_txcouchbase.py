@@ -138,6 +138,141 @@ def test_iops_survives_a_raising_handler():
     assert desc not in iops.reactor.getReaders() and event.pydata is None
 
 
+class _RunningReactor:
+    """The global reactor as seen by an IOPS that believes it runs (the
+    tests only turn it), with its own name resolver."""
+
+    running = True
+
+    def __init__(self, resolver: Any) -> None:
+        self.nameResolver = resolver
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(reactor, name)
+
+
+class _ScriptedResolver:
+    """A nameResolver that answers at once, inside resolveHostName, with
+    the given addresses (none: the name does not resolve)."""
+
+    def __init__(self, addresses: List[Any]) -> None:
+        self.addresses = addresses
+
+    def resolveHostName(self, receiver: Any, host: str, port: int = 0, *args: Any, **kwargs: Any) -> Any:
+        receiver.resolutionBegan(None)
+        for address in self.addresses:
+            receiver.addressResolved(address)
+        receiver.resolutionComplete()
+        return None
+
+
+def test_iops_resolves_names_on_the_thread_pool_while_the_reactor_turns():
+    """A lookup that takes its time holds neither the reactor nor the
+    caller: timers fire meanwhile, and the answer arrives as getaddrinfo
+    entries, from the reactor."""
+    import threading
+
+    from twisted.internet._resolver import GAIResolver
+    from twisted.python.threadpool import ThreadPool
+
+    release = threading.Event()
+    asked: List[Tuple[str, int]] = []
+
+    def slow_getaddrinfo(host: str, port: int, *args: Any) -> Any:
+        asked.append((host, port))
+        assert release.wait(30)
+        return socket.getaddrinfo("127.0.0.1", port, socket.AF_INET, socket.SOCK_STREAM)
+
+    pool = ThreadPool(1, 1, "resolver-test")
+    pool.start()
+    try:
+        iops = IOPS(_RunningReactor(GAIResolver(reactor, lambda: pool, slow_getaddrinfo)))
+        got: List[Any] = []
+        iops.resolve("db.example", 11210, lambda infos, error: got.append((infos, error)))
+        assert got == []
+        ticks: List[int] = []
+        for n in range(3):
+            reactor.callLater(0, ticks.append, n)
+        TxDriver.run_until(lambda: len(ticks) == 3 and asked, 30)
+        assert got == []  # the reactor turned while the lookup waited
+        release.set()
+        TxDriver.run_until(lambda: got, 30)
+    finally:
+        release.set()
+        pool.stop()
+    infos, error = got[0]
+    assert asked == [("db.example", 11210)]
+    assert error is None
+    assert infos == [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", ("127.0.0.1", 11210))]
+
+
+def test_iops_resolve_reports_v6_addresses_and_never_inside_the_call():
+    from twisted.internet.address import IPv4Address, IPv6Address
+
+    iops = IOPS(_RunningReactor(_ScriptedResolver([IPv6Address("TCP", "::1", 11210, 0, 0),
+                                                   IPv4Address("TCP", "127.0.0.1", 11210)])))
+    got: List[Any] = []
+    iops.resolve("db.example", 11210, lambda infos, error: got.append((infos, error)))
+    assert got == []  # the resolver answered inside the call; the engine hears it later
+    TxDriver.run_until(lambda: got, 30)
+    infos, error = got[0]
+    assert error is None
+    assert [(info[0], info[4]) for info in infos] == [(socket.AF_INET6, ("::1", 11210, 0, 0)),
+                                                      (socket.AF_INET, ("127.0.0.1", 11210))]
+
+
+def test_iops_resolve_reports_a_name_without_addresses_as_an_error():
+    iops = IOPS(_RunningReactor(_ScriptedResolver([])))
+    got: List[Any] = []
+    iops.resolve("nothing.example", 11210, lambda infos, error: got.append((infos, error)))
+    TxDriver.run_until(lambda: got, 30)
+    infos, error = got[0]
+    assert infos is None
+    assert isinstance(error, OSError) and "nothing.example" in str(error)
+
+
+def test_a_bucket_with_a_host_name_connects_through_the_resolver(memcached_server, unique_key):
+    """The whole way: a name (not a numeric address) in the connection
+    string, resolved by the reactor's resolver, then a write and a read."""
+    from twisted.internet.address import IPv4Address
+
+    port = memcached_server.port
+    resolver = _ScriptedResolver([IPv4Address("TCP", "127.0.0.1", port)])
+    b = Bucket("memcached://db.example:%d" % port, reactor=_RunningReactor(resolver))
+    try:
+        wait(b.on_connect())
+        wait(b.upsert(unique_key, "named"))
+        assert wait(b.get(unique_key)).value == "named"
+    finally:
+        b.close()
+
+
+def test_before_the_reactor_runs_a_host_name_is_looked_up_directly(memcached_server, unique_key):
+    """The reactor's thread pool starts with the reactor: before that (the
+    global reactor here is only turned, never run), the IOPS asks
+    getaddrinfo itself rather than queue the lookup behind a pool that
+    is not there."""
+    assert not reactor.running
+    b = Bucket("memcached://localhost:%d" % memcached_server.port)
+    try:
+        wait(b.on_connect())
+        wait(b.upsert(unique_key, "local"))
+        assert wait(b.get(unique_key)).value == "local"
+    finally:
+        b.close()
+
+
+def test_a_bucket_with_a_name_that_does_not_resolve_fails_to_connect():
+    b = Bucket("memcached://nothing.example:11211", reactor=_RunningReactor(_ScriptedResolver([])))
+    try:
+        kind, failure = settle(b.on_connect())
+        assert kind == "err"
+        assert isinstance(failure.value, CouchbaseError)
+        assert "nothing.example" in str(failure.value)
+    finally:
+        b.close()
+
+
 # ------------------------------------------------------------- key-value
 
 

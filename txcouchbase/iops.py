@@ -19,6 +19,10 @@ Two reactor habits the descriptor guards against:
   engine the readiness it was waiting for, so the engine reads the error
   (``SO_ERROR``, ``recv``) and closes the socket itself.
 
+Host names are resolved with the reactor's ``nameResolver`` (Twisted's
+default runs ``getaddrinfo`` in the reactor's thread pool), so a lookup
+never holds the reactor; see :meth:`IOPS.resolve`.
+
 ``doRead``/``doWrite`` never return a value or raise: either would make the
 reactor drop the descriptor behind the engine's back (an exception from the
 engine, which should never happen, is logged and swallowed).
@@ -26,9 +30,11 @@ engine, which should never happen, is logged and swallowed).
 
 from __future__ import annotations
 
-from typing import Any, Optional
+import socket
+from typing import Any, Callable, List, Optional
 
-from twisted.internet.interfaces import IReadDescriptor, IWriteDescriptor
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.interfaces import IReadDescriptor, IResolutionReceiver, IWriteDescriptor
 from twisted.python import log
 from zope.interface import implementer
 
@@ -176,6 +182,65 @@ class IOPS(base.IOPS):
         timer.pydata = None
         timer.state = PYCBC_EVSTATE_SUSPENDED
         _call(timer.ready, 0)
+
+
+    # -------------------------------------------------------- name resolution
+
+    def resolve(self, host: str, port: int, callback: Callable[[Any, Optional[BaseException]], None]) -> None:
+        """Resolve ``host``; ``callback(addrinfo_list, error)`` runs later,
+        from the reactor.
+
+        While the reactor runs, the lookup goes to its ``nameResolver``
+        (Twisted's default asks ``getaddrinfo`` in the reactor's thread
+        pool), so the reactor goes on meanwhile. Before it runs (a bucket
+        made before ``reactor.run()``), that pool has not started and
+        would hold the lookup until it does; with no loop to hold up yet,
+        ``getaddrinfo`` is then called directly, and its outcome still
+        reported from the reactor."""
+        reactor = self.reactor
+        resolver = getattr(reactor, "nameResolver", None)
+        if resolver is None or not getattr(reactor, "running", False):
+            try:
+                infos: Any = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+                error: Optional[BaseException] = None
+            except OSError as exc:
+                infos, error = None, exc
+            reactor.callLater(0, _call, callback, infos, error)
+            return
+        resolver.resolveHostName(_Receiver(reactor, host, callback), host, port)
+
+
+@implementer(IResolutionReceiver)
+class _Receiver:
+    """Collects the addresses of one ``nameResolver`` lookup as
+    ``getaddrinfo`` entries and reports them once, from the reactor (a
+    resolver that answers inside ``resolveHostName`` is deferred a turn:
+    the engine never hears back inside its own call)."""
+
+    def __init__(self, reactor: Any, host: str, callback: Callable[[Any, Optional[BaseException]], None]) -> None:
+        self._reactor = reactor
+        self._host = host
+        self._callback: Optional[Callable[[Any, Optional[BaseException]], None]] = callback
+        self._infos: List[Any] = []
+
+    def resolutionBegan(self, resolution: Any) -> None:
+        pass
+
+    def addressResolved(self, address: Any) -> None:
+        if isinstance(address, IPv6Address):
+            self._infos.append((socket.AF_INET6, socket.SOCK_STREAM, socket.IPPROTO_TCP, "",
+                                (address.host, address.port, address.flowInfo, address.scopeID)))
+        elif isinstance(address, IPv4Address):
+            self._infos.append((socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "",
+                                (address.host, address.port)))
+
+    def resolutionComplete(self) -> None:
+        callback, self._callback = self._callback, None
+        if callback is None:
+            return
+        infos = self._infos
+        error = None if infos else OSError("no address found for %r" % (self._host,))
+        self._reactor.callLater(0, _call, callback, infos or None, error)
 
 
 #: The 2.x name of the Twisted IOPS class (``txcouchbase.iops.v0Iops``).
