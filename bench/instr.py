@@ -11,8 +11,8 @@ Clients are those of the shared harness (``../shared/bench-peers``: the
 ``gcouchbase`` adapter, and ``raw``, its one-socket pure-Python
 multiplexer), so the work per operation includes what the harness's adapter
 does with each result. Workloads: ``mix`` (C greenlets, 90 % get / 10 %
-set of 100-byte values) and ``mget`` (``get_multi`` of 1,000 keys; the unit
-is one key).
+set of 100-byte values, the sets drawn at random as in the harness) and
+``mget`` (``get_multi`` of 1,000 keys; the unit is one key).
 
     .venv/bin/python -m bench.instr                      # both clients, both workloads
     .venv/bin/python -m bench.instr --kinds gcouchbase --workloads mget
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -66,10 +67,15 @@ def _child(peers: str, kind: str, workload: str, rounds: int, concurrency: int, 
             got = client.get_multi(keys)
         assert len(got) == len(keys)
     else:
+        # As the harness: one set in ten, drawn at random (seeded), so the
+        # sets of different greenlets fall anywhere among the gets.
+        draw = random.Random(1).random
+        plan = [draw() < 0.1 for _ in range(rounds * concurrency)]
+
         def worker(w: int) -> None:
-            for i in range(rounds):
+            for i, is_set in enumerate(plan[w::concurrency]):
                 key = keys[(w * 7 + i) % len(keys)]
-                if i % 10 == 0:
+                if is_set:
                     client.set(key, value)
                 else:
                     client.get(key)

@@ -167,6 +167,7 @@ class GetOp(_KeyOp):
     __slots__ = ("decoder", "no_format")
     result_class = ValueResult
     idempotent = True
+    takes_plain = True
 
     def __init__(self, key: Any, kb: bytes, ttl: int, timeout: float, decoder: Optional[Any],
                  no_format: bool) -> None:
@@ -201,10 +202,11 @@ class GetOp(_KeyOp):
             self.sink(res)
             return
         extras = frame[F_EXTRAS]
-        flags = _FLAGS.unpack_from(extras)[0] if len(extras) >= 4 else 0
-        data = frame[F_VALUE]
+        self.on_plain(frame[F_CAS], _FLAGS.unpack_from(extras)[0] if len(extras) >= 4 else 0, frame[F_VALUE])
+
+    def on_plain(self, cas: int, flags: int, data: bytes) -> None:
         if self.no_format:
-            self.sink(ValueResult(self.key, 0, frame[F_CAS], data, flags))
+            self.sink(ValueResult(self.key, 0, cas, data, flags))
             return
         decoder = self.decoder
         try:
@@ -213,17 +215,17 @@ class GetOp(_KeyOp):
             else:
                 value = decoder.decode_value(data, flags)
         except CouchbaseError as exc:
-            res = ValueResult(self.key, RC.VALUE_FORMAT, frame[F_CAS], data, flags)
+            res = ValueResult(self.key, RC.VALUE_FORMAT, cas, data, flags)
             res._message = exc.message
             res._exc = exc
             self.sink(res)
             return
         except Exception as exc:  # a custom transcoder failed
-            res = ValueResult(self.key, RC.VALUE_FORMAT, frame[F_CAS], data, flags)
+            res = ValueResult(self.key, RC.VALUE_FORMAT, cas, data, flags)
             res._message = "transcoder failed to decode the value: %r" % (exc,)
             self.sink(res)
             return
-        self.sink(ValueResult(self.key, 0, frame[F_CAS], value, flags))
+        self.sink(ValueResult(self.key, 0, cas, value, flags))
 
 
 class StoreOp(_KeyOp):

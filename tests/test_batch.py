@@ -22,6 +22,7 @@ Four layers, bottom up:
 from __future__ import annotations
 
 import json
+import logging
 import pickle
 from types import SimpleNamespace
 from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence
@@ -525,13 +526,12 @@ def decoded_run(opaques: Sequence[int], values: Sequence[bytes], extras: bytes =
     return items[0]
 
 
-def test_take_plain_run_settles_every_entry_and_hands_back_the_replies_past_the_batch():
+def test_take_plain_run_settles_every_entry_and_leaves_the_replies_past_the_batch():
     batch = key_batch(["a", "b"])
     other = Other()
     pending: Dict[int, Any] = {1001: batch, 1002: other}  # 1000 already popped by the connection
-    left = batch.take_plain_run(decoded_run([1000, 1001, 1002], [b"A", b"B", b"other"]), pending)
-    assert [(f[4], f[8]) for f in left] == [(1002, b"other")] and left == [frame(1002, b"other", cas=1002)]
-    assert pending == {1002: other}
+    assert batch.take_plain_run(decoded_run([1000, 1001, 1002], [b"A", b"B", b"other"]), pending) == 2
+    assert pending == {1002: other}, "the reply past the batch is not touched"
     assert [(batch.mres[k].value, batch.mres[k].cas, batch.mres[k].flags) for k in "ab"] == [
         (b"A", 1000, FMT_BYTES), (b"B", 1001, FMT_BYTES)]
     assert batch.done and batch.sinks == [None]
@@ -540,7 +540,7 @@ def test_take_plain_run_settles_every_entry_and_hands_back_the_replies_past_the_
 def test_take_plain_run_decodes_json_values_at_once():
     batch = key_batch(["a", "b"])
     pending: Dict[int, Any] = {1001: batch}
-    assert batch.take_plain_run(decoded_run([1000, 1001], [b'{"n": 1}', b"[2]"], JSON_EXTRAS), pending) is None
+    assert batch.take_plain_run(decoded_run([1000, 1001], [b'{"n": 1}', b"[2]"], JSON_EXTRAS), pending) == 2
     assert [batch.mres[k].value for k in "ab"] == [{"n": 1}, [2]] and pending == {} and batch.sinks == [None]
 
 
@@ -553,8 +553,7 @@ def test_take_plain_run_changes_nothing_when_a_reply_needs_the_careful_way(why):
     run = decoded_run([1000, 1001, 1002], values, JSON_EXTRAS)
     pending: Dict[int, Any] = {1001: batch, 1002: batch}
     before = (dict(batch.mres), batch.remaining, bytes(batch.waiting))
-    left = batch.take_plain_run(run, pending)
-    assert left == [frame(1000 + i, v, extras=JSON_EXTRAS, cas=1000 + i) for i, v in enumerate(values)]
+    assert batch.take_plain_run(run, pending) == 0
     assert pending == {1000: batch, 1001: batch, 1002: batch}, "the first opaque is pending again"
     assert (dict(batch.mres), batch.remaining, bytes(batch.waiting)) == before
 
@@ -737,10 +736,10 @@ def runs(monkeypatch):
 
     def counting_plain(self: Batch, run: Any, pending: Any) -> Any:
         before = self.remaining
-        left = original_plain(self, run, pending)
+        taken = original_plain(self, run, pending)
         if self.remaining != before:
             calls.append(run[4])
-        return left
+        return taken
 
     monkeypatch.setattr(KeyBatch, "take_run", counting)
     monkeypatch.setattr(Batch, "take_plain_run", counting_plain)
@@ -999,18 +998,156 @@ def test_a_bad_value_in_a_run_gets_its_own_error_and_the_others_their_values(clu
     assert cluster.conn.pending == {}
 
 
-def test_single_gets_answered_back_to_back_inside_a_stale_window(cluster):
-    """After 2**32 opaques the numbers come round again: single reads may
-    fall inside the window of an old batch and reach the connection as a
-    run. Each still gets its own reply."""
-    cluster.conn._decoder.run_window(0, 1 << 32)
+@pytest.fixture
+def plain_replies(monkeypatch):
+    """The keys of the single reads that took their reply from a run
+    (``GetOp.on_plain`` called by the connection, no frame made)."""
+    taken: List[str] = []
+    framed: List[str] = []
+    original = GetOp.on_plain
+    original_response = GetOp.on_response
+
+    def counting(self: GetOp, cas: int, flags: int, value: bytes) -> None:
+        if not framed or framed[-1] != self.key:
+            taken.append(self.key)
+        original(self, cas, flags, value)
+
+    def counting_response(self: GetOp, frame: Any) -> None:
+        framed.append(self.key)  # on_response hands a success to on_plain too
+        original_response(self, frame)
+
+    monkeypatch.setattr(GetOp, "on_plain", counting)
+    monkeypatch.setattr(GetOp, "on_response", counting_response)
+    return taken
+
+
+def single_reply(request_opaque: int, value: bytes, extras: bytes = BYTES_EXTRAS, cas: int = 7) -> bytes:
+    return encode_response(Opcode.GET, extras=extras, value=value, opaque=request_opaque, cas=cas)
+
+
+def test_single_gets_answered_back_to_back_take_their_replies_from_one_run(cluster, plain_replies):
     gets = {k: cluster.get(k) for k in ("one", "two", "three")}
     opaques = {r.key.decode(): o for o, r in cluster.node.requests.items()}
-    cluster.answer(b"".join(encode_response(Opcode.GET, extras=BYTES_EXTRAS, value=b"v-" + k.encode(),
-                                            opaque=opaques[k], cas=7) for k in ("one", "two", "three")))
-    assert {k: [(r.rc, r.value, r.cas) for r in got] for k, got in gets.items()} == {
-        k: [(0, b"v-" + k.encode(), 7)] for k in ("one", "two", "three")}
+    cluster.answer(b"".join([single_reply(opaques["one"], b"v-one"),
+                             single_reply(opaques["two"], b'{"n": 2}', extras=JSON_EXTRAS, cas=8),
+                             single_reply(opaques["three"], b"v-three", cas=9)]))
+    assert {k: [(r.rc, r.value, r.cas, r.flags) for r in got] for k, got in gets.items()} == {
+        "one": [(0, b"v-one", 7, FMT_BYTES)], "two": [(0, {"n": 2}, 8, FMT_JSON)],
+        "three": [(0, b"v-three", 9, FMT_BYTES)]}
+    assert plain_replies == ["one", "two", "three"]
     assert cluster.conn.pending == {}
+
+
+def test_a_lone_reply_is_a_frame_not_a_run(cluster, plain_replies):
+    got = cluster.get("alone")
+    (opaque,) = cluster.node.requests
+    cluster.answer(single_reply(opaque, b"v"))
+    assert [(r.rc, r.value) for r in got] == [(0, b"v")]
+    assert plain_replies == [], "one reply in the read: the frame way"
+
+
+def test_a_run_through_single_gets_and_a_batch_settles_each(cluster, runs, plain_replies):
+    """Opaques are handed out in order, so the replies of two single gets,
+    a get_multi and another get can form one run: each single takes its
+    own reply, the batch takes its entries at once."""
+    before = [cluster.get(k) for k in ("a", "b")]
+    call = cluster.get_multi(keys_of(4))
+    after = cluster.get("c")
+    opaques = {r.key.decode(): o for o, r in cluster.node.requests.items()}
+    assert [opaques[k] for k in ("a", "b", *keys_of(4), "c")] == list(range(opaques["a"], opaques["a"] + 7))
+    cluster.answer(b"".join([single_reply(opaques["a"], b"v-a"), single_reply(opaques["b"], b"v-b"),
+                             *call.replies(), single_reply(opaques["c"], b"v-c")]))
+    assert [[(r.rc, r.value) for r in got] for got in (*before, after)] == [
+        [(0, b"v-a")], [(0, b"v-b")], [(0, b"v-c")]]
+    call.assert_all_read()
+    assert runs == [call.batch.base], "the batch took its four replies in one call"
+    assert plain_replies == ["a", "b", "c"], "and the run went on past the batch"
+    assert cluster.conn.pending == {}
+
+
+def test_one_run_through_two_batches_and_a_get(cluster, runs, plain_replies):
+    first = cluster.get_multi(keys_of(3, "x"))
+    second = cluster.get_multi(keys_of(3, "y"))
+    got = cluster.get("after")
+    (opaque,) = [o for o, r in cluster.node.requests.items() if r.key == b"after"]
+    assert opaque == second.batch.base + 3 == first.batch.base + 6
+    cluster.answer(b"".join([*first.replies(), *second.replies(), single_reply(opaque, b"v")]))
+    first.assert_all_read()
+    second.assert_all_read()
+    assert [r.value for r in got] == [b"v"]
+    assert runs == [first.batch.base, second.batch.base] and plain_replies == ["after"]
+    assert cluster.conn.pending == {}
+
+
+def test_a_batch_that_declines_its_part_of_a_run_leaves_the_rest_to_the_frame_way(cluster, runs, plain_replies):
+    call = cluster.get_multi(keys_of(3))
+    got = cluster.get("after")
+    (opaque,) = [o for o, r in cluster.node.requests.items() if r.key == b"after"]
+    replies = [call.reply(k, value=b"[%d]" % i, extras=JSON_EXTRAS) for i, k in enumerate(keys_of(3))]
+    replies[1] = call.reply("key-0001", value=b"{not json", extras=JSON_EXTRAS)
+    cluster.answer(b"".join([*replies, single_reply(opaque, b"v")]))
+    assert call.completions == [None]
+    assert [call.mres[k].rc for k in keys_of(3)] == [0, RC.VALUE_FORMAT, 0]
+    assert [call.mres[k].value for k in ("key-0000", "key-0002")] == [[0], [2]]
+    assert [r.value for r in got] == [b"v"]
+    assert plain_replies == [], "after the batch declined, every reply of the run went as a frame"
+    assert cluster.conn.pending == {}
+
+
+def test_a_cancelled_get_in_the_middle_of_a_run_gets_nothing_and_the_others_their_replies(cluster, plain_replies):
+    gets = {k: cluster.get(k) for k in ("a", "b", "c")}
+    opaques = {r.key.decode(): o for o, r in cluster.node.requests.items()}
+    op_b = next(op for op in cluster.conn.pending.values() if op.key == "b")
+    cluster.engine.cancel(op_b)  # written already: its reply is read and dropped
+    cluster.answer(b"".join(single_reply(opaques[k], b"v-" + k.encode()) for k in ("a", "b", "c")))
+    assert {k: [r.value for r in got] for k, got in gets.items()} == {"a": [b"v-a"], "b": [], "c": [b"v-c"]}
+    assert plain_replies == ["a"], "the run is delivered frame by frame from the reply nobody waits for"
+    assert cluster.conn.pending == {}
+
+
+def test_a_failing_result_handler_in_a_run_does_not_stop_the_others(cluster, plain_replies, caplog):
+    gets = {k: cluster.get(k) for k in ("a", "b", "c")}
+    opaques = {r.key.decode(): o for o, r in cluster.node.requests.items()}
+    op_a = next(op for op in cluster.conn.pending.values() if op.key == "a")
+
+    def broken(res: Any) -> None:
+        raise RuntimeError("the caller's handler broke")
+
+    op_a.sink = broken
+    with caplog.at_level(logging.ERROR, logger="couchbase_core.engine"):
+        cluster.answer(b"".join(single_reply(opaques[k], b"v-" + k.encode()) for k in ("a", "b", "c")))
+    assert [[r.value for r in gets[k]] for k in ("b", "c")] == [[b"v-b"], [b"v-c"]]
+    assert plain_replies == ["a", "b", "c"]
+    assert any("completing" in r.getMessage() and "'a'" in r.getMessage() for r in caplog.records)
+    assert cluster.conn.pending == {}
+
+
+def test_a_run_reply_for_a_get_with_its_own_transcoder_goes_through_it(cluster, plain_replies):
+    class Upper(Transcoder):
+        def decode_value(self, value: bytes, flags: int) -> Any:
+            return value.upper()
+
+    ops = []
+    results: List[Any] = []
+    for key, decoder in (("mine", Upper()), ("plain", None)):
+        op = GetOp(key, key.encode(), 0, 2.5, decoder, False)
+        op.sink = results.append
+        cluster.engine.submit(op)
+        ops.append(op)
+    cluster.iops.pump_until(lambda: all(op.opaque in cluster.node.requests for op in ops))
+    cluster.answer(b"".join(single_reply(op.opaque, b"v-" + op.key.encode()) for op in ops))
+    assert sorted((r.key, r.value) for r in results) == [("mine", b"V-MINE"), ("plain", b"v-plain")]
+    assert plain_replies == ["mine", "plain"]
+
+
+def test_a_value_the_transcoder_rejects_in_a_run_is_that_get_s_error_only(cluster, plain_replies):
+    gets = {k: cluster.get(k) for k in ("a", "b")}
+    opaques = {r.key.decode(): o for o, r in cluster.node.requests.items()}
+    cluster.answer(single_reply(opaques["a"], b"{not json", extras=JSON_EXTRAS) + single_reply(opaques["b"], b"v-b"))
+    (bad,) = gets["a"]
+    assert bad.rc == RC.VALUE_FORMAT and bad.value == b"{not json"
+    assert [r.value for r in gets["b"]] == [b"v-b"]
+    assert plain_replies == ["a", "b"]
 
 
 def config_push(node: ScriptedNode, rev: int, opaque: int) -> bytes:

@@ -785,6 +785,22 @@ def test_frames_outside_the_window_are_frames():
     assert all(item[0] == 0x81 for item in dec.feed(wire)), "an empty window turns runs off"
 
 
+def test_a_run_starts_only_where_a_second_reply_of_the_same_shape_follows():
+    def reply(opcode, opaque):
+        return encode_response(opcode, extras=b"\0" * 4, value=b"x", opaque=opaque)
+
+    dec = FrameDecoder()
+    dec.run_window(0, 1 << 32)
+    assert [item[0] for item in dec.feed(reply(Opcode.GET, 1))] == [0x81], "a lone reply is a frame"
+    assert [item[0] for item in dec.feed(reply(Opcode.GET, 2) + reply(Opcode.GAT, 3))] == [0x81, 0x81]
+    # the header and flags of the second reply are not in yet: no run
+    wire = reply(Opcode.GET, 4) + reply(Opcode.GET, 5)
+    assert [item[0] for item in dec.feed(wire[:-2])] == [0x81]
+    assert [item[0] for item in dec.feed(wire[-2:])] == [0x81]
+    out = dec.feed(reply(Opcode.GET, 6) + reply(Opcode.GET, 7))
+    assert [(item[0], item[4]) for item in out] == [(RUN, 6)] and out[0][8] == [b"x", b"x"]
+
+
 @pytest.mark.parametrize("position", ["first", "inside"])
 def test_a_body_over_max_body_inside_a_window_still_fails(position):
     good = encode_response(Opcode.GET, extras=b"\0" * 4, value=b"ok", opaque=1)

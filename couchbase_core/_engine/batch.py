@@ -29,7 +29,7 @@ from itertools import repeat
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from couchbase_core._engine.ops import KVOp
-from couchbase_core._engine.protocol import F_OPAQUE, F_VALUE, Frame, expand_run
+from couchbase_core._engine.protocol import F_OPAQUE, F_VALUE, Frame
 
 __all__ = ["Batch", "EntryRetry", "Request"]
 
@@ -146,15 +146,15 @@ class Batch(KVOp):
             self.on_reply(i, frame)
         return True
 
-    def take_plain_run(self, run: Frame, pending: Dict[int, Any]) -> Optional[List[Frame]]:
+    def take_plain_run(self, run: Frame, pending: Dict[int, Any]) -> int:
         """A :data:`~couchbase_core._engine.protocol.RUN` of plain replies
         whose first opaque is ours (the connection popped it from
         ``pending``). If every entry it covers is still waiting and
         :meth:`run_results` takes them all, they are settled here with no
-        Python loop per entry, and the replies past our last entry come
-        back as frames; otherwise nothing changes, the first opaque is
-        pending again and the whole run comes back as frames, to be
-        delivered one by one."""
+        Python loop per entry, and the number of replies taken is returned
+        (the replies past our last entry are the connection's to deliver);
+        otherwise nothing changes, the first opaque is pending again, and
+        0 is returned: the run is to be delivered frame by frame."""
         first = run[F_OPAQUE]
         count = len(run[F_VALUE])
         start = first - self.base
@@ -163,11 +163,10 @@ class Batch(KVOp):
         if start < 0 or taken <= 0 or waiting.find(0, start, start + taken) >= 0 \
                 or not self.run_results(start, taken, run):
             pending[first] = self
-            return expand_run(run)
+            return 0
         if taken > 1:
             deque(map(pending.pop, range(first + 1, first + taken), repeat(None)), 0)
         waiting[start:start + taken] = bytes(taken)
-        left = expand_run(run, taken) if taken < count else None
         self.remaining -= taken
         if self.remaining == 0:
             self.done = True
@@ -175,7 +174,7 @@ class Batch(KVOp):
                 self.sink(None)
             except Exception:  # the replies left in the run are not ours to lose
                 log.exception("completing %s failed", self.describe())
-        return left
+        return taken
 
     def run_results(self, start: int, count: int, run: Frame) -> bool:
         """Subclasses that take runs: make the results of entries ``start``

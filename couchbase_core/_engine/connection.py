@@ -81,11 +81,14 @@ from couchbase_core._engine import tracing as _tracing
 from couchbase_core._engine.dial import resolve
 from couchbase_core._engine.ops import KVOp
 from couchbase_core._engine.protocol import (
+    F_CAS,
     F_DATATYPE,
+    F_EXTRAS,
     F_MAGIC,
     F_OPAQUE,
     F_OPCODE,
     F_STATUS,
+    F_VALUE,
     RUN,
     Datatype,
     Feature,
@@ -99,6 +102,7 @@ from couchbase_core._engine.protocol import (
     frame_opaques,
     pack_alt_header,
     pack_header,
+    run_from,
 )
 from couchbase_core._engine.session import (
     Done,
@@ -147,6 +151,8 @@ PROBE_MAX_TIMEOUT = 5.0
 
 _pack_header = pack_header
 #: Header magics and the snappy datatype bit, as module constants for the hot path.
+#: A run window that covers every opaque.
+_ALL_OPAQUES = 1 << 32
 _REQUEST = Magic.REQUEST
 _ALT_REQUEST = Magic.ALT_REQUEST
 _SNAPPY = Datatype.SNAPPY
@@ -200,9 +206,6 @@ class KVConnection:
         self._transport: Optional[Transport] = None
         self._session: Optional[Session] = None
         self._decoder: Optional[FrameDecoder] = None
-        #: The opaques of the last batch of plain reads sent whole here: the
-        #: decoder returns their replies as runs (FrameDecoder.run_window).
-        self._run_window = (0, 0)
         self._connect_started = 0.0
         self._listeners: List[Callable[["KVConnection", Optional[Tuple[int, str]]], None]] = []
         self._connect_timer: Optional[TimerEvent] = None
@@ -350,13 +353,6 @@ class KVConnection:
                 opaques = list(map(base.__add__, indexes))
                 keys = list(map(kbs.__getitem__, indexes))
                 vbs = map(vbuckets.__getitem__, indexes) if vbuckets is not None else repeat(0, count)
-            if batch.takes_runs and count and (indexes is None or indexes[-1] - indexes[0] + 1 == count):
-                # Its replies come back to back: let the decoder hand them
-                # over as runs (a retried or re-routed part is left out).
-                first = base if indexes is None else base + indexes[0]
-                self._run_window = (first, first + count)
-                if self._decoder is not None:
-                    self._decoder.run_window(first, first + count)
             klens = list(map(len, keys))
             bodylens = map(elen.__add__, klens) if elen else klens
             headers = map(pack, repeat(_REQUEST), repeat(opcode), klens, repeat(elen), repeat(0), vbs,
@@ -515,7 +511,8 @@ class KVConnection:
         settings = engine.settings
         self.generation += 1
         self._decoder = FrameDecoder()
-        self._decoder.run_window(*self._run_window)
+        # Every reply may come in a run (see _deliver_run).
+        self._decoder.run_window(0, _ALL_OPAQUES)
         transport = self._transport = Transport(
             self.iops, self.host, self.port, resolve=functools.partial(resolve, engine),
             on_connected=self._on_connected, on_readable=self._read_handshake, on_writable=self._write_handshake,
@@ -914,23 +911,50 @@ class KVConnection:
             log.exception("completing %s failed", self.engine.settings.describe_op(op))
 
     def _deliver_run(self, run: Any, op: Optional[KVOp]) -> None:
-        """A run of plain replies whose first opaque belonged to ``op``: a
-        batch that takes runs settles them at once; what it leaves (or the
-        whole run, for anyone else) is delivered frame by frame."""
-        frames: Optional[List[Any]]
-        if op is not None and op.takes_runs:
-            try:
-                frames = op.take_plain_run(run, self.pending)  # type: ignore[attr-defined]
-            except Exception:  # never let a result handler break the stream
-                log.exception("completing %s failed", self.engine.settings.describe_op(op))
+        """A run of plain replies (FrameDecoder.run_window) whose first
+        opaque belonged to ``op``. Single reads (:attr:`KVOp.takes_plain`)
+        take their reply as ``(cas, flags, value)``, with no frame made;
+        a batch that takes runs settles its part of the run at once; from
+        any other reply on (one nobody waits for, an operation that wants
+        frames, a batch that declined) the rest of the run is made frames
+        and delivered the careful way."""
+        pending = self.pending
+        pop = pending.pop
+        while True:  # once per batch the run goes through
+            first = run[F_OPAQUE]
+            opaque = first
+            for cas, flags, value in zip(run[F_CAS], run[F_EXTRAS], run[F_VALUE]):
+                if opaque != first:
+                    op = pop(opaque, None)
+                if op is None or not op.takes_plain:
+                    break
+                op.done = True
+                try:
+                    op.on_plain(cas, flags, value)
+                except Exception:  # never let a result handler break the stream
+                    log.exception("completing %s failed", self.engine.settings.describe_op(op))
+                opaque += 1
+            else:
                 return
-        else:
-            if op is not None:
-                self.pending[run[F_OPAQUE]] = op
-            frames = expand_run(run)
-        if frames:
-            rest = iter(frames)
-            self._deliver_from(next(rest), rest)
+            if opaque != first:
+                run = run_from(run, opaque - first)
+            taken = 0
+            if op is not None and op.takes_runs:
+                try:
+                    taken = op.take_plain_run(run, pending)  # type: ignore[attr-defined]
+                except Exception:  # never let a result handler break the stream
+                    log.exception("completing %s failed", self.engine.settings.describe_op(op))
+                    return
+            elif op is not None:
+                pending[opaque] = op
+            if not taken:
+                frames = iter(expand_run(run))
+                self._deliver_from(next(frames), frames)
+                return
+            if taken == len(run[F_VALUE]):
+                return
+            run = run_from(run, taken)
+            op = pop(run[F_OPAQUE], None)
 
     def _read_handshake(self) -> None:
         """Feed what the stream has to the handshake (NEGOTIATING)."""

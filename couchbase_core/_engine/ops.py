@@ -53,6 +53,10 @@ class KVOp:
     #: its plain replies at once through :meth:`take_run`: a 1,000-key read
     #: then costs one call, not one per reply.
     takes_runs = False
+    #: True for single operations that take a plain reply (a success with
+    #: 4 bytes of extras, no key, not compressed) from a run of replies
+    #: as :meth:`on_plain` ``(cas, flags, value)``, with no frame made.
+    takes_plain = False
     #: True when sending it twice is harmless (reads): such operations are
     #: re-sent after a connection loss; mutations then fail instead.
     idempotent = False
@@ -102,6 +106,12 @@ class KVOp:
         successes of this operation, popping each one's opaque from
         ``pending``. Return the first frame not taken (its opaque still in
         ``pending``), or None when ``rest`` is exhausted."""
+        raise NotImplementedError
+
+    def on_plain(self, cas: int, flags: int, value: bytes) -> None:
+        """Operations with :attr:`takes_plain`: the server answered with
+        success, ``flags`` being its 4 bytes of extras as a number (the
+        same reply :meth:`on_response` would get as a frame)."""
         raise NotImplementedError
 
     def opaques(self) -> list:

@@ -32,7 +32,7 @@ __all__ = [
     "FrameError", "FrameDecoder", "Frame", "encode_request", "encode_response",
     "encode_frame_infos", "decode_frame_infos", "opcode_name", "status_name",
     "F_MAGIC", "F_OPCODE", "F_STATUS", "F_DATATYPE", "F_OPAQUE", "F_CAS",
-    "F_EXTRAS", "F_KEY", "F_VALUE", "F_FRAMING", "RUN", "RUN_STATUS", "expand_run",
+    "F_EXTRAS", "F_KEY", "F_VALUE", "F_FRAMING", "RUN", "RUN_STATUS", "expand_run", "run_from",
     "ServerOpcode", "FrameInfoId", "ResponseFrameInfoId", "DurabilityLevel", "SubdocPathFlag",
     "SubdocDocFlag", "ObserveState", "SUBDOC_EMPTY_PATH_OPCODES", "COUNTER_NO_CREATE", "ERROR_MAP_VERSION",
     "SubdocSpec",
@@ -356,6 +356,13 @@ _HEAD8 = struct.Struct(">Q")
 _RUN_HEADER = struct.Struct(">QIIQI")
 
 
+def run_from(run: Any, start: int) -> Any:
+    """The run of the replies of ``run`` from its ``start``-th on
+    (``0 < start < len(run[F_VALUE])``)."""
+    magic, opcode, status, datatype, first, cas, flags, key, values, framing = run
+    return (magic, opcode, status, datatype, first + start, cas[start:], flags[start:], key, values[start:], framing)
+
+
 def expand_run(run: Any, start: int = 0) -> List[Frame]:
     """The frames a run stands for, from its ``start``-th reply on."""
     _magic, opcode, _status, datatype, first, cas, flags, _key, values, _framing = run
@@ -398,10 +405,13 @@ class FrameDecoder:
         of extras, not compressed) whose opaques are in ``lo`` .. ``hi - 1``
         and follow each other in the stream with consecutive opaques (and the
         same opcode and datatype) are returned as one :data:`RUN` item
-        instead of one frame each. The reader of a batch of
-        reads sets this to the batch's opaques: a 1,000-key reply stream then
-        costs no tuple and no table lookup per key. ``run_window(0, 0)``
-        turns it off. Frames outside the window are decoded as always."""
+        instead of one frame each; a run starts only where a second such
+        reply follows (a lone reply stays a frame). The KV connection
+        opens the window to every opaque: a 1,000-key reply stream then
+        costs no tuple and no table lookup per key, and the replies of many
+        callers' reads, answered back to back, no tuple each.
+        ``run_window(0, 0)`` turns it off. Frames outside the window are
+        decoded as always."""
         self._run_lo = lo
         self._run_hi = hi
 
@@ -478,11 +488,12 @@ class FrameDecoder:
             e = p + extlen
             k = e + keylen
             # A run starts at a success with no key and 4 bytes of extras
-            # (flags), not compressed (0x02: snappy), inside the window.
-            # (opaque < run_hi first: the one test a frame outside the window pays,
-            # as opaques only grow; after a batch the window is behind them.)
-            if opaque < run_hi and run_lo <= opaque and not status and not keylen and extlen == 4 \
-                    and not datatype & 0x02:
+            # (flags), not compressed (0x02: snappy), inside the window,
+            # followed by a frame with the same first 8 header bytes: a lone
+            # reply (one caller waiting) is cheaper as a frame.
+            if size - end >= 28 and not status and not keylen and extlen == 4 and not datatype & 0x02 \
+                    and run_lo <= opaque < run_hi \
+                    and (head := _HEAD8.unpack_from(buf, pos)[0]) == _HEAD8.unpack_from(buf, end)[0]:
                 cas_list = [cas]
                 flags_list = [_U32.unpack_from(buf, p)[0]]
                 values = [buf[e:end]]
@@ -495,7 +506,6 @@ class FrameDecoder:
                 # header bytes (magic, opcode, no key, 4 bytes of extras,
                 # datatype, status 0) and the next opaque, still inside the
                 # window, and is whole and within the size limit.
-                head = _HEAD8.unpack_from(buf, pos)[0]
                 pos = end
                 for wanted in range(opaque + 1, run_hi):
                     if size - pos < 28:
