@@ -1094,6 +1094,28 @@ def test_a_batch_that_declines_its_part_of_a_run_leaves_the_rest_to_the_frame_wa
     assert cluster.conn.pending == {}
 
 
+def test_a_batch_that_breaks_on_its_run_loses_no_one_else_s_reply(cluster, monkeypatch, caplog):
+    """A bug in a batch's handling of its run is logged; the replies past
+    the batch still reach their callers, and the batch's keys end by its
+    timeout, each accounted for."""
+    call = cluster.get_multi(keys_of(3), timeout=1.0)
+    got = cluster.get("after")
+    (opaque,) = [o for o, r in cluster.node.requests.items() if r.key == b"after"]
+
+    def broken(self: KeyBatch, start: int, count: int, run: Any) -> bool:
+        raise RuntimeError("a bug in run_results")
+
+    monkeypatch.setattr(KeyBatch, "run_results", broken)
+    with caplog.at_level(logging.ERROR, logger="couchbase_core.engine"):
+        cluster.answer(b"".join([*call.replies(), single_reply(opaque, b"v")]))
+    assert [r.value for r in got] == [b"v"]
+    assert any(r.exc_info and "a bug in run_results" in str(r.exc_info[1]) for r in caplog.records)
+    cluster.run_until(lambda: call.completions, step=0.05)
+    assert call.completions == [None]
+    assert set(call.mres) == set(keys_of(3))
+    assert {call.mres[k].rc for k in keys_of(3)} == {RC.TIMEOUT}
+
+
 def test_a_cancelled_get_in_the_middle_of_a_run_gets_nothing_and_the_others_their_replies(cluster, plain_replies):
     gets = {k: cluster.get(k) for k in ("a", "b", "c")}
     opaques = {r.key.decode(): o for o, r in cluster.node.requests.items()}

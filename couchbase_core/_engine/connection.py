@@ -150,9 +150,9 @@ PROBE_MIN_TIMEOUT = 1.0
 PROBE_MAX_TIMEOUT = 5.0
 
 _pack_header = pack_header
-#: Header magics and the snappy datatype bit, as module constants for the hot path.
 #: A run window that covers every opaque.
 _ALL_OPAQUES = 1 << 32
+#: Header magics and the snappy datatype bit, as module constants for the hot path.
 _REQUEST = Magic.REQUEST
 _ALT_REQUEST = Magic.ALT_REQUEST
 _SNAPPY = Datatype.SNAPPY
@@ -944,7 +944,9 @@ class KVConnection:
                     taken = op.take_plain_run(run, pending)  # type: ignore[attr-defined]
                 except Exception:  # never let a result handler break the stream
                     log.exception("completing %s failed", self.engine.settings.describe_op(op))
-                    return
+                    # The replies past the batch's opaques are others': go on with them.
+                    batch: Any = op
+                    taken = max(1, min(len(run[F_VALUE]), batch.base + len(batch) - opaque))
             elif op is not None:
                 pending[opaque] = op
             if not taken:

@@ -56,6 +56,9 @@ class KVOp:
     #: True for single operations that take a plain reply (a success with
     #: 4 bytes of extras, no key, not compressed) from a run of replies
     #: as :meth:`on_plain` ``(cas, flags, value)``, with no frame made.
+    #: Such an operation's :meth:`on_plain` must do exactly what its
+    #: :meth:`on_response` does with that reply as a frame (a subclass that
+    #: treats successes differently in ``on_response`` sets this False).
     takes_plain = False
     #: True when sending it twice is harmless (reads): such operations are
     #: re-sent after a connection loss; mutations then fail instead.
