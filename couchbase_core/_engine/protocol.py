@@ -507,8 +507,9 @@ class FrameDecoder:
                 # datatype, status 0) and the next opaque, still inside the
                 # window, and is whole and within the size limit.
                 pos = end
+                last = size - 28  # the last offset a header and flags fit after
                 for wanted in range(opaque + 1, run_hi):
-                    if size - pos < 28:
+                    if pos > last:
                         break
                     head_next, bodylen, opaque, cas, flags = unpack_run(buf, pos)
                     end = pos + 24 + bodylen
