@@ -30,6 +30,7 @@ from couchbase_core._engine.protocol import (
     encode_response,
     expand_run,
     opcode_name,
+    run_from,
     status_name,
 )
 
@@ -770,8 +771,8 @@ def test_expand_run_from_an_offset():
     dec = FrameDecoder()
     dec.run_window(0, 100)
     run, = dec.feed(wire)
-    assert expand_run(run, 2) == FrameDecoder().feed(wire)[2:]
-    assert expand_run(run, 4) == []
+    assert expand_run(run_from(run, 2)) == FrameDecoder().feed(wire)[2:]
+    assert expand_run(run_from(run, 4)) == []
 
 
 def test_frames_outside_the_window_are_frames():

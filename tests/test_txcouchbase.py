@@ -231,6 +231,16 @@ def test_iops_resolve_reports_a_name_without_addresses_as_an_error():
     assert isinstance(error, OSError) and "nothing.example" in str(error)
 
 
+def _connect_write_and_read(b: Bucket, key: str) -> None:
+    """``b`` connects, writes ``key`` and reads it back; then it is closed."""
+    try:
+        wait(b.on_connect())
+        wait(b.upsert(key, "value of " + key))
+        assert wait(b.get(key)).value == "value of " + key
+    finally:
+        b.close()
+
+
 def test_a_bucket_with_a_host_name_connects_through_the_resolver(memcached_server, unique_key):
     """The whole way: a name (not a numeric address) in the connection
     string, resolved by the reactor's resolver, then a write and a read."""
@@ -238,13 +248,8 @@ def test_a_bucket_with_a_host_name_connects_through_the_resolver(memcached_serve
 
     port = memcached_server.port
     resolver = _ScriptedResolver([IPv4Address("TCP", "127.0.0.1", port)])
-    b = Bucket("memcached://db.example:%d" % port, reactor=_RunningReactor(resolver))
-    try:
-        wait(b.on_connect())
-        wait(b.upsert(unique_key, "named"))
-        assert wait(b.get(unique_key)).value == "named"
-    finally:
-        b.close()
+    _connect_write_and_read(Bucket("memcached://db.example:%d" % port, reactor=_RunningReactor(resolver)),
+                            unique_key)
 
 
 def test_before_the_reactor_runs_a_host_name_is_looked_up_directly(memcached_server, unique_key):
@@ -253,13 +258,7 @@ def test_before_the_reactor_runs_a_host_name_is_looked_up_directly(memcached_ser
     getaddrinfo itself rather than queue the lookup behind a pool that
     is not there."""
     assert not reactor.running
-    b = Bucket("memcached://localhost:%d" % memcached_server.port)
-    try:
-        wait(b.on_connect())
-        wait(b.upsert(unique_key, "local"))
-        assert wait(b.get(unique_key)).value == "local"
-    finally:
-        b.close()
+    _connect_write_and_read(Bucket("memcached://localhost:%d" % memcached_server.port), unique_key)
 
 
 def test_a_bucket_with_a_name_that_does_not_resolve_fails_to_connect():

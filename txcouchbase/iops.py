@@ -183,7 +183,6 @@ class IOPS(base.IOPS):
         timer.state = PYCBC_EVSTATE_SUSPENDED
         _call(timer.ready, 0)
 
-
     # -------------------------------------------------------- name resolution
 
     def resolve(self, host: str, port: int, callback: Callable[[Any, Optional[BaseException]], None]) -> None:

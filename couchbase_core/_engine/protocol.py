@@ -358,20 +358,18 @@ _RUN_HEADER = struct.Struct(">QIIQI")
 
 def run_from(run: Any, start: int) -> Any:
     """The run of the replies of ``run`` from its ``start``-th on
-    (``0 < start < len(run[F_VALUE])``)."""
+    (``0 < start <= len(run[F_VALUE])``; at the end, a run of none)."""
     magic, opcode, status, datatype, first, cas, flags, key, values, framing = run
     return (magic, opcode, status, datatype, first + start, cas[start:], flags[start:], key, values[start:], framing)
 
 
-def expand_run(run: Any, start: int = 0) -> List[Frame]:
-    """The frames a run stands for, from its ``start``-th reply on."""
+def expand_run(run: Any) -> List[Frame]:
+    """The frames a run stands for (from a given reply on: expand
+    :func:`run_from` of it)."""
     _magic, opcode, _status, datatype, first, cas, flags, _key, values, _framing = run
-    count = len(values) - start
-    if start:
-        cas, flags, values = cas[start:], flags[start:], values[start:]
+    count = len(values)
     return list(zip(repeat(0x81, count), repeat(opcode), repeat(0), repeat(datatype),
-                    range(first + start, first + start + count), cas, map(_U32.pack, flags), repeat(b""),
-                    values, repeat(b"")))
+                    range(first, first + count), cas, map(_U32.pack, flags), repeat(b""), values, repeat(b"")))
 
 
 class FrameDecoder:
